@@ -1,0 +1,15 @@
+//! Ferrolog's wire types: the generated code of `proto/ferrolog/v1`, nothing hand-written.
+//!
+//! A client depends on this crate and never on a server crate, so the wire contract is the
+//! only thing the two sides share.
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("ferrolog.v1");
+
+    /// Encoded `FileDescriptorSet` of every Ferrolog proto, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferrolog_descriptor");
+}
+
+/// The status metadata key that carries a stable [`v1::ErrorCode`] name on every error.
+pub const ERROR_CODE_METADATA_KEY: &str = "ferrolog-error-code";

@@ -1,0 +1,1 @@
+//! Whole-cluster test harness.
