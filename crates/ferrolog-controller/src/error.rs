@@ -1,0 +1,36 @@
+use ferrolog_metadata::{ConfigError, MetadataError};
+use ferrolog_proto::v1::ErrorCode;
+use thiserror::Error;
+
+/// Why the controller refused or failed a request. Each variant has a stable [`ErrorCode`].
+#[derive(Debug, Error)]
+pub enum ControllerError {
+    #[error("invalid topic name '{name}': {reason}")]
+    InvalidTopicName { name: String, reason: String },
+    #[error("topic '{0}' already exists")]
+    TopicAlreadyExists(String),
+    #[error("unknown topic '{0}'")]
+    UnknownTopic(String),
+    #[error("invalid partition count {requested}: it must be between 1 and {max}")]
+    InvalidPartitions { requested: i64, max: u32 },
+    #[error("invalid replication factor {requested}: it must be between 1 and the {brokers} live broker(s)")]
+    InvalidReplicationFactor { requested: i64, brokers: usize },
+    #[error(transparent)]
+    InvalidConfig(#[from] ConfigError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
+impl ControllerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
+            Self::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+            Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            Self::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+            Self::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
+            Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            Self::Metadata(_) => ErrorCode::StorageError,
+        }
+    }
+}

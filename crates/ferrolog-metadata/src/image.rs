@@ -1,0 +1,205 @@
+//! The cluster image: what applying the metadata records in order yields. Brokers answer
+//! Metadata requests and decide what to lead from it; nothing else is the truth.
+
+use std::collections::BTreeMap;
+
+use crate::records::{MetadataRecord, Record};
+use crate::{BrokerId, MetadataError, PartitionId};
+
+/// A registered broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerImage {
+    pub id: BrokerId,
+    /// `host:port` where clients and other brokers reach it.
+    pub address: String,
+    pub incarnation_id: u64,
+}
+
+/// One partition's placement and leadership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionImage {
+    pub partition: PartitionId,
+    pub replicas: Vec<BrokerId>,
+    pub isr: Vec<BrokerId>,
+    /// `None` while the partition is offline.
+    pub leader: Option<BrokerId>,
+    pub leader_epoch: i32,
+    /// Bumped on every change of the partition, so a stale change request can be refused.
+    pub partition_epoch: i32,
+}
+
+/// One topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicImage {
+    pub name: String,
+    pub topic_id: String,
+    pub partitions: Vec<PartitionImage>,
+    /// The topic's own settings (Kafka names); defaults are not stored, so changing a
+    /// server default reaches every topic that did not override it.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicImage {
+    pub fn replication_factor(&self) -> usize {
+        self.partitions.first().map_or(0, |p| p.replicas.len())
+    }
+
+    pub fn partition(&self, partition: PartitionId) -> Option<&PartitionImage> {
+        self.partitions.get(partition.0 as usize)
+    }
+}
+
+/// Everything the cluster knows about itself, as of `applied_index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterImage {
+    /// Index of the last applied record; 0 before any.
+    pub applied_index: u64,
+    pub brokers: BTreeMap<BrokerId, BrokerImage>,
+    pub topics: BTreeMap<String, TopicImage>,
+}
+
+impl ClusterImage {
+    pub fn topic(&self, name: &str) -> Option<&TopicImage> {
+        self.topics.get(name)
+    }
+
+    /// Applies one committed record. Records are validated before they are appended, so an
+    /// error here means a damaged log or a bug; the image is left unchanged on error.
+    pub fn apply(&mut self, index: u64, record: &MetadataRecord) -> Result<(), MetadataError> {
+        let Some(record) = &record.record else {
+            return Err(MetadataError::InvalidRecord(format!("empty record at index {index}")));
+        };
+        match record {
+            Record::RegisterBroker(r) => {
+                let id = BrokerId(r.broker_id);
+                self.brokers.insert(
+                    id,
+                    BrokerImage {
+                        id,
+                        address: r.address.clone(),
+                        incarnation_id: r.incarnation_id,
+                    },
+                );
+            }
+            Record::CreateTopic(r) => {
+                if self.topics.contains_key(&r.name) {
+                    return Err(MetadataError::InvalidRecord(format!(
+                        "topic '{}' already exists",
+                        r.name
+                    )));
+                }
+                let partitions = r
+                    .assignments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let replicas: Vec<BrokerId> =
+                            a.replicas.iter().copied().map(BrokerId).collect();
+                        PartitionImage {
+                            partition: PartitionId(i as u32),
+                            leader: replicas.first().copied(),
+                            isr: replicas.clone(),
+                            replicas,
+                            leader_epoch: 0,
+                            partition_epoch: 0,
+                        }
+                    })
+                    .collect();
+                self.topics.insert(
+                    r.name.clone(),
+                    TopicImage {
+                        name: r.name.clone(),
+                        topic_id: r.topic_id.clone(),
+                        partitions,
+                        configs: r.configs.clone().into_iter().collect(),
+                    },
+                );
+            }
+            Record::DeleteTopic(r) => {
+                if self.topics.remove(&r.name).is_none() {
+                    return Err(MetadataError::InvalidRecord(format!(
+                        "topic '{}' does not exist",
+                        r.name
+                    )));
+                }
+            }
+            Record::PartitionChange(r) => {
+                let partition = self
+                    .topics
+                    .get_mut(&r.topic)
+                    .and_then(|t| t.partitions.get_mut(r.partition as usize))
+                    .ok_or_else(|| {
+                        MetadataError::InvalidRecord(format!(
+                            "partition {}-{} does not exist",
+                            r.topic, r.partition
+                        ))
+                    })?;
+                partition.leader = (r.leader >= 0).then_some(BrokerId(r.leader));
+                partition.leader_epoch = r.leader_epoch;
+                partition.partition_epoch = r.partition_epoch;
+                partition.replicas = r.replicas.iter().copied().map(BrokerId).collect();
+                partition.isr = r.isr.iter().copied().map(BrokerId).collect();
+            }
+            Record::ConfigChange(r) => {
+                let topic = self.topics.get_mut(&r.topic).ok_or_else(|| {
+                    MetadataError::InvalidRecord(format!("topic '{}' does not exist", r.topic))
+                })?;
+                for (k, v) in &r.set {
+                    topic.configs.insert(k.clone(), v.clone());
+                }
+                for k in &r.delete {
+                    topic.configs.remove(k);
+                }
+            }
+        }
+        self.applied_index = index;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{CreateTopicRecord, DeleteTopicRecord, PartitionAssignment};
+
+    fn create(name: &str, replicas: &[&[i32]]) -> MetadataRecord {
+        MetadataRecord {
+            record: Some(Record::CreateTopic(CreateTopicRecord {
+                name: name.to_owned(),
+                topic_id: format!("{name}-id"),
+                assignments: replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| PartitionAssignment { partition: i as i32, replicas: r.to_vec() })
+                    .collect(),
+                configs: Default::default(),
+            })),
+        }
+    }
+
+    #[test]
+    fn created_topic_has_first_replica_as_leader_and_full_isr() {
+        let mut image = ClusterImage::default();
+        image.apply(1, &create("orders", &[&[1, 2], &[2, 1]])).expect("apply");
+        let topic = image.topic("orders").expect("exists");
+        assert_eq!(topic.partitions[1].leader, Some(BrokerId(2)));
+        assert_eq!(topic.partitions[1].isr, vec![BrokerId(2), BrokerId(1)]);
+        assert_eq!(image.applied_index, 1);
+    }
+
+    #[test]
+    fn invalid_records_leave_the_image_unchanged() {
+        let mut image = ClusterImage::default();
+        image.apply(1, &create("orders", &[&[1]])).expect("apply");
+        let before = image.clone();
+        assert!(image.apply(2, &create("orders", &[&[1]])).is_err());
+        let delete_unknown = MetadataRecord {
+            record: Some(Record::DeleteTopic(DeleteTopicRecord {
+                name: "nope".to_owned(),
+                topic_id: String::new(),
+            })),
+        };
+        assert!(image.apply(3, &delete_unknown).is_err());
+        assert_eq!(image, before);
+    }
+}
