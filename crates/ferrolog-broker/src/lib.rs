@@ -1,1 +1,20 @@
-//! Work in progress.
+//! Ferrolog's data plane: the partitions a broker hosts, the produce and fetch paths with
+//! their durability rules (group commit, high watermark), and the gRPC services clients
+//! call.
+//!
+//! The broker reads the cluster image and asks the controller for changes; it never
+//! writes metadata records itself. Replication and consumer groups land here in later
+//! issues.
+
+mod broker;
+mod error;
+pub mod metrics;
+mod partition;
+mod partition_manager;
+pub mod service;
+
+pub use broker::{Broker, BrokerConfig};
+pub use error::BrokerError;
+pub use metrics::BrokerMetrics;
+pub use partition::{FetchOutcome, Partition, Progress};
+pub use partition_manager::{PartitionManager, StorageSettings};

@@ -1,1 +1,71 @@
-fn main() {}
+//! `ferrolog`: the server and every command-line tool, in one binary.
+
+mod cli;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// Ferrolog: a durable, partitioned, replicated event log.
+#[derive(Debug, Parser)]
+#[command(name = "ferrolog", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (with no flags: a single-node cluster in ./ferrolog-data).
+    Server(server::ServerArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(cli::topic::TopicCommand),
+    /// Produce one record per line of standard input.
+    Produce(cli::produce::ProduceArgs),
+    /// Print records of a topic, one per line.
+    Consume(cli::consume::ConsumeArgs),
+    /// Measure produce and consume throughput and latency.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
+    /// Exit 0 if the node answers its gRPC health check (for container health checks).
+    Health(cli::health::HealthArgs),
+}
+
+fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Server(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Topic(cmd) => cli::topic::run(cmd).await,
+            Command::Produce(args) => cli::produce::run(args).await,
+            Command::Consume(args) => cli::consume::run(args).await,
+            Command::Bench(cmd) => cli::bench::run(cmd).await,
+            Command::Health(args) => cli::health::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

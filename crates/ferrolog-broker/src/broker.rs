@@ -1,0 +1,206 @@
+//! A broker: the partitions it hosts, kept in step with the cluster image, plus the
+//! background upkeep (retention, segment roll, checkpoints).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ferrolog_controller::Controller;
+use ferrolog_metadata::{BrokerId, MetadataStore, PartitionId};
+use ferrolog_proto::v1::ErrorCode;
+
+use crate::metrics::BrokerMetrics;
+use crate::partition::Partition;
+use crate::partition_manager::{PartitionManager, StorageSettings};
+use crate::BrokerError;
+
+/// What a broker needs to know about itself.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub node_id: BrokerId,
+    /// `host:port` clients use to reach this broker; returned in Metadata.
+    pub advertised_address: String,
+    pub storage: StorageSettings,
+    /// How often retention, time-based rolls and high-watermark checkpoints run.
+    pub maintenance_interval: Duration,
+    /// Upper bound on how long a produce may wait for its acknowledgement.
+    pub max_produce_timeout: Duration,
+    /// Upper bound on a fetch's long-poll.
+    pub max_fetch_wait: Duration,
+}
+
+/// A running broker.
+pub struct Broker {
+    config: BrokerConfig,
+    store: Arc<MetadataStore>,
+    controller: Arc<Controller>,
+    partitions: Arc<PartitionManager>,
+    metrics: Arc<BrokerMetrics>,
+    shutting_down: AtomicBool,
+}
+
+impl Broker {
+    /// Registers the broker, opens the partitions the image assigns to it (running log
+    /// recovery), and starts following the image and the upkeep loop.
+    pub async fn start(
+        config: BrokerConfig,
+        store: Arc<MetadataStore>,
+        controller: Arc<Controller>,
+        metrics: Arc<BrokerMetrics>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let partitions = Arc::new(PartitionManager::new(
+            config.node_id,
+            config.storage.clone(),
+            Arc::clone(&metrics),
+        ));
+        let incarnation_id = ferrolog_metadata::random_id();
+        let incarnation_id = u64::from_str_radix(&incarnation_id[..16], 16).unwrap_or_default();
+        {
+            let controller = Arc::clone(&controller);
+            let (id, address) = (config.node_id, config.advertised_address.clone());
+            tokio::task::spawn_blocking(move || {
+                controller.register_broker(id, &address, incarnation_id)
+            })
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("register task failed: {e}")))??;
+        }
+        let broker = Arc::new(Self {
+            config,
+            store,
+            controller,
+            partitions,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+        });
+        broker.reconcile_now().await?;
+        tokio::spawn(Arc::clone(&broker).follow_image());
+        tokio::spawn(Arc::clone(&broker).run_maintenance());
+        Ok(broker)
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<MetadataStore> {
+        &self.store
+    }
+
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    pub fn partitions(&self) -> &Arc<PartitionManager> {
+        &self.partitions
+    }
+
+    pub fn metrics(&self) -> &Arc<BrokerMetrics> {
+        &self.metrics
+    }
+
+    async fn reconcile_now(&self) -> Result<(), BrokerError> {
+        let image = self.store.image();
+        let partitions = Arc::clone(&self.partitions);
+        tokio::task::spawn_blocking(move || partitions.reconcile(&image))
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("reconcile task failed: {e}")))?
+    }
+
+    /// Applies every image change to the hosted partitions, in order.
+    async fn follow_image(self: Arc<Self>) {
+        let mut applied = self.store.subscribe();
+        while applied.changed().await.is_ok() {
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(error) = self.reconcile_now().await {
+                tracing::error!(%error, "cannot apply metadata change to partitions");
+            }
+        }
+    }
+
+    /// Waits (bounded) until the hosted partitions reflect the image at `index`, so a topic
+    /// is writable as soon as its creation is acknowledged.
+    pub async fn wait_reconciled(&self, index: u64, timeout: Duration) -> Result<(), BrokerError> {
+        let mut reconciled = self.partitions.subscribe_reconciled();
+        tokio::time::timeout(timeout, reconciled.wait_for(|i| *i >= index))
+            .await
+            .map_err(|_| BrokerError::Timeout {
+                timeout_ms: timeout.as_millis() as u64,
+                waiting_for: "partitions to open",
+            })?
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        Ok(())
+    }
+
+    async fn run_maintenance(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.maintenance_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            let partitions = self.partitions.all();
+            let done = tokio::task::spawn_blocking(move || {
+                for partition in partitions {
+                    if let Err(error) = partition.maintain() {
+                        if error.code() != ErrorCode::UnknownTopic {
+                            tracing::warn!(topic = partition.topic(), partition = %partition.id(),
+                                %error, "partition upkeep failed");
+                        }
+                    }
+                }
+            })
+            .await;
+            if let Err(error) = done {
+                tracing::error!(%error, "upkeep task failed");
+            }
+        }
+    }
+
+    /// The partition led here, or the error a client should see: unknown topic or
+    /// partition (with the valid range), or NOT_LEADER naming the leader.
+    pub fn leader_partition(&self, topic: &str, partition: i64) -> Result<Arc<Partition>, BrokerError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let image = self.store.image();
+        let topic_image =
+            image.topic(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;
+        let count = topic_image.partitions.len();
+        let index = u32::try_from(partition)
+            .ok()
+            .filter(|p| (*p as usize) < count)
+            .ok_or_else(|| BrokerError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                count,
+            })?;
+        let partition_image = topic_image
+            .partition(PartitionId(index))
+            .expect("index checked against the partition count");
+        if partition_image.leader != Some(self.config.node_id) {
+            let leader = partition_image.leader.map(|id| {
+                let address = image.brokers.get(&id).map(|b| b.address.clone()).unwrap_or_default();
+                (id.0, address)
+            });
+            return Err(BrokerError::NotLeader { topic: topic.to_owned(), partition: index, leader });
+        }
+        self.partitions.get(topic, index).ok_or_else(|| BrokerError::NotLeader {
+            topic: topic.to_owned(),
+            partition: index,
+            leader: None,
+        })
+    }
+
+    /// Stops taking requests and makes every partition durable.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let partitions = Arc::clone(&self.partitions);
+        if let Err(error) = tokio::task::spawn_blocking(move || partitions.close_all()).await {
+            tracing::error!(%error, "closing partitions failed");
+        }
+        tracing::info!("broker stopped");
+    }
+}

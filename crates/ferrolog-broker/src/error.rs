@@ -1,0 +1,58 @@
+use ferrolog_controller::ControllerError;
+use ferrolog_log::LogError;
+use ferrolog_proto::v1::ErrorCode;
+use thiserror::Error;
+
+/// Why a data-plane request failed. Each variant maps to a stable [`ErrorCode`] and a gRPC
+/// status (see `service::status`).
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("unknown topic '{0}'")]
+    UnknownTopic(String),
+    #[error("unknown partition {partition} of topic '{topic}'; it has partitions 0..{count}")]
+    UnknownPartition { topic: String, partition: i64, count: usize },
+    #[error("partition {topic}-{partition} is not led by this broker{}", leader_hint(.leader))]
+    NotLeader { topic: String, partition: u32, leader: Option<(i32, String)> },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request timed out after {timeout_ms} ms waiting for {waiting_for}")]
+    Timeout { timeout_ms: u64, waiting_for: &'static str },
+    #[error("the log of partition {topic}-{partition} failed and is offline: {reason}")]
+    StorageOffline { topic: String, partition: u32, reason: String },
+    #[error("broker is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+}
+
+fn leader_hint(leader: &Option<(i32, String)>) -> String {
+    match leader {
+        Some((id, address)) => format!("; it is led by broker {id} at {address}"),
+        None => "; it has no leader right now".to_owned(),
+    }
+}
+
+impl BrokerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            Self::NotLeader { .. } => ErrorCode::NotLeader,
+            Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Self::Timeout { .. } => ErrorCode::RequestTimedOut,
+            Self::StorageOffline { .. } => ErrorCode::StorageError,
+            Self::ShuttingDown => ErrorCode::BrokerShuttingDown,
+            Self::Log(e) => match e {
+                LogError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+                LogError::CorruptBatch { .. } | LogError::UnsupportedCompression { .. } => {
+                    ErrorCode::CorruptRecord
+                }
+                LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+                _ => ErrorCode::StorageError,
+            },
+            Self::Controller(e) => e.code(),
+        }
+    }
+}

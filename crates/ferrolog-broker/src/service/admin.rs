@@ -1,0 +1,179 @@
+//! Topic administration. A change is acknowledged only once it is committed to the
+//! metadata log and this node's partitions reflect it, so the topic is usable at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrolog_controller::{ControllerError, CreateTopicRequest};
+use ferrolog_proto::v1::admin_service_server::AdminService;
+use ferrolog_proto::v1;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::RequestLabels;
+use crate::{Broker, BrokerError};
+
+/// How long an admin call waits for local partitions to open after its commit.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The AdminService implementation.
+#[derive(Clone)]
+pub struct AdminApi {
+    broker: Arc<Broker>,
+}
+
+impl AdminApi {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+
+    fn count(&self, rpc: &'static str, result: &Result<impl Sized, BrokerError>) {
+        let code = match result {
+            Ok(_) => "OK",
+            Err(e) => e.code().as_str_name(),
+        };
+        self.broker.metrics().requests.get_or_create(&RequestLabels { rpc, code }).inc();
+    }
+
+    /// Runs a controller call on the blocking pool (it fsyncs), then waits until this
+    /// node's partitions reflect the result.
+    async fn commit<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&ferrolog_controller::Controller) -> Result<T, ControllerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        let controller = Arc::clone(self.broker.controller());
+        let value = tokio::task::spawn_blocking(move || call(&controller))
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("controller task failed: {e}")))??;
+        let index = self.broker.store().image().applied_index;
+        self.broker.wait_reconciled(index, RECONCILE_TIMEOUT).await?;
+        Ok(value)
+    }
+
+    #[tracing::instrument(name = "create_topic", skip_all, fields(topic = %request.name))]
+    async fn create_topic_inner(
+        &self,
+        request: v1::CreateTopicRequest,
+    ) -> Result<v1::CreateTopicResponse, BrokerError> {
+        let request = CreateTopicRequest {
+            name: request.name,
+            partitions: i64::from(request.partitions),
+            replication_factor: i64::from(request.replication_factor),
+            configs: request.configs.into_iter().collect(),
+        };
+        let topic = self.commit(move |c| c.create_topic(request)).await?;
+        Ok(v1::CreateTopicResponse {
+            name: topic.name.clone(),
+            partitions: topic.partitions.len() as i32,
+            replication_factor: topic.replication_factor() as i32,
+        })
+    }
+
+    #[tracing::instrument(name = "delete_topic", skip_all, fields(topic = %request.name))]
+    async fn delete_topic_inner(
+        &self,
+        request: v1::DeleteTopicRequest,
+    ) -> Result<v1::DeleteTopicResponse, BrokerError> {
+        self.commit(move |c| c.delete_topic(&request.name)).await?;
+        Ok(v1::DeleteTopicResponse {})
+    }
+
+    fn list_topics_inner(&self) -> v1::ListTopicsResponse {
+        let image = self.broker.store().image();
+        v1::ListTopicsResponse {
+            topics: image
+                .topics
+                .values()
+                .map(|t| v1::TopicSummary {
+                    name: t.name.clone(),
+                    partitions: t.partitions.len() as i32,
+                    replication_factor: t.replication_factor() as i32,
+                })
+                .collect(),
+        }
+    }
+
+    #[tracing::instrument(name = "describe_topic", skip_all, fields(topic = %request.name))]
+    fn describe_topic_inner(
+        &self,
+        request: v1::DescribeTopicRequest,
+    ) -> Result<v1::DescribeTopicResponse, BrokerError> {
+        let image = self.broker.store().image();
+        let topic = image
+            .topic(&request.name)
+            .ok_or_else(|| BrokerError::UnknownTopic(request.name.clone()))?;
+        let configs = self
+            .broker
+            .partitions()
+            .settings()
+            .topic_defaults
+            .with_overrides(&topic.configs)
+            .map_err(ControllerError::from)?
+            .to_map();
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let local = self.broker.partitions().get(&topic.name, p.partition.0);
+                let offsets = local.map(|l| {
+                    (l.log_start_offset().0, l.log_end_offset().0, l.high_watermark().0, l.size_bytes())
+                });
+                let (start, end, hw, size) = offsets.unwrap_or((-1, -1, -1, 0));
+                v1::PartitionDescription {
+                    partition: p.partition.0 as i32,
+                    leader: p.leader.map_or(-1, |l| l.0),
+                    leader_epoch: p.leader_epoch,
+                    replicas: p.replicas.iter().map(|b| b.0).collect(),
+                    isr: p.isr.iter().map(|b| b.0).collect(),
+                    log_start_offset: start,
+                    log_end_offset: end,
+                    high_watermark: hw,
+                    size_bytes: size,
+                }
+            })
+            .collect();
+        Ok(v1::DescribeTopicResponse {
+            name: topic.name.clone(),
+            partitions,
+            configs: configs.into_iter().collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_topic(
+        &self,
+        request: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let result = self.create_topic_inner(request.into_inner()).await;
+        self.count("create_topic", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<v1::DeleteTopicRequest>,
+    ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let result = self.delete_topic_inner(request.into_inner()).await;
+        self.count("delete_topic", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let result: Result<_, BrokerError> = Ok(self.list_topics_inner());
+        self.count("list_topics", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<v1::DescribeTopicRequest>,
+    ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
+        let result = self.describe_topic_inner(request.into_inner());
+        self.count("describe_topic", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+}

@@ -1,0 +1,321 @@
+//! The client data plane: Produce, Fetch, Subscribe, ListOffsets, Metadata.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ferrolog_log::{LogError, Offset};
+use ferrolog_proto::v1::client_service_server::ClientService;
+use ferrolog_proto::v1::{self, Acks, ErrorCode, FetchFormat, OffsetSpec};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{batches_to_records, next_offset, records_to_batch};
+use super::status::status_with;
+use crate::metrics::RequestLabels;
+use crate::partition::{FetchOutcome, now_ms};
+use crate::{Broker, BrokerError};
+
+/// Kafka's `request.timeout.ms` default: how long a produce waits for its acknowledgement
+/// when the request does not say.
+const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Kafka's `max.partition.fetch.bytes` default, used when a fetch does not say.
+const DEFAULT_FETCH_MAX_BYTES: u32 = 1024 * 1024;
+/// Upper bound on one fetch response, whatever the request asks; keeps responses well
+/// under the gRPC message limit.
+pub const MAX_FETCH_BYTES: u32 = 64 * 1024 * 1024;
+/// Batches a Subscribe stream may have queued for a slow client before it stops reading.
+const SUBSCRIBE_QUEUE_DEPTH: usize = 4;
+/// How long each poll of a Subscribe stream waits for new data.
+const SUBSCRIBE_POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// The ClientService implementation.
+#[derive(Clone)]
+pub struct ClientApi {
+    broker: Arc<Broker>,
+}
+
+impl ClientApi {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+
+    fn count(&self, rpc: &'static str, result: &Result<impl Sized, BrokerError>) {
+        let code = match result {
+            Ok(_) => "OK",
+            Err(e) => e.code().as_str_name(),
+        };
+        self.broker.metrics().requests.get_or_create(&RequestLabels { rpc, code }).inc();
+    }
+
+    #[tracing::instrument(name = "produce", skip_all, fields(topic = %request.topic, partition = request.partition))]
+    async fn produce_inner(
+        &self,
+        request: v1::ProduceRequest,
+    ) -> Result<v1::ProduceResponse, BrokerError> {
+        let partition = self.broker.leader_partition(&request.topic, i64::from(request.partition))?;
+        let mut batch = match (request.records.is_empty(), request.record_batch.is_empty()) {
+            (false, true) => records_to_batch(&request.records, now_ms())?,
+            (true, false) => request.record_batch.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
+            (true, true) => {
+                return Err(BrokerError::InvalidRequest("produce request has no records".into()));
+            }
+            (false, false) => {
+                return Err(BrokerError::InvalidRequest(
+                    "produce request has both records and record_batch; send one".into(),
+                ));
+            }
+        };
+        let acks = Acks::try_from(request.acks).unwrap_or(Acks::All);
+        let timeout = match request.timeout_ms {
+            0 => DEFAULT_PRODUCE_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        }
+        .min(self.broker.config().max_produce_timeout);
+        let info = partition.append(&mut batch, acks != Acks::None, timeout).await?;
+        let metrics = self.broker.metrics();
+        metrics.produced_records.inc_by(u64::from(info.record_count));
+        metrics.produced_bytes.inc_by(u64::from(info.size_bytes));
+        Ok(v1::ProduceResponse {
+            topic: request.topic,
+            partition: request.partition,
+            base_offset: info.base_offset.0,
+            last_offset: info.last_offset.0,
+            log_start_offset: partition.log_start_offset().0,
+        })
+    }
+
+    async fn fetch_once(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: u32,
+        max_wait: Duration,
+    ) -> Result<FetchOutcome, BrokerError> {
+        let partition = self.broker.leader_partition(topic, i64::from(partition))?;
+        let max_bytes = match max_bytes {
+            0 => DEFAULT_FETCH_MAX_BYTES,
+            n => n.min(MAX_FETCH_BYTES),
+        };
+        let max_wait = max_wait.min(self.broker.config().max_fetch_wait);
+        let outcome = partition.fetch(Offset(offset), max_bytes, max_wait).await?;
+        self.broker.metrics().fetched_bytes.inc_by(outcome.read.batches.len() as u64);
+        Ok(outcome)
+    }
+
+    #[tracing::instrument(name = "fetch", skip_all, fields(topic = %request.topic, partition = request.partition, offset = request.offset))]
+    async fn fetch_inner(&self, request: v1::FetchRequest) -> Result<v1::FetchResponse, BrokerError> {
+        let outcome = self
+            .fetch_once(
+                &request.topic,
+                request.partition,
+                request.offset,
+                request.max_bytes,
+                Duration::from_millis(u64::from(request.max_wait_ms)),
+            )
+            .await?;
+        fetch_response(request.topic, request.partition, request.offset, request.format, outcome)
+    }
+
+    #[tracing::instrument(name = "list_offsets", skip_all, fields(topic = %request.topic, partition = request.partition))]
+    fn list_offsets_inner(
+        &self,
+        request: v1::ListOffsetsRequest,
+    ) -> Result<v1::ListOffsetsResponse, BrokerError> {
+        let partition = self.broker.leader_partition(&request.topic, i64::from(request.partition))?;
+        let high_watermark = partition.high_watermark();
+        let log_start_offset = partition.log_start_offset();
+        let offset = match OffsetSpec::try_from(request.spec) {
+            Ok(OffsetSpec::Earliest) => log_start_offset.0,
+            Ok(OffsetSpec::Latest) => high_watermark.0,
+            Ok(OffsetSpec::Timestamp) => {
+                partition.offset_for_timestamp(request.timestamp_ms)?.map_or(-1, |o| o.0)
+            }
+            Err(_) => {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "unknown offset spec {}",
+                    request.spec
+                )));
+            }
+        };
+        Ok(v1::ListOffsetsResponse {
+            offset,
+            log_start_offset: log_start_offset.0,
+            high_watermark: high_watermark.0,
+        })
+    }
+
+    fn metadata_inner(&self, request: v1::MetadataRequest) -> Result<v1::MetadataResponse, BrokerError> {
+        let image = self.broker.store().image();
+        let topics = if request.topics.is_empty() {
+            image.topics.values().collect::<Vec<_>>()
+        } else {
+            request
+                .topics
+                .iter()
+                .map(|name| image.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.clone())))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(v1::MetadataResponse {
+            brokers: image
+                .brokers
+                .values()
+                .map(|b| v1::BrokerMetadata { broker_id: b.id.0, address: b.address.clone() })
+                .collect(),
+            topics: topics
+                .into_iter()
+                .map(|t| v1::TopicMetadata {
+                    name: t.name.clone(),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| v1::PartitionMetadata {
+                            partition: p.partition.0 as i32,
+                            leader: p.leader.map_or(-1, |l| l.0),
+                            leader_epoch: p.leader_epoch,
+                            replicas: p.replicas.iter().map(|b| b.0).collect(),
+                            isr: p.isr.iter().map(|b| b.0).collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            controller_id: self.broker.config().node_id.0,
+            cluster_id: self.broker.store().cluster_id().to_owned(),
+        })
+    }
+}
+
+fn fetch_response(
+    topic: String,
+    partition: i32,
+    offset: i64,
+    format: i32,
+    outcome: FetchOutcome,
+) -> Result<v1::FetchResponse, BrokerError> {
+    let batches = outcome.read.batches;
+    let next = next_offset(&batches, Offset(offset));
+    let (records, record_batches) = match FetchFormat::try_from(format) {
+        Ok(FetchFormat::Batches) => (Vec::new(), batches),
+        _ => (batches_to_records(&batches, Offset(offset))?, bytes::Bytes::new()),
+    };
+    Ok(v1::FetchResponse {
+        topic,
+        partition,
+        high_watermark: outcome.high_watermark.0,
+        log_start_offset: outcome.read.log_start_offset.0,
+        next_offset: next.0,
+        records,
+        record_batches,
+    })
+}
+
+/// A corrupt batch found while reading is damage on this node's disk, not bad input.
+fn read_status(error: BrokerError) -> Status {
+    match error {
+        BrokerError::Log(LogError::CorruptBatch { reason }) => {
+            tracing::error!(%reason, "corrupt batch on disk; refusing to serve it");
+            status_with(
+                tonic::Code::DataLoss,
+                ErrorCode::CorruptRecord,
+                format!("stored data is corrupt and will not be served: {reason}"),
+            )
+        }
+        other => other.into(),
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ClientService for ClientApi {
+    async fn produce(
+        &self,
+        request: Request<v1::ProduceRequest>,
+    ) -> Result<Response<v1::ProduceResponse>, Status> {
+        let started = Instant::now();
+        let result = self.produce_inner(request.into_inner()).await;
+        self.broker.metrics().produce_seconds.observe(started.elapsed().as_secs_f64());
+        self.count("produce", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<v1::FetchResponse>, Status> {
+        let started = Instant::now();
+        let result = self.fetch_inner(request.into_inner()).await;
+        self.broker.metrics().fetch_seconds.observe(started.elapsed().as_secs_f64());
+        self.count("fetch", &result);
+        result.map(Response::new).map_err(read_status)
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        // Refuse at once what can never succeed, instead of opening a stream that only fails.
+        let checked = self.broker.leader_partition(&request.topic, i64::from(request.partition));
+        self.count("subscribe", &checked);
+        checked?;
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);
+        let api = self.clone();
+        let span = tracing::info_span!("subscribe", topic = %request.topic, partition = request.partition);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut offset = request.offset;
+                loop {
+                    let fetched = api
+                        .fetch_once(&request.topic, request.partition, offset, request.max_bytes, SUBSCRIBE_POLL_WAIT)
+                        .await
+                        .and_then(|outcome| {
+                            fetch_response(request.topic.clone(), request.partition, offset, request.format, outcome)
+                        });
+                    match fetched {
+                        Ok(response) if response.next_offset == offset => {
+                            if tx.is_closed() {
+                                return;
+                            }
+                        }
+                        Ok(response) => {
+                            offset = response.next_offset;
+                            if tx.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            let _ = tx.send(Err(read_status(error))).await;
+                            return;
+                        }
+                    }
+                }
+            },
+            span,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<v1::ListOffsetsRequest>,
+    ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        let result = self.list_offsets_inner(request.into_inner());
+        self.count("list_offsets", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn metadata(
+        &self,
+        request: Request<v1::MetadataRequest>,
+    ) -> Result<Response<v1::MetadataResponse>, Status> {
+        let result = self.metadata_inner(request.into_inner());
+        self.count("metadata", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+}

@@ -1,0 +1,10 @@
+//! The gRPC services of a node: the client data plane and topic administration.
+
+mod admin;
+mod client;
+mod convert;
+mod status;
+
+pub use admin::AdminApi;
+pub use client::ClientApi;
+pub use status::status_with_code;

@@ -1,0 +1,250 @@
+//! `ferrolog bench produce|consume`: throughput and latency through the real client, as an
+//! application sees them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use ferrolog_client::{Acks, Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartOffset};
+use ferrolog_proto::v1::ErrorCode;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::ClientArgs;
+
+/// Unacknowledged records per producer task; bounds the benchmark's own memory.
+const MAX_PENDING_PER_PRODUCER: usize = 200_000;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Produce N records of B bytes and report throughput and ack latency
+    Produce(ProduceBench),
+    /// Read a topic from the beginning and report throughput
+    Consume(ConsumeBench),
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceBench {
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Value size in bytes
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// Producer batch size in bytes (batch_size_bytes)
+    #[arg(long, default_value_t = 1024 * 1024)]
+    batch_size: usize,
+    /// Producer linger in milliseconds
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    acks: Acks,
+    /// Concurrent producers (each with its own connection)
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    /// Partitions of the topic if the benchmark creates it
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeBench {
+    #[arg(long)]
+    topic: String,
+    /// Stop after this many records (default: everything present at the start)
+    #[arg(long)]
+    records: Option<u64>,
+    /// Fetch size per partition request
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    fetch_max_bytes: u32,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_acks(value: &str) -> Result<Acks, String> {
+    match value {
+        "0" => Ok(Acks::None),
+        "1" => Ok(Acks::Leader),
+        "all" | "-1" => Ok(Acks::All),
+        other => Err(format!("'{other}' is not one of 0, 1, all")),
+    }
+}
+
+fn progress(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Prints one result line set; the format is stable so scripts can grep it.
+fn report(what: &str, records: u64, bytes: u64, elapsed: Duration, latency_us: Option<&Histogram<u64>>) {
+    let secs = elapsed.as_secs_f64().max(f64::EPSILON);
+    println!("{what}: {records} records, {:.1} MB in {:.2} s", bytes as f64 / 1e6, secs);
+    println!("throughput: {:.0} records/s, {:.1} MB/s", records as f64 / secs, bytes as f64 / 1e6 / secs);
+    if let Some(h) = latency_us {
+        println!(
+            "latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.value_at_quantile(0.999) as f64 / 1000.0,
+            h.max() as f64 / 1000.0
+        );
+    }
+}
+
+fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    // 1 µs .. 10 min with 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("create latency histogram")
+}
+
+async fn ensure_topic(client: &ClientArgs, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin = Admin::connect(client.config()).await?;
+    match admin.create_topic(topic, partitions, 0, Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("create topic '{topic}'")),
+    }
+}
+
+async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
+    if args.producers == 0 || args.record_size == 0 {
+        bail!("--producers and --record-size must be at least 1");
+    }
+    ensure_topic(&args.client, &args.topic, args.partitions).await?;
+    // Incompressible-looking payload, built once and shared (Bytes clones are free).
+    let payload = Bytes::from(
+        (0..args.record_size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>(),
+    );
+    let bar = Arc::new(progress(args.records));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..u64::from(args.producers) {
+        let share = args.records / u64::from(args.producers)
+            + u64::from(p < args.records % u64::from(args.producers));
+        let mut config = ProducerConfig::new(args.client.config());
+        config.acks = args.acks;
+        config.batch_size_bytes = args.batch_size;
+        config.linger_ms = args.linger_ms;
+        let (topic, payload, bar) = (args.topic.clone(), payload.clone(), Arc::clone(&bar));
+        tasks.push(tokio::spawn(async move {
+            let producer = Producer::connect(config).await?;
+            let mut histogram = latency_histogram()?;
+            let mut pending = FuturesUnordered::new();
+            let mut first_error: Option<ClientError> = None;
+            for _ in 0..share {
+                let sent_at = Instant::now();
+                let delivery = producer.send(ProducerRecord::new(topic.clone(), payload.clone())).await;
+                pending.push(async move { (delivery.await, sent_at) });
+                while pending.len() >= MAX_PENDING_PER_PRODUCER {
+                    if let Some((result, sent_at)) = pending.next().await {
+                        settle(result, sent_at, &mut histogram, &mut first_error, &bar);
+                    }
+                }
+            }
+            producer.flush().await?;
+            while let Some((result, sent_at)) = pending.next().await {
+                settle(result, sent_at, &mut histogram, &mut first_error, &bar);
+            }
+            producer.close().await;
+            match first_error {
+                Some(e) => Err(anyhow::Error::from(e).context("a record was not acknowledged")),
+                None => Ok::<_, anyhow::Error>(histogram),
+            }
+        }));
+    }
+    let mut histogram = latency_histogram()?;
+    for task in tasks {
+        let h = task.await.context("producer task panicked")??;
+        histogram.add(&h).context("merge histograms")?;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    report("produce", args.records, args.records * args.record_size as u64, elapsed, Some(&histogram));
+    Ok(())
+}
+
+fn settle(
+    result: Result<ferrolog_client::RecordMetadata, ClientError>,
+    sent_at: Instant,
+    histogram: &mut Histogram<u64>,
+    first_error: &mut Option<ClientError>,
+    bar: &ProgressBar,
+) {
+    match result {
+        Ok(_) => {
+            histogram.saturating_record(sent_at.elapsed().as_micros() as u64);
+            bar.inc(1);
+        }
+        Err(e) => {
+            first_error.get_or_insert(e);
+        }
+    }
+}
+
+async fn run_consume(args: ConsumeBench) -> anyhow::Result<()> {
+    let admin = Admin::connect(args.client.config()).await?;
+    let metadata = admin.metadata(vec![args.topic.clone()]).await.context("look up topic")?;
+    let topic = metadata
+        .topics
+        .iter()
+        .find(|t| t.name == args.topic)
+        .with_context(|| format!("unknown topic '{}'", args.topic))?;
+    let mut available = 0u64;
+    for p in &topic.partitions {
+        let latest = admin.list_offsets(&args.topic, p.partition as u32, ferrolog_client::OffsetQuery::Latest).await?;
+        available += (latest.high_watermark - latest.log_start_offset).max(0) as u64;
+    }
+    let target = args.records.unwrap_or(available);
+    if target == 0 {
+        bail!("topic '{}' is empty; run `ferrolog bench produce` first", args.topic);
+    }
+    let mut config = ConsumerConfig::new(args.client.config());
+    config.fetch_max_bytes = args.fetch_max_bytes;
+    let mut consumer = Consumer::connect(config).await?;
+    for p in &topic.partitions {
+        consumer.assign(&args.topic, p.partition as u32, StartOffset::Earliest);
+    }
+    let bar = progress(target);
+    let mut histogram = latency_histogram()?;
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    while records < target {
+        if Instant::now() > deadline {
+            bail!("only {records} of {target} records arrived within 10 minutes");
+        }
+        let poll_started = Instant::now();
+        let batch = consumer.poll(Duration::from_millis(500)).await?;
+        histogram.saturating_record(poll_started.elapsed().as_micros() as u64);
+        for r in &batch {
+            bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+        }
+        records += batch.len() as u64;
+        bar.inc(batch.len() as u64);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    report("consume", records, bytes, elapsed, None);
+    println!(
+        "poll latency: p50 {:.2} ms, p99 {:.2} ms",
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0
+    );
+    Ok(())
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Produce(args) => run_produce(args).await,
+        BenchCommand::Consume(args) => run_consume(args).await,
+    }
+}

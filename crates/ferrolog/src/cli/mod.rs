@@ -1,0 +1,25 @@
+//! The client-side commands. Each talks to a cluster through `ferrolog-client`, exactly as
+//! an application would.
+
+pub mod bench;
+pub mod consume;
+pub mod health;
+pub mod produce;
+pub mod topic;
+
+use clap::Args;
+use ferrolog_client::ClientConfig;
+
+/// How to reach the cluster; shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Bootstrap brokers, comma-separated host:port
+    #[arg(long, env = "FERROLOG_BROKERS", default_value = "127.0.0.1:9290", value_delimiter = ',')]
+    pub brokers: Vec<String>,
+}
+
+impl ClientArgs {
+    pub fn config(&self) -> ClientConfig {
+        ClientConfig::with_brokers(self.brokers.iter().map(|b| b.trim().to_owned()))
+    }
+}

@@ -1,0 +1,102 @@
+//! `ferrolog produce`: one record per line of standard input.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use ferrolog_client::{Acks, Producer, ProducerConfig, ProducerRecord};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::io::AsyncBufReadExt;
+
+use super::ClientArgs;
+
+/// Records awaiting acknowledgement before reading more input: bounds memory on big input.
+const MAX_PENDING_RECORDS: usize = 100_000;
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    topic: String,
+    /// Key for every record
+    #[arg(long, conflicts_with = "key_separator")]
+    key: Option<String>,
+    /// Split each line into key and value at the first SEP
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
+    /// Send every record to this partition (default: by key, or sticky without key)
+    #[arg(long)]
+    partition: Option<u32>,
+    /// 0 (no wait), 1 (leader has it durably) or all (every in-sync replica)
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    acks: Acks,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_acks(value: &str) -> Result<Acks, String> {
+    match value {
+        "0" => Ok(Acks::None),
+        "1" => Ok(Acks::Leader),
+        "all" | "-1" => Ok(Acks::All),
+        other => Err(format!("'{other}' is not one of 0, 1, all")),
+    }
+}
+
+pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
+    let mut config = ProducerConfig::new(args.client.config());
+    config.acks = args.acks;
+    let producer = Producer::connect(config).await?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut pending = FuturesUnordered::new();
+    let (mut sent, mut failed, mut line_no) = (0u64, 0u64, 0u64);
+    let mut first_error: Option<String> = None;
+    let mut note = |error: String, failed: &mut u64| {
+        *failed += 1;
+        first_error.get_or_insert(error);
+    };
+
+    while let Some(line) = lines.next_line().await.context("read standard input")? {
+        line_no += 1;
+        let (key, value) = match (&args.key, &args.key_separator) {
+            (Some(key), _) => (Some(Bytes::from(key.clone())), line),
+            (None, Some(sep)) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(Bytes::from(k.to_owned())), v.to_owned()),
+                None => {
+                    note(format!("line {line_no} has no key separator {sep:?}"), &mut failed);
+                    continue;
+                }
+            },
+            (None, None) => (None, line),
+        };
+        let mut record = ProducerRecord::new(args.topic.clone(), Bytes::from(value));
+        if let Some(key) = key {
+            record = record.with_key(key);
+        }
+        if let Some(partition) = args.partition {
+            record = record.with_partition(partition);
+        }
+        pending.push(producer.send(record).await);
+        sent += 1;
+        while pending.len() >= MAX_PENDING_RECORDS {
+            if let Some(Err(error)) = pending.next().await {
+                note(error.to_string(), &mut failed);
+            }
+        }
+    }
+    producer.flush().await.context("flush producer")?;
+    while let Some(result) = pending.next().await {
+        if let Err(error) = result {
+            note(error.to_string(), &mut failed);
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(30), producer.close()).await.ok();
+    if failed > 0 {
+        bail!(
+            "{failed} of {line_no} record(s) failed; first error: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    eprintln!("produced {sent} record(s) to {}", args.topic);
+    Ok(())
+}

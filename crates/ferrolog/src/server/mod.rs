@@ -1,0 +1,198 @@
+//! `ferrolog server`: one node with both roles (broker and controller), its gRPC port and
+//! its HTTP port.
+
+mod config;
+mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ferrolog_broker::service::{AdminApi, ClientApi};
+use ferrolog_broker::{Broker, BrokerConfig, BrokerMetrics, StorageSettings};
+use ferrolog_controller::Controller;
+use ferrolog_metadata::{BrokerId, MetadataStore};
+use ferrolog_proto::v1::admin_service_server::AdminServiceServer;
+use ferrolog_proto::v1::client_service_server::ClientServiceServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub use config::ServerConfig;
+
+/// Largest gRPC message a node accepts or sends: Kafka's `socket.request.max.bytes`.
+const MAX_GRPC_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
+/// Directory of the metadata store inside the data directory (Kafka's name for its log).
+const METADATA_DIR: &str = "__cluster_metadata";
+
+/// `ferrolog server` flags. Flags win over the config file, which wins over defaults.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Directory for partition logs and metadata [default: ./ferrolog-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC address for clients [default: 127.0.0.1:9290]; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// HTTP address for /health and /metrics [default: 127.0.0.1:9280]
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// TOML configuration file (see README "Configuration")
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This node's id [default: 1]
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Address clients are told to use for this node [default: the bound gRPC address]
+    #[arg(long)]
+    advertised_address: Option<String>,
+}
+
+impl ServerArgs {
+    fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::default();
+        if let Some(path) = &self.config {
+            config.apply_file(path)?;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.http_listen {
+            config.http_listen = v;
+        }
+        if let Some(v) = self.node_id {
+            anyhow::ensure!(v >= 0, "--node-id must be >= 0, got {v}");
+            config.node_id = v;
+        }
+        if let Some(v) = self.advertised_address {
+            config.advertised_address = Some(v);
+        }
+        Ok(config)
+    }
+}
+
+async fn bind(address: &str, what: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("bind {what} address {address}"))?;
+    let local = listener.local_addr().context("read bound address")?;
+    Ok((listener, local))
+}
+
+/// Runs a server until SIGINT or SIGTERM, then shuts down cleanly.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
+    let (grpc_listener, grpc_addr) = bind(&config.listen, "gRPC").await?;
+    let (http_listener, http_addr) = bind(&config.http_listen, "HTTP").await?;
+    let advertised_address = config.advertised_address.clone().unwrap_or_else(|| grpc_addr.to_string());
+
+    let metadata_dir = config.data_dir.join(METADATA_DIR);
+    let store = {
+        let dir = metadata_dir.clone();
+        tokio::task::spawn_blocking(move || MetadataStore::open(&dir)).await?
+    }
+    .with_context(|| {
+        format!(
+            "open metadata store in {} (is another ferrolog server using this data directory?)",
+            metadata_dir.display()
+        )
+    })?;
+    let store = Arc::new(store);
+    let controller = Arc::new(Controller::new(Arc::clone(&store), config.topic_defaults.clone()));
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(BrokerMetrics::new(&mut registry));
+    let broker = Broker::start(
+        BrokerConfig {
+            node_id: BrokerId(config.node_id),
+            advertised_address: advertised_address.clone(),
+            storage: StorageSettings {
+                data_dir: config.data_dir.clone(),
+                flush_policy: config.flush_policy,
+                index_interval_bytes: config.index_interval_bytes,
+                topic_defaults: config.topic_defaults.clone(),
+            },
+            maintenance_interval: config.maintenance_interval,
+            max_produce_timeout: Duration::from_secs(300),
+            max_fetch_wait: Duration::from_secs(60),
+        },
+        store,
+        controller,
+        metrics,
+    )
+    .await
+    .context("start broker")?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ClientServiceServer<ClientApi>>().await;
+    health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrolog_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build gRPC reflection service")?;
+
+    let client = ClientServiceServer::new(ClientApi::new(Arc::clone(&broker)))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&broker)));
+
+    let shutdown = tokio::sync::watch::Sender::new(false);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(client)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            wait_for(shutdown.clone()),
+        );
+    let http = axum::serve(http_listener, http::router(Arc::new(http::HttpState { registry })))
+        .with_graceful_shutdown(wait_for(shutdown.clone()));
+
+    tracing::info!(node_id = config.node_id, grpc = %grpc_addr, http = %http_addr,
+        advertised = %advertised_address, data_dir = %config.data_dir.display(), "ferrolog server ready");
+    // One machine-readable line on stdout, for scripts and tests that start a server on
+    // port 0.
+    println!("ferrolog ready grpc={grpc_addr} http={http_addr}");
+
+    let signals = tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.send_replace(true);
+    });
+    let (grpc_result, http_result) = tokio::join!(grpc, http);
+    signals.abort();
+    broker.shutdown().await;
+    grpc_result.context("gRPC server")?;
+    http_result.context("HTTP server")?;
+    Ok(())
+}
+
+async fn wait_for(shutdown: tokio::sync::watch::Sender<bool>) {
+    let mut rx = shutdown.subscribe();
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
