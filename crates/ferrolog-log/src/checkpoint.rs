@@ -1,0 +1,70 @@
+//! The persisted high watermark of a partition (`high-watermark`), written atomically.
+//!
+//! Format: a version line (`0`) followed by the offset, both as decimal text, so an operator
+//! can read it with `cat`.
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+use crate::error::{IoContext, LogError};
+use crate::fsutil::write_atomically;
+use crate::types::Offset;
+
+pub(crate) const HIGH_WATERMARK_FILE: &str = "high-watermark";
+const VERSION: &str = "0";
+
+/// Reads the checkpointed high watermark, `None` if none was ever written.
+pub(crate) fn read_high_watermark(dir: &Path) -> Result<Option<Offset>, LogError> {
+    let text = match std::fs::read_to_string(dir.join(HIGH_WATERMARK_FILE)) {
+        Ok(text) => text,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).context("read high watermark checkpoint"),
+    };
+    let corrupt = |reason: String| LogError::CorruptCheckpoint {
+        file: HIGH_WATERMARK_FILE,
+        reason,
+    };
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(VERSION) => {}
+        other => return Err(corrupt(format!("unknown version line {other:?}"))),
+    }
+    let value = lines
+        .next()
+        .ok_or_else(|| corrupt("missing offset line".into()))?;
+    let offset = value
+        .trim()
+        .parse::<i64>()
+        .map_err(|err| corrupt(format!("bad offset {value:?}: {err}")))?;
+    Ok(Some(Offset(offset)))
+}
+
+/// Durably replaces the high watermark checkpoint.
+pub(crate) fn write_high_watermark(dir: &Path, high_watermark: Offset) -> Result<(), LogError> {
+    let text = format!("{VERSION}\n{high_watermark}\n");
+    write_atomically(dir, HIGH_WATERMARK_FILE, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_watermark_round_trips_and_is_absent_at_first() -> Result<(), LogError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_high_watermark(dir.path())?, None);
+        write_high_watermark(dir.path(), Offset(1234))?;
+        assert_eq!(read_high_watermark(dir.path())?, Some(Offset(1234)));
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_checkpoint_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(HIGH_WATERMARK_FILE), "0\nabc\n").expect("write");
+        assert!(matches!(
+            read_high_watermark(dir.path()),
+            Err(LogError::CorruptCheckpoint { .. })
+        ));
+    }
+}

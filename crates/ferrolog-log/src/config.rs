@@ -1,0 +1,69 @@
+//! Per-partition storage settings, with Kafka's defaults.
+
+const MINUTE_MS: u64 = 60 * 1000;
+const DAY_MS: u64 = 24 * 60 * MINUTE_MS;
+
+/// When appended data is fsynced. The log itself never fsyncs on append (except when it rolls a
+/// segment); the broker reads this policy and drives `Log::flush` / `SyncHandle::sync`, which
+/// lets it share one fsync among concurrent producers (group commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Every acknowledged produce is on disk: a killed single-node server loses nothing.
+    EveryAppend,
+    /// Data is fsynced at most `interval_ms` after it was appended.
+    Interval { interval_ms: u64 },
+    /// The page cache decides; only segment rolls fsync.
+    Os,
+}
+
+/// Storage settings of one partition log (Kafka topic config names in parentheses).
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Rolls the active segment before an append would make it larger (`segment.bytes`).
+    pub segment_bytes: u64,
+    /// Rolls the active segment once it is older than this (`segment.ms`).
+    pub segment_ms: u64,
+    /// Deletes closed segments whose newest record is older than this; `None` keeps them
+    /// forever (`retention.ms`).
+    pub retention_ms: Option<u64>,
+    /// Deletes the oldest closed segments while the log is larger than this; `None` keeps
+    /// everything (`retention.bytes`).
+    pub retention_bytes: Option<u64>,
+    /// Adds one offset-index entry per this many bytes of log data (`index.interval.bytes`).
+    pub index_interval_bytes: u32,
+    /// The largest single batch accepted on append (`max.message.bytes`).
+    pub max_message_bytes: u32,
+    /// When appended data is fsynced (`flush.messages` / `flush.ms`, simplified).
+    pub flush_policy: FlushPolicy,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * DAY_MS,
+            retention_ms: Some(7 * DAY_MS),
+            retention_bytes: None,
+            index_interval_bytes: 4096,
+            max_message_bytes: 1024 * 1024 + 12,
+            flush_policy: FlushPolicy::EveryAppend,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_kafka() {
+        let config = LogConfig::default();
+        assert_eq!(config.segment_bytes, 1_073_741_824);
+        assert_eq!(config.segment_ms, 604_800_000);
+        assert_eq!(config.retention_ms, Some(604_800_000));
+        assert_eq!(config.retention_bytes, None);
+        assert_eq!(config.index_interval_bytes, 4096);
+        assert_eq!(config.max_message_bytes, 1_048_588);
+        assert_eq!(config.flush_policy, FlushPolicy::EveryAppend);
+    }
+}

@@ -1,0 +1,91 @@
+//! The one error type of the storage engine.
+
+use crate::types::Offset;
+
+/// Everything that can go wrong in the storage engine. Variants that a client can cause
+/// (`CorruptBatch`, `UnsupportedCompression`, `RecordTooLarge`, `OffsetOutOfRange`) are meant to
+/// be mapped to a client-visible code by the broker; the others are local failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file system operation failed; `context` says which one, as a short verb phrase.
+    #[error("failed to {context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A batch failed validation or its CRC does not match: it is never stored or served.
+    #[error("corrupt record batch: {reason}")]
+    CorruptBatch { reason: String },
+    /// The batch is compressed; this engine stores uncompressed batches only.
+    #[error("unsupported compression codec {codec}: only uncompressed batches are accepted")]
+    UnsupportedCompression { codec: i16 },
+    /// One batch is larger than `max_message_bytes`.
+    #[error("record batch of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes")]
+    RecordTooLarge { size_bytes: usize, max_bytes: u32 },
+    /// The requested offset is not in the log.
+    #[error("offset {requested} is out of range; valid offsets are {log_start}..{log_end}")]
+    OffsetOutOfRange {
+        requested: Offset,
+        log_start: Offset,
+        log_end: Offset,
+    },
+    /// A timestamp cannot be stored or looked up (reserved for timestamp validation).
+    #[error("timestamp is out of the range this log accepts")]
+    TimestampOutOfRange,
+    /// A replicated batch does not start at the log end offset.
+    #[error("replicated batch starts at offset {actual} but the log ends at {expected}")]
+    NonContiguousAppend { expected: Offset, actual: Offset },
+    /// A checkpoint file (high watermark, leader epochs) cannot be parsed.
+    #[error("corrupt checkpoint file {file}: {reason}")]
+    CorruptCheckpoint { file: &'static str, reason: String },
+    /// The segment files on disk do not form one contiguous log.
+    #[error("inconsistent segments: {reason}")]
+    InconsistentSegments { reason: String },
+}
+
+impl LogError {
+    pub(crate) fn corrupt(reason: impl Into<String>) -> LogError {
+        LogError::CorruptBatch {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Attaches a short verb phrase to I/O errors, as in `file.sync_data().context("sync segment")`.
+pub(crate) trait IoContext<T> {
+    fn context(self, context: &'static str) -> Result<T, LogError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context(self, context: &'static str) -> Result<T, LogError> {
+        self.map_err(|source| LogError::Io { context, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_message_names_the_valid_range() {
+        let err = LogError::OffsetOutOfRange {
+            requested: Offset(3),
+            log_start: Offset(10),
+            log_end: Offset(20),
+        };
+        assert_eq!(
+            err.to_string(),
+            "offset 3 is out of range; valid offsets are 10..20"
+        );
+    }
+
+    #[test]
+    fn io_errors_carry_their_context() {
+        let result: std::io::Result<()> = Err(std::io::Error::other("disk gone"));
+        let err = result
+            .context("sync segment")
+            .expect_err("an error was given");
+        assert_eq!(err.to_string(), "failed to sync segment: disk gone");
+    }
+}

@@ -1,0 +1,31 @@
+//! The storage engine of one Ferrolog partition: Kafka RecordBatch v2 batches in segment
+//! files with sparse offset and time indexes, crash recovery, retention, and the per-partition
+//! replication state (high watermark, leader-epoch cache).
+//!
+//! This crate **must not depend on networking, async runtimes or Raft**: it is synchronous
+//! `std::fs` code. Durability policy and group commit belong to the broker, which drives
+//! `Log::flush`, `Log::sync_handle` and `Log::mark_flushed`.
+
+mod batch;
+mod builder;
+mod checkpoint;
+mod config;
+mod epoch_cache;
+mod error;
+mod fsutil;
+mod index;
+mod log;
+mod record;
+mod segment;
+mod types;
+mod varint;
+
+pub use batch::{
+    BATCH_HEADER_BYTES, BatchHeader, BatchIter, assign_offsets, validate_batch, verify_crc,
+};
+pub use builder::RecordBatchBuilder;
+pub use config::{FlushPolicy, LogConfig};
+pub use error::LogError;
+pub use log::{AppendInfo, Log, ReadResult, RetentionOutcome, SyncHandle};
+pub use record::{Header, Record, decode_records};
+pub use types::{LeaderEpoch, Offset};

@@ -1,0 +1,639 @@
+//! `Log`: one partition's ordered segments, with the positions that matter for replication
+//! (log start, log end, flushed, high watermark) and the leader-epoch cache.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{BatchHeader, assign_offsets, validate_batch};
+use crate::checkpoint::{read_high_watermark, write_high_watermark};
+use crate::config::LogConfig;
+use crate::epoch_cache::LeaderEpochCache;
+use crate::error::{IoContext, LogError};
+use crate::fsutil::{TEMP_SUFFIX, remove_if_exists, sync_dir};
+use crate::segment::{
+    INDEX_SUFFIX, LOG_SUFFIX, ReadProgress, Segment, TIME_INDEX_SUFFIX, parse_segment_file_name,
+    segment_file_name,
+};
+use crate::types::{LeaderEpoch, Offset};
+
+/// What an append stored.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub max_timestamp_ms: i64,
+    pub record_count: u32,
+    pub size_bytes: u32,
+}
+
+/// The answer to a read: whole batches, plus the log's bounds at the time of the read so a
+/// fetch response can report them.
+#[derive(Debug)]
+pub struct ReadResult {
+    /// Zero or more whole batches, each CRC-verified, concatenated.
+    pub batches: Bytes,
+    pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+}
+
+/// A handle to fsync the active segment outside the Log's lock (group commit: the broker
+/// takes it under its lock, fsyncs without the lock, then calls `Log::mark_flushed`).
+///
+/// Syncing is enough for everything below `end_offset`: segments older than the handle's
+/// were fsynced when they rolled, and the active segment's indexes are rebuilt on recovery.
+#[derive(Clone)]
+pub struct SyncHandle {
+    file: Arc<File>,
+    end_offset: Offset,
+    /// The log's truncation count when the handle was taken; see `Log::mark_synced`.
+    truncations: u64,
+}
+
+impl SyncHandle {
+    /// The log end offset when the handle was taken: durable once `sync` returns.
+    pub fn end_offset(&self) -> Offset {
+        self.end_offset
+    }
+
+    /// Fsyncs the segment file's data (`File::sync_data`).
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.file.sync_data().context("fsync active segment")
+    }
+}
+
+/// What `enforce_retention` deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+    pub log_start_offset: Offset,
+}
+
+/// One partition's log. Not internally synchronized: the broker wraps it in a lock; `read`
+/// takes `&self` so readers can share a read lock.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Never empty; the last segment is the active one.
+    segments: BTreeMap<Offset, Segment>,
+    flushed_offset: Offset,
+    high_watermark: Offset,
+    checkpointed_high_watermark: Option<Offset>,
+    epochs: LeaderEpochCache,
+    /// Counts `truncate_to` calls, so that a sync handle taken before a truncation cannot
+    /// vouch for data appended after it.
+    truncations: u64,
+}
+
+/// Lists the segment base offsets in `dir`, removing leftovers of interrupted writes and
+/// deletions: temporary files, and index files whose log file is gone.
+fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
+    let mut logs = Vec::new();
+    let mut indexes = Vec::new();
+    for entry in std::fs::read_dir(dir).context("list partition directory")? {
+        let entry = entry.context("list partition directory")?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(TEMP_SUFFIX) {
+            tracing::info!(file = %entry.path().display(), "removing leftover temporary file");
+            remove_if_exists(&entry.path())?;
+        } else if let Some(base) = parse_segment_file_name(name, LOG_SUFFIX) {
+            logs.push(base);
+        } else if let Some(base) = parse_segment_file_name(name, INDEX_SUFFIX)
+            .or_else(|| parse_segment_file_name(name, TIME_INDEX_SUFFIX))
+        {
+            indexes.push((base, entry.path()));
+        }
+    }
+    logs.sort();
+    for (base, path) in indexes {
+        if logs.binary_search(&base).is_err() {
+            tracing::info!(file = %path.display(), "removing index file without a segment");
+            remove_if_exists(&path)?;
+        }
+    }
+    Ok(logs)
+}
+
+fn remove_segment_files(dir: &Path, base_offset: Offset) -> Result<(), LogError> {
+    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        remove_if_exists(&dir.join(segment_file_name(base_offset, suffix)))?;
+    }
+    Ok(())
+}
+
+impl Log {
+    /// Opens or creates the log in `dir` (one partition's directory, e.g. <data>/orders-0/).
+    /// Runs recovery: the last segment (and any segment with a missing or malformed index)
+    /// is validated batch by batch and truncated at the first torn or corrupt batch, so the
+    /// log end offset is right after the last intact record. Everything recovered counts as
+    /// flushed.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log, LogError> {
+        std::fs::create_dir_all(dir).context("create partition directory")?;
+        let bases = list_segments(dir)?;
+        let mut segments = BTreeMap::new();
+        let mut changed_files = false;
+        for (i, &base) in bases.iter().enumerate() {
+            let is_last = i + 1 == bases.len();
+            let (segment, truncated_bytes) =
+                Segment::open(dir, base, config.index_interval_bytes, is_last)?;
+            let emptied = truncated_bytes > 0 && segment.is_empty();
+            segments.insert(base, segment);
+            if truncated_bytes > 0 {
+                changed_files = true;
+                for &later in &bases[i + 1..] {
+                    tracing::warn!(dir = %dir.display(), base_offset = %later,
+                        "deleting segment after a truncated one");
+                    remove_segment_files(dir, later)?;
+                }
+                if emptied
+                    && segments.len() > 1
+                    && let Some(segment) = segments.remove(&base)
+                {
+                    segment.delete_files()?;
+                }
+                break;
+            }
+        }
+        if segments.is_empty() {
+            segments.insert(Offset::ZERO, Segment::create(dir, Offset::ZERO)?);
+            changed_files = true;
+        }
+        if changed_files {
+            sync_dir(dir)?;
+        }
+        let mut previous: Option<&Segment> = None;
+        for segment in segments.values() {
+            if let Some(prev) = previous
+                && prev.next_offset() != segment.base_offset()
+            {
+                return Err(LogError::InconsistentSegments {
+                    reason: format!(
+                        "{} ends at offset {} but the next segment starts at {}",
+                        prev.path().display(),
+                        prev.next_offset(),
+                        segment.base_offset()
+                    ),
+                });
+            }
+            previous = Some(segment);
+        }
+
+        let epochs = LeaderEpochCache::load(dir)?;
+        let checkpointed_high_watermark = read_high_watermark(dir)?;
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            flushed_offset: Offset::ZERO,
+            high_watermark: Offset::ZERO,
+            checkpointed_high_watermark,
+            epochs,
+            truncations: 0,
+        };
+        let (start, end) = (log.log_start_offset(), log.log_end_offset());
+        log.flushed_offset = end;
+        log.high_watermark = checkpointed_high_watermark
+            .unwrap_or(start)
+            .clamp(start, end);
+        log.epochs.truncate_from_end(end)?;
+        log.epochs.truncate_from_start(start)?;
+        tracing::info!(
+            dir = %dir.display(),
+            segments = log.segments.len(),
+            log_start_offset = %start,
+            log_end_offset = %end,
+            high_watermark = %log.high_watermark,
+            "opened log"
+        );
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the settings; they apply from the next append, roll or retention pass.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    /// Validates (validate_batch), checks max_message_bytes, rolls if needed (size or age),
+    /// assigns offsets starting at the log end offset (assign_offsets with `epoch`), appends
+    /// to the active segment, updates indexes. Does NOT fsync (except on roll). `now_ms` is
+    /// wall-clock used for segment.ms.
+    pub fn append_batch(
+        &mut self,
+        batch: &mut [u8],
+        epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        if batch.len() > self.config.max_message_bytes as usize {
+            return Err(LogError::RecordTooLarge {
+                size_bytes: batch.len(),
+                max_bytes: self.config.max_message_bytes,
+            });
+        }
+        let header = validate_batch(batch)?;
+        let base_offset = self.log_end_offset();
+        assign_offsets(batch, base_offset, epoch);
+        let header = BatchHeader {
+            base_offset,
+            partition_leader_epoch: epoch,
+            ..header
+        };
+        self.append_validated(batch, &header, now_ms)
+    }
+
+    /// Appends a batch as-is keeping its offsets (follower path): base_offset must equal
+    /// log_end_offset.
+    pub fn append_replicated(&mut self, batch: &[u8], now_ms: i64) -> Result<AppendInfo, LogError> {
+        let header = validate_batch(batch)?;
+        if header.base_offset != self.log_end_offset() {
+            return Err(LogError::NonContiguousAppend {
+                expected: self.log_end_offset(),
+                actual: header.base_offset,
+            });
+        }
+        self.append_validated(batch, &header, now_ms)
+    }
+
+    fn append_validated(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.maybe_roll(batch.len(), header.last_offset(), now_ms)?;
+        let epoch = header.partition_leader_epoch;
+        if epoch.0 >= 0
+            && self
+                .epochs
+                .latest()
+                .is_none_or(|latest| epoch > latest.epoch)
+        {
+            self.epochs.assign(epoch, header.base_offset)?;
+        }
+        let index_interval_bytes = self.config.index_interval_bytes;
+        self.active_mut()
+            .append(batch, header, index_interval_bytes, now_ms)?;
+        Ok(AppendInfo {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            max_timestamp_ms: header.max_timestamp_ms,
+            record_count: header.record_count as u32,
+            size_bytes: batch.len() as u32,
+        })
+    }
+
+    /// Rolls before an append of `size_bytes` ending at `last_offset` if the active segment is
+    /// non-empty and would grow past `segment_bytes`, is older than `segment_ms`, or could not
+    /// address the offsets in 32 bits.
+    fn maybe_roll(
+        &mut self,
+        size_bytes: usize,
+        last_offset: Offset,
+        now_ms: i64,
+    ) -> Result<bool, LogError> {
+        let active = self.active();
+        if active.is_empty() {
+            return Ok(false);
+        }
+        let limit_bytes = self.config.segment_bytes.min(u64::from(u32::MAX));
+        let reason = if active.size_bytes() + size_bytes as u64 > limit_bytes {
+            "size"
+        } else if active.is_older_than(now_ms, self.config.segment_ms) {
+            "age"
+        } else if !active.fits_relative(last_offset) {
+            "offset range"
+        } else {
+            return Ok(false);
+        };
+        self.roll(reason)?;
+        Ok(true)
+    }
+
+    /// Seals the active segment (fsyncs it and its indexes) and starts a new one at the log
+    /// end offset, fsyncing the directory so the new file survives a crash.
+    fn roll(&mut self, reason: &'static str) -> Result<(), LogError> {
+        let base_offset = self.log_end_offset();
+        self.active_mut().seal()?;
+        self.mark_flushed(base_offset);
+        let segment = Segment::create(&self.dir, base_offset)?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(base_offset, segment);
+        tracing::info!(dir = %self.dir.display(), base_offset = %base_offset, reason, "rolled segment");
+        Ok(())
+    }
+
+    /// Reads whole batches starting at the batch that contains `from`, up to `max_bytes`
+    /// (always at least one batch if any is available, like Kafka's KIP-74), stopping before
+    /// any batch whose last offset is at or above `upper_bound` (the high watermark). Reading
+    /// from the log end, or from at or above the upper bound, returns nothing; reading below
+    /// the log start or beyond the log end fails with `OffsetOutOfRange`. A batch whose CRC fails is never returned: if it is the first batch
+    /// of the read, the read fails with CorruptBatch; otherwise the batches before it are
+    /// returned and the next read starting at it fails.
+    pub fn read(
+        &self,
+        from: Offset,
+        max_bytes: u32,
+        upper_bound: Offset,
+    ) -> Result<ReadResult, LogError> {
+        let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
+        if from < log_start || from > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: from,
+                log_start,
+                log_end,
+            });
+        }
+        let mut out = BytesMut::new();
+        if from < log_end && from < upper_bound {
+            let floor = self
+                .segments
+                .range(..=from)
+                .next_back()
+                .map(|(base, _)| *base)
+                .expect("from >= log start, the first segment's base");
+            for segment in self.segments.range(floor..).map(|(_, s)| s) {
+                let target = from.max(segment.base_offset());
+                match segment.read_into(target, max_bytes as usize, upper_bound, &mut out) {
+                    Ok(ReadProgress::SegmentExhausted) => continue,
+                    Ok(ReadProgress::Stopped) => break,
+                    Err(err) if out.is_empty() => return Err(err),
+                    Err(err) => {
+                        tracing::warn!(dir = %self.dir.display(), error = %err,
+                            "read stopped before a corrupt batch");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(ReadResult {
+            batches: out.freeze(),
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+        })
+    }
+
+    /// First offset whose record timestamp >= `timestamp_ms` (Kafka ListOffsets by
+    /// timestamp), None if none. Uses the time index.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<Offset>, LogError> {
+        for segment in self.segments.values() {
+            if segment.max_timestamp_ms() < timestamp_ms {
+                continue;
+            }
+            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms)? {
+                return Ok(Some(offset));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first offset still in the log.
+    pub fn log_start_offset(&self) -> Offset {
+        self.segments
+            .keys()
+            .next()
+            .copied()
+            .expect("a log always has a segment")
+    }
+
+    /// The next offset to be assigned.
+    pub fn log_end_offset(&self) -> Offset {
+        self.active().next_offset()
+    }
+
+    /// Everything below this offset is fsynced.
+    pub fn flushed_offset(&self) -> Offset {
+        self.flushed_offset
+    }
+
+    /// Bytes of all segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn sync_handle(&self) -> SyncHandle {
+        SyncHandle {
+            file: self.active().log_file(),
+            end_offset: self.log_end_offset(),
+            truncations: self.truncations,
+        }
+    }
+
+    /// Records that everything below `up_to` is durable; monotonic, never beyond log end.
+    /// Prefer `mark_synced` with the handle that was synced: it also guards against a
+    /// truncation between taking the handle and syncing it.
+    pub fn mark_flushed(&mut self, up_to: Offset) {
+        let up_to = up_to.min(self.log_end_offset());
+        self.flushed_offset = self.flushed_offset.max(up_to);
+    }
+
+    /// Marks flushed what `handle.sync()` made durable. Ignores the handle if the log was
+    /// truncated since it was taken (its offsets may since have been reused by new, unsynced
+    /// data) and returns whether the handle was applied.
+    pub fn mark_synced(&mut self, handle: &SyncHandle) -> bool {
+        if handle.truncations != self.truncations {
+            return false;
+        }
+        self.mark_flushed(handle.end_offset);
+        true
+    }
+
+    /// fsync everything (active segment + its indexes) and mark flushed.
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        self.active().sync_all()?;
+        self.mark_flushed(self.log_end_offset());
+        Ok(())
+    }
+
+    /// Deletes whole non-active segments past retention.ms (by the segment's largest
+    /// timestamp) and while total size exceeds retention.bytes; never deletes a segment
+    /// containing offsets >= `upper_bound` (the high watermark); moves the log start offset
+    /// forward. Deletes oldest first and stops at the first segment that must stay.
+    pub fn enforce_retention(
+        &mut self,
+        now_ms: i64,
+        upper_bound: Offset,
+    ) -> Result<RetentionOutcome, LogError> {
+        let retention_ms = self
+            .config
+            .retention_ms
+            .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+        let retention_bytes = self.config.retention_bytes;
+        let mut total_bytes = self.size_bytes();
+        let mut outcome = RetentionOutcome {
+            deleted_segments: 0,
+            deleted_bytes: 0,
+            log_start_offset: self.log_start_offset(),
+        };
+        while self.segments.len() > 1 {
+            let mut bases = self.segments.keys();
+            let (Some(&oldest), Some(&next_base)) = (bases.next(), bases.next()) else {
+                break;
+            };
+            if next_base > upper_bound {
+                break;
+            }
+            let segment = &self.segments[&oldest];
+            let age_ms = now_ms.saturating_sub(segment.max_timestamp_ms());
+            let expired = retention_ms.is_some_and(|limit| age_ms > limit);
+            let over_size =
+                retention_bytes.is_some_and(|limit| total_bytes - segment.size_bytes() >= limit);
+            if !expired && !over_size {
+                break;
+            }
+            let segment = self
+                .segments
+                .remove(&oldest)
+                .expect("the key was just read from the map");
+            segment.delete_files()?;
+            total_bytes -= segment.size_bytes();
+            outcome.deleted_segments += 1;
+            outcome.deleted_bytes += segment.size_bytes();
+            tracing::info!(
+                segment = %segment.path().display(),
+                size_bytes = segment.size_bytes(),
+                reason = if expired { "retention.ms" } else { "retention.bytes" },
+                "deleted segment by retention"
+            );
+        }
+        if outcome.deleted_segments > 0 {
+            sync_dir(&self.dir)?;
+            let start = self.log_start_offset();
+            outcome.log_start_offset = start;
+            self.high_watermark = self.high_watermark.max(start);
+            self.flushed_offset = self.flushed_offset.max(start);
+            self.epochs.truncate_from_start(start)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Rolls the active segment if it is older than segment.ms and non-empty (called
+    /// periodically by the broker).
+    pub fn roll_if_due(&mut self, now_ms: i64) -> Result<bool, LogError> {
+        if self.active().is_older_than(now_ms, self.config.segment_ms) {
+            self.roll("age")?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Truncates everything at and above `offset` (follower leader-epoch truncation). The
+    /// offset should be a batch boundary; otherwise the whole batch containing it is removed
+    /// too (as Kafka does) and the log ends at that batch's base offset. A no-op if `offset`
+    /// is at or beyond the log end; `OffsetOutOfRange` below the log start.
+    pub fn truncate_to(&mut self, offset: Offset) -> Result<(), LogError> {
+        let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
+        if offset >= log_end {
+            return Ok(());
+        }
+        if offset < log_start {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end,
+            });
+        }
+        let doomed: Vec<Offset> = self
+            .segments
+            .range((Bound::Excluded(offset), Bound::Unbounded))
+            .map(|(base, _)| *base)
+            .collect();
+        for base in doomed.into_iter().rev() {
+            if let Some(segment) = self.segments.remove(&base) {
+                segment.delete_files()?;
+            }
+        }
+        self.truncations += 1;
+        self.active_mut().truncate_to(offset)?;
+        sync_dir(&self.dir)?;
+        let end = self.log_end_offset();
+        self.flushed_offset = self.flushed_offset.min(end);
+        self.high_watermark = self.high_watermark.min(end);
+        self.epochs.truncate_from_end(end)?;
+        tracing::info!(dir = %self.dir.display(), requested = %offset, log_end_offset = %end,
+            "truncated log");
+        Ok(())
+    }
+
+    /// The high watermark, loaded from its checkpoint on open (clamped to the log's range).
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark
+    }
+
+    /// Sets the high watermark (capped at the log end) and persists it atomically (tmp file,
+    /// fsync, rename, fsync dir); an unchanged value is not rewritten.
+    pub fn checkpoint_high_watermark(&mut self, hw: Offset) -> Result<(), LogError> {
+        let hw = hw.min(self.log_end_offset());
+        self.high_watermark = hw;
+        if self.checkpointed_high_watermark != Some(hw) {
+            write_high_watermark(&self.dir, hw)?;
+            self.checkpointed_high_watermark = Some(hw);
+        }
+        Ok(())
+    }
+
+    /// Latest epoch in the cache, 0 if none.
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        self.epochs
+            .latest()
+            .map_or(LeaderEpoch(0), |entry| entry.epoch)
+    }
+
+    /// Records a leader-epoch cache entry (epoch -> start offset), persisted to
+    /// `leader-epoch-checkpoint`. Appends also record the epoch of their batches.
+    pub fn assign_leader_epoch(
+        &mut self,
+        epoch: LeaderEpoch,
+        start_offset: Offset,
+    ) -> Result<(), LogError> {
+        self.epochs.assign(epoch, start_offset)?;
+        Ok(())
+    }
+
+    /// KIP-101/279 lookup: the largest epoch <= `epoch` known here and its end offset.
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// Closes and removes the partition directory.
+    pub fn delete(self) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).context("remove partition directory")?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        tracing::info!(dir = %dir.display(), "deleted log");
+        Ok(())
+    }
+}
