@@ -1,1 +1,39 @@
-//! Work in progress.
+//! The Rust client of Ferrolog: a batching [`Producer`], a [`Consumer`] of assigned
+//! partitions, and an [`Admin`] handle for topics.
+//!
+//! This crate owns everything a client does on its side of the wire: choosing partitions
+//! (Kafka's murmur2 and sticky partitioners, so keys land where a Kafka client would put
+//! them), building RecordBatch v2 bytes, finding partition leaders from cached metadata,
+//! retrying with backoff, and decoding fetched batches. It talks to servers only through the
+//! gRPC API in `ferrolog-proto` and uses `ferrolog-log` only for its batch codec. It must
+//! **never depend on a server crate** (`ferrolog-broker`, `ferrolog-controller`,
+//! `ferrolog-metadata`): the wire contract is the only thing it shares with the server.
+
+mod accumulator;
+mod admin;
+mod backoff;
+mod config;
+mod connection;
+mod consumer;
+mod delivery;
+mod error;
+mod metadata;
+mod partitioner;
+mod producer;
+mod record;
+mod sender;
+
+pub use admin::{Admin, OffsetQuery};
+pub use config::{Acks, ClientConfig, ConsumerConfig, ProducerConfig};
+pub use consumer::{Consumer, StartOffset};
+pub use delivery::DeliveryFuture;
+pub use error::{ClientError, Result};
+pub use partitioner::{murmur2, partition_for_key, to_positive};
+pub use producer::Producer;
+pub use record::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
+
+/// Wire types the client's API returns (admin responses, error codes).
+pub use ferrolog_proto::v1::{
+    CreateTopicResponse, DescribeTopicResponse, ErrorCode, ListOffsetsResponse, MetadataResponse,
+    PartitionDescription, TopicSummary,
+};

@@ -1,0 +1,170 @@
+//! Client, producer and consumer settings. Names and defaults follow Kafka's client configs
+//! where one exists (`linger.ms`, `delivery.timeout.ms`, ...), with the unit in the name.
+
+use std::time::Duration;
+
+use ferrolog_proto::v1;
+
+/// Settings shared by every client: where the cluster is and how patient to be with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Bootstrap brokers as `host:port`; any one reachable broker is enough.
+    pub brokers: Vec<String>,
+    /// Limit on establishing a TCP connection to one broker.
+    pub connect_timeout_ms: u64,
+    /// Limit on one request's round trip (a fetch adds its long-poll wait on top).
+    pub request_timeout_ms: u64,
+    /// First delay before retrying a retriable failure; doubles per attempt.
+    pub retry_backoff_ms: u64,
+    /// Upper bound of the retry delay.
+    pub retry_backoff_max_ms: u64,
+    /// Cached metadata older than this is refreshed before use, so new partitions and leader
+    /// moves are noticed even without an error (Kafka's `metadata.max.age.ms`).
+    pub metadata_max_age_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["127.0.0.1:9290".to_owned()],
+            connect_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            retry_backoff_ms: 100,
+            retry_backoff_max_ms: 1_000,
+            metadata_max_age_ms: 300_000,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// A default configuration for the given bootstrap brokers.
+    pub fn with_brokers<I, S>(brokers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            brokers: brokers.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// When a produce request is acknowledged; see `Acks` in `client.proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Once every in-sync replica has the records (the high watermark passed them).
+    #[default]
+    All,
+    /// Once the leader has them durably, per its flush policy.
+    Leader,
+    /// Once the leader has them in memory; offsets are not reported (they come back as -1).
+    None,
+}
+
+impl Acks {
+    pub(crate) fn to_wire(self) -> v1::Acks {
+        match self {
+            Acks::All => v1::Acks::All,
+            Acks::Leader => v1::Acks::Leader,
+            Acks::None => v1::Acks::None,
+        }
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    pub client: ClientConfig,
+    pub acks: Acks,
+    /// How long a partition's batch waits for more records after its first one.
+    pub linger_ms: u64,
+    /// A batch is sent as soon as it reaches this size.
+    pub batch_size_bytes: usize,
+    /// Produce requests in flight per partition.
+    ///
+    /// Defaults to 1: without idempotence (no producer ids and sequence numbers on the broker
+    /// yet) this is the only setting where a retried batch can never land after a batch sent
+    /// later, i.e. per-partition order survives retries (Kafka gives the same advice for
+    /// non-idempotent producers). Throughput stays high because the next batch keeps
+    /// filling (up to `batch_size_bytes`) while one is in flight. With more than 1, a batch
+    /// that fails with a retriable error stops further sends on its partition until it is
+    /// retried, but batches already in flight behind it may be appended first.
+    pub max_in_flight_per_partition: usize,
+    /// Upper bound on the time from `send` to the record's success or failure, retries
+    /// included (Kafka's `delivery.timeout.ms`).
+    pub delivery_timeout_ms: u64,
+    /// Largest produce request; a record that cannot fit in one is rejected with
+    /// `RECORD_TOO_LARGE` without contacting the server. The 4 MiB default matches gRPC's
+    /// default message size limit.
+    pub max_request_bytes: usize,
+    /// Memory for records not yet acknowledged; `send` waits when it is used up.
+    pub buffer_memory_bytes: usize,
+    /// How long `send` may wait for buffer memory or for the topic's metadata
+    /// (Kafka's `max.block.ms`).
+    pub max_block_ms: u64,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            client: ClientConfig::default(),
+            acks: Acks::All,
+            linger_ms: 5,
+            batch_size_bytes: 1024 * 1024,
+            max_in_flight_per_partition: 1,
+            delivery_timeout_ms: 120_000,
+            max_request_bytes: 4 * 1024 * 1024,
+            buffer_memory_bytes: 64 * 1024 * 1024,
+            max_block_ms: 60_000,
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// A default producer configuration for the given client settings.
+    pub fn new(client: ClientConfig) -> Self {
+        Self {
+            client,
+            ..Self::default()
+        }
+    }
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    pub client: ClientConfig,
+    /// Soft limit on the bytes one `poll` asks for, across all assigned partitions.
+    pub fetch_max_bytes: u32,
+    /// Soft limit on the bytes one partition's fetch asks for
+    /// (Kafka's `max.partition.fetch.bytes`); the server still returns at least one batch.
+    pub max_partition_fetch_bytes: u32,
+    /// Longest server-side long-poll of one fetch; `poll` repeats fetches up to its own limit.
+    pub fetch_max_wait_ms: u32,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            client: ClientConfig::default(),
+            fetch_max_bytes: 4 * 1024 * 1024,
+            max_partition_fetch_bytes: 1024 * 1024,
+            fetch_max_wait_ms: 500,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// A default consumer configuration for the given client settings.
+    pub fn new(client: ClientConfig) -> Self {
+        Self {
+            client,
+            ..Self::default()
+        }
+    }
+}

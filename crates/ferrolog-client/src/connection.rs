@@ -1,0 +1,69 @@
+//! gRPC channels to brokers, one per address, created lazily and shared by every request to
+//! that broker (HTTP/2 multiplexes them), plus the deadline wrapper every call goes through.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Result};
+
+/// Lazily connected channels keyed by `host:port`.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    connect_timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Connections {
+    pub(crate) fn new(config: &ClientConfig) -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The channel to `address`, creating it on first use. No I/O happens here: the connection
+    /// is made by the first request, and remade by a later one after it breaks.
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| {
+            ClientError::InvalidArgument(format!(
+                "broker address {address:?} is not host:port: {e}"
+            ))
+        })?;
+        let channel = endpoint
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // Detects a dead peer on an idle connection instead of waiting for the OS.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Awaits one gRPC call to `address` for at most `timeout`, mapping its status to a
+/// [`ClientError`]. `what` names the request in the timeout message.
+pub(crate) async fn call<T>(
+    address: &str,
+    what: &str,
+    timeout: Duration,
+    request: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(ClientError::from_status(&status, address)),
+        Err(_elapsed) => Err(ClientError::Timeout {
+            what: format!("{what} from {address}"),
+            after_ms: timeout.as_millis() as u64,
+        }),
+    }
+}

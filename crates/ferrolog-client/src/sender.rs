@@ -1,0 +1,306 @@
+//! The producer's background task: takes sealed batches from the accumulator, sends each to
+//! its partition's leader, retries retriable failures, and completes the records' futures.
+//!
+//! Per partition, batches are sent in creation order with at most
+//! `max_in_flight_per_partition` requests outstanding. A batch that fails with a retriable
+//! error goes back to the front of its partition's queue and the partition pauses for a
+//! backoff delay (exponential, with jitter), after a metadata refresh when the error suggests
+//! the leader moved. A batch is failed with its last error once `delivery_timeout_ms` has
+//! passed since it was created, whether it was waiting or being retried.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferrolog_proto::v1::client_service_client::ClientServiceClient;
+use ferrolog_proto::v1::{ErrorCode, ProduceRequest, ProduceResponse};
+use tokio::task::{Id, JoinError, JoinSet};
+
+use crate::accumulator::ReadyBatch;
+use crate::backoff::Backoff;
+use crate::config::Acks;
+use crate::connection::call;
+use crate::error::{ClientError, Result};
+use crate::metadata::Cluster;
+use crate::producer::Shared;
+
+/// Extra client-side patience beyond the broker's own `timeout_ms`, so that the broker's
+/// REQUEST_TIMED_OUT answer arrives before the client gives up on the request.
+const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct PartitionQueue {
+    /// Batches waiting to be sent, oldest (lowest `seq`) first.
+    pending: VecDeque<ReadyBatch>,
+    in_flight: usize,
+    /// No sends before this instant: the partition is backing off after a failure.
+    retry_after: Option<Instant>,
+}
+
+struct Sender {
+    shared: Arc<Shared>,
+    backoff: Backoff,
+    delivery_timeout: Duration,
+    queues: HashMap<(Arc<str>, u32), PartitionQueue>,
+    requests: JoinSet<Result<ProduceResponse>>,
+    in_flight: HashMap<Id, ReadyBatch>,
+}
+
+/// Runs until the producer is closed (or every handle dropped) and nothing is left to send.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let config = &shared.config;
+    let mut sender = Sender {
+        backoff: Backoff::new(
+            config.client.retry_backoff_ms,
+            config.client.retry_backoff_max_ms,
+        ),
+        delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+        shared: Arc::clone(&shared),
+        queues: HashMap::new(),
+        requests: JoinSet::new(),
+        in_flight: HashMap::new(),
+    };
+    loop {
+        let now = Instant::now();
+        let closing = shared.closing.load(Ordering::Acquire);
+        let (next_linger, accumulator_idle) = sender.take_ready(now, closing);
+        sender.expire(now);
+        sender.dispatch(now);
+        if closing && accumulator_idle && sender.is_idle() {
+            break;
+        }
+        let wake_at = [next_linger, sender.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        tokio::select! {
+            _ = shared.wake_sender.notified() => {}
+            Some(joined) = sender.requests.join_next_with_id(), if !sender.requests.is_empty() => {
+                sender.on_response(joined);
+            }
+            _ = sleep_until(wake_at) => {}
+        }
+    }
+    tracing::debug!("producer sender stopped");
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Sender {
+    /// Moves sealed batches (and lingered ones, or all when closing) into partition queues.
+    fn take_ready(&mut self, now: Instant, closing: bool) -> (Option<Instant>, bool) {
+        let mut accumulator = self.shared.lock_accumulator();
+        if closing {
+            accumulator.seal_all();
+        }
+        let next_linger = accumulator.seal_expired(now);
+        for batch in accumulator.drain_ready() {
+            let key = (Arc::clone(&batch.topic), batch.partition);
+            self.queues.entry(key).or_default().pending.push_back(batch);
+        }
+        (next_linger, accumulator.is_idle())
+    }
+
+    /// Fails waiting batches whose delivery timeout has passed.
+    fn expire(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for queue in self.queues.values_mut() {
+            while queue
+                .pending
+                .front()
+                .is_some_and(|b| b.created_at + self.delivery_timeout <= now)
+            {
+                expired.extend(queue.pending.pop_front());
+            }
+        }
+        for batch in expired {
+            let error = batch
+                .last_error
+                .clone()
+                .unwrap_or_else(|| ClientError::Timeout {
+                    what: format!(
+                        "delivery of {} records to {}-{}",
+                        batch.record_count, batch.topic, batch.partition
+                    ),
+                    after_ms: self.delivery_timeout.as_millis() as u64,
+                });
+            self.finish(batch, Err(error));
+        }
+    }
+
+    /// Starts produce requests for every partition that may send now.
+    fn dispatch(&mut self, now: Instant) {
+        let max_in_flight = self.shared.config.max_in_flight_per_partition;
+        for queue in self.queues.values_mut() {
+            if queue.retry_after.is_some_and(|t| t > now) {
+                continue;
+            }
+            queue.retry_after = None;
+            while queue.in_flight < max_in_flight {
+                let Some(batch) = queue.pending.pop_front() else {
+                    break;
+                };
+                queue.in_flight += 1;
+                let request = produce(
+                    self.shared.cluster.clone(),
+                    Arc::clone(&batch.topic),
+                    batch.partition,
+                    batch.records.clone(),
+                    batch.record_count,
+                    self.shared.config.acks,
+                );
+                let task = self.requests.spawn(request);
+                self.in_flight.insert(task.id(), batch);
+            }
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        joined: std::result::Result<(Id, Result<ProduceResponse>), JoinError>,
+    ) {
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(error) => (
+                error.id(),
+                Err(ClientError::server(
+                    ErrorCode::Unspecified,
+                    format!("the produce request task failed: {error}"),
+                )),
+            ),
+        };
+        let Some(mut batch) = self.in_flight.remove(&id) else {
+            tracing::error!("produce response for an unknown request task");
+            return;
+        };
+        let key = (Arc::clone(&batch.topic), batch.partition);
+        let queue = self.queues.entry(key).or_default();
+        queue.in_flight = queue.in_flight.saturating_sub(1);
+        let error = match result {
+            Ok(response) => {
+                check_offsets(&batch, &response);
+                self.finish(batch, Ok(response.base_offset));
+                return;
+            }
+            Err(error) => error,
+        };
+        if error.invalidates_metadata() {
+            self.shared.cluster.invalidate();
+        }
+        batch.attempts += 1;
+        let now = Instant::now();
+        let delay = self.backoff.delay(batch.attempts, &mut rand::rng());
+        let deadline = batch.created_at + self.delivery_timeout;
+        if !error.is_retriable() || now + delay >= deadline {
+            self.finish(batch, Err(error));
+            return;
+        }
+        tracing::debug!(
+            topic = %batch.topic,
+            partition = batch.partition,
+            attempt = batch.attempts,
+            %error,
+            "retrying produce in {} ms",
+            delay.as_millis()
+        );
+        batch.last_error = Some(error);
+        // Back in creation order, ahead of younger batches of the partition.
+        let position = queue.pending.iter().position(|b| b.seq > batch.seq);
+        match position {
+            Some(index) => queue.pending.insert(index, batch),
+            None => queue.pending.push_back(batch),
+        }
+        queue.retry_after = Some(now + delay);
+    }
+
+    /// Completes a batch's records, gives back its memory and advances the flush watermark.
+    fn finish(&self, batch: ReadyBatch, result: Result<i64>) {
+        if let Err(error) = &result {
+            tracing::warn!(
+                topic = %batch.topic,
+                partition = batch.partition,
+                records = batch.record_count,
+                %error,
+                "produce failed"
+            );
+        }
+        batch.completion.complete(result);
+        self.shared.release_memory(batch.reserved_bytes);
+        let below = self.shared.lock_accumulator().complete_batch(batch.seq);
+        self.shared.completed_below.send_replace(below);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.queues.values().all(|q| q.pending.is_empty())
+    }
+
+    /// The earliest retry or delivery-timeout instant among waiting batches.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.queues
+            .values()
+            .filter_map(|q| {
+                let front = q.pending.front()?;
+                let expiry = front.created_at + self.delivery_timeout;
+                Some(q.retry_after.map_or(expiry, |t| t.min(expiry)))
+            })
+            .min()
+    }
+}
+
+/// Asserts what the broker promised: consecutive offsets, one per record.
+fn check_offsets(batch: &ReadyBatch, response: &ProduceResponse) {
+    if response.base_offset < 0 {
+        return; // acks=none: no offsets reported.
+    }
+    let expected_last = response.base_offset + i64::from(batch.record_count) - 1;
+    if response.last_offset != expected_last {
+        tracing::warn!(
+            topic = %batch.topic,
+            partition = batch.partition,
+            base_offset = response.base_offset,
+            last_offset = response.last_offset,
+            records = batch.record_count,
+            "broker reported offsets that do not match the batch's record count"
+        );
+    }
+}
+
+/// Sends one batch to the partition's current leader.
+#[tracing::instrument(
+    skip_all,
+    fields(topic = %topic, partition = partition, records = record_count)
+)]
+async fn produce(
+    cluster: Cluster,
+    topic: Arc<str>,
+    partition: u32,
+    record_batch: Bytes,
+    record_count: u32,
+    acks: Acks,
+) -> Result<ProduceResponse> {
+    let (address, channel) = cluster.leader_channel(&topic, partition).await?;
+    let request_timeout = cluster.config().request_timeout();
+    let request = ProduceRequest {
+        topic: topic.to_string(),
+        partition: partition as i32,
+        acks: acks.to_wire() as i32,
+        records: Vec::new(),
+        record_batch,
+        timeout_ms: u32::try_from(request_timeout.as_millis()).unwrap_or(u32::MAX),
+    };
+    let mut client = ClientServiceClient::new(channel);
+    call(
+        &address,
+        "a produce answer",
+        request_timeout + CLIENT_TIMEOUT_GRACE,
+        client.produce(request),
+    )
+    .await
+}
