@@ -6,12 +6,16 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
 
-
     unsafe_env_set("PROTOC", protoc.as_os_str());
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["errors.proto", "client.proto", "admin.proto", "metadata.proto"]
-        .map(|f| root.join("ferrolog/v1").join(f));
+    let files = [
+        "errors.proto",
+        "client.proto",
+        "admin.proto",
+        "metadata.proto",
+    ]
+    .map(|f| root.join("ferrolog/v1").join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

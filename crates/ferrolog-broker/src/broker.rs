@@ -9,10 +9,10 @@ use ferrolog_controller::Controller;
 use ferrolog_metadata::{BrokerId, MetadataStore, PartitionId};
 use ferrolog_proto::v1::ErrorCode;
 
+use crate::BrokerError;
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 use crate::partition_manager::{PartitionManager, StorageSettings};
-use crate::BrokerError;
 
 /// What a broker needs to know about itself.
 #[derive(Clone, Debug)]
@@ -144,11 +144,11 @@ impl Broker {
             let partitions = self.partitions.all();
             let done = tokio::task::spawn_blocking(move || {
                 for partition in partitions {
-                    if let Err(error) = partition.maintain() {
-                        if error.code() != ErrorCode::UnknownTopic {
-                            tracing::warn!(topic = partition.topic(), partition = %partition.id(),
-                                %error, "partition upkeep failed");
-                        }
+                    if let Err(error) = partition.maintain()
+                        && error.code() != ErrorCode::UnknownTopic
+                    {
+                        tracing::warn!(topic = partition.topic(), partition = %partition.id(),
+                            %error, "partition upkeep failed");
                     }
                 }
             })
@@ -161,13 +161,18 @@ impl Broker {
 
     /// The partition led here, or the error a client should see: unknown topic or
     /// partition (with the valid range), or NOT_LEADER naming the leader.
-    pub fn leader_partition(&self, topic: &str, partition: i64) -> Result<Arc<Partition>, BrokerError> {
+    pub fn leader_partition(
+        &self,
+        topic: &str,
+        partition: i64,
+    ) -> Result<Arc<Partition>, BrokerError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);
         }
         let image = self.store.image();
-        let topic_image =
-            image.topic(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;
+        let topic_image = image
+            .topic(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;
         let count = topic_image.partitions.len();
         let index = u32::try_from(partition)
             .ok()
@@ -182,16 +187,26 @@ impl Broker {
             .expect("index checked against the partition count");
         if partition_image.leader != Some(self.config.node_id) {
             let leader = partition_image.leader.map(|id| {
-                let address = image.brokers.get(&id).map(|b| b.address.clone()).unwrap_or_default();
+                let address = image
+                    .brokers
+                    .get(&id)
+                    .map(|b| b.address.clone())
+                    .unwrap_or_default();
                 (id.0, address)
             });
-            return Err(BrokerError::NotLeader { topic: topic.to_owned(), partition: index, leader });
+            return Err(BrokerError::NotLeader {
+                topic: topic.to_owned(),
+                partition: index,
+                leader,
+            });
         }
-        self.partitions.get(topic, index).ok_or_else(|| BrokerError::NotLeader {
-            topic: topic.to_owned(),
-            partition: index,
-            leader: None,
-        })
+        self.partitions
+            .get(topic, index)
+            .ok_or_else(|| BrokerError::NotLeader {
+                topic: topic.to_owned(),
+                partition: index,
+                leader: None,
+            })
     }
 
     /// Stops taking requests and makes every partition durable.

@@ -10,15 +10,30 @@ pub enum BrokerError {
     #[error("unknown topic '{0}'")]
     UnknownTopic(String),
     #[error("unknown partition {partition} of topic '{topic}'; it has partitions 0..{count}")]
-    UnknownPartition { topic: String, partition: i64, count: usize },
+    UnknownPartition {
+        topic: String,
+        partition: i64,
+        count: usize,
+    },
     #[error("partition {topic}-{partition} is not led by this broker{}", leader_hint(.leader))]
-    NotLeader { topic: String, partition: u32, leader: Option<(i32, String)> },
+    NotLeader {
+        topic: String,
+        partition: u32,
+        leader: Option<(i32, String)>,
+    },
     #[error("{0}")]
     InvalidRequest(String),
     #[error("request timed out after {timeout_ms} ms waiting for {waiting_for}")]
-    Timeout { timeout_ms: u64, waiting_for: &'static str },
+    Timeout {
+        timeout_ms: u64,
+        waiting_for: &'static str,
+    },
     #[error("the log of partition {topic}-{partition} failed and is offline: {reason}")]
-    StorageOffline { topic: String, partition: u32, reason: String },
+    StorageOffline {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
     #[error("broker is shutting down")]
     ShuttingDown,
     #[error(transparent)]

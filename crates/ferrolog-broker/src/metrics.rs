@@ -43,14 +43,46 @@ impl BrokerMetrics {
             partitions: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("ferrolog");
-        r.register("requests", "gRPC requests by RPC and result code", metrics.requests.clone());
-        r.register("produced_records", "Records appended by produce requests", metrics.produced_records.clone());
-        r.register("produced_bytes", "Record batch bytes appended by produce requests", metrics.produced_bytes.clone());
-        r.register("fetched_bytes", "Record batch bytes returned by fetches", metrics.fetched_bytes.clone());
-        r.register("produce_latency_seconds", "Produce request latency, acknowledgement wait included", metrics.produce_seconds.clone());
-        r.register("fetch_latency_seconds", "Fetch request latency, long-poll wait included", metrics.fetch_seconds.clone());
-        r.register("log_flush_latency_seconds", "fsync latency of one group commit", metrics.flush_seconds.clone());
-        r.register("partitions", "Partition replicas hosted by this broker", metrics.partitions.clone());
+        r.register(
+            "requests",
+            "gRPC requests by RPC and result code",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "produced_records",
+            "Records appended by produce requests",
+            metrics.produced_records.clone(),
+        );
+        r.register(
+            "produced_bytes",
+            "Record batch bytes appended by produce requests",
+            metrics.produced_bytes.clone(),
+        );
+        r.register(
+            "fetched_bytes",
+            "Record batch bytes returned by fetches",
+            metrics.fetched_bytes.clone(),
+        );
+        r.register(
+            "produce_latency_seconds",
+            "Produce request latency, acknowledgement wait included",
+            metrics.produce_seconds.clone(),
+        );
+        r.register(
+            "fetch_latency_seconds",
+            "Fetch request latency, long-poll wait included",
+            metrics.fetch_seconds.clone(),
+        );
+        r.register(
+            "log_flush_latency_seconds",
+            "fsync latency of one group commit",
+            metrics.flush_seconds.clone(),
+        );
+        r.register(
+            "partitions",
+            "Partition replicas hosted by this broker",
+            metrics.partitions.clone(),
+        );
         metrics
     }
 

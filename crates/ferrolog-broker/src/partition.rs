@@ -64,7 +64,10 @@ impl Partition {
             id,
             topic_id: topic_id.to_owned(),
             log: RwLock::new(log),
-            progress: watch::Sender::new(Progress { high_watermark, storage_failed: false }),
+            progress: watch::Sender::new(Progress {
+                high_watermark,
+                storage_failed: false,
+            }),
             dirty: Notify::new(),
             closed: AtomicBool::new(false),
             metrics,
@@ -151,7 +154,8 @@ impl Partition {
             }
         }
         if wait {
-            self.wait_for_high_watermark(info.last_offset.next(), timeout).await?;
+            self.wait_for_high_watermark(info.last_offset.next(), timeout)
+                .await?;
         }
         Ok(info)
     }
@@ -203,14 +207,20 @@ impl Partition {
             let read = self.log_read().read(offset, max_bytes, high_watermark)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if !read.batches.is_empty() || remaining.is_zero() {
-                return Ok(FetchOutcome { read, high_watermark });
+                return Ok(FetchOutcome {
+                    read,
+                    high_watermark,
+                });
             }
             match tokio::time::timeout(remaining, progress.changed()).await {
                 Ok(Ok(())) => continue,
                 // The partition closed or the wait ran out: answer with what there is.
                 Ok(Err(_)) | Err(_) => {
                     let read = self.log_read().read(offset, max_bytes, high_watermark)?;
-                    return Ok(FetchOutcome { read, high_watermark });
+                    return Ok(FetchOutcome {
+                        read,
+                        high_watermark,
+                    });
                 }
             }
         }
@@ -258,7 +268,10 @@ impl Partition {
         self.dirty.notify_one();
         let dir = self.log_read().dir().to_path_buf();
         std::fs::remove_dir_all(&dir).map_err(|source| {
-            BrokerError::Log(ferrolog_log::LogError::Io { context: "delete partition directory", source })
+            BrokerError::Log(ferrolog_log::LogError::Io {
+                context: "delete partition directory",
+                source,
+            })
         })?;
         tracing::info!(topic = %self.topic, partition = %self.id, "partition deleted");
         Ok(())
@@ -285,12 +298,18 @@ impl Partition {
                 continue;
             }
             let started = Instant::now();
-            let synced = tokio::task::spawn_blocking(move || handle.sync()).await;
-            self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+            let syncing = handle.clone();
+            let synced = tokio::task::spawn_blocking(move || syncing.sync()).await;
+            self.metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
             match synced {
                 Ok(Ok(())) => {
-                    self.log_write().mark_flushed(end);
-                    self.advance_high_watermark(end);
+                    // A truncation during the fsync makes the handle stale; its offsets are
+                    // then not covered and the next round syncs again.
+                    if self.log_write().mark_synced(&handle) {
+                        self.advance_high_watermark(end);
+                    }
                 }
                 Ok(Err(error)) => {
                     // After a failed fsync the page cache may have dropped the data: the only

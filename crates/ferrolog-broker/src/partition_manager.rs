@@ -12,9 +12,9 @@ use ferrolog_log::{FlushPolicy, LogConfig};
 use ferrolog_metadata::{BrokerId, ClusterImage, PartitionId, TopicConfig, TopicImage};
 use tokio::sync::watch;
 
+use crate::BrokerError;
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
-use crate::BrokerError;
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
@@ -105,7 +105,9 @@ impl PartitionManager {
             let keys: Vec<PartitionKey> = partitions
                 .iter()
                 .filter(|(key, p)| {
-                    wanted.get(*key).is_none_or(|(topic, _)| topic.topic_id != p.topic_id())
+                    wanted
+                        .get(*key)
+                        .is_none_or(|(topic, _)| topic.topic_id != p.topic_id())
                 })
                 .map(|(key, _)| key.clone())
                 .collect();
@@ -125,8 +127,14 @@ impl PartitionManager {
             }
             let dir = self.partition_dir(&topic.name, *id);
             prepare_partition_dir(&dir, &topic.topic_id)?;
-            let partition =
-                Partition::open(&topic.name, *id, &topic.topic_id, &dir, config, self.metrics.clone())?;
+            let partition = Partition::open(
+                &topic.name,
+                *id,
+                &topic.topic_id,
+                &dir,
+                config,
+                self.metrics.clone(),
+            )?;
             tracing::info!(topic = %topic.name, partition = %id,
                 log_end_offset = %partition.log_end_offset(), "partition opened");
             let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
@@ -134,7 +142,11 @@ impl PartitionManager {
         }
 
         self.remove_stray_directories(&wanted);
-        let count = self.partitions.read().unwrap_or_else(|p| p.into_inner()).len();
+        let count = self
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         self.metrics.partitions.set(count as i64);
         self.reconciled.send_replace(image.applied_index);
         Ok(())
@@ -148,13 +160,18 @@ impl PartitionManager {
     /// while this broker was down). Only directories that carry our metadata file are
     /// touched, so nothing else a user keeps in the data directory is ever removed.
     fn remove_stray_directories(&self, wanted: &HashMap<PartitionKey, (&TopicImage, PartitionId)>) {
-        let Ok(entries) = std::fs::read_dir(&self.settings.data_dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&self.settings.data_dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if !path.join(PARTITION_METADATA_FILE).is_file() {
                 continue;
             }
-            let Some(key) = path.file_name().and_then(|n| n.to_str()).and_then(parse_dir_name)
+            let Some(key) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_dir_name)
             else {
                 continue;
             };
@@ -211,7 +228,10 @@ mod tests {
 
     #[test]
     fn directory_names_split_at_the_last_dash() {
-        assert_eq!(parse_dir_name("my-topic-12"), Some(("my-topic".to_owned(), 12)));
+        assert_eq!(
+            parse_dir_name("my-topic-12"),
+            Some(("my-topic".to_owned(), 12))
+        );
         assert_eq!(parse_dir_name("__cluster_metadata"), None);
         assert_eq!(parse_dir_name("topic-x"), None);
     }

@@ -34,7 +34,10 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(store: Arc<MetadataStore>, topic_defaults: TopicConfig) -> Self {
-        Self { store, topic_defaults }
+        Self {
+            store,
+            topic_defaults,
+        }
     }
 
     pub fn topic_defaults(&self) -> &TopicConfig {
@@ -50,7 +53,11 @@ impl Controller {
         incarnation_id: u64,
     ) -> Result<(), ControllerError> {
         let current = self.store.image();
-        if current.brokers.get(&id).is_some_and(|b| b.address == address) {
+        if current
+            .brokers
+            .get(&id)
+            .is_some_and(|b| b.address == address)
+        {
             return Ok(());
         }
         self.store.append(&[MetadataRecord {
@@ -109,8 +116,9 @@ impl Controller {
                 .collect(),
             configs: request.configs.into_iter().collect(),
         };
-        self.store
-            .append(&[MetadataRecord { record: Some(Record::CreateTopic(record)) }])?;
+        self.store.append(&[MetadataRecord {
+            record: Some(Record::CreateTopic(record)),
+        }])?;
         tracing::info!("topic created");
         self.store
             .image()
@@ -144,18 +152,26 @@ mod tests {
     fn controller(dir: &std::path::Path) -> Controller {
         let store = Arc::new(MetadataStore::open(dir).expect("open store"));
         let controller = Controller::new(store, TopicConfig::default());
-        controller.register_broker(BrokerId(1), "127.0.0.1:9290", 7).expect("register");
+        controller
+            .register_broker(BrokerId(1), "127.0.0.1:9290", 7)
+            .expect("register");
         controller
     }
 
     fn request(name: &str, partitions: i64) -> CreateTopicRequest {
-        CreateTopicRequest { name: name.to_owned(), partitions, ..Default::default() }
+        CreateTopicRequest {
+            name: name.to_owned(),
+            partitions,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn create_topic_defaults_replication_to_the_live_brokers() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let topic = controller(dir.path()).create_topic(request("orders", 3)).expect("create");
+        let topic = controller(dir.path())
+            .create_topic(request("orders", 3))
+            .expect("create");
         assert_eq!(topic.partitions.len(), 3);
         assert_eq!(topic.replication_factor(), 1);
     }
@@ -172,7 +188,13 @@ mod tests {
             (request("t", 0), ErrorCode::InvalidPartitions),
             (request("t", -3), ErrorCode::InvalidPartitions),
             (request("t", 1_000_000), ErrorCode::InvalidPartitions),
-            (CreateTopicRequest { replication_factor: 2, ..request("t", 1) }, ErrorCode::InvalidReplicationFactor),
+            (
+                CreateTopicRequest {
+                    replication_factor: 2,
+                    ..request("t", 1)
+                },
+                ErrorCode::InvalidReplicationFactor,
+            ),
             (
                 CreateTopicRequest {
                     configs: BTreeMap::from([("retention.ms".into(), "soon".into())]),
@@ -186,6 +208,9 @@ mod tests {
             let err = c.create_topic(req).expect_err(&name);
             assert_eq!(err.code(), code, "{name}: {err}");
         }
-        assert!(matches!(c.delete_topic("nope"), Err(ControllerError::UnknownTopic(_))));
+        assert!(matches!(
+            c.delete_topic("nope"),
+            Err(ControllerError::UnknownTopic(_))
+        ));
     }
 }

@@ -13,7 +13,9 @@ pub enum ControllerError {
     UnknownTopic(String),
     #[error("invalid partition count {requested}: it must be between 1 and {max}")]
     InvalidPartitions { requested: i64, max: u32 },
-    #[error("invalid replication factor {requested}: it must be between 1 and the {brokers} live broker(s)")]
+    #[error(
+        "invalid replication factor {requested}: it must be between 1 and the {brokers} live broker(s)"
+    )]
     InvalidReplicationFactor { requested: i64, brokers: usize },
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),

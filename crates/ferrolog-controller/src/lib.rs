@@ -12,4 +12,4 @@ mod topic_name;
 pub use controller::{Controller, CreateTopicRequest, MAX_PARTITIONS_PER_TOPIC};
 pub use error::ControllerError;
 pub use placement::assign_replicas;
-pub use topic_name::{validate_topic_name, MAX_TOPIC_NAME_CHARS};
+pub use topic_name::{MAX_TOPIC_NAME_CHARS, validate_topic_name};

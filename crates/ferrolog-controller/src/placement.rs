@@ -13,7 +13,10 @@ pub fn assign_replicas(
     start: usize,
 ) -> Vec<Vec<BrokerId>> {
     let n = brokers.len();
-    assert!(n > 0 && replication_factor as usize <= n, "validated by the caller");
+    assert!(
+        n > 0 && replication_factor as usize <= n,
+        "validated by the caller"
+    );
     (0..partitions as usize)
         .map(|p| {
             let first = (start + p) % n;
@@ -44,7 +47,11 @@ mod tests {
         let layout = assign_replicas(&brokers, 6, 3, 0);
         let mut leaders: BTreeMap<BrokerId, usize> = BTreeMap::new();
         for replicas in &layout {
-            assert_eq!(replicas.iter().collect::<BTreeSet<_>>().len(), 3, "{replicas:?}");
+            assert_eq!(
+                replicas.iter().collect::<BTreeSet<_>>().len(),
+                3,
+                "{replicas:?}"
+            );
             *leaders.entry(replicas[0]).or_default() += 1;
         }
         assert!(leaders.values().all(|&n| n == 2), "{leaders:?}");

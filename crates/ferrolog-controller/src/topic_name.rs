@@ -23,7 +23,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
             name.chars().count()
         )));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+    {
         return Err(invalid(format!(
             "it contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
         )));
@@ -44,7 +47,15 @@ mod tests {
 
     #[test]
     fn kafka_invalid_names_are_refused_with_a_reason() {
-        for name in ["", ".", "..", "with space", "slash/name", "ünïcode", &"x".repeat(250)] {
+        for name in [
+            "",
+            ".",
+            "..",
+            "with space",
+            "slash/name",
+            "ünïcode",
+            &"x".repeat(250),
+        ] {
             let err = validate_topic_name(name).expect_err(name);
             assert!(err.to_string().contains("invalid topic name"), "{err}");
         }

@@ -67,7 +67,9 @@ impl ClusterImage {
     /// error here means a damaged log or a bug; the image is left unchanged on error.
     pub fn apply(&mut self, index: u64, record: &MetadataRecord) -> Result<(), MetadataError> {
         let Some(record) = &record.record else {
-            return Err(MetadataError::InvalidRecord(format!("empty record at index {index}")));
+            return Err(MetadataError::InvalidRecord(format!(
+                "empty record at index {index}"
+            )));
         };
         match record {
             Record::RegisterBroker(r) => {
@@ -170,7 +172,10 @@ mod tests {
                 assignments: replicas
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| PartitionAssignment { partition: i as i32, replicas: r.to_vec() })
+                    .map(|(i, r)| PartitionAssignment {
+                        partition: i as i32,
+                        replicas: r.to_vec(),
+                    })
                     .collect(),
                 configs: Default::default(),
             })),
@@ -180,7 +185,9 @@ mod tests {
     #[test]
     fn created_topic_has_first_replica_as_leader_and_full_isr() {
         let mut image = ClusterImage::default();
-        image.apply(1, &create("orders", &[&[1, 2], &[2, 1]])).expect("apply");
+        image
+            .apply(1, &create("orders", &[&[1, 2], &[2, 1]]))
+            .expect("apply");
         let topic = image.topic("orders").expect("exists");
         assert_eq!(topic.partitions[1].leader, Some(BrokerId(2)));
         assert_eq!(topic.partitions[1].isr, vec![BrokerId(2), BrokerId(1)]);

@@ -22,7 +22,6 @@ pub use topic_config::{CleanupPolicy, ConfigError, TopicConfig};
 pub mod records {
     pub use ferrolog_proto::v1::{
         ConfigChangeRecord, CreateTopicRecord, DeleteTopicRecord, MetadataRecord,
-        PartitionAssignment, PartitionChangeRecord, RegisterBrokerRecord,
-        metadata_record::Record,
+        PartitionAssignment, PartitionChangeRecord, RegisterBrokerRecord, metadata_record::Record,
     };
 }

@@ -34,23 +34,34 @@ impl MetadataStore {
         let db = sled::Config::new()
             .path(dir)
             .open()
-            .map_err(|source| MetadataError::Store { context: "open sled database", source })?;
+            .map_err(|source| MetadataError::Store {
+                context: "open sled database",
+                source,
+            })?;
         let log = db
             .open_tree(LOG_TREE)
-            .map_err(|source| MetadataError::Store { context: "open metadata log", source })?;
+            .map_err(|source| MetadataError::Store {
+                context: "open metadata log",
+                source,
+            })?;
         let cluster_id = Self::load_or_create_cluster_id(&db)?;
 
         let mut image = ClusterImage::default();
         for entry in log.iter() {
-            let (key, value) = entry
-                .map_err(|source| MetadataError::Store { context: "read metadata log", source })?;
+            let (key, value) = entry.map_err(|source| MetadataError::Store {
+                context: "read metadata log",
+                source,
+            })?;
             let index = decode_index(&key)?;
             let record = MetadataRecord::decode(value.as_ref())
                 .map_err(|source| MetadataError::Decode { index, source })?;
             image.apply(index, &record)?;
         }
-        tracing::info!(applied_index = image.applied_index, topics = image.topics.len(),
-            "metadata log replayed");
+        tracing::info!(
+            applied_index = image.applied_index,
+            topics = image.topics.len(),
+            "metadata log replayed"
+        );
         let (applied, _) = watch::channel(image.applied_index);
         Ok(Self {
             db,
@@ -65,14 +76,23 @@ impl MetadataStore {
     fn load_or_create_cluster_id(db: &sled::Db) -> Result<String, MetadataError> {
         let existing = db
             .get(CLUSTER_ID_KEY)
-            .map_err(|source| MetadataError::Store { context: "read cluster id", source })?;
+            .map_err(|source| MetadataError::Store {
+                context: "read cluster id",
+                source,
+            })?;
         if let Some(id) = existing {
             return Ok(String::from_utf8_lossy(&id).into_owned());
         }
         let id = crate::ids::random_id();
         db.insert(CLUSTER_ID_KEY, id.as_bytes())
-            .map_err(|source| MetadataError::Store { context: "write cluster id", source })?;
-        db.flush().map_err(|source| MetadataError::Store { context: "flush cluster id", source })?;
+            .map_err(|source| MetadataError::Store {
+                context: "write cluster id",
+                source,
+            })?;
+        db.flush().map_err(|source| MetadataError::Store {
+            context: "flush cluster id",
+            source,
+        })?;
         Ok(id)
     }
 
@@ -103,10 +123,14 @@ impl MetadataStore {
         }
         self.log
             .apply_batch(batch)
-            .map_err(|source| MetadataError::Store { context: "append metadata records", source })?;
-        self.db
-            .flush()
-            .map_err(|source| MetadataError::Store { context: "flush metadata log", source })?;
+            .map_err(|source| MetadataError::Store {
+                context: "append metadata records",
+                source,
+            })?;
+        self.db.flush().map_err(|source| MetadataError::Store {
+            context: "flush metadata log",
+            source,
+        })?;
         let applied_index = next.applied_index;
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.applied.send_replace(applied_index);
@@ -131,7 +155,10 @@ mod tests {
             record: Some(Record::CreateTopic(CreateTopicRecord {
                 name: name.to_owned(),
                 topic_id: format!("{name}-id"),
-                assignments: vec![PartitionAssignment { partition: 0, replicas: vec![1] }],
+                assignments: vec![PartitionAssignment {
+                    partition: 0,
+                    replicas: vec![1],
+                }],
                 configs: Default::default(),
             })),
         }
@@ -142,7 +169,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster_id = {
             let store = MetadataStore::open(dir.path()).expect("open");
-            assert_eq!(store.append(&[create("a"), create("b")]).expect("append"), 2);
+            assert_eq!(
+                store.append(&[create("a"), create("b")]).expect("append"),
+                2
+            );
             store.cluster_id().to_owned()
         };
         let store = MetadataStore::open(dir.path()).expect("reopen");

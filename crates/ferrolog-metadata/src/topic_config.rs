@@ -61,7 +61,11 @@ pub enum ConfigError {
     #[error("unknown topic config '{name}'; known configs are {}", TopicConfig::NAMES.join(", "))]
     UnknownName { name: String },
     #[error("invalid value '{value}' for topic config '{name}': {expected}")]
-    InvalidValue { name: String, value: String, expected: &'static str },
+    InvalidValue {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl TopicConfig {
@@ -77,7 +81,10 @@ impl TopicConfig {
     ];
 
     /// Overlays `overrides` on `self` (the defaults), validating each value.
-    pub fn with_overrides(&self, overrides: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+    pub fn with_overrides(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let mut config = self.clone();
         for (name, value) in overrides {
             config.set(name, value)?;
@@ -135,7 +142,11 @@ impl TopicConfig {
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| invalid("an integer >= 1"))?
             }
-            _ => return Err(ConfigError::UnknownName { name: name.to_owned() }),
+            _ => {
+                return Err(ConfigError::UnknownName {
+                    name: name.to_owned(),
+                });
+            }
         }
         Ok(())
     }
@@ -148,9 +159,15 @@ impl TopicConfig {
             ("retention.bytes".to_owned(), limit(self.retention_bytes)),
             ("segment.bytes".to_owned(), self.segment_bytes.to_string()),
             ("segment.ms".to_owned(), self.segment_ms.to_string()),
-            ("max.message.bytes".to_owned(), self.max_message_bytes.to_string()),
+            (
+                "max.message.bytes".to_owned(),
+                self.max_message_bytes.to_string(),
+            ),
             ("cleanup.policy".to_owned(), "delete".to_owned()),
-            ("min.insync.replicas".to_owned(), self.min_insync_replicas.to_string()),
+            (
+                "min.insync.replicas".to_owned(),
+                self.min_insync_replicas.to_string(),
+            ),
         ])
     }
 }
@@ -169,13 +186,19 @@ mod tests {
     use super::*;
 
     fn overrides(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn overrides_replace_defaults_and_minus_one_means_unlimited() {
         let config = TopicConfig::default()
-            .with_overrides(&overrides(&[("retention.ms", "-1"), ("segment.bytes", "4096")]))
+            .with_overrides(&overrides(&[
+                ("retention.ms", "-1"),
+                ("segment.bytes", "4096"),
+            ]))
             .expect("valid overrides");
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.segment_bytes, 4096);
@@ -216,6 +239,9 @@ mod tests {
         let config = TopicConfig::default()
             .with_overrides(&overrides(&[("retention.bytes", "1000")]))
             .expect("valid");
-        assert_eq!(TopicConfig::default().with_overrides(&config.to_map()), Ok(config));
+        assert_eq!(
+            TopicConfig::default().with_overrides(&config.to_map()),
+            Ok(config)
+        );
     }
 }

@@ -8,7 +8,8 @@ pub mod v1 {
     tonic::include_proto!("ferrolog.v1");
 
     /// Encoded `FileDescriptorSet` of every Ferrolog proto, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferrolog_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("ferrolog_descriptor");
 }
 
 /// The status metadata key that carries a stable [`v1::ErrorCode`] name on every error.

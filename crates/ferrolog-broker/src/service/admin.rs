@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrolog_controller::{ControllerError, CreateTopicRequest};
-use ferrolog_proto::v1::admin_service_server::AdminService;
 use ferrolog_proto::v1;
+use ferrolog_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::RequestLabels;
@@ -31,21 +31,29 @@ impl AdminApi {
             Ok(_) => "OK",
             Err(e) => e.code().as_str_name(),
         };
-        self.broker.metrics().requests.get_or_create(&RequestLabels { rpc, code }).inc();
+        self.broker
+            .metrics()
+            .requests
+            .get_or_create(&RequestLabels { rpc, code })
+            .inc();
     }
 
     /// Runs a controller call on the blocking pool (it fsyncs), then waits until this
     /// node's partitions reflect the result.
     async fn commit<T: Send + 'static>(
         &self,
-        call: impl FnOnce(&ferrolog_controller::Controller) -> Result<T, ControllerError> + Send + 'static,
+        call: impl FnOnce(&ferrolog_controller::Controller) -> Result<T, ControllerError>
+        + Send
+        + 'static,
     ) -> Result<T, BrokerError> {
         let controller = Arc::clone(self.broker.controller());
         let value = tokio::task::spawn_blocking(move || call(&controller))
             .await
             .map_err(|e| BrokerError::InvalidRequest(format!("controller task failed: {e}")))??;
         let index = self.broker.store().image().applied_index;
-        self.broker.wait_reconciled(index, RECONCILE_TIMEOUT).await?;
+        self.broker
+            .wait_reconciled(index, RECONCILE_TIMEOUT)
+            .await?;
         Ok(value)
     }
 
@@ -115,7 +123,12 @@ impl AdminApi {
             .map(|p| {
                 let local = self.broker.partitions().get(&topic.name, p.partition.0);
                 let offsets = local.map(|l| {
-                    (l.log_start_offset().0, l.log_end_offset().0, l.high_watermark().0, l.size_bytes())
+                    (
+                        l.log_start_offset().0,
+                        l.log_end_offset().0,
+                        l.high_watermark().0,
+                        l.size_bytes(),
+                    )
                 });
                 let (start, end, hw, size) = offsets.unwrap_or((-1, -1, -1, 0));
                 v1::PartitionDescription {

@@ -47,7 +47,11 @@ impl ClientApi {
             Ok(_) => "OK",
             Err(e) => e.code().as_str_name(),
         };
-        self.broker.metrics().requests.get_or_create(&RequestLabels { rpc, code }).inc();
+        self.broker
+            .metrics()
+            .requests
+            .get_or_create(&RequestLabels { rpc, code })
+            .inc();
     }
 
     #[tracing::instrument(name = "produce", skip_all, fields(topic = %request.topic, partition = request.partition))]
@@ -55,12 +59,19 @@ impl ClientApi {
         &self,
         request: v1::ProduceRequest,
     ) -> Result<v1::ProduceResponse, BrokerError> {
-        let partition = self.broker.leader_partition(&request.topic, i64::from(request.partition))?;
+        let partition = self
+            .broker
+            .leader_partition(&request.topic, i64::from(request.partition))?;
         let mut batch = match (request.records.is_empty(), request.record_batch.is_empty()) {
             (false, true) => records_to_batch(&request.records, now_ms())?,
-            (true, false) => request.record_batch.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
+            (true, false) => request
+                .record_batch
+                .try_into_mut()
+                .unwrap_or_else(|b| BytesMut::from(&b[..])),
             (true, true) => {
-                return Err(BrokerError::InvalidRequest("produce request has no records".into()));
+                return Err(BrokerError::InvalidRequest(
+                    "produce request has no records".into(),
+                ));
             }
             (false, false) => {
                 return Err(BrokerError::InvalidRequest(
@@ -74,9 +85,13 @@ impl ClientApi {
             ms => Duration::from_millis(u64::from(ms)),
         }
         .min(self.broker.config().max_produce_timeout);
-        let info = partition.append(&mut batch, acks != Acks::None, timeout).await?;
+        let info = partition
+            .append(&mut batch, acks != Acks::None, timeout)
+            .await?;
         let metrics = self.broker.metrics();
-        metrics.produced_records.inc_by(u64::from(info.record_count));
+        metrics
+            .produced_records
+            .inc_by(u64::from(info.record_count));
         metrics.produced_bytes.inc_by(u64::from(info.size_bytes));
         Ok(v1::ProduceResponse {
             topic: request.topic,
@@ -102,12 +117,18 @@ impl ClientApi {
         };
         let max_wait = max_wait.min(self.broker.config().max_fetch_wait);
         let outcome = partition.fetch(Offset(offset), max_bytes, max_wait).await?;
-        self.broker.metrics().fetched_bytes.inc_by(outcome.read.batches.len() as u64);
+        self.broker
+            .metrics()
+            .fetched_bytes
+            .inc_by(outcome.read.batches.len() as u64);
         Ok(outcome)
     }
 
     #[tracing::instrument(name = "fetch", skip_all, fields(topic = %request.topic, partition = request.partition, offset = request.offset))]
-    async fn fetch_inner(&self, request: v1::FetchRequest) -> Result<v1::FetchResponse, BrokerError> {
+    async fn fetch_inner(
+        &self,
+        request: v1::FetchRequest,
+    ) -> Result<v1::FetchResponse, BrokerError> {
         let outcome = self
             .fetch_once(
                 &request.topic,
@@ -117,7 +138,13 @@ impl ClientApi {
                 Duration::from_millis(u64::from(request.max_wait_ms)),
             )
             .await?;
-        fetch_response(request.topic, request.partition, request.offset, request.format, outcome)
+        fetch_response(
+            request.topic,
+            request.partition,
+            request.offset,
+            request.format,
+            outcome,
+        )
     }
 
     #[tracing::instrument(name = "list_offsets", skip_all, fields(topic = %request.topic, partition = request.partition))]
@@ -125,15 +152,17 @@ impl ClientApi {
         &self,
         request: v1::ListOffsetsRequest,
     ) -> Result<v1::ListOffsetsResponse, BrokerError> {
-        let partition = self.broker.leader_partition(&request.topic, i64::from(request.partition))?;
+        let partition = self
+            .broker
+            .leader_partition(&request.topic, i64::from(request.partition))?;
         let high_watermark = partition.high_watermark();
         let log_start_offset = partition.log_start_offset();
         let offset = match OffsetSpec::try_from(request.spec) {
             Ok(OffsetSpec::Earliest) => log_start_offset.0,
             Ok(OffsetSpec::Latest) => high_watermark.0,
-            Ok(OffsetSpec::Timestamp) => {
-                partition.offset_for_timestamp(request.timestamp_ms)?.map_or(-1, |o| o.0)
-            }
+            Ok(OffsetSpec::Timestamp) => partition
+                .offset_for_timestamp(request.timestamp_ms)?
+                .map_or(-1, |o| o.0),
             Err(_) => {
                 return Err(BrokerError::InvalidRequest(format!(
                     "unknown offset spec {}",
@@ -148,7 +177,10 @@ impl ClientApi {
         })
     }
 
-    fn metadata_inner(&self, request: v1::MetadataRequest) -> Result<v1::MetadataResponse, BrokerError> {
+    fn metadata_inner(
+        &self,
+        request: v1::MetadataRequest,
+    ) -> Result<v1::MetadataResponse, BrokerError> {
         let image = self.broker.store().image();
         let topics = if request.topics.is_empty() {
             image.topics.values().collect::<Vec<_>>()
@@ -156,14 +188,21 @@ impl ClientApi {
             request
                 .topics
                 .iter()
-                .map(|name| image.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.clone())))
+                .map(|name| {
+                    image
+                        .topic(name)
+                        .ok_or_else(|| BrokerError::UnknownTopic(name.clone()))
+                })
                 .collect::<Result<Vec<_>, _>>()?
         };
         Ok(v1::MetadataResponse {
             brokers: image
                 .brokers
                 .values()
-                .map(|b| v1::BrokerMetadata { broker_id: b.id.0, address: b.address.clone() })
+                .map(|b| v1::BrokerMetadata {
+                    broker_id: b.id.0,
+                    address: b.address.clone(),
+                })
                 .collect(),
             topics: topics
                 .into_iter()
@@ -199,7 +238,10 @@ fn fetch_response(
     let next = next_offset(&batches, Offset(offset));
     let (records, record_batches) = match FetchFormat::try_from(format) {
         Ok(FetchFormat::Batches) => (Vec::new(), batches),
-        _ => (batches_to_records(&batches, Offset(offset))?, bytes::Bytes::new()),
+        _ => (
+            batches_to_records(&batches, Offset(offset))?,
+            bytes::Bytes::new(),
+        ),
     };
     Ok(v1::FetchResponse {
         topic,
@@ -237,7 +279,10 @@ impl ClientService for ClientApi {
     ) -> Result<Response<v1::ProduceResponse>, Status> {
         let started = Instant::now();
         let result = self.produce_inner(request.into_inner()).await;
-        self.broker.metrics().produce_seconds.observe(started.elapsed().as_secs_f64());
+        self.broker
+            .metrics()
+            .produce_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.count("produce", &result);
         result.map(Response::new).map_err(Status::from)
     }
@@ -248,7 +293,10 @@ impl ClientService for ClientApi {
     ) -> Result<Response<v1::FetchResponse>, Status> {
         let started = Instant::now();
         let result = self.fetch_inner(request.into_inner()).await;
-        self.broker.metrics().fetch_seconds.observe(started.elapsed().as_secs_f64());
+        self.broker
+            .metrics()
+            .fetch_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.count("fetch", &result);
         result.map(Response::new).map_err(read_status)
     }
@@ -261,21 +309,36 @@ impl ClientService for ClientApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
         // Refuse at once what can never succeed, instead of opening a stream that only fails.
-        let checked = self.broker.leader_partition(&request.topic, i64::from(request.partition));
+        let checked = self
+            .broker
+            .leader_partition(&request.topic, i64::from(request.partition));
         self.count("subscribe", &checked);
         checked?;
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);
         let api = self.clone();
-        let span = tracing::info_span!("subscribe", topic = %request.topic, partition = request.partition);
+        let span =
+            tracing::info_span!("subscribe", topic = %request.topic, partition = request.partition);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let mut offset = request.offset;
                 loop {
                     let fetched = api
-                        .fetch_once(&request.topic, request.partition, offset, request.max_bytes, SUBSCRIBE_POLL_WAIT)
+                        .fetch_once(
+                            &request.topic,
+                            request.partition,
+                            offset,
+                            request.max_bytes,
+                            SUBSCRIBE_POLL_WAIT,
+                        )
                         .await
                         .and_then(|outcome| {
-                            fetch_response(request.topic.clone(), request.partition, offset, request.format, outcome)
+                            fetch_response(
+                                request.topic.clone(),
+                                request.partition,
+                                offset,
+                                request.format,
+                                outcome,
+                            )
                         });
                     match fetched {
                         Ok(response) if response.next_offset == offset => {

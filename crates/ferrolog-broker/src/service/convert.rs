@@ -8,7 +8,10 @@ use crate::BrokerError;
 
 /// Builds one batch from structured records; an unset timestamp means `now_ms`.
 pub fn records_to_batch(records: &[v1::Record], now_ms: i64) -> Result<BytesMut, BrokerError> {
-    let base_timestamp_ms = records.first().and_then(|r| r.timestamp_ms).unwrap_or(now_ms);
+    let base_timestamp_ms = records
+        .first()
+        .and_then(|r| r.timestamp_ms)
+        .unwrap_or(now_ms);
     if base_timestamp_ms < 0 {
         return Err(BrokerError::InvalidRequest(format!(
             "record timestamp {base_timestamp_ms} is negative; use Unix milliseconds"
@@ -24,10 +27,16 @@ pub fn records_to_batch(records: &[v1::Record], now_ms: i64) -> Result<BytesMut,
             )));
         }
         headers.clear();
-        headers.extend(
-            record.headers.iter().map(|h| Header { key: h.key.clone(), value: h.value.clone() }),
+        headers.extend(record.headers.iter().map(|h| Header {
+            key: h.key.clone(),
+            value: h.value.clone(),
+        }));
+        builder.push(
+            timestamp_ms,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
         );
-        builder.push(timestamp_ms, record.key.as_deref(), record.value.as_deref(), &headers);
     }
     Ok(builder.build())
 }
@@ -48,7 +57,10 @@ pub fn batches_to_records(batches: &[u8], from: Offset) -> Result<Vec<v1::Record
                 headers: record
                     .headers
                     .into_iter()
-                    .map(|h| v1::RecordHeader { key: h.key, value: h.value })
+                    .map(|h| v1::RecordHeader {
+                        key: h.key,
+                        value: h.value,
+                    })
                     .collect(),
                 timestamp_ms: Some(record.timestamp_ms),
                 offset: record.offset.0,

@@ -62,7 +62,10 @@ mod tests {
         let status = Status::from(BrokerError::UnknownTopic("orders".to_owned()));
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(status.message(), "unknown topic 'orders'");
-        let code = status.metadata().get(ERROR_CODE_METADATA_KEY).expect("code present");
+        let code = status
+            .metadata()
+            .get(ERROR_CODE_METADATA_KEY)
+            .expect("code present");
         assert_eq!(code.to_str().expect("ascii"), "UNKNOWN_TOPIC");
     }
 }

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use ferrolog_client::{Acks, Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, StartOffset};
+use ferrolog_client::{
+    Acks, Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    StartOffset,
+};
 use ferrolog_proto::v1::ErrorCode;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -79,17 +82,33 @@ fn parse_acks(value: &str) -> Result<Acks, String> {
 
 fn progress(total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}")
+    {
         bar.set_style(style);
     }
     bar
 }
 
 /// Prints one result line set; the format is stable so scripts can grep it.
-fn report(what: &str, records: u64, bytes: u64, elapsed: Duration, latency_us: Option<&Histogram<u64>>) {
+fn report(
+    what: &str,
+    records: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latency_us: Option<&Histogram<u64>>,
+) {
     let secs = elapsed.as_secs_f64().max(f64::EPSILON);
-    println!("{what}: {records} records, {:.1} MB in {:.2} s", bytes as f64 / 1e6, secs);
-    println!("throughput: {:.0} records/s, {:.1} MB/s", records as f64 / secs, bytes as f64 / 1e6 / secs);
+    println!(
+        "{what}: {records} records, {:.1} MB in {:.2} s",
+        bytes as f64 / 1e6,
+        secs
+    );
+    println!(
+        "throughput: {:.0} records/s, {:.1} MB/s",
+        records as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
     if let Some(h) = latency_us {
         println!(
             "latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
@@ -108,7 +127,10 @@ fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
 
 async fn ensure_topic(client: &ClientArgs, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin = Admin::connect(client.config()).await?;
-    match admin.create_topic(topic, partitions, 0, Default::default()).await {
+    match admin
+        .create_topic(topic, partitions, 0, Default::default())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => Ok(()),
         Err(e) => Err(e).with_context(|| format!("create topic '{topic}'")),
@@ -122,7 +144,9 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
     ensure_topic(&args.client, &args.topic, args.partitions).await?;
     // Incompressible-looking payload, built once and shared (Bytes clones are free).
     let payload = Bytes::from(
-        (0..args.record_size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>(),
+        (0..args.record_size)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
     );
     let bar = Arc::new(progress(args.records));
     let started = Instant::now();
@@ -142,7 +166,9 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
             let mut first_error: Option<ClientError> = None;
             for _ in 0..share {
                 let sent_at = Instant::now();
-                let delivery = producer.send(ProducerRecord::new(topic.clone(), payload.clone())).await;
+                let delivery = producer
+                    .send(ProducerRecord::new(topic.clone(), payload.clone()))
+                    .await;
                 pending.push(async move { (delivery.await, sent_at) });
                 while pending.len() >= MAX_PENDING_PER_PRODUCER {
                     if let Some((result, sent_at)) = pending.next().await {
@@ -168,7 +194,13 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    report("produce", args.records, args.records * args.record_size as u64, elapsed, Some(&histogram));
+    report(
+        "produce",
+        args.records,
+        args.records * args.record_size as u64,
+        elapsed,
+        Some(&histogram),
+    );
     Ok(())
 }
 
@@ -192,7 +224,10 @@ fn settle(
 
 async fn run_consume(args: ConsumeBench) -> anyhow::Result<()> {
     let admin = Admin::connect(args.client.config()).await?;
-    let metadata = admin.metadata(vec![args.topic.clone()]).await.context("look up topic")?;
+    let metadata = admin
+        .metadata(&[args.topic.as_str()])
+        .await
+        .context("look up topic")?;
     let topic = metadata
         .topics
         .iter()
@@ -200,18 +235,29 @@ async fn run_consume(args: ConsumeBench) -> anyhow::Result<()> {
         .with_context(|| format!("unknown topic '{}'", args.topic))?;
     let mut available = 0u64;
     for p in &topic.partitions {
-        let latest = admin.list_offsets(&args.topic, p.partition as u32, ferrolog_client::OffsetQuery::Latest).await?;
+        let latest = admin
+            .list_offsets(
+                &args.topic,
+                p.partition as u32,
+                ferrolog_client::OffsetQuery::Latest,
+            )
+            .await?;
         available += (latest.high_watermark - latest.log_start_offset).max(0) as u64;
     }
     let target = args.records.unwrap_or(available);
     if target == 0 {
-        bail!("topic '{}' is empty; run `ferrolog bench produce` first", args.topic);
+        bail!(
+            "topic '{}' is empty; run `ferrolog bench produce` first",
+            args.topic
+        );
     }
     let mut config = ConsumerConfig::new(args.client.config());
     config.fetch_max_bytes = args.fetch_max_bytes;
     let mut consumer = Consumer::connect(config).await?;
     for p in &topic.partitions {
-        consumer.assign(&args.topic, p.partition as u32, StartOffset::Earliest);
+        consumer
+            .assign(&args.topic, p.partition as u32, StartOffset::Earliest)
+            .await?;
     }
     let bar = progress(target);
     let mut histogram = latency_histogram()?;

@@ -55,13 +55,12 @@ impl Format {
     }
 
     fn render(&self, r: &ConsumedRecord) -> String {
-        let text = |b: &Option<bytes::Bytes>| {
-            b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
-        };
+        let text =
+            |b: &Option<bytes::Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
         match self {
             Self::Value => text(&r.value).unwrap_or_default(),
             Self::Json => serde_json::json!({
-                "topic": r.topic,
+                "topic": &*r.topic,
                 "partition": r.partition,
                 "offset": r.offset,
                 "timestamp_ms": r.timestamp_ms,
@@ -86,7 +85,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let config = args.client.config();
     let admin = Admin::connect(config.clone()).await?;
     let metadata = admin
-        .metadata(vec![args.topic.clone()])
+        .metadata(&[args.topic.as_str()])
         .await
         .with_context(|| format!("look up topic '{}'", args.topic))?;
     let topic = metadata
@@ -97,7 +96,10 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let count = topic.partitions.len() as u32;
     let partitions: Vec<u32> = match args.partition {
         Some(p) if p < count => vec![p],
-        Some(p) => bail!("unknown partition {p} of topic '{}'; it has partitions 0..{count}", args.topic),
+        Some(p) => bail!(
+            "unknown partition {p} of topic '{}'; it has partitions 0..{count}",
+            args.topic
+        ),
         None => (0..count).collect(),
     };
     let start = match (args.from_beginning, args.offset) {
@@ -107,7 +109,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let mut consumer = Consumer::connect(ConsumerConfig::new(config)).await?;
     for partition in partitions {
-        consumer.assign(&args.topic, partition, start);
+        consumer.assign(&args.topic, partition, start).await?;
     }
 
     let idle_limit = args.timeout_ms.map(Duration::from_millis);

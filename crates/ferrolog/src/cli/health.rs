@@ -4,14 +4,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
     /// gRPC address of the node to check
-    #[arg(long, env = "FERROLOG_HEALTH_ADDRESS", default_value = "127.0.0.1:9290")]
+    #[arg(
+        long,
+        env = "FERROLOG_HEALTH_ADDRESS",
+        default_value = "127.0.0.1:9290"
+    )]
     address: String,
     /// Give up after this long
     #[arg(long, default_value_t = 3000)]
@@ -29,7 +33,9 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not reach a Ferrolog server at {}", args.address))?;
     let response = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .with_context(|| format!("health check of {} failed", args.address))?
         .into_inner();

@@ -14,7 +14,12 @@ use ferrolog_client::ClientConfig;
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Bootstrap brokers, comma-separated host:port
-    #[arg(long, env = "FERROLOG_BROKERS", default_value = "127.0.0.1:9290", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "FERROLOG_BROKERS",
+        default_value = "127.0.0.1:9290",
+        value_delimiter = ','
+    )]
     pub brokers: Vec<String>,
 }
 

@@ -63,7 +63,10 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             (None, Some(sep)) => match line.split_once(sep.as_str()) {
                 Some((k, v)) => (Some(Bytes::from(k.to_owned())), v.to_owned()),
                 None => {
-                    note(format!("line {line_no} has no key separator {sep:?}"), &mut failed);
+                    note(
+                        format!("line {line_no} has no key separator {sep:?}"),
+                        &mut failed,
+                    );
                     continue;
                 }
             },
@@ -90,7 +93,9 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             note(error.to_string(), &mut failed);
         }
     }
-    tokio::time::timeout(Duration::from_secs(30), producer.close()).await.ok();
+    tokio::time::timeout(Duration::from_secs(30), producer.close())
+        .await
+        .ok();
     if failed > 0 {
         bail!(
             "{failed} of {line_no} record(s) failed; first error: {}",

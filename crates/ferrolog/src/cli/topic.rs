@@ -22,6 +22,7 @@ pub enum TopicCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct CreateArgs {
     name: String,
     /// Number of partitions
@@ -76,7 +77,12 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
             let configs = parse_configs(&args.configs)?;
             let admin = Admin::connect(args.client.config()).await?;
             let created = admin
-                .create_topic(&args.name, args.partitions, args.replication_factor, configs)
+                .create_topic(
+                    &args.name,
+                    args.partitions,
+                    args.replication_factor,
+                    configs,
+                )
                 .await
                 .with_context(|| format!("create topic '{}'", args.name))?;
             println!(
@@ -115,20 +121,44 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                     })
                     .collect();
                 let configs: BTreeMap<_, _> = topic.configs.iter().collect();
-                let out = json!({ "name": topic.name, "partitions": partitions, "configs": configs });
+                let out =
+                    json!({ "name": topic.name, "partitions": partitions, "configs": configs });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("Topic: {}\tPartitions: {}", topic.name, topic.partitions.len());
+                println!(
+                    "Topic: {}\tPartitions: {}",
+                    topic.name,
+                    topic.partitions.len()
+                );
                 let configs: BTreeMap<_, _> = topic.configs.iter().collect();
-                let configs: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let configs: Vec<String> =
+                    configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!("Configs: {}", configs.join(","));
-                println!("{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}",
-                    "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "LOG-START", "LOG-END", "HIGH-WATERMARK");
+                println!(
+                    "{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}",
+                    "PARTITION",
+                    "LEADER",
+                    "EPOCH",
+                    "REPLICAS",
+                    "ISR",
+                    "LOG-START",
+                    "LOG-END",
+                    "HIGH-WATERMARK"
+                );
                 for p in &topic.partitions {
-                    let ids = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-                    println!("{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}",
-                        p.partition, p.leader, p.leader_epoch, ids(&p.replicas), ids(&p.isr),
-                        p.log_start_offset, p.log_end_offset, p.high_watermark);
+                    let ids =
+                        |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+                    println!(
+                        "{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}",
+                        p.partition,
+                        p.leader,
+                        p.leader_epoch,
+                        ids(&p.replicas),
+                        ids(&p.isr),
+                        p.log_start_offset,
+                        p.log_end_offset,
+                        p.high_watermark
+                    );
                 }
             }
         }

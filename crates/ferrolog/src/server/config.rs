@@ -74,7 +74,8 @@ impl ServerConfig {
             .with_context(|| format!("read config file {}", path.display()))?;
         let file: ConfigFile = toml::from_str(&text)
             .with_context(|| format!("parse config file {}", path.display()))?;
-        self.apply(file).with_context(|| format!("config file {}", path.display()))
+        self.apply(file)
+            .with_context(|| format!("config file {}", path.display()))
     }
 
     fn apply(&mut self, file: ConfigFile) -> anyhow::Result<()> {
@@ -103,7 +104,9 @@ impl ServerConfig {
                 "interval" if interval_ms > 0 => FlushPolicy::Interval { interval_ms },
                 "interval" => bail!("log.flush_interval_ms must be > 0"),
                 "os" => FlushPolicy::Os,
-                other => bail!("log.flush_policy must be \"every\", \"interval\" or \"os\", got {other:?}"),
+                other => bail!(
+                    "log.flush_policy must be \"every\", \"interval\" or \"os\", got {other:?}"
+                ),
             };
         }
         if let Some(v) = file.log.index_interval_bytes {
@@ -164,7 +167,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(config.node_id, 3);
-        assert_eq!(config.flush_policy, FlushPolicy::Interval { interval_ms: 250 });
+        assert_eq!(
+            config.flush_policy,
+            FlushPolicy::Interval { interval_ms: 250 }
+        );
         assert_eq!(config.topic_defaults.retention_ms, Some(3_600_000));
         assert_eq!(config.topic_defaults.segment_bytes, 1_048_576);
     }

@@ -91,7 +91,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
     let (grpc_listener, grpc_addr) = bind(&config.listen, "gRPC").await?;
     let (http_listener, http_addr) = bind(&config.http_listen, "HTTP").await?;
-    let advertised_address = config.advertised_address.clone().unwrap_or_else(|| grpc_addr.to_string());
+    let advertised_address = config
+        .advertised_address
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
 
     let metadata_dir = config.data_dir.join(METADATA_DIR);
     let store = {
@@ -105,7 +108,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
     })?;
     let store = Arc::new(store);
-    let controller = Arc::new(Controller::new(Arc::clone(&store), config.topic_defaults.clone()));
+    let controller = Arc::new(Controller::new(
+        Arc::clone(&store),
+        config.topic_defaults.clone(),
+    ));
 
     let mut registry = Registry::default();
     let metrics = Arc::new(BrokerMetrics::new(&mut registry));
@@ -131,8 +137,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .context("start broker")?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ClientServiceServer<ClientApi>>().await;
-    health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health_reporter
+        .set_serving::<ClientServiceServer<ClientApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferrolog_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -154,8 +164,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             wait_for(shutdown.clone()),
         );
-    let http = axum::serve(http_listener, http::router(Arc::new(http::HttpState { registry })))
-        .with_graceful_shutdown(wait_for(shutdown.clone()));
+    let http = axum::serve(
+        http_listener,
+        http::router(Arc::new(http::HttpState { registry })),
+    )
+    .with_graceful_shutdown(wait_for(shutdown.clone()));
 
     tracing::info!(node_id = config.node_id, grpc = %grpc_addr, http = %http_addr,
         advertised = %advertised_address, data_dir = %config.data_dir.display(), "ferrolog server ready");

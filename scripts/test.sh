@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs Ferrolog's whole test suite: format and lint checks, unit tests, and the
+# whole-cluster tests that start real `ferrolog server` processes. README.md names this
+# script; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build the ferrolog binary the cluster tests start"
+cargo build --locked --bin ferrolog
+export FERROLOG_BIN="$PWD/target/debug/ferrolog"
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
