@@ -62,7 +62,7 @@ impl Broker {
                 controller.register_broker(id, &address, incarnation_id)
             })
             .await
-            .map_err(|e| BrokerError::InvalidRequest(format!("register task failed: {e}")))??;
+            .map_err(|e| BrokerError::Internal(format!("register task failed: {e}")))??;
         }
         let broker = Arc::new(Self {
             config,
@@ -72,8 +72,12 @@ impl Broker {
             metrics,
             shutting_down: AtomicBool::new(false),
         });
-        broker.reconcile_now().await?;
-        tokio::spawn(Arc::clone(&broker).follow_image());
+        // Subscribe before the first reconcile so no change committed in between is missed.
+        let applied = broker.store.subscribe();
+        if let Err(error) = broker.reconcile_now().await {
+            tracing::error!(%error, "some partitions are offline");
+        }
+        tokio::spawn(Arc::clone(&broker).follow_image(applied));
         tokio::spawn(Arc::clone(&broker).run_maintenance());
         Ok(broker)
     }
@@ -103,12 +107,11 @@ impl Broker {
         let partitions = Arc::clone(&self.partitions);
         tokio::task::spawn_blocking(move || partitions.reconcile(&image))
             .await
-            .map_err(|e| BrokerError::InvalidRequest(format!("reconcile task failed: {e}")))?
+            .map_err(|e| BrokerError::Internal(format!("reconcile task failed: {e}")))?
     }
 
     /// Applies every image change to the hosted partitions, in order.
-    async fn follow_image(self: Arc<Self>) {
-        let mut applied = self.store.subscribe();
+    async fn follow_image(self: Arc<Self>, mut applied: tokio::sync::watch::Receiver<u64>) {
         while applied.changed().await.is_ok() {
             if self.shutting_down.load(Ordering::Acquire) {
                 return;
@@ -200,8 +203,11 @@ impl Broker {
                 leader,
             });
         }
+        // The map is keyed by name: until reconcile catches up with a topic deleted and
+        // re-created, it may still hold the old topic's partition, which must not be used.
         self.partitions
             .get(topic, index)
+            .filter(|p| p.topic_id() == topic_image.topic_id)
             .ok_or_else(|| BrokerError::NotLeader {
                 topic: topic.to_owned(),
                 partition: index,
@@ -209,9 +215,12 @@ impl Broker {
             })
     }
 
-    /// Stops taking requests and makes every partition durable.
+    /// Stops taking requests and makes every partition durable. Waiting produces are
+    /// answered, and long polls and Subscribe streams end, so the gRPC server can drain.
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let partitions = Arc::clone(&self.partitions);
         if let Err(error) = tokio::task::spawn_blocking(move || partitions.close_all()).await {
             tracing::error!(%error, "closing partitions failed");

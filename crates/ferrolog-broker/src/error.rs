@@ -36,6 +36,9 @@ pub enum BrokerError {
     },
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// A failure inside this node (a task that died, partitions that cannot be opened).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -59,6 +62,7 @@ impl BrokerError {
             Self::Timeout { .. } => ErrorCode::RequestTimedOut,
             Self::StorageOffline { .. } => ErrorCode::StorageError,
             Self::ShuttingDown => ErrorCode::BrokerShuttingDown,
+            Self::Internal(_) => ErrorCode::StorageError,
             Self::Log(e) => match e {
                 LogError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
                 LogError::CorruptBatch { .. } | LogError::UnsupportedCompression { .. } => {

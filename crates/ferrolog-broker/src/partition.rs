@@ -7,7 +7,7 @@
 //! producers share one fsync because the flusher syncs whatever the log holds when it
 //! starts, while appends carry on beside it (group commit).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,10 @@ pub struct Progress {
     pub storage_failed: bool,
 }
 
+const OPEN: u8 = 0;
+const DELETED: u8 = 1;
+const SHUT_DOWN: u8 = 2;
+
 /// A partition replica led by this broker.
 pub struct Partition {
     topic: String,
@@ -35,7 +39,9 @@ pub struct Partition {
     progress: watch::Sender<Progress>,
     /// Wakes the flusher after appends.
     dirty: Notify,
-    closed: AtomicBool,
+    /// One of the `OPEN`, `DELETED`, `SHUT_DOWN` states; set under the log's write lock so
+    /// no append or upkeep that saw `OPEN` can still be writing after `close`/`delete`.
+    state: AtomicU8,
     metrics: Arc<BrokerMetrics>,
 }
 
@@ -69,7 +75,7 @@ impl Partition {
                 storage_failed: false,
             }),
             dirty: Notify::new(),
-            closed: AtomicBool::new(false),
+            state: AtomicU8::new(OPEN),
             metrics,
         });
         tokio::spawn(Arc::clone(&partition).run_flusher());
@@ -116,9 +122,15 @@ impl Partition {
         self.log_write().set_config(config);
     }
 
+    fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) != OPEN
+    }
+
     fn check_open(&self) -> Result<(), BrokerError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(BrokerError::UnknownTopic(self.topic.clone()));
+        match self.state.load(Ordering::Acquire) {
+            OPEN => {}
+            DELETED => return Err(BrokerError::UnknownTopic(self.topic.clone())),
+            _ => return Err(BrokerError::ShuttingDown),
         }
         if self.progress.borrow().storage_failed {
             return Err(BrokerError::StorageOffline {
@@ -142,6 +154,7 @@ impl Partition {
         self.check_open()?;
         let (info, policy) = {
             let mut log = self.log_write();
+            self.check_open()?;
             let info = log.append_batch(batch, LeaderEpoch(0), now_ms())?;
             (info, log.config().flush_policy)
         };
@@ -166,9 +179,11 @@ impl Partition {
         timeout: Duration,
     ) -> Result<(), BrokerError> {
         let mut progress = self.progress.subscribe();
-        let reached = progress.wait_for(|p| p.high_watermark >= target || p.storage_failed);
+        let reached = progress
+            .wait_for(|p| p.high_watermark >= target || p.storage_failed || self.is_closed());
         match tokio::time::timeout(timeout, reached).await {
-            Ok(Ok(p)) if !p.storage_failed => Ok(()),
+            Ok(Ok(p)) if p.high_watermark >= target => Ok(()),
+            Ok(Ok(p)) if !p.storage_failed => self.check_open().and(Err(BrokerError::ShuttingDown)),
             Ok(_) => Err(BrokerError::StorageOffline {
                 topic: self.topic.clone(),
                 partition: self.id.0,
@@ -236,9 +251,14 @@ impl Partition {
     /// Periodic upkeep: time-based roll, retention, and a high-watermark checkpoint.
     pub fn maintain(&self) -> Result<(), BrokerError> {
         self.check_open()?;
-        let high_watermark = self.high_watermark();
         let mut log = self.log_write();
+        self.check_open()?;
         log.roll_if_due(now_ms())?;
+        // A roll fsyncs the old segment: what it covered is durable, and committed.
+        if log.config().flush_policy == FlushPolicy::EveryAppend {
+            self.advance_high_watermark(log.flushed_offset());
+        }
+        let high_watermark = self.high_watermark();
         let outcome = log.enforce_retention(now_ms(), high_watermark)?;
         if outcome.deleted_segments > 0 {
             tracing::info!(topic = %self.topic, partition = %self.id,
@@ -251,22 +271,34 @@ impl Partition {
         Ok(())
     }
 
-    /// Makes everything durable (clean shutdown) and stops the flusher.
+    /// Makes everything durable and stops the partition (clean shutdown). Produces that
+    /// are waiting are answered: those whose records made it into the final flush succeed.
     pub fn close(&self) -> Result<(), BrokerError> {
-        self.closed.store(true, Ordering::Release);
-        self.dirty.notify_one();
-        let high_watermark = self.high_watermark();
-        let mut log = self.log_write();
-        log.flush()?;
-        log.checkpoint_high_watermark(high_watermark)?;
-        Ok(())
+        let flushed = {
+            let mut log = self.log_write();
+            self.state.store(SHUT_DOWN, Ordering::Release);
+            log.flush().and_then(|()| {
+                let end = log.log_end_offset();
+                // With a single replica everything durable is committed (replication will
+                // change this).
+                log.checkpoint_high_watermark(end).map(|()| end)
+            })
+        };
+        if let Ok(end) = flushed {
+            self.advance_high_watermark(end);
+        }
+        self.wake_all();
+        flushed.map(|_| ()).map_err(BrokerError::from)
     }
 
     /// Closes the partition and removes its data.
     pub fn delete(self: Arc<Self>) -> Result<(), BrokerError> {
-        self.closed.store(true, Ordering::Release);
-        self.dirty.notify_one();
-        let dir = self.log_read().dir().to_path_buf();
+        let dir = {
+            let log = self.log_write();
+            self.state.store(DELETED, Ordering::Release);
+            log.dir().to_path_buf()
+        };
+        self.wake_all();
         std::fs::remove_dir_all(&dir).map_err(|source| {
             BrokerError::Log(ferrolog_log::LogError::Io {
                 context: "delete partition directory",
@@ -275,6 +307,12 @@ impl Partition {
         })?;
         tracing::info!(topic = %self.topic, partition = %self.id, "partition deleted");
         Ok(())
+    }
+
+    /// Wakes the flusher (which then exits) and every waiting produce and fetch.
+    fn wake_all(&self) {
+        self.dirty.notify_one();
+        self.progress.send_modify(|_| {});
     }
 
     /// Group commit: each round fsyncs everything appended so far, outside the log lock, so
@@ -289,12 +327,17 @@ impl Partition {
                 Some(interval) => tokio::time::sleep(interval).await,
                 None => self.dirty.notified().await,
             }
-            if self.closed.load(Ordering::Acquire) {
+            if self.is_closed() {
                 return;
             }
-            let handle = self.log_read().sync_handle();
+            let (handle, flushed) = {
+                let log = self.log_read();
+                (log.sync_handle(), log.flushed_offset())
+            };
             let end = handle.end_offset();
-            if end <= self.log_read().flushed_offset() {
+            if end <= flushed {
+                // A segment roll already made it durable.
+                self.advance_high_watermark(flushed);
                 continue;
             }
             let started = Instant::now();

@@ -115,33 +115,24 @@ impl PartitionManager {
                 .filter_map(|key| partitions.remove(&key).map(|p| (key, p)))
                 .collect()
         };
-        for (_, partition) in stale {
-            partition.delete()?;
-        }
-
-        for (key, (topic, id)) in &wanted {
-            let config = self.log_config(topic)?;
-            if let Some(existing) = self.get(&key.0, key.1) {
-                existing.set_config(config);
-                continue;
+        // One partition's failure (a damaged log, a full disk) must not keep the others
+        // from serving: it is logged and left out, and the next image change retries it.
+        let mut failures = 0usize;
+        for (key, partition) in stale {
+            if let Err(error) = partition.delete() {
+                failures += 1;
+                tracing::error!(topic = %key.0, partition = key.1, %error, "cannot delete partition");
             }
-            let dir = self.partition_dir(&topic.name, *id);
-            prepare_partition_dir(&dir, &topic.topic_id)?;
-            let partition = Partition::open(
-                &topic.name,
-                *id,
-                &topic.topic_id,
-                &dir,
-                config,
-                self.metrics.clone(),
-            )?;
-            tracing::info!(topic = %topic.name, partition = %id,
-                log_end_offset = %partition.log_end_offset(), "partition opened");
-            let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
-            partitions.insert(key.clone(), partition);
         }
+        for (key, (topic, id)) in &wanted {
+            if let Err(error) = self.open_or_update(key, topic, *id) {
+                failures += 1;
+                tracing::error!(topic = %key.0, partition = key.1, %error,
+                    "cannot open partition; it stays offline on this broker");
+            }
+        }
+        self.remove_stray_directories(image);
 
-        self.remove_stray_directories(&wanted);
         let count = self
             .partitions
             .read()
@@ -149,6 +140,39 @@ impl PartitionManager {
             .len();
         self.metrics.partitions.set(count as i64);
         self.reconciled.send_replace(image.applied_index);
+        if failures > 0 {
+            return Err(BrokerError::Internal(format!(
+                "{failures} partition(s) could not be opened or deleted; see the log"
+            )));
+        }
+        Ok(())
+    }
+
+    fn open_or_update(
+        &self,
+        key: &PartitionKey,
+        topic: &TopicImage,
+        id: PartitionId,
+    ) -> Result<(), BrokerError> {
+        let config = self.log_config(topic)?;
+        if let Some(existing) = self.get(&key.0, key.1) {
+            existing.set_config(config);
+            return Ok(());
+        }
+        let dir = self.partition_dir(&topic.name, id);
+        prepare_partition_dir(&dir, &topic.topic_id)?;
+        let partition = Partition::open(
+            &topic.name,
+            id,
+            &topic.topic_id,
+            &dir,
+            config,
+            self.metrics.clone(),
+        )?;
+        tracing::info!(topic = %topic.name, partition = %id,
+            log_end_offset = %partition.log_end_offset(), "partition opened");
+        let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+        partitions.insert(key.clone(), partition);
         Ok(())
     }
 
@@ -156,30 +180,26 @@ impl PartitionManager {
         self.settings.data_dir.join(format!("{topic}-{partition}"))
     }
 
-    /// Deletes partition directories the image no longer knows (their topic was deleted
-    /// while this broker was down). Only directories that carry our metadata file are
-    /// touched, so nothing else a user keeps in the data directory is ever removed.
-    fn remove_stray_directories(&self, wanted: &HashMap<PartitionKey, (&TopicImage, PartitionId)>) {
+    /// Deletes partition directories whose topic the image no longer has (deleted while
+    /// this broker was down). A directory is only removed when its marker names a topic id
+    /// that no topic in the image carries: a directory this broker merely does not host, or
+    /// whose marker is unreadable, is left alone, and nothing else a user keeps in the data
+    /// directory is ever touched.
+    fn remove_stray_directories(&self, image: &ClusterImage) {
         let Ok(entries) = std::fs::read_dir(&self.settings.data_dir) else {
             return;
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if !path.join(PARTITION_METADATA_FILE).is_file() {
-                continue;
-            }
-            let Some(key) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse_dir_name)
-            else {
+            let Some(topic_id) = read_topic_id(&path) else {
                 continue;
             };
-            if !wanted.contains_key(&key) {
-                tracing::warn!(dir = %path.display(), "removing partition of a deleted topic");
-                if let Err(error) = std::fs::remove_dir_all(&path) {
-                    tracing::error!(dir = %path.display(), %error, "cannot remove stray partition");
-                }
+            if image.topics.values().any(|t| t.topic_id == topic_id) {
+                continue;
+            }
+            tracing::warn!(dir = %path.display(), %topic_id, "removing partition of a deleted topic");
+            if let Err(error) = std::fs::remove_dir_all(&path) {
+                tracing::error!(dir = %path.display(), %error, "cannot remove stray partition");
             }
         }
     }
@@ -195,31 +215,49 @@ impl PartitionManager {
     }
 }
 
+/// The topic id recorded in a partition directory, if its marker is well formed.
+fn read_topic_id(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(PARTITION_METADATA_FILE)).ok()?;
+    let id = text.strip_prefix("topic_id: ")?.strip_suffix('\n')?;
+    (!id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
 /// Creates the directory for a new partition, or wipes one left by an older topic of the
-/// same name, and records the topic id.
+/// same name, and records the topic id. Only a well-formed marker naming another id causes
+/// a wipe: a torn marker (power loss before it was synced) is rewritten, never trusted to
+/// delete data.
 fn prepare_partition_dir(dir: &Path, topic_id: &str) -> Result<(), BrokerError> {
     let io = |context: &'static str| {
         move |source| BrokerError::Log(ferrolog_log::LogError::Io { context, source })
     };
-    let marker = dir.join(PARTITION_METADATA_FILE);
-    let expected = format!("topic_id: {topic_id}\n");
-    match std::fs::read_to_string(&marker) {
-        Ok(found) if found == expected => return Ok(()),
-        Ok(_) => {
-            tracing::warn!(dir = %dir.display(), "removing data of an older topic with this name");
+    match read_topic_id(dir) {
+        Some(found) if found == topic_id => return Ok(()),
+        Some(found) => {
+            tracing::warn!(dir = %dir.display(), old_topic_id = %found,
+                "removing data of an older topic with this name");
             std::fs::remove_dir_all(dir).map_err(io("remove stale partition directory"))?;
         }
-        Err(_) => {}
+        None => {}
     }
     std::fs::create_dir_all(dir).map_err(io("create partition directory"))?;
-    std::fs::write(&marker, expected).map_err(io("write partition metadata"))?;
+    let marker = format!("topic_id: {topic_id}\n");
+    write_durably(&dir.join(PARTITION_METADATA_FILE), marker.as_bytes())
+        .map_err(io("write partition metadata"))?;
     Ok(())
 }
 
-/// Splits `<topic>-<partition>` at the last dash.
-fn parse_dir_name(name: &str) -> Option<PartitionKey> {
-    let (topic, partition) = name.rsplit_once('-')?;
-    Some((topic.to_owned(), partition.parse().ok()?))
+/// Writes a small file atomically and durably: temp file, fsync, rename, fsync directory.
+pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -227,12 +265,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn directory_names_split_at_the_last_dash() {
+    fn only_well_formed_markers_name_a_topic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_topic_id(dir.path()), None);
+        std::fs::write(dir.path().join(PARTITION_METADATA_FILE), "topic_id: ab12\n")
+            .expect("write");
+        assert_eq!(read_topic_id(dir.path()).as_deref(), Some("ab12"));
+        std::fs::write(dir.path().join(PARTITION_METADATA_FILE), "topic_id: ab").expect("write");
         assert_eq!(
-            parse_dir_name("my-topic-12"),
-            Some(("my-topic".to_owned(), 12))
+            read_topic_id(dir.path()),
+            None,
+            "a torn marker is not trusted"
         );
-        assert_eq!(parse_dir_name("__cluster_metadata"), None);
-        assert_eq!(parse_dir_name("topic-x"), None);
+    }
+
+    #[test]
+    fn a_torn_marker_never_wipes_the_partition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let partition = dir.path().join("t-0");
+        std::fs::create_dir_all(&partition).expect("mkdir");
+        std::fs::write(partition.join("00000000000000000000.log"), b"data").expect("write");
+        std::fs::write(partition.join(PARTITION_METADATA_FILE), "topic_").expect("write");
+        prepare_partition_dir(&partition, "cafe").expect("prepare");
+        assert!(partition.join("00000000000000000000.log").exists());
+        assert_eq!(read_topic_id(&partition).as_deref(), Some("cafe"));
+    }
+
+    #[test]
+    fn a_marker_of_another_topic_wipes_its_old_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let partition = dir.path().join("t-0");
+        prepare_partition_dir(&partition, "aaaa").expect("prepare");
+        std::fs::write(partition.join("00000000000000000000.log"), b"old").expect("write");
+        prepare_partition_dir(&partition, "bbbb").expect("prepare");
+        assert!(!partition.join("00000000000000000000.log").exists());
     }
 }

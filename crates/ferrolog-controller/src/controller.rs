@@ -82,64 +82,67 @@ impl Controller {
         }
         self.topic_defaults.with_overrides(&request.configs)?;
 
-        let image = self.store.image();
-        if image.topic(&request.name).is_some() {
-            return Err(ControllerError::TopicAlreadyExists(request.name));
-        }
-        let brokers: Vec<BrokerId> = image.brokers.keys().copied().collect();
-        let replication_factor = match request.replication_factor {
-            0 => brokers.len().min(3) as i64,
-            rf => rf,
-        };
-        if replication_factor < 1 || replication_factor as usize > brokers.len() {
-            return Err(ControllerError::InvalidReplicationFactor {
-                requested: replication_factor,
-                brokers: brokers.len(),
-            });
-        }
-        let layout = assign_replicas(
-            &brokers,
-            request.partitions as u32,
-            replication_factor as u32,
-            image.topics.len(),
-        );
-        let record = CreateTopicRecord {
-            name: request.name.clone(),
-            topic_id: random_id(),
-            assignments: layout
-                .into_iter()
-                .enumerate()
-                .map(|(partition, replicas)| PartitionAssignment {
-                    partition: partition as i32,
-                    replicas: replicas.into_iter().map(|b| b.0).collect(),
-                })
-                .collect(),
-            configs: request.configs.into_iter().collect(),
-        };
-        self.store.append(&[MetadataRecord {
-            record: Some(Record::CreateTopic(record)),
-        }])?;
+        let name = request.name.clone();
+        self.store.append_with(|image| {
+            if image.topic(&request.name).is_some() {
+                return Err(ControllerError::TopicAlreadyExists(request.name.clone()));
+            }
+            let brokers: Vec<BrokerId> = image.brokers.keys().copied().collect();
+            let replication_factor = match request.replication_factor {
+                0 => brokers.len().min(3) as i64,
+                rf => rf,
+            };
+            if replication_factor < 1 || replication_factor as usize > brokers.len() {
+                return Err(ControllerError::InvalidReplicationFactor {
+                    requested: replication_factor,
+                    brokers: brokers.len(),
+                });
+            }
+            let layout = assign_replicas(
+                &brokers,
+                request.partitions as u32,
+                replication_factor as u32,
+                image.topics.len(),
+            );
+            let record = CreateTopicRecord {
+                name: request.name.clone(),
+                topic_id: random_id(),
+                assignments: layout
+                    .into_iter()
+                    .enumerate()
+                    .map(|(partition, replicas)| PartitionAssignment {
+                        partition: partition as i32,
+                        replicas: replicas.into_iter().map(|b| b.0).collect(),
+                    })
+                    .collect(),
+                configs: request.configs.clone().into_iter().collect(),
+            };
+            Ok(vec![MetadataRecord {
+                record: Some(Record::CreateTopic(record)),
+            }])
+        })?;
         tracing::info!("topic created");
         self.store
             .image()
-            .topic(&request.name)
+            .topic(&name)
             .cloned()
-            .ok_or(ControllerError::UnknownTopic(request.name))
+            .ok_or(ControllerError::UnknownTopic(name))
     }
 
     /// Commits the deletion of a topic; brokers then remove its partitions.
     #[tracing::instrument(skip(self))]
     pub fn delete_topic(&self, name: &str) -> Result<(), ControllerError> {
-        let image = self.store.image();
-        let topic = image
-            .topic(name)
-            .ok_or_else(|| ControllerError::UnknownTopic(name.to_owned()))?;
-        self.store.append(&[MetadataRecord {
-            record: Some(Record::DeleteTopic(DeleteTopicRecord {
-                name: name.to_owned(),
-                topic_id: topic.topic_id.clone(),
-            })),
-        }])?;
+        self.store.append_with(|image| {
+            let topic = image
+                .topic(name)
+                .ok_or_else(|| ControllerError::UnknownTopic(name.to_owned()))?;
+            Ok::<_, ControllerError>(vec![MetadataRecord {
+                record: Some(Record::DeleteTopic(DeleteTopicRecord {
+                    name: name.to_owned(),
+                    topic_id: topic.topic_id.clone(),
+                })),
+            }])
+        })?;
         tracing::info!("topic deleted");
         Ok(())
     }

@@ -118,11 +118,18 @@ impl ClusterImage {
                 );
             }
             Record::DeleteTopic(r) => {
-                if self.topics.remove(&r.name).is_none() {
-                    return Err(MetadataError::InvalidRecord(format!(
-                        "topic '{}' does not exist",
-                        r.name
-                    )));
+                // The id must match: a delete decided for an older topic of the same name
+                // must never remove a newer one.
+                match self.topics.get(&r.name) {
+                    Some(topic) if topic.topic_id == r.topic_id => {
+                        self.topics.remove(&r.name);
+                    }
+                    _ => {
+                        return Err(MetadataError::InvalidRecord(format!(
+                            "topic '{}' with id {} does not exist",
+                            r.name, r.topic_id
+                        )));
+                    }
                 }
             }
             Record::PartitionChange(r) => {

@@ -113,7 +113,22 @@ impl MetadataStore {
     /// Validates, persists (durably) and applies `records` as one atomic unit; returns the
     /// index of the last one.
     pub fn append(&self, records: &[MetadataRecord]) -> Result<u64, MetadataError> {
+        self.append_with(|_| Ok::<_, MetadataError>(records.to_vec()))
+    }
+
+    /// Decides records from the current image and appends them, atomically with respect to
+    /// every other append: no other change can slip in between the decision and the write
+    /// (two concurrent creates of one name cannot both pass the "exists?" check).
+    pub fn append_with<E: From<MetadataError>>(
+        &self,
+        decide: impl FnOnce(&ClusterImage) -> Result<Vec<MetadataRecord>, E>,
+    ) -> Result<u64, E> {
         let _serial = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let records = decide(&self.image())?;
+        Ok(self.append_locked(&records)?)
+    }
+
+    fn append_locked(&self, records: &[MetadataRecord]) -> Result<u64, MetadataError> {
         let mut next = (*self.image()).clone();
         let mut batch = sled::Batch::default();
         for record in records {

@@ -49,7 +49,7 @@ impl AdminApi {
         let controller = Arc::clone(self.broker.controller());
         let value = tokio::task::spawn_blocking(move || call(&controller))
             .await
-            .map_err(|e| BrokerError::InvalidRequest(format!("controller task failed: {e}")))??;
+            .map_err(|e| BrokerError::Internal(format!("controller task failed: {e}")))??;
         let index = self.broker.store().image().applied_index;
         self.broker
             .wait_reconciled(index, RECONCILE_TIMEOUT)

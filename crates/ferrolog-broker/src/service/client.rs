@@ -23,11 +23,14 @@ use crate::{Broker, BrokerError};
 const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Kafka's `max.partition.fetch.bytes` default, used when a fetch does not say.
 const DEFAULT_FETCH_MAX_BYTES: u32 = 1024 * 1024;
-/// Upper bound on one fetch response, whatever the request asks; keeps responses well
-/// under the gRPC message limit.
-pub const MAX_FETCH_BYTES: u32 = 64 * 1024 * 1024;
-/// Batches a Subscribe stream may have queued for a slow client before it stops reading.
-const SUBSCRIBE_QUEUE_DEPTH: usize = 4;
+/// Upper bound on one fetch response's batch bytes, whatever the request asks. Decoded into
+/// structured records small records can take twice their batch size, so this keeps every
+/// response under the 100 MiB gRPC message limit.
+pub const MAX_FETCH_BYTES: u32 = 32 * 1024 * 1024;
+/// Responses a Subscribe stream may have queued for a slow client before it stops reading.
+const SUBSCRIBE_QUEUE_DEPTH: usize = 2;
+/// Concurrent Subscribe streams per node; each may hold SUBSCRIBE_QUEUE_DEPTH responses.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
 /// How long each poll of a Subscribe stream waits for new data.
 const SUBSCRIBE_POLL_WAIT: Duration = Duration::from_secs(1);
 
@@ -35,11 +38,15 @@ const SUBSCRIBE_POLL_WAIT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct ClientApi {
     broker: Arc<Broker>,
+    subscriptions: Arc<tokio::sync::Semaphore>,
 }
 
 impl ClientApi {
     pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+        Self {
+            broker,
+            subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIPTIONS)),
+        }
     }
 
     fn count(&self, rpc: &'static str, result: &Result<impl Sized, BrokerError>) {
@@ -314,12 +321,22 @@ impl ClientService for ClientApi {
             .leader_partition(&request.topic, i64::from(request.partition));
         self.count("subscribe", &checked);
         checked?;
+        let Ok(permit) = Arc::clone(&self.subscriptions).try_acquire_owned() else {
+            return Err(status_with(
+                tonic::Code::ResourceExhausted,
+                ErrorCode::InvalidRequest,
+                format!(
+                    "this node already serves {MAX_SUBSCRIPTIONS} Subscribe streams; use Fetch"
+                ),
+            ));
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);
         let api = self.clone();
         let span =
             tracing::info_span!("subscribe", topic = %request.topic, partition = request.partition);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let _permit = permit;
                 let mut offset = request.offset;
                 loop {
                     let fetched = api

@@ -50,6 +50,13 @@ pub struct ProduceBench {
     /// Concurrent producers (each with its own connection)
     #[arg(long, default_value_t = 1)]
     producers: u32,
+    /// Produce requests in flight per partition (the client default keeps order on retry)
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Target records/s over all producers; 0 sends as fast as possible. Latency is only
+    /// meaningful below saturation: at full speed it is mostly time queued in the client.
+    #[arg(long, default_value_t = 0)]
+    throughput: u64,
     /// Partitions of the topic if the benchmark creates it
     #[arg(long, default_value_t = 1)]
     partitions: i32,
@@ -158,28 +165,35 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
         config.acks = args.acks;
         config.batch_size_bytes = args.batch_size;
         config.linger_ms = args.linger_ms;
+        if let Some(n) = args.max_in_flight {
+            config.max_in_flight_per_partition = n.max(1);
+        }
+        let per_producer_rate = args.throughput as f64 / f64::from(args.producers);
         let (topic, payload, bar) = (args.topic.clone(), payload.clone(), Arc::clone(&bar));
         tasks.push(tokio::spawn(async move {
             let producer = Producer::connect(config).await?;
-            let mut histogram = latency_histogram()?;
-            let mut pending = FuturesUnordered::new();
-            let mut first_error: Option<ClientError> = None;
-            for _ in 0..share {
+            // Acknowledgements are collected by their own task, which polls them as they
+            // complete, so a record's latency is not inflated by the sender being busy or
+            // asleep (pacing).
+            let (acks_tx, acks_rx) = tokio::sync::mpsc::channel(MAX_PENDING_PER_PRODUCER);
+            let collector = tokio::spawn(collect_acks(acks_rx, Arc::clone(&bar)));
+            let paced_from = Instant::now();
+            for i in 0..share {
+                if per_producer_rate > 0.0 && i % 100 == 0 {
+                    let due = paced_from + Duration::from_secs_f64(i as f64 / per_producer_rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let sent_at = Instant::now();
                 let delivery = producer
                     .send(ProducerRecord::new(topic.clone(), payload.clone()))
                     .await;
-                pending.push(async move { (delivery.await, sent_at) });
-                while pending.len() >= MAX_PENDING_PER_PRODUCER {
-                    if let Some((result, sent_at)) = pending.next().await {
-                        settle(result, sent_at, &mut histogram, &mut first_error, &bar);
-                    }
+                if acks_tx.send((sent_at, delivery)).await.is_err() {
+                    break;
                 }
             }
+            drop(acks_tx);
             producer.flush().await?;
-            while let Some((result, sent_at)) = pending.next().await {
-                settle(result, sent_at, &mut histogram, &mut first_error, &bar);
-            }
+            let (histogram, first_error) = collector.await.context("ack collector panicked")??;
             producer.close().await;
             match first_error {
                 Some(e) => Err(anyhow::Error::from(e).context("a record was not acknowledged")),
@@ -202,6 +216,31 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
         Some(&histogram),
     );
     Ok(())
+}
+
+/// Awaits acknowledgements as they complete and records send-to-ack latency.
+async fn collect_acks(
+    mut acks: tokio::sync::mpsc::Receiver<(Instant, ferrolog_client::DeliveryFuture)>,
+    bar: Arc<ProgressBar>,
+) -> anyhow::Result<(Histogram<u64>, Option<ClientError>)> {
+    let mut histogram = latency_histogram()?;
+    let mut first_error = None;
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            next = acks.recv(), if open => match next {
+                Some((sent_at, delivery)) => {
+                    pending.push(async move { (delivery.await, sent_at) });
+                }
+                None => open = false,
+            },
+            Some((result, sent_at)) = pending.next(), if !pending.is_empty() => {
+                settle(result, sent_at, &mut histogram, &mut first_error, &bar);
+            }
+        }
+    }
+    Ok((histogram, first_error))
 }
 
 fn settle(

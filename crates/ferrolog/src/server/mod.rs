@@ -3,6 +3,7 @@
 
 mod config;
 mod http;
+mod meta_properties;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub use config::ServerConfig;
 
 /// Largest gRPC message a node accepts or sends: Kafka's `socket.request.max.bytes`.
 const MAX_GRPC_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
+/// How long in-flight requests may take to finish after SIGTERM before the server exits.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Directory of the metadata store inside the data directory (Kafka's name for its log).
 const METADATA_DIR: &str = "__cluster_metadata";
 
@@ -108,6 +111,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
     })?;
     let store = Arc::new(store);
+    meta_properties::check_or_write(&config.data_dir, config.node_id, store.cluster_id())?;
     let controller = Arc::new(Controller::new(
         Arc::clone(&store),
         config.topic_defaults.clone(),
@@ -176,16 +180,41 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // port 0.
     println!("ferrolog ready grpc={grpc_addr} http={http_addr}");
 
-    let signals = tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        shutdown.send_replace(true);
-    });
-    let (grpc_result, http_result) = tokio::join!(grpc, http);
+    // On a signal the broker stops first: waiting produces are answered, long polls and
+    // Subscribe streams end, and every partition is flushed; then the servers drain, for a
+    // bounded time.
+    let signals = {
+        let broker = Arc::clone(&broker);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            broker.shutdown().await;
+            shutdown.send_replace(true);
+        })
+    };
+    let servers = async { tokio::join!(grpc, http) };
+    let drain_deadline = async {
+        wait_for(shutdown.clone()).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let finished = tokio::select! {
+        results = servers => Some(results),
+        () = drain_deadline => None,
+    };
     signals.abort();
     broker.shutdown().await;
-    grpc_result.context("gRPC server")?;
-    http_result.context("HTTP server")?;
+    match finished {
+        Some((grpc_result, http_result)) => {
+            grpc_result.context("gRPC server")?;
+            http_result.context("HTTP server")?;
+        }
+        None => tracing::warn!(
+            ?DRAIN_TIMEOUT,
+            "requests still open after the drain timeout"
+        ),
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
