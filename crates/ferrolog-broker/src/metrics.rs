@@ -86,6 +86,14 @@ impl BrokerMetrics {
         metrics
     }
 
+    /// Counts one request by RPC and outcome (`None` is success).
+    pub fn count_request(&self, rpc: &'static str, error: Option<ferrolog_proto::v1::ErrorCode>) {
+        let code = error.map_or("OK", |c| c.as_str_name());
+        self.requests
+            .get_or_create(&RequestLabels { rpc, code })
+            .inc();
+    }
+
     /// Metrics registered nowhere, for tests.
     pub fn unregistered() -> Self {
         Self::new(&mut Registry::default())

@@ -9,7 +9,6 @@ use ferrolog_proto::v1;
 use ferrolog_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
-use crate::metrics::RequestLabels;
 use crate::{Broker, BrokerError};
 
 /// How long an admin call waits for local partitions to open after its commit.
@@ -27,15 +26,9 @@ impl AdminApi {
     }
 
     fn count(&self, rpc: &'static str, result: &Result<impl Sized, BrokerError>) {
-        let code = match result {
-            Ok(_) => "OK",
-            Err(e) => e.code().as_str_name(),
-        };
         self.broker
             .metrics()
-            .requests
-            .get_or_create(&RequestLabels { rpc, code })
-            .inc();
+            .count_request(rpc, result.as_ref().err().map(BrokerError::code));
     }
 
     /// Runs a controller call on the blocking pool (it fsyncs), then waits until this

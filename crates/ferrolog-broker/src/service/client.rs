@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{batches_to_records, next_offset, records_to_batch};
 use super::status::status_with;
-use crate::metrics::RequestLabels;
 use crate::partition::{FetchOutcome, now_ms};
 use crate::{Broker, BrokerError};
 
@@ -50,15 +49,9 @@ impl ClientApi {
     }
 
     fn count(&self, rpc: &'static str, result: &Result<impl Sized, BrokerError>) {
-        let code = match result {
-            Ok(_) => "OK",
-            Err(e) => e.code().as_str_name(),
-        };
         self.broker
             .metrics()
-            .requests
-            .get_or_create(&RequestLabels { rpc, code })
-            .inc();
+            .count_request(rpc, result.as_ref().err().map(BrokerError::code));
     }
 
     #[tracing::instrument(name = "produce", skip_all, fields(topic = %request.topic, partition = request.partition))]

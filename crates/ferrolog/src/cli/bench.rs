@@ -45,7 +45,7 @@ pub struct ProduceBench {
     /// Producer linger in milliseconds
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
-    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    #[arg(long, default_value = "all", value_parser = super::parse_acks)]
     acks: Acks,
     /// Concurrent producers (each with its own connection)
     #[arg(long, default_value_t = 1)]
@@ -76,15 +76,6 @@ pub struct ConsumeBench {
     fetch_max_bytes: u32,
     #[command(flatten)]
     client: ClientArgs,
-}
-
-fn parse_acks(value: &str) -> Result<Acks, String> {
-    match value {
-        "0" => Ok(Acks::None),
-        "1" => Ok(Acks::Leader),
-        "all" | "-1" => Ok(Acks::All),
-        other => Err(format!("'{other}' is not one of 0, 1, all")),
-    }
 }
 
 fn progress(total: u64) -> ProgressBar {

@@ -8,7 +8,7 @@ pub mod produce;
 pub mod topic;
 
 use clap::Args;
-use ferrolog_client::ClientConfig;
+use ferrolog_client::{Acks, ClientConfig};
 
 /// How to reach the cluster; shared by every client command.
 #[derive(Debug, Clone, Args)]
@@ -26,5 +26,15 @@ pub struct ClientArgs {
 impl ClientArgs {
     pub fn config(&self) -> ClientConfig {
         ClientConfig::with_brokers(self.brokers.iter().map(|b| b.trim().to_owned()))
+    }
+}
+
+/// Parses `--acks` as Kafka's tools spell it: 0, 1, all (or -1).
+pub fn parse_acks(value: &str) -> Result<Acks, String> {
+    match value {
+        "0" => Ok(Acks::None),
+        "1" => Ok(Acks::Leader),
+        "all" | "-1" => Ok(Acks::All),
+        other => Err(format!("'{other}' is not one of 0, 1, all")),
     }
 }

@@ -28,19 +28,10 @@ pub struct ProduceArgs {
     #[arg(long)]
     partition: Option<u32>,
     /// 0 (no wait), 1 (leader has it durably) or all (every in-sync replica)
-    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    #[arg(long, default_value = "all", value_parser = super::parse_acks)]
     acks: Acks,
     #[command(flatten)]
     client: ClientArgs,
-}
-
-fn parse_acks(value: &str) -> Result<Acks, String> {
-    match value {
-        "0" => Ok(Acks::None),
-        "1" => Ok(Acks::Leader),
-        "all" | "-1" => Ok(Acks::All),
-        other => Err(format!("'{other}' is not one of 0, 1, all")),
-    }
 }
 
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
