@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "client.proto",
         "admin.proto",
         "metadata.proto",
+        "raft.proto",
+        "controller.proto",
     ]
     .map(|f| root.join("ferrolog/v1").join(f));
     for f in &files {

@@ -1,14 +1,17 @@
 //! The harness of the whole-cluster tests: starts real `ferrolog` processes on loopback
-//! ports they pick themselves, kills (SIGKILL), stops (SIGTERM), pauses (SIGSTOP) and
-//! restarts them, and runs the CLI as a user would.
+//! ports, kills (SIGKILL), stops (SIGTERM), pauses (SIGSTOP) and restarts them, and runs the
+//! CLI as a user would. [`Server`] is one node; [`Cluster`] is several nodes that form one
+//! metadata quorum and keep their ports across restarts.
 //!
 //! The binary is found through `FERROLOG_BIN`, or next to the test executable in the
 //! cargo target directory; `scripts/test.sh` builds it before the tests run.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -48,13 +51,19 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// How many of a server's last stderr lines a failed start reports.
+const STDERR_TAIL_LINES: usize = 40;
+
 /// A running `ferrolog server` process.
 pub struct Server {
     child: Child,
     pub data_dir: PathBuf,
     pub grpc_address: String,
     pub http_address: String,
-    extra_args: Vec<String>,
+    /// Every argument after `server --data-dir DIR`, so a restart repeats them exactly.
+    args: Vec<String>,
+    label: String,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Server {
@@ -63,25 +72,70 @@ impl Server {
         Self::start_with(data_dir, &[])
     }
 
-    /// Like [`Server::start`] with extra `ferrolog server` arguments.
+    /// Like [`Server::start`] with extra `ferrolog server` arguments. The client and HTTP
+    /// ports are picked by the server (port 0); the controller port, unless `extra_args`
+    /// names one, is picked here once so a restart keeps it (and two single-node servers
+    /// never both take the default 9293).
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
-        let extra_args: Vec<String> = extra_args.iter().map(|s| (*s).to_owned()).collect();
+        let mut args: Vec<String> = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        if !extra_args.contains(&"--controller-listen") {
+            let port = free_ports(1)?[0];
+            args.push("--controller-listen".into());
+            args.push(format!("127.0.0.1:{port}"));
+        }
+        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
+        Self::spawn(data_dir, args, "server".into())
+    }
+
+    /// Starts a server with exactly these arguments after `server --data-dir DIR`: no port
+    /// defaults are added, so `args` must name `--listen` and `--http-listen` itself (clap
+    /// refuses a flag given twice). `label` prefixes the server's stderr lines.
+    pub fn start_exact(data_dir: &Path, args: &[&str], label: &str) -> anyhow::Result<Self> {
+        Self::spawn(
+            data_dir,
+            args.iter().map(|s| (*s).to_owned()).collect(),
+            label.to_owned(),
+        )
+    }
+
+    fn spawn(data_dir: &Path, args: Vec<String>, label: String) -> anyhow::Result<Self> {
         let mut child = Command::new(ferrolog_bin())
             .arg("server")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-            .args(&extra_args)
+            .args(&args)
             .env(
                 "RUST_LOG",
                 std::env::var("FERROLOG_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("spawn ferrolog server")?;
         let stdout = child.stdout.take().context("server stdout")?;
+        let stderr = child.stderr.take().context("server stderr")?;
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        {
+            // Forwards the server's stderr, each line tagged with the node it came from, and
+            // keeps the last lines for the error of a failed start.
+            let tail = Arc::clone(&stderr_tail);
+            let label = label.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    eprintln!("[{label}] {line}");
+                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            });
+        }
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -96,7 +150,19 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
-                bail!("server did not become ready within {STARTUP_DEADLINE:?} (exit: {status:?})");
+                // Lets the forwarding thread read what the process wrote before it died.
+                std::thread::sleep(Duration::from_millis(100));
+                let tail: Vec<String> = stderr_tail
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                bail!(
+                    "{label} did not become ready within {STARTUP_DEADLINE:?} (exit: {status:?}); \
+                     last stderr lines:\n{}",
+                    tail.join("\n")
+                );
             }
         };
         let field = |name: &str| {
@@ -110,8 +176,20 @@ impl Server {
             http_address: field("http=")?,
             child,
             data_dir: data_dir.to_path_buf(),
-            extra_args,
+            args,
+            label,
+            stderr_tail,
         })
+    }
+
+    /// The last lines the server wrote to stderr (at most 40).
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.stderr_tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn pid(&self) -> i32 {
@@ -157,12 +235,13 @@ impl Server {
         self.signal(libc::SIGCONT);
     }
 
-    /// Restarts a server on the same data directory (new ports).
+    /// Restarts a server on the same data directory with the same arguments: new client
+    /// and HTTP ports when they were port 0, the same ports when they were named.
     pub fn restart_after_kill(self) -> anyhow::Result<Self> {
-        let args = self.extra_args.clone();
+        let args = self.args.clone();
+        let label = self.label.clone();
         let dir = self.kill()?;
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Self::start_with(&dir, &args)
+        Self::spawn(&dir, args, label)
     }
 
     /// Runs a CLI command against this server and returns its output.
@@ -185,8 +264,22 @@ impl Drop for Server {
     }
 }
 
+/// How long a CLI command may run before [`run_cli`] kills it and fails.
+pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Runs `ferrolog <args>` with `--brokers` from FERROLOG_BROKERS, bounded to 60 s.
 pub fn run_cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+    run_cli_within(brokers, args, stdin, CLI_DEADLINE)
+}
+
+/// Like [`run_cli`], bounded to `limit`: the command is SIGKILLed and an error returned
+/// when it runs longer.
+pub fn run_cli_within(
+    brokers: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    limit: Duration,
+) -> anyhow::Result<Output> {
     let mut child = Command::new(ferrolog_bin())
         .args(args)
         .env("FERROLOG_BROKERS", brokers)
@@ -212,7 +305,7 @@ pub fn run_cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Res
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(Duration::from_secs(60)) {
+    match rx.recv_timeout(limit) {
         Ok(output) => Ok(output?),
         Err(_) => {
             #[allow(unsafe_code)]
@@ -220,7 +313,10 @@ pub fn run_cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Res
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }
-            bail!("`ferrolog {}` did not finish within 60 s", args.join(" "))
+            bail!(
+                "`ferrolog {}` did not finish within {limit:?}",
+                args.join(" ")
+            )
         }
     }
 }
@@ -240,5 +336,395 @@ pub fn wait_until<T>(
             bail!("timed out after {deadline:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ports handed out by [`free_ports`] in this process, never handed out twice.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// Picks `count` distinct free loopback ports, to be bound later by servers.
+///
+/// A node that restarts must get its ports back, so they are taken below the kernel's
+/// ephemeral range when it leaves room: there no outgoing connection (of a CLI run, or of
+/// one node to another) takes the port while its node is down. Each candidate is bound once
+/// to check that it is free, and all are held until the last is found so they are distinct.
+pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held: Vec<TcpListener> = Vec::with_capacity(count);
+    let mut ports = Vec::with_capacity(count);
+    const LOW: u16 = 10_000;
+    if ephemeral_low > LOW + 1_000 {
+        let span = u64::from(ephemeral_low - LOW);
+        let mut state = random_seed();
+        for _ in 0..10_000 {
+            if ports.len() == count {
+                break;
+            }
+            // xorshift64: any spread will do, the bind below is the real check.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let port = LOW + u16::try_from(state % span).expect("span fits in u16");
+            if ports.contains(&port) || handed_out.contains(&port) {
+                continue;
+            }
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                held.push(listener);
+                ports.push(port);
+            }
+        }
+    }
+    while ports.len() < count {
+        let listener = TcpListener::bind("127.0.0.1:0").context("bind a free loopback port")?;
+        let port = listener.local_addr()?.port();
+        if !ports.contains(&port) && !handed_out.contains(&port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    handed_out.extend(&ports);
+    Ok(ports)
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish() | 1
+}
+
+/// How long a status poll may take; a node without a leader may answer only after its own
+/// timeout, and a poll that waits for it would stall the whole wait.
+const STATUS_POLL_LIMIT: Duration = Duration::from_secs(5);
+
+/// One node of a [`Cluster`]: its fixed addresses, and its process while it runs.
+struct ClusterNode {
+    id: i32,
+    data_dir: PathBuf,
+    client_address: String,
+    http_address: String,
+    controller_address: String,
+    server: Option<Server>,
+    paused: bool,
+}
+
+/// Several `ferrolog server` processes (broker and controller roles) that form one metadata
+/// quorum. Every node's client, HTTP and controller ports are picked once, so a node that is
+/// killed and restarted comes back on the same addresses, as a real node would. Nodes are
+/// named by their node id, 1 to n. The data directories live in a temporary directory the
+/// cluster owns and removes.
+pub struct Cluster {
+    nodes: Vec<ClusterNode>,
+    voters: String,
+    extra_args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` voters (in parallel: each prints its ready line before a quorum exists)
+    /// with `extra_args` added to every node's `ferrolog server` arguments.
+    pub fn start(n: usize, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut cluster = Self::configure(n, extra_args)?;
+        let ids: Vec<i32> = cluster.ids();
+        cluster.start_nodes(&ids)?;
+        Ok(cluster)
+    }
+
+    /// Picks ports and directories for `n` voters without starting any of them.
+    pub fn configure(n: usize, extra_args: &[&str]) -> anyhow::Result<Self> {
+        anyhow::ensure!(n > 0, "a cluster has at least one node");
+        let dir = tempfile::tempdir().context("create the cluster's temporary directory")?;
+        let ports = free_ports(3 * n)?;
+        let nodes: Vec<ClusterNode> = ports
+            .chunks(3)
+            .zip(1..)
+            .map(|(p, id)| ClusterNode {
+                id,
+                data_dir: dir.path().join(format!("node-{id}")),
+                client_address: format!("127.0.0.1:{}", p[0]),
+                http_address: format!("127.0.0.1:{}", p[1]),
+                controller_address: format!("127.0.0.1:{}", p[2]),
+                server: None,
+                paused: false,
+            })
+            .collect();
+        let voters = nodes
+            .iter()
+            .map(|n| format!("{}@{}", n.id, n.controller_address))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Self {
+            nodes,
+            voters,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            _dir: dir,
+        })
+    }
+
+    /// Every node id, running or not.
+    pub fn ids(&self) -> Vec<i32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Ids of the nodes that run and are not paused.
+    pub fn live_ids(&self) -> Vec<i32> {
+        self.nodes
+            .iter()
+            .filter(|n| n.server.is_some() && !n.paused)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The `--controller-voters` value every node gets.
+    pub fn voters(&self) -> &str {
+        &self.voters
+    }
+
+    fn slot(&self, id: i32) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("the cluster has no node {id}"))
+    }
+
+    fn slot_mut(&mut self, id: i32) -> &mut ClusterNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("the cluster has no node {id}"))
+    }
+
+    /// The `ferrolog server` arguments of node `id`.
+    fn server_args(&self, id: i32) -> Vec<String> {
+        let node = self.slot(id);
+        let mut args: Vec<String> = [
+            "--node-id",
+            &id.to_string(),
+            "--roles",
+            "broker,controller",
+            "--listen",
+            &node.client_address,
+            "--http-listen",
+            &node.http_address,
+            "--controller-listen",
+            &node.controller_address,
+            "--controller-voters",
+            &self.voters,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// Starts the given nodes, which must not be running, in parallel.
+    pub fn start_nodes(&mut self, ids: &[i32]) -> anyhow::Result<()> {
+        let jobs: Vec<(i32, PathBuf, Vec<String>)> = ids
+            .iter()
+            .map(|&id| {
+                let node = self.slot(id);
+                assert!(node.server.is_none(), "node {id} is already running");
+                (id, node.data_dir.clone(), self.server_args(id))
+            })
+            .collect();
+        let started: Vec<(i32, anyhow::Result<Server>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|(id, dir, args)| {
+                    scope.spawn(move || {
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        let label = format!("node {id}");
+                        (*id, Server::start_exact(dir, &args, &label))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a node start thread does not panic"))
+                .collect()
+        });
+        let mut first_error = None;
+        for (id, result) in started {
+            match result {
+                Ok(server) => {
+                    let node = self.slot_mut(id);
+                    node.server = Some(server);
+                    node.paused = false;
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error.context(format!("start node {id}")));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts node `id`, which must not be running.
+    pub fn start_node(&mut self, id: i32) -> anyhow::Result<()> {
+        self.start_nodes(&[id])
+    }
+
+    /// The running server of node `id`. Panics when the node is down.
+    pub fn node(&self, id: i32) -> &Server {
+        self.slot(id)
+            .server
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is not running"))
+    }
+
+    /// Whether node `id` has a running (possibly paused) process.
+    pub fn is_running(&self, id: i32) -> bool {
+        self.slot(id).server.is_some()
+    }
+
+    /// Node `id`'s client (gRPC) address; it stays the same across restarts.
+    pub fn address(&self, id: i32) -> &str {
+        &self.slot(id).client_address
+    }
+
+    /// Node `id`'s controller (Raft) address.
+    pub fn controller_address(&self, id: i32) -> &str {
+        &self.slot(id).controller_address
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: i32) -> &Path {
+        &self.slot(id).data_dir
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill(&mut self, id: i32) -> anyhow::Result<()> {
+        let server = self
+            .slot_mut(id)
+            .server
+            .take()
+            .with_context(|| format!("node {id} is not running"))?;
+        self.slot_mut(id).paused = false;
+        server.kill()?;
+        Ok(())
+    }
+
+    /// SIGTERMs node `id` and waits (bounded) for it to exit.
+    pub fn terminate(&mut self, id: i32) -> anyhow::Result<ExitStatus> {
+        let server = self
+            .slot_mut(id)
+            .server
+            .take()
+            .with_context(|| format!("node {id} is not running"))?;
+        if self.slot(id).paused {
+            server.resume();
+            self.slot_mut(id).paused = false;
+        }
+        server.terminate()
+    }
+
+    /// Starts node `id` again on its data directory and ports, SIGKILLing it first if it
+    /// still runs.
+    pub fn restart(&mut self, id: i32) -> anyhow::Result<()> {
+        if self.is_running(id) {
+            self.kill(id)?;
+        }
+        self.start_node(id)
+    }
+
+    /// SIGSTOPs node `id`: it keeps its sockets but answers nothing.
+    pub fn pause(&mut self, id: i32) {
+        self.node(id).pause();
+        self.slot_mut(id).paused = true;
+    }
+
+    /// SIGCONTs a paused node.
+    pub fn resume(&mut self, id: i32) {
+        self.node(id).resume();
+        self.slot_mut(id).paused = false;
+    }
+
+    /// Client addresses of every node, comma-separated, for `--brokers`.
+    pub fn brokers_csv(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.client_address.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client addresses of the live nodes, comma-separated.
+    pub fn live_brokers_csv(&self) -> String {
+        self.live_ids()
+            .into_iter()
+            .map(|id| self.address(id).to_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs a CLI command with node `id` as the only bootstrap broker.
+    pub fn cli(&self, id: i32, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        run_cli(self.address(id), args, stdin)
+    }
+
+    /// `ferrolog cluster status --json` against node `id`, parsed. Fails when the command
+    /// fails (e.g. the node cannot reach a leader) or runs longer than 5 s.
+    pub fn status_via(&self, id: i32) -> anyhow::Result<serde_json::Value> {
+        let output = run_cli_within(
+            self.address(id),
+            &["cluster", "status", "--json"],
+            None,
+            STATUS_POLL_LIMIT,
+        )?;
+        if !output.status.success() {
+            bail!(
+                "`cluster status` via node {id} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "`cluster status --json` via node {id} printed no JSON: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    /// Polls `cluster status` on the live nodes in turn until one names a leader that is
+    /// itself live (a follower may still name a leader that was just killed), and returns
+    /// its id.
+    pub fn wait_for_leader(&self, deadline: Duration) -> anyhow::Result<i32> {
+        let live = self.live_ids();
+        anyhow::ensure!(!live.is_empty(), "no node of the cluster is running");
+        let mut last_error = String::new();
+        let mut turn = 0usize;
+        let found = wait_until("a live controller leader", deadline, || {
+            let id = live[turn % live.len()];
+            turn += 1;
+            match self.status_via(id) {
+                Ok(status) => {
+                    let leader = status["controller_leader"].as_i64()?;
+                    let leader = i32::try_from(leader).ok()?;
+                    if live.contains(&leader) {
+                        Some(leader)
+                    } else {
+                        last_error = format!("node {id} names leader {leader}");
+                        None
+                    }
+                }
+                Err(error) => {
+                    last_error = format!("{error:#}");
+                    None
+                }
+            }
+        });
+        found.with_context(|| format!("last answer: {last_error}"))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferrolog_controller::Controller;
-use ferrolog_metadata::{BrokerId, MetadataStore, PartitionId};
+use ferrolog_metadata::{BrokerId, ClusterImage, MetadataQuorum, PartitionId};
 use ferrolog_proto::v1::ErrorCode;
 
 use crate::BrokerError;
@@ -32,7 +32,7 @@ pub struct BrokerConfig {
 /// A running broker.
 pub struct Broker {
     config: BrokerConfig,
-    store: Arc<MetadataStore>,
+    quorum: Arc<MetadataQuorum>,
     controller: Arc<Controller>,
     partitions: Arc<PartitionManager>,
     metrics: Arc<BrokerMetrics>,
@@ -44,10 +44,10 @@ impl Broker {
     /// recovery), and starts following the image and the upkeep loop.
     pub async fn start(
         config: BrokerConfig,
-        store: Arc<MetadataStore>,
         controller: Arc<Controller>,
         metrics: Arc<BrokerMetrics>,
     ) -> Result<Arc<Self>, BrokerError> {
+        let quorum = Arc::clone(controller.quorum());
         let partitions = Arc::new(PartitionManager::new(
             config.node_id,
             config.storage.clone(),
@@ -55,30 +55,22 @@ impl Broker {
         ));
         let incarnation_id = ferrolog_metadata::random_id();
         let incarnation_id = u64::from_str_radix(&incarnation_id[..16], 16).unwrap_or_default();
-        {
-            let controller = Arc::clone(&controller);
-            let (id, address) = (config.node_id, config.advertised_address.clone());
-            tokio::task::spawn_blocking(move || {
-                controller.register_broker(id, &address, incarnation_id)
-            })
-            .await
-            .map_err(|e| BrokerError::Internal(format!("register task failed: {e}")))??;
-        }
         let broker = Arc::new(Self {
             config,
-            store,
+            quorum,
             controller,
             partitions,
             metrics,
             shutting_down: AtomicBool::new(false),
         });
         // Subscribe before the first reconcile so no change committed in between is missed.
-        let applied = broker.store.subscribe();
+        let applied = broker.quorum.subscribe();
         if let Err(error) = broker.reconcile_now().await {
             tracing::error!(%error, "some partitions are offline");
         }
         tokio::spawn(Arc::clone(&broker).follow_image(applied));
         tokio::spawn(Arc::clone(&broker).run_maintenance());
+        tokio::spawn(Arc::clone(&broker).register(incarnation_id));
         Ok(broker)
     }
 
@@ -86,8 +78,37 @@ impl Broker {
         &self.config
     }
 
-    pub fn store(&self) -> &Arc<MetadataStore> {
-        &self.store
+    /// The cluster image as this node has applied it.
+    pub fn image(&self) -> Arc<ClusterImage> {
+        self.quorum.image()
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        self.quorum.cluster_id()
+    }
+
+    /// Registers with the active controller, retrying until it succeeds: a node may start
+    /// before a quorum exists.
+    async fn register(self: Arc<Self>, incarnation_id: u64) {
+        let (id, address) = (self.config.node_id, self.config.advertised_address.clone());
+        let mut backoff = Duration::from_millis(100);
+        while !self.shutting_down.load(Ordering::Acquire) {
+            match self
+                .controller
+                .register_broker(id, &address, incarnation_id)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(broker = %id, %address, "broker registered");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "broker registration failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     pub fn controller(&self) -> &Arc<Controller> {
@@ -103,7 +124,7 @@ impl Broker {
     }
 
     async fn reconcile_now(&self) -> Result<(), BrokerError> {
-        let image = self.store.image();
+        let image = self.quorum.image();
         let partitions = Arc::clone(&self.partitions);
         tokio::task::spawn_blocking(move || partitions.reconcile(&image))
             .await
@@ -111,7 +132,10 @@ impl Broker {
     }
 
     /// Applies every image change to the hosted partitions, in order.
-    async fn follow_image(self: Arc<Self>, mut applied: tokio::sync::watch::Receiver<u64>) {
+    async fn follow_image(
+        self: Arc<Self>,
+        mut applied: tokio::sync::watch::Receiver<Arc<ClusterImage>>,
+    ) {
         while applied.changed().await.is_ok() {
             if self.shutting_down.load(Ordering::Acquire) {
                 return;
@@ -172,7 +196,7 @@ impl Broker {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);
         }
-        let image = self.store.image();
+        let image = self.quorum.image();
         let topic_image = image
             .topic(topic)
             .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;

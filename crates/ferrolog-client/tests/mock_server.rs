@@ -280,6 +280,7 @@ impl AdminService for FakeBroker {
             name: request.name,
             partitions: request.partitions,
             replication_factor: 1,
+            metadata_index: 1,
         }))
     }
 
@@ -289,7 +290,7 @@ impl AdminService for FakeBroker {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let name = request.into_inner().name;
         match self.lock().topics.remove(&name) {
-            Some(_) => Ok(Response::new(DeleteTopicResponse {})),
+            Some(_) => Ok(Response::new(DeleteTopicResponse { metadata_index: 2 })),
             None => Err(ferrolog_error(
                 Code::NotFound,
                 "UNKNOWN_TOPIC",
@@ -313,6 +314,16 @@ impl AdminService for FakeBroker {
             })
             .collect();
         Ok(Response::new(ListTopicsResponse { topics }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<ferrolog_proto::v1::ClusterStatusRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::ClusterStatusResponse>, Status> {
+        Ok(Response::new(ferrolog_proto::v1::ClusterStatusResponse {
+            controller_leader: 1,
+            ..Default::default()
+        }))
     }
 
     async fn describe_topic(

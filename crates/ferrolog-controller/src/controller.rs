@@ -1,164 +1,435 @@
-//! Turns admin requests into metadata records and appends them to the metadata log.
+//! Turns admin requests into metadata records and commits them through the quorum. A
+//! request that reaches a node which is not the active controller is forwarded to the one
+//! that is, with a bounded retry while a leader is elected.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ferrolog_metadata::records::{
     CreateTopicRecord, DeleteTopicRecord, MetadataRecord, PartitionAssignment, Record,
     RegisterBrokerRecord,
 };
-use ferrolog_metadata::{BrokerId, MetadataStore, TopicConfig, TopicImage, random_id};
+use ferrolog_metadata::{
+    BrokerId, ClusterImage, MetadataError, MetadataQuorum, QuorumStatus, TopicConfig, random_id,
+};
+use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
+use ferrolog_proto::v1::{self, ErrorCode};
+use tonic::transport::Channel;
 
-use crate::{ControllerError, assign_replicas, validate_topic_name};
+use crate::{ControllerError, assign_replicas, code_of, validate_topic_name};
 
 /// Upper bound on partitions per topic. Each partition holds open files (log, index, time
 /// index per segment); an accidental `--partitions 1000000` must be refused, not exhaust
 /// the node's file descriptors.
 pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
+/// How long a request keeps looking for an active controller before it gives up.
+pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause between attempts while no leader is known.
+const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
 /// A create-topic request as the admin API receives it, before validation.
 #[derive(Clone, Debug, Default)]
 pub struct CreateTopicRequest {
     pub name: String,
     pub partitions: i64,
-    /// 0 picks the default: min(3, live brokers).
+    /// 0 picks the default: min(3, registered brokers).
     pub replication_factor: i64,
     pub configs: BTreeMap<String, String>,
 }
 
-/// The controller of a cluster: validates admin requests and commits their records.
+/// A change the controller commits.
+#[derive(Clone, Debug)]
+enum Change {
+    CreateTopic(CreateTopicRequest),
+    DeleteTopic(String),
+    RegisterBroker {
+        id: BrokerId,
+        address: String,
+        incarnation_id: u64,
+    },
+}
+
+/// The controller logic of one node.
 pub struct Controller {
-    store: Arc<MetadataStore>,
+    quorum: Arc<MetadataQuorum>,
     topic_defaults: TopicConfig,
+    forward_timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Controller {
-    pub fn new(store: Arc<MetadataStore>, topic_defaults: TopicConfig) -> Self {
+    pub fn new(quorum: Arc<MetadataQuorum>, topic_defaults: TopicConfig) -> Self {
         Self {
-            store,
+            quorum,
             topic_defaults,
+            forward_timeout: DEFAULT_FORWARD_TIMEOUT,
+            channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn quorum(&self) -> &Arc<MetadataQuorum> {
+        &self.quorum
     }
 
     pub fn topic_defaults(&self) -> &TopicConfig {
         &self.topic_defaults
     }
 
+    /// Creates a topic through the active controller; returns the metadata log index.
+    pub async fn create_topic(&self, request: CreateTopicRequest) -> Result<u64, ControllerError> {
+        validate_create(&request, &self.topic_defaults)?;
+        self.submit(Change::CreateTopic(request)).await
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<u64, ControllerError> {
+        self.submit(Change::DeleteTopic(name.to_owned())).await
+    }
+
     /// Registers (or re-registers, after a restart) a broker at `address`.
-    #[tracing::instrument(skip(self))]
-    pub fn register_broker(
+    pub async fn register_broker(
         &self,
         id: BrokerId,
         address: &str,
         incarnation_id: u64,
-    ) -> Result<(), ControllerError> {
-        let current = self.store.image();
-        if current
-            .brokers
-            .get(&id)
-            .is_some_and(|b| b.address == address)
-        {
-            return Ok(());
-        }
-        self.store.append(&[MetadataRecord {
-            record: Some(Record::RegisterBroker(RegisterBrokerRecord {
-                broker_id: id.0,
-                address: address.to_owned(),
-                incarnation_id,
-            })),
-        }])?;
-        Ok(())
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::RegisterBroker {
+            id,
+            address: address.to_owned(),
+            incarnation_id,
+        })
+        .await
     }
 
-    /// Validates the request, places the replicas, and commits the topic.
-    #[tracing::instrument(skip(self, request), fields(topic = %request.name))]
-    pub fn create_topic(&self, request: CreateTopicRequest) -> Result<TopicImage, ControllerError> {
-        validate_topic_name(&request.name)?;
-        if request.partitions < 1 || request.partitions > i64::from(MAX_PARTITIONS_PER_TOPIC) {
-            return Err(ControllerError::InvalidPartitions {
-                requested: request.partitions,
-                max: MAX_PARTITIONS_PER_TOPIC,
-            });
-        }
-        self.topic_defaults.with_overrides(&request.configs)?;
+    /// Commits a change if this node is the active controller, never forwarding (the
+    /// ControllerService calls this, so a request is forwarded at most once).
+    async fn commit_here(&self, change: &Change) -> Result<u64, ControllerError> {
+        let defaults = &self.topic_defaults;
+        self.quorum
+            .propose_with(|image| match change {
+                Change::CreateTopic(request) => decide_create_topic(image, request, defaults),
+                Change::DeleteTopic(name) => decide_delete_topic(image, name),
+                Change::RegisterBroker {
+                    id,
+                    address,
+                    incarnation_id,
+                } => Ok(decide_register_broker(image, *id, address, *incarnation_id)),
+            })
+            .await
+    }
 
-        let name = request.name.clone();
-        self.store.append_with(|image| {
-            if image.topic(&request.name).is_some() {
-                return Err(ControllerError::TopicAlreadyExists(request.name.clone()));
-            }
-            let brokers: Vec<BrokerId> = image.brokers.keys().copied().collect();
-            let replication_factor = match request.replication_factor {
-                0 => brokers.len().min(3) as i64,
-                rf => rf,
+    pub async fn create_topic_here(
+        &self,
+        request: CreateTopicRequest,
+    ) -> Result<u64, ControllerError> {
+        validate_create(&request, &self.topic_defaults)?;
+        self.commit_here(&Change::CreateTopic(request)).await
+    }
+
+    pub async fn delete_topic_here(&self, name: &str) -> Result<u64, ControllerError> {
+        self.commit_here(&Change::DeleteTopic(name.to_owned()))
+            .await
+    }
+
+    pub async fn register_broker_here(
+        &self,
+        id: BrokerId,
+        address: &str,
+        incarnation_id: u64,
+    ) -> Result<u64, ControllerError> {
+        self.commit_here(&Change::RegisterBroker {
+            id,
+            address: address.to_owned(),
+            incarnation_id,
+        })
+        .await
+    }
+
+    /// Commits here, or forwards to the leader; retries (bounded) while there is none.
+    #[tracing::instrument(skip(self))]
+    async fn submit(&self, change: Change) -> Result<u64, ControllerError> {
+        let deadline = Instant::now() + self.forward_timeout;
+        loop {
+            let last_error = match self.commit_here(&change).await {
+                Ok(index) => return Ok(index),
+                Err(ControllerError::Metadata(MetadataError::NotController { leader })) => {
+                    match leader {
+                        Some((id, address)) if id != self.quorum.node_id() => {
+                            match self.forward(&address, &change).await {
+                                Ok(index) => return Ok(index),
+                                Err(status) if is_retriable(&status) => {
+                                    format!("leader {id} at {address}: {}", status.message())
+                                }
+                                Err(status) => {
+                                    return Err(ControllerError::Remote {
+                                        code: code_of(&status).unwrap_or(ErrorCode::Unspecified),
+                                        message: status.message().to_owned(),
+                                    });
+                                }
+                            }
+                        }
+                        _ => "no controller leader is known".to_owned(),
+                    }
+                }
+                Err(ControllerError::Metadata(e @ MetadataError::Timeout { .. })) => e.to_string(),
+                Err(e) => return Err(e),
             };
-            if replication_factor < 1 || replication_factor as usize > brokers.len() {
-                return Err(ControllerError::InvalidReplicationFactor {
-                    requested: replication_factor,
-                    brokers: brokers.len(),
+            if Instant::now() >= deadline {
+                return Err(ControllerError::NoQuorum {
+                    timeout_ms: self.forward_timeout.as_millis() as u64,
+                    last_error,
                 });
             }
-            let layout = assign_replicas(
-                &brokers,
-                request.partitions as u32,
-                replication_factor as u32,
-                image.topics.len(),
-            );
-            let record = CreateTopicRecord {
-                name: request.name.clone(),
-                topic_id: random_id(),
-                assignments: layout
-                    .into_iter()
-                    .enumerate()
-                    .map(|(partition, replicas)| PartitionAssignment {
-                        partition: partition as i32,
-                        replicas: replicas.into_iter().map(|b| b.0).collect(),
-                    })
-                    .collect(),
-                configs: request.configs.clone().into_iter().collect(),
-            };
-            Ok(vec![MetadataRecord {
-                record: Some(Record::CreateTopic(record)),
-            }])
-        })?;
-        tracing::info!("topic created");
-        self.store
-            .image()
-            .topic(&name)
-            .cloned()
-            .ok_or(ControllerError::UnknownTopic(name))
+            tracing::debug!(%last_error, "retrying at the active controller");
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
     }
 
-    /// Commits the deletion of a topic; brokers then remove its partitions.
-    #[tracing::instrument(skip(self))]
-    pub fn delete_topic(&self, name: &str) -> Result<(), ControllerError> {
-        self.store.append_with(|image| {
-            let topic = image
-                .topic(name)
-                .ok_or_else(|| ControllerError::UnknownTopic(name.to_owned()))?;
-            Ok::<_, ControllerError>(vec![MetadataRecord {
-                record: Some(Record::DeleteTopic(DeleteTopicRecord {
-                    name: name.to_owned(),
-                    topic_id: topic.topic_id.clone(),
-                })),
-            }])
-        })?;
-        tracing::info!("topic deleted");
-        Ok(())
+    fn client(&self, address: &str) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(address) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Channel::from_shared(format!("http://{address}"))
+                    .map_err(|e| {
+                        tonic::Status::invalid_argument(format!("bad address {address}: {e}"))
+                    })?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(10))
+                    .connect_lazy();
+                channels.insert(address.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(ControllerServiceClient::new(channel))
     }
+
+    async fn forward(&self, address: &str, change: &Change) -> Result<u64, tonic::Status> {
+        let mut client = self.client(address)?;
+        Ok(match change {
+            Change::CreateTopic(r) => {
+                client
+                    .create_topic(v1::CreateTopicRequest {
+                        name: r.name.clone(),
+                        partitions: r.partitions as i32,
+                        replication_factor: r.replication_factor as i32,
+                        configs: r.configs.clone().into_iter().collect(),
+                    })
+                    .await?
+                    .into_inner()
+                    .metadata_index
+            }
+            Change::DeleteTopic(name) => {
+                client
+                    .delete_topic(v1::DeleteTopicRequest { name: name.clone() })
+                    .await?
+                    .into_inner()
+                    .metadata_index
+            }
+            Change::RegisterBroker {
+                id,
+                address,
+                incarnation_id,
+            } => {
+                client
+                    .register_broker(v1::RegisterBrokerRequest {
+                        broker_id: id.0,
+                        address: address.clone(),
+                        incarnation_id: *incarnation_id,
+                    })
+                    .await?
+                    .into_inner()
+                    .metadata_index
+            }
+        })
+    }
+
+    /// The quorum as the active controller sees it (replication progress is only known
+    /// there); this node's own view, with no leader, while there is none.
+    pub async fn quorum_status(&self) -> QuorumStatus {
+        let local = self.quorum.status();
+        let Some((leader, address)) = self.quorum.leader() else {
+            return local;
+        };
+        if leader == self.quorum.node_id() {
+            return local;
+        }
+        let Ok(mut client) = self.client(&address) else {
+            return local;
+        };
+        match client.quorum_status(v1::QuorumStatusRequest {}).await {
+            Ok(remote) => status_from_wire(remote.into_inner()),
+            Err(error) => {
+                tracing::warn!(%error, leader, "cannot read the leader's quorum status");
+                local
+            }
+        }
+    }
+}
+
+fn is_retriable(status: &tonic::Status) -> bool {
+    matches!(
+        code_of(status),
+        Some(ErrorCode::NotController | ErrorCode::RequestTimedOut)
+    ) || matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    )
+}
+
+/// The wire form of a quorum status, and back.
+pub fn status_to_wire(status: &QuorumStatus) -> v1::QuorumStatusResponse {
+    v1::QuorumStatusResponse {
+        node_id: status.node_id as i32,
+        leader_id: status.leader.map_or(-1, |l| l as i32),
+        term: status.term,
+        commit_index: status.applied_index,
+        applied_index: status.applied_index,
+        controllers: status
+            .members
+            .iter()
+            .map(|(id, address, voter, matched)| v1::ControllerStatus {
+                node_id: *id as i32,
+                address: address.clone(),
+                voter: *voter,
+                matched_index: matched.unwrap_or(0),
+                lag: matched.map_or(status.applied_index, |m| {
+                    status.applied_index.saturating_sub(m)
+                }),
+            })
+            .collect(),
+        state: status.state.clone(),
+    }
+}
+
+fn status_from_wire(wire: v1::QuorumStatusResponse) -> QuorumStatus {
+    QuorumStatus {
+        node_id: wire.node_id.max(0) as u64,
+        leader: (wire.leader_id >= 0).then_some(wire.leader_id as u64),
+        term: wire.term,
+        last_log_index: wire.commit_index,
+        applied_index: wire.applied_index,
+        state: wire.state,
+        members: wire
+            .controllers
+            .into_iter()
+            .map(|c| {
+                (
+                    c.node_id.max(0) as u64,
+                    c.address,
+                    c.voter,
+                    Some(c.matched_index),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Checks what can be checked without the image.
+fn validate_create(
+    request: &CreateTopicRequest,
+    defaults: &TopicConfig,
+) -> Result<(), ControllerError> {
+    validate_topic_name(&request.name)?;
+    if request.partitions < 1 || request.partitions > i64::from(MAX_PARTITIONS_PER_TOPIC) {
+        return Err(ControllerError::InvalidPartitions {
+            requested: request.partitions,
+            max: MAX_PARTITIONS_PER_TOPIC,
+        });
+    }
+    defaults.with_overrides(&request.configs)?;
+    Ok(())
+}
+
+/// The records that create a topic, decided from the current image.
+pub fn decide_create_topic(
+    image: &ClusterImage,
+    request: &CreateTopicRequest,
+    defaults: &TopicConfig,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    validate_create(request, defaults)?;
+    if image.topic(&request.name).is_some() {
+        return Err(ControllerError::TopicAlreadyExists(request.name.clone()));
+    }
+    let brokers: Vec<BrokerId> = image.brokers.keys().copied().collect();
+    let replication_factor = match request.replication_factor {
+        0 => brokers.len().min(3) as i64,
+        rf => rf,
+    };
+    if replication_factor < 1 || replication_factor as usize > brokers.len() {
+        return Err(ControllerError::InvalidReplicationFactor {
+            requested: replication_factor,
+            brokers: brokers.len(),
+        });
+    }
+    let layout = assign_replicas(
+        &brokers,
+        request.partitions as u32,
+        replication_factor as u32,
+        image.topics.len(),
+    );
+    let record = CreateTopicRecord {
+        name: request.name.clone(),
+        topic_id: random_id(),
+        assignments: layout
+            .into_iter()
+            .enumerate()
+            .map(|(partition, replicas)| PartitionAssignment {
+                partition: partition as i32,
+                replicas: replicas.into_iter().map(|b| b.0).collect(),
+            })
+            .collect(),
+        configs: request.configs.clone().into_iter().collect(),
+    };
+    Ok(vec![MetadataRecord {
+        record: Some(Record::CreateTopic(record)),
+    }])
+}
+
+pub fn decide_delete_topic(
+    image: &ClusterImage,
+    name: &str,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let topic = image
+        .topic(name)
+        .ok_or_else(|| ControllerError::UnknownTopic(name.to_owned()))?;
+    Ok(vec![MetadataRecord {
+        record: Some(Record::DeleteTopic(DeleteTopicRecord {
+            name: name.to_owned(),
+            topic_id: topic.topic_id.clone(),
+        })),
+    }])
+}
+
+/// Nothing when the broker is registered at that address already (a restart).
+pub fn decide_register_broker(
+    image: &ClusterImage,
+    id: BrokerId,
+    address: &str,
+    incarnation_id: u64,
+) -> Vec<MetadataRecord> {
+    if image.brokers.get(&id).is_some_and(|b| b.address == address) {
+        return Vec::new();
+    }
+    vec![MetadataRecord {
+        record: Some(Record::RegisterBroker(RegisterBrokerRecord {
+            broker_id: id.0,
+            address: address.to_owned(),
+            incarnation_id,
+        })),
+    }]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn controller(dir: &std::path::Path) -> Controller {
-        let store = Arc::new(MetadataStore::open(dir).expect("open store"));
-        let controller = Controller::new(store, TopicConfig::default());
-        controller
-            .register_broker(BrokerId(1), "127.0.0.1:9290", 7)
-            .expect("register");
-        controller
+    fn image_with_broker() -> ClusterImage {
+        let mut image = ClusterImage::default();
+        for record in decide_register_broker(&image.clone(), BrokerId(1), "127.0.0.1:9290", 7) {
+            image.apply(1, &record).expect("apply");
+        }
+        image
     }
 
     fn request(name: &str, partitions: i64) -> CreateTopicRequest {
@@ -170,21 +441,25 @@ mod tests {
     }
 
     #[test]
-    fn create_topic_defaults_replication_to_the_live_brokers() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let topic = controller(dir.path())
-            .create_topic(request("orders", 3))
+    fn create_topic_defaults_replication_to_the_registered_brokers() {
+        let image = image_with_broker();
+        let records = decide_create_topic(&image, &request("orders", 3), &TopicConfig::default())
             .expect("create");
-        assert_eq!(topic.partitions.len(), 3);
-        assert_eq!(topic.replication_factor(), 1);
+        let Some(Record::CreateTopic(topic)) = &records[0].record else {
+            panic!("{records:?}")
+        };
+        assert_eq!(topic.assignments.len(), 3);
+        assert!(topic.assignments.iter().all(|a| a.replicas == vec![1]));
     }
 
     #[test]
     fn bad_requests_are_refused_with_their_codes() {
-        use ferrolog_proto::v1::ErrorCode;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let c = controller(dir.path());
-        c.create_topic(request("orders", 1)).expect("create");
+        let mut image = image_with_broker();
+        let defaults = TopicConfig::default();
+        for record in decide_create_topic(&image, &request("orders", 1), &defaults).expect("create")
+        {
+            image.apply(2, &record).expect("apply");
+        }
         let cases = [
             (request("orders", 1), ErrorCode::TopicAlreadyExists),
             (request("bad name", 1), ErrorCode::InvalidTopicName),
@@ -207,13 +482,13 @@ mod tests {
             ),
         ];
         for (req, code) in cases {
-            let name = req.name.clone();
-            let err = c.create_topic(req).expect_err(&name);
-            assert_eq!(err.code(), code, "{name}: {err}");
+            let err = decide_create_topic(&image, &req, &defaults).expect_err(&req.name);
+            assert_eq!(err.code(), code, "{}: {err}", req.name);
         }
         assert!(matches!(
-            c.delete_topic("nope"),
+            decide_delete_topic(&image, "nope"),
             Err(ControllerError::UnknownTopic(_))
         ));
+        assert!(decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 8).is_empty());
     }
 }

@@ -14,11 +14,18 @@ pub enum ControllerError {
     #[error("invalid partition count {requested}: it must be between 1 and {max}")]
     InvalidPartitions { requested: i64, max: u32 },
     #[error(
-        "invalid replication factor {requested}: it must be between 1 and the {brokers} live broker(s)"
+        "invalid replication factor {requested}: it must be between 1 and the {brokers} registered broker(s)"
     )]
     InvalidReplicationFactor { requested: i64, brokers: usize },
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
+    /// The active controller refused or failed a forwarded request; its code is kept.
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
+    #[error(
+        "no controller leader could be reached within {timeout_ms} ms (waiting for quorum): {last_error}"
+    )]
+    NoQuorum { timeout_ms: u64, last_error: String },
     #[error(transparent)]
     Metadata(#[from] MetadataError),
 }
@@ -32,6 +39,10 @@ impl ControllerError {
             Self::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
             Self::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
             Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            Self::Remote { code, .. } => *code,
+            Self::NoQuorum { .. } => ErrorCode::NotController,
+            Self::Metadata(MetadataError::NotController { .. }) => ErrorCode::NotController,
+            Self::Metadata(MetadataError::Timeout { .. }) => ErrorCode::RequestTimedOut,
             Self::Metadata(_) => ErrorCode::StorageError,
         }
     }

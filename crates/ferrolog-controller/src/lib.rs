@@ -1,15 +1,24 @@
 //! The active controller's logic: it validates admin requests against the cluster image,
-//! places replicas, and proposes metadata records. It stores nothing itself: every change
-//! it decides on becomes a record in the metadata log, and only a committed record counts.
+//! places replicas, and proposes metadata records through the quorum, forwarding to the
+//! active controller (the Raft leader) from any other node. It stores nothing itself:
+//! every change it decides on becomes a record in the metadata log, and only a committed
+//! record counts.
 //!
 //! It must never depend on the broker or the storage engine.
 
 mod controller;
 mod error;
 mod placement;
+mod service;
+mod status;
 mod topic_name;
 
-pub use controller::{Controller, CreateTopicRequest, MAX_PARTITIONS_PER_TOPIC};
+pub use controller::{
+    Controller, CreateTopicRequest, DEFAULT_FORWARD_TIMEOUT, MAX_PARTITIONS_PER_TOPIC,
+    decide_create_topic, decide_delete_topic, decide_register_broker, status_to_wire,
+};
 pub use error::ControllerError;
 pub use placement::assign_replicas;
+pub use service::ControllerApi;
+pub use status::{code_of, status_with, status_with_code};
 pub use topic_name::{MAX_TOPIC_NAME_CHARS, validate_topic_name};

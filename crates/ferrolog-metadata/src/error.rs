@@ -15,6 +15,19 @@ pub enum MetadataError {
         #[source]
         source: prost::DecodeError,
     },
+    /// This node is not the active controller; `leader` is (id, controller address).
+    #[error("this node is not the active controller{}", match .leader {
+        Some((id, address)) => format!("; the leader is node {id} at {address}"),
+        None => "; no controller leader is known (waiting for quorum)".to_owned(),
+    })]
+    NotController { leader: Option<(u64, String)> },
+    #[error("timed out after {timeout_ms} ms waiting for {waiting_for}")]
+    Timeout {
+        waiting_for: &'static str,
+        timeout_ms: u64,
+    },
+    #[error("Raft: {0}")]
+    Raft(String),
     /// A record that contradicts the image (for example deleting an unknown topic). Records
     /// are validated before they are appended, so this means a bug or a damaged log.
     #[error("metadata record cannot be applied: {0}")]

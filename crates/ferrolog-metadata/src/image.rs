@@ -63,6 +63,55 @@ impl ClusterImage {
         self.topics.get(name)
     }
 
+    /// Records that rebuild this image when applied in order to an empty one: what a
+    /// snapshot holds and what a broker that fell behind the purged log receives.
+    pub fn to_records(&self) -> Vec<MetadataRecord> {
+        use crate::records::{
+            CreateTopicRecord, PartitionAssignment, PartitionChangeRecord, RegisterBrokerRecord,
+        };
+        let mut records = Vec::new();
+        for broker in self.brokers.values() {
+            records.push(MetadataRecord {
+                record: Some(Record::RegisterBroker(RegisterBrokerRecord {
+                    broker_id: broker.id.0,
+                    address: broker.address.clone(),
+                    incarnation_id: broker.incarnation_id,
+                })),
+            });
+        }
+        for topic in self.topics.values() {
+            records.push(MetadataRecord {
+                record: Some(Record::CreateTopic(CreateTopicRecord {
+                    name: topic.name.clone(),
+                    topic_id: topic.topic_id.clone(),
+                    assignments: topic
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionAssignment {
+                            partition: p.partition.0 as i32,
+                            replicas: p.replicas.iter().map(|b| b.0).collect(),
+                        })
+                        .collect(),
+                    configs: topic.configs.clone().into_iter().collect(),
+                })),
+            });
+            for p in &topic.partitions {
+                records.push(MetadataRecord {
+                    record: Some(Record::PartitionChange(PartitionChangeRecord {
+                        topic: topic.name.clone(),
+                        partition: p.partition.0 as i32,
+                        leader: p.leader.map_or(-1, |l| l.0),
+                        leader_epoch: p.leader_epoch,
+                        partition_epoch: p.partition_epoch,
+                        replicas: p.replicas.iter().map(|b| b.0).collect(),
+                        isr: p.isr.iter().map(|b| b.0).collect(),
+                    })),
+                });
+            }
+        }
+        records
+    }
+
     /// Applies one committed record. Records are validated before they are appended, so an
     /// error here means a damaged log or a bug; the image is left unchanged on error.
     pub fn apply(&mut self, index: u64, record: &MetadataRecord) -> Result<(), MetadataError> {
@@ -199,6 +248,20 @@ mod tests {
         assert_eq!(topic.partitions[1].leader, Some(BrokerId(2)));
         assert_eq!(topic.partitions[1].isr, vec![BrokerId(2), BrokerId(1)]);
         assert_eq!(image.applied_index, 1);
+    }
+
+    #[test]
+    fn to_records_rebuilds_an_identical_image() {
+        let mut image = ClusterImage::default();
+        image
+            .apply(1, &create("orders", &[&[1, 2], &[2, 1]]))
+            .expect("apply");
+        image.apply(2, &create("audit", &[&[2]])).expect("apply");
+        let mut rebuilt = ClusterImage::default();
+        for record in image.to_records() {
+            rebuilt.apply(2, &record).expect("apply");
+        }
+        assert_eq!(rebuilt, image);
     }
 
     #[test]

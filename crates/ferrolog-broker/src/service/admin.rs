@@ -31,23 +31,10 @@ impl AdminApi {
             .count_request(rpc, result.as_ref().err().map(BrokerError::code));
     }
 
-    /// Runs a controller call on the blocking pool (it fsyncs), then waits until this
-    /// node's partitions reflect the result.
-    async fn commit<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&ferrolog_controller::Controller) -> Result<T, ControllerError>
-        + Send
-        + 'static,
-    ) -> Result<T, BrokerError> {
-        let controller = Arc::clone(self.broker.controller());
-        let value = tokio::task::spawn_blocking(move || call(&controller))
-            .await
-            .map_err(|e| BrokerError::Internal(format!("controller task failed: {e}")))??;
-        let index = self.broker.store().image().applied_index;
-        self.broker
-            .wait_reconciled(index, RECONCILE_TIMEOUT)
-            .await?;
-        Ok(value)
+    /// Waits (bounded) until this node's image and partitions reflect the metadata log
+    /// entry at `index`, so a topic is usable here as soon as its creation is answered.
+    async fn caught_up(&self, index: u64) -> Result<(), BrokerError> {
+        self.broker.wait_reconciled(index, RECONCILE_TIMEOUT).await
     }
 
     #[tracing::instrument(name = "create_topic", skip_all, fields(topic = %request.name))]
@@ -55,17 +42,24 @@ impl AdminApi {
         &self,
         request: v1::CreateTopicRequest,
     ) -> Result<v1::CreateTopicResponse, BrokerError> {
+        let name = request.name.clone();
         let request = CreateTopicRequest {
             name: request.name,
             partitions: i64::from(request.partitions),
             replication_factor: i64::from(request.replication_factor),
             configs: request.configs.into_iter().collect(),
         };
-        let topic = self.commit(move |c| c.create_topic(request)).await?;
+        let index = self.broker.controller().create_topic(request).await?;
+        self.caught_up(index).await?;
+        let image = self.broker.image();
+        let topic = image
+            .topic(&name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.clone()))?;
         Ok(v1::CreateTopicResponse {
             name: topic.name.clone(),
             partitions: topic.partitions.len() as i32,
             replication_factor: topic.replication_factor() as i32,
+            metadata_index: index,
         })
     }
 
@@ -74,12 +68,37 @@ impl AdminApi {
         &self,
         request: v1::DeleteTopicRequest,
     ) -> Result<v1::DeleteTopicResponse, BrokerError> {
-        self.commit(move |c| c.delete_topic(&request.name)).await?;
-        Ok(v1::DeleteTopicResponse {})
+        let index = self.broker.controller().delete_topic(&request.name).await?;
+        self.caught_up(index).await?;
+        Ok(v1::DeleteTopicResponse {
+            metadata_index: index,
+        })
+    }
+
+    async fn cluster_status_inner(&self) -> v1::ClusterStatusResponse {
+        let status = self.broker.controller().quorum_status().await;
+        let wire = ferrolog_controller::status_to_wire(&status);
+        let image = self.broker.image();
+        v1::ClusterStatusResponse {
+            cluster_id: self.broker.cluster_id().to_owned(),
+            controller_leader: wire.leader_id,
+            term: wire.term,
+            commit_index: wire.commit_index,
+            controllers: wire.controllers,
+            brokers: image
+                .brokers
+                .values()
+                .map(|b| v1::BrokerStatus {
+                    broker_id: b.id.0,
+                    address: b.address.clone(),
+                    state: "registered".to_owned(),
+                })
+                .collect(),
+        }
     }
 
     fn list_topics_inner(&self) -> v1::ListTopicsResponse {
-        let image = self.broker.store().image();
+        let image = self.broker.image();
         v1::ListTopicsResponse {
             topics: image
                 .topics
@@ -98,7 +117,7 @@ impl AdminApi {
         &self,
         request: v1::DescribeTopicRequest,
     ) -> Result<v1::DescribeTopicResponse, BrokerError> {
-        let image = self.broker.store().image();
+        let image = self.broker.image();
         let topic = image
             .topic(&request.name)
             .ok_or_else(|| BrokerError::UnknownTopic(request.name.clone()))?;
@@ -181,5 +200,14 @@ impl AdminService for AdminApi {
         let result = self.describe_topic_inner(request.into_inner());
         self.count("describe_topic", &result);
         result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let status = self.cluster_status_inner().await;
+        self.broker.metrics().count_request("cluster_status", None);
+        Ok(Response::new(status))
     }
 }

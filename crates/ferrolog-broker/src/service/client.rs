@@ -13,9 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{batches_to_records, next_offset, records_to_batch};
-use super::status::status_with;
 use crate::partition::{FetchOutcome, now_ms};
 use crate::{Broker, BrokerError};
+use ferrolog_controller::status_with;
 
 /// Kafka's `request.timeout.ms` default: how long a produce waits for its acknowledgement
 /// when the request does not say.
@@ -181,7 +181,7 @@ impl ClientApi {
         &self,
         request: v1::MetadataRequest,
     ) -> Result<v1::MetadataResponse, BrokerError> {
-        let image = self.broker.store().image();
+        let image = self.broker.image();
         let topics = if request.topics.is_empty() {
             image.topics.values().collect::<Vec<_>>()
         } else {
@@ -221,8 +221,13 @@ impl ClientApi {
                         .collect(),
                 })
                 .collect(),
-            controller_id: self.broker.config().node_id.0,
-            cluster_id: self.broker.store().cluster_id().to_owned(),
+            controller_id: self
+                .broker
+                .controller()
+                .quorum()
+                .leader()
+                .map_or(-1, |(id, _)| id as i32),
+            cluster_id: self.broker.cluster_id().to_owned(),
         })
     }
 }

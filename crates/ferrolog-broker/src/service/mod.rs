@@ -7,4 +7,3 @@ mod status;
 
 pub use admin::AdminApi;
 pub use client::ClientApi;
-pub use status::status_with_code;

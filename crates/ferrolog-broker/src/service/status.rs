@@ -1,47 +1,10 @@
-//! Maps broker errors to gRPC statuses that carry a stable domain code.
+//! Broker errors as gRPC statuses that carry a stable domain code.
 
-use ferrolog_proto::ERROR_CODE_METADATA_KEY;
+use ferrolog_controller::status_with_code;
 use ferrolog_proto::v1::ErrorCode;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::BrokerError;
-
-/// The gRPC code that generic clients (and their retry policies) should see for a domain
-/// code. NOT_LEADER is FAILED_PRECONDITION, not UNAVAILABLE: retrying the same node is wrong.
-fn grpc_code(code: ErrorCode) -> Code {
-    match code {
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => Code::NotFound,
-        ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
-        ErrorCode::InvalidTopicName
-        | ErrorCode::InvalidPartitions
-        | ErrorCode::InvalidReplicationFactor
-        | ErrorCode::InvalidConfig
-        | ErrorCode::RecordTooLarge
-        | ErrorCode::CorruptRecord
-        | ErrorCode::InvalidRequest => Code::InvalidArgument,
-        ErrorCode::OffsetOutOfRange => Code::OutOfRange,
-        ErrorCode::NotLeader => Code::FailedPrecondition,
-        ErrorCode::NotEnoughReplicas | ErrorCode::BrokerShuttingDown => Code::Unavailable,
-        ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
-        ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,
-    }
-}
-
-/// A status whose message is the error's text and whose metadata names its domain code.
-pub fn status_with_code(code: ErrorCode, message: String) -> Status {
-    status_with(grpc_code(code), code, message)
-}
-
-/// Like [`status_with_code`] with an explicit gRPC code, for the few places where the
-/// same domain code means something else to a generic client.
-pub fn status_with(grpc: Code, code: ErrorCode, message: String) -> Status {
-    let mut status = Status::new(grpc, message);
-    status.metadata_mut().insert(
-        ERROR_CODE_METADATA_KEY,
-        tonic::metadata::MetadataValue::from_static(code.as_str_name()),
-    );
-    status
-}
 
 impl From<BrokerError> for Status {
     fn from(error: BrokerError) -> Self {
@@ -58,14 +21,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_carries_the_domain_code_and_the_message() {
+    fn broker_errors_keep_their_message_and_code() {
         let status = Status::from(BrokerError::UnknownTopic("orders".to_owned()));
-        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.code(), tonic::Code::NotFound);
         assert_eq!(status.message(), "unknown topic 'orders'");
-        let code = status
-            .metadata()
-            .get(ERROR_CODE_METADATA_KEY)
-            .expect("code present");
-        assert_eq!(code.to_str().expect("ascii"), "UNKNOWN_TOPIC");
+        assert_eq!(
+            ferrolog_controller::code_of(&status),
+            Some(ErrorCode::UnknownTopic)
+        );
     }
 }

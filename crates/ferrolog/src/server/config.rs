@@ -19,6 +19,11 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     pub http_listen: Option<String>,
     pub advertised_address: Option<String>,
+    pub roles: Option<Vec<String>>,
+    pub controller_listen: Option<String>,
+    /// `"1@host:9293,2@host:9293,3@host:9293"`
+    pub controller_voters: Option<String>,
+    pub metadata_snapshot_entries: Option<u64>,
     #[serde(default)]
     pub log: LogSection,
     /// Defaults for every topic, under Kafka's names (`"retention.ms" = "3600000"`).
@@ -37,6 +42,37 @@ pub struct LogSection {
     pub maintenance_interval_ms: Option<u64>,
 }
 
+/// Which parts of a node run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub broker: bool,
+    pub controller: bool,
+}
+
+/// Parses `1@host:port,2@host:port`.
+pub fn parse_voters(spec: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut voters = BTreeMap::new();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, address) = entry
+            .split_once('@')
+            .with_context(|| format!("invalid voter '{entry}': expected ID@HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("invalid voter '{entry}': '{id}' is not a node id"))?;
+        anyhow::ensure!(
+            address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+            "invalid voter '{entry}': '{address}' is not HOST:PORT"
+        );
+        if voters.insert(id, address.to_owned()).is_some() {
+            bail!("node id {id} appears twice in the controller voters");
+        }
+    }
+    anyhow::ensure!(!voters.is_empty(), "the controller voters list is empty");
+    Ok(voters)
+}
+
 /// The effective configuration of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -45,6 +81,10 @@ pub struct ServerConfig {
     pub listen: String,
     pub http_listen: String,
     pub advertised_address: Option<String>,
+    pub roles: Roles,
+    pub controller_listen: String,
+    pub controller_voters: Option<BTreeMap<u64, String>>,
+    pub metadata_snapshot_entries: u64,
     pub flush_policy: FlushPolicy,
     pub index_interval_bytes: u32,
     pub maintenance_interval: Duration,
@@ -59,6 +99,13 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:9290".to_owned(),
             http_listen: "127.0.0.1:9280".to_owned(),
             advertised_address: None,
+            roles: Roles {
+                broker: true,
+                controller: true,
+            },
+            controller_listen: "127.0.0.1:9293".to_owned(),
+            controller_voters: None,
+            metadata_snapshot_entries: 1000,
             flush_policy: FlushPolicy::EveryAppend,
             index_interval_bytes: 4096,
             maintenance_interval: Duration::from_secs(30),
@@ -68,6 +115,27 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Sets the roles from names (`broker`, `controller`).
+    pub fn set_roles(&mut self, names: &[String]) -> anyhow::Result<()> {
+        let mut roles = Roles {
+            broker: false,
+            controller: false,
+        };
+        for name in names.iter().map(|n| n.trim()) {
+            match name {
+                "broker" => roles.broker = true,
+                "controller" => roles.controller = true,
+                other => bail!("unknown role '{other}': roles are broker and controller"),
+            }
+        }
+        anyhow::ensure!(
+            roles.broker || roles.controller,
+            "a node needs at least one role"
+        );
+        self.roles = roles;
+        Ok(())
+    }
+
     /// Reads and applies a TOML config file.
     pub fn apply_file(&mut self, path: &Path) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path)
@@ -96,6 +164,19 @@ impl ServerConfig {
         }
         if let Some(v) = file.advertised_address {
             self.advertised_address = Some(v);
+        }
+        if let Some(v) = file.roles {
+            self.set_roles(&v)?;
+        }
+        if let Some(v) = file.controller_listen {
+            self.controller_listen = v;
+        }
+        if let Some(v) = file.controller_voters {
+            self.controller_voters = Some(parse_voters(&v)?);
+        }
+        if let Some(v) = file.metadata_snapshot_entries {
+            anyhow::ensure!(v > 0, "metadata_snapshot_entries must be > 0");
+            self.metadata_snapshot_entries = v;
         }
         let interval_ms = file.log.flush_interval_ms.unwrap_or(1000);
         if let Some(policy) = file.log.flush_policy {
@@ -173,6 +254,16 @@ mod tests {
         );
         assert_eq!(config.topic_defaults.retention_ms, Some(3_600_000));
         assert_eq!(config.topic_defaults.segment_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn voters_parse_and_bad_lists_are_refused() {
+        let voters = parse_voters("1@a:9293, 2@b:9293,3@c:9293").expect("valid");
+        assert_eq!(voters.len(), 3);
+        assert_eq!(voters[&2], "b:9293");
+        for bad in ["", "1@a", "x@a:1", "1@a:1,1@b:2", "1a:9293", "1@:9293"] {
+            assert!(parse_voters(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -15,9 +15,12 @@ use clap::Args;
 use ferrolog_broker::service::{AdminApi, ClientApi};
 use ferrolog_broker::{Broker, BrokerConfig, BrokerMetrics, StorageSettings};
 use ferrolog_controller::Controller;
-use ferrolog_metadata::{BrokerId, MetadataStore};
+use ferrolog_controller::ControllerApi;
+use ferrolog_metadata::{BrokerId, MetadataQuorum, QuorumConfig};
 use ferrolog_proto::v1::admin_service_server::AdminServiceServer;
 use ferrolog_proto::v1::client_service_server::ClientServiceServer;
+use ferrolog_proto::v1::controller_service_server::ControllerServiceServer;
+use ferrolog_proto::v1::raft_service_server::RaftServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -51,6 +54,19 @@ pub struct ServerArgs {
     /// Address clients are told to use for this node [default: the bound gRPC address]
     #[arg(long)]
     advertised_address: Option<String>,
+    /// Roles of this node, comma-separated [default: broker,controller]
+    #[arg(long, value_delimiter = ',')]
+    roles: Option<Vec<String>>,
+    /// Address for Raft and controller traffic [default: 127.0.0.1:9293]
+    #[arg(long)]
+    controller_listen: Option<String>,
+    /// Every controller voter as id@host:port, comma-separated, identical on every node
+    /// [default: this node alone]
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    controller_voters: Option<String>,
+    /// Snapshot the metadata log (and purge it) every this many entries [default: 1000]
+    #[arg(long)]
+    metadata_snapshot_entries: Option<u64>,
 }
 
 impl ServerArgs {
@@ -74,6 +90,19 @@ impl ServerArgs {
         }
         if let Some(v) = self.advertised_address {
             config.advertised_address = Some(v);
+        }
+        if let Some(v) = self.roles {
+            config.set_roles(&v)?;
+        }
+        if let Some(v) = self.controller_listen {
+            config.controller_listen = v;
+        }
+        if let Some(v) = self.controller_voters {
+            config.controller_voters = Some(config::parse_voters(&v)?);
+        }
+        if let Some(v) = self.metadata_snapshot_entries {
+            anyhow::ensure!(v > 0, "--metadata-snapshot-entries must be > 0");
+            config.metadata_snapshot_entries = v;
         }
         Ok(config)
     }
@@ -99,23 +128,66 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| grpc_addr.to_string());
 
+    anyhow::ensure!(
+        config.roles.controller && config.roles.broker,
+        "this release runs every node with both roles (broker,controller); broker-only and \
+         controller-only nodes come with the metadata follower stream"
+    );
+    let (controller_listener, controller_addr) =
+        bind(&config.controller_listen, "controller").await?;
+    let voters = match &config.controller_voters {
+        Some(voters) => voters.clone(),
+        None => {
+            std::collections::BTreeMap::from([(config.node_id as u64, controller_addr.to_string())])
+        }
+    };
+    let own_controller_address = voters.get(&(config.node_id as u64)).cloned().with_context(
+        || {
+            format!(
+                "node {} is not among the controller voters {}; a controller must be one of them",
+                config.node_id,
+                voters
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        },
+    )?;
+
     let metadata_dir = config.data_dir.join(METADATA_DIR);
-    let store = {
-        let dir = metadata_dir.clone();
-        tokio::task::spawn_blocking(move || MetadataStore::open(&dir)).await?
-    }
+    let quorum = MetadataQuorum::start(QuorumConfig {
+        node_id: config.node_id as u64,
+        voters: voters.clone(),
+        advertised_address: own_controller_address,
+        dir: metadata_dir.clone(),
+        snapshot_entries: config.metadata_snapshot_entries,
+        heartbeat_interval_ms: 100,
+        election_timeout_min_ms: 500,
+        election_timeout_max_ms: 1000,
+        propose_timeout: Duration::from_secs(5),
+    })
+    .await
     .with_context(|| {
         format!(
-            "open metadata store in {} (is another ferrolog server using this data directory?)",
+            "open metadata quorum in {} (is another ferrolog server using this data directory?)",
             metadata_dir.display()
         )
     })?;
-    let store = Arc::new(store);
-    meta_properties::check_or_write(&config.data_dir, config.node_id, store.cluster_id())?;
+    meta_properties::check_or_write(&config.data_dir, config.node_id, quorum.cluster_id())?;
     let controller = Arc::new(Controller::new(
-        Arc::clone(&store),
+        Arc::clone(&quorum),
         config.topic_defaults.clone(),
     ));
+    let controller_server = tonic::transport::Server::builder()
+        .add_service(
+            RaftServiceServer::new(quorum.raft_service())
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(ControllerServiceServer::new(ControllerApi::new(
+            Arc::clone(&controller),
+        )));
 
     let mut registry = Registry::default();
     let metrics = Arc::new(BrokerMetrics::new(&mut registry));
@@ -133,8 +205,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             max_produce_timeout: Duration::from_secs(300),
             max_fetch_wait: Duration::from_secs(60),
         },
-        store,
-        controller,
+        Arc::clone(&controller),
         metrics,
     )
     .await
@@ -168,6 +239,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             wait_for(shutdown.clone()),
         );
+    let controller_rpc = controller_server.serve_with_incoming_shutdown(
+        tonic::transport::server::TcpIncoming::from(controller_listener).with_nodelay(Some(true)),
+        wait_for(shutdown.clone()),
+    );
     let http = axum::serve(
         http_listener,
         http::router(Arc::new(http::HttpState { registry })),
@@ -178,7 +253,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         advertised = %advertised_address, data_dir = %config.data_dir.display(), "ferrolog server ready");
     // One machine-readable line on stdout, for scripts and tests that start a server on
     // port 0.
-    println!("ferrolog ready grpc={grpc_addr} http={http_addr}");
+    println!("ferrolog ready grpc={grpc_addr} http={http_addr} controller={controller_addr}");
 
     // On a signal the broker stops first: waiting produces are answered, long polls and
     // Subscribe streams end, and every partition is flushed; then the servers drain, for a
@@ -193,7 +268,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             shutdown.send_replace(true);
         })
     };
-    let servers = async { tokio::join!(grpc, http) };
+    let servers = async { tokio::join!(grpc, http, controller_rpc) };
     let drain_deadline = async {
         wait_for(shutdown.clone()).await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -204,10 +279,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     signals.abort();
     broker.shutdown().await;
+    quorum.shutdown().await;
     match finished {
-        Some((grpc_result, http_result)) => {
+        Some((grpc_result, http_result, controller_result)) => {
             grpc_result.context("gRPC server")?;
             http_result.context("HTTP server")?;
+            controller_result.context("controller server")?;
         }
         None => tracing::warn!(
             ?DRAIN_TIMEOUT,

@@ -1,0 +1,132 @@
+//! ControllerService on the controller port: admin writes forwarded by other nodes, broker
+//! registration, the metadata stream for brokers that are not controllers, and quorum
+//! status.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ferrolog_metadata::BrokerId;
+use ferrolog_proto::v1;
+use ferrolog_proto::v1::controller_service_server::ControllerService;
+use prost::Message;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::controller::status_to_wire;
+use crate::{Controller, ControllerError, CreateTopicRequest, status_with_code};
+
+/// Images a metadata stream may have queued for a slow broker.
+const METADATA_STREAM_DEPTH: usize = 2;
+
+/// The ControllerService implementation.
+#[derive(Clone)]
+pub struct ControllerApi {
+    controller: Arc<Controller>,
+}
+
+impl ControllerApi {
+    pub fn new(controller: Arc<Controller>) -> Self {
+        Self { controller }
+    }
+}
+
+impl From<ControllerError> for Status {
+    fn from(error: ControllerError) -> Self {
+        status_with_code(error.code(), error.to_string())
+    }
+}
+
+type MetadataStream = Pin<Box<dyn Stream<Item = Result<v1::FetchMetadataResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControllerService for ControllerApi {
+    async fn create_topic(
+        &self,
+        request: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let r = request.into_inner();
+        let request = CreateTopicRequest {
+            name: r.name.clone(),
+            partitions: i64::from(r.partitions),
+            replication_factor: i64::from(r.replication_factor),
+            configs: r.configs.into_iter().collect(),
+        };
+        let index = self.controller.create_topic_here(request).await?;
+        let image = self.controller.quorum().image();
+        let topic = image.topic(&r.name);
+        Ok(Response::new(v1::CreateTopicResponse {
+            name: r.name.clone(),
+            partitions: topic.map_or(0, |t| t.partitions.len() as i32),
+            replication_factor: topic.map_or(0, |t| t.replication_factor() as i32),
+            metadata_index: index,
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<v1::DeleteTopicRequest>,
+    ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let index = self
+            .controller
+            .delete_topic_here(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(v1::DeleteTopicResponse {
+            metadata_index: index,
+        }))
+    }
+
+    async fn register_broker(
+        &self,
+        request: Request<v1::RegisterBrokerRequest>,
+    ) -> Result<Response<v1::RegisterBrokerResponse>, Status> {
+        let r = request.into_inner();
+        let index = self
+            .controller
+            .register_broker_here(BrokerId(r.broker_id), &r.address, r.incarnation_id)
+            .await?;
+        Ok(Response::new(v1::RegisterBrokerResponse {
+            metadata_index: index,
+        }))
+    }
+
+    type FetchMetadataStream = MetadataStream;
+
+    /// Sends the whole image as records (a reset) now and after every change. Images are
+    /// small next to the data they describe, and a full image can never leave a follower
+    /// with a gap.
+    async fn fetch_metadata(
+        &self,
+        _request: Request<v1::FetchMetadataRequest>,
+    ) -> Result<Response<Self::FetchMetadataStream>, Status> {
+        let mut images = self.controller.quorum().subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(METADATA_STREAM_DEPTH);
+        tokio::spawn(async move {
+            loop {
+                let image = images.borrow_and_update().clone();
+                let response = v1::FetchMetadataResponse {
+                    reset: true,
+                    index: image.applied_index,
+                    records: image
+                        .to_records()
+                        .iter()
+                        .map(Message::encode_to_vec)
+                        .collect(),
+                };
+                if tx.send(Ok(response)).await.is_err() || images.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn quorum_status(
+        &self,
+        _request: Request<v1::QuorumStatusRequest>,
+    ) -> Result<Response<v1::QuorumStatusResponse>, Status> {
+        Ok(Response::new(status_to_wire(
+            &self.controller.quorum().status(),
+        )))
+    }
+}

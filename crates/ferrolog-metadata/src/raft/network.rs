@@ -1,0 +1,161 @@
+//! The Raft client side: openraft's RPCs over gRPC to other controllers' RaftService.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ferrolog_proto::v1::RaftPayload;
+use ferrolog_proto::v1::raft_service_client::RaftServiceClient;
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+use super::{NodeId, TypeConfig, decode, encode};
+
+/// Who this node is on the wire: sent with every RPC so receivers can refuse a wrong
+/// cluster or a duplicate node id.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub address: String,
+}
+
+/// Creates Raft clients; keeps one lazily connected channel per peer address.
+#[derive(Clone)]
+pub struct GrpcNetwork {
+    sender: Sender,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl GrpcNetwork {
+    pub fn new(sender: Sender) -> Self {
+        Self {
+            sender,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, tonic::codegen::http::uri::InvalidUri> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = Channel::from_shared(format!("http://{address}"))?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = RaftClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        RaftClient {
+            target,
+            address: node.addr.clone(),
+            network: self.clone(),
+        }
+    }
+}
+
+/// A Raft client to one peer.
+pub struct RaftClient {
+    target: NodeId,
+    address: String,
+    network: GrpcNetwork,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl RaftClient {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let channel = self
+            .network
+            .channel(&self.address)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let sender = &self.network.sender;
+        let mut request = tonic::Request::new(RaftPayload {
+            payload,
+            cluster_id: sender.cluster_id.clone(),
+            sender_id: sender.node_id,
+            sender_address: sender.address.clone(),
+        });
+        request.set_timeout(option.hard_ttl());
+        let mut client = RaftServiceClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let response = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let response = response.map_err(|status| match status.code() {
+            tonic::Code::FailedPrecondition => RPCError::Network(NetworkError::new(
+                &std::io::Error::other(status.message().to_owned()),
+            )),
+            _ => {
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))
+            }
+        })?;
+        let result: Result<Resp, E> = decode(&response.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RaftClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,281 @@
+//! The state machine: applies committed metadata commands to the cluster image and
+//! publishes each new image; snapshots are the image written as records.
+//!
+//! The image lives in memory. On restart it is rebuilt from the last snapshot, and openraft
+//! re-applies the committed entries after it (it reads the committed index from the log
+//! store), so nothing but the snapshot needs to be persisted here.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageIOError, StoredMembership,
+};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{CommandOutcome, NodeId, StoreError, TypeConfig, decode, encode};
+use crate::records::MetadataRecord;
+use crate::{ClusterImage, MetadataError};
+
+const SNAPSHOT_KEY: &[u8] = b"current";
+
+/// What a snapshot holds: the image as records, and Raft's own bookkeeping.
+#[derive(Clone, Serialize, Deserialize)]
+struct SnapshotPayload {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, BasicNode>,
+    image_index: u64,
+    records: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+struct Applied {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, BasicNode>,
+    image: Arc<ClusterImage>,
+}
+
+/// The metadata state machine. Clones share state (openraft wants a separate snapshot
+/// builder).
+#[derive(Clone)]
+pub struct MetadataStateMachine {
+    applied: Arc<Mutex<Applied>>,
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    snapshots: sled::Tree,
+    published: Arc<watch::Sender<Arc<ClusterImage>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Rebuilds an image from the records of a snapshot.
+fn image_from_records(index: u64, records: &[Vec<u8>]) -> Result<ClusterImage, MetadataError> {
+    let mut image = ClusterImage::default();
+    for bytes in records {
+        let record = MetadataRecord::decode(bytes.as_slice())
+            .map_err(|source| MetadataError::Decode { index, source })?;
+        image.apply(index, &record)?;
+    }
+    image.applied_index = index;
+    Ok(image)
+}
+
+impl MetadataStateMachine {
+    /// Opens the state machine, restoring the image from the last snapshot if there is one.
+    pub fn open(db: &sled::Db) -> Result<Self, MetadataError> {
+        let store = |context| move |source| MetadataError::Store { context, source };
+        let snapshots = db
+            .open_tree("raft-snapshot")
+            .map_err(store("open snapshot tree"))?;
+        let stored: Option<StoredSnapshot> = snapshots
+            .get(SNAPSHOT_KEY)
+            .map_err(store("read snapshot"))?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+            .map_err(|e| MetadataError::InvalidRecord(format!("stored snapshot: {e}")))?;
+        let applied = match &stored {
+            Some(s) => {
+                let payload: SnapshotPayload = decode(&s.data)
+                    .map_err(|e| MetadataError::InvalidRecord(format!("snapshot payload: {e}")))?;
+                Applied {
+                    last_applied: payload.last_applied,
+                    last_membership: payload.last_membership,
+                    image: Arc::new(image_from_records(payload.image_index, &payload.records)?),
+                }
+            }
+            None => Applied {
+                last_applied: None,
+                last_membership: StoredMembership::default(),
+                image: Arc::new(ClusterImage::default()),
+            },
+        };
+        let (published, _) = watch::channel(Arc::clone(&applied.image));
+        Ok(Self {
+            applied: Arc::new(Mutex::new(applied)),
+            snapshot: Arc::new(Mutex::new(stored)),
+            snapshots,
+            published: Arc::new(published),
+        })
+    }
+
+    /// A receiver of every new image.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterImage>> {
+        self.published.subscribe()
+    }
+
+    pub fn image(&self) -> Arc<ClusterImage> {
+        Arc::clone(&lock(&self.applied).image)
+    }
+
+    /// Applies one command all-or-nothing to a copy of the image.
+    fn apply_command(
+        image: &ClusterImage,
+        index: u64,
+        records: &[Vec<u8>],
+    ) -> Result<ClusterImage, String> {
+        let mut next = image.clone();
+        for bytes in records {
+            let record = MetadataRecord::decode(bytes.as_slice())
+                .map_err(|e| format!("undecodable metadata record: {e}"))?;
+            next.apply(index, &record).map_err(|e| e.to_string())?;
+        }
+        Ok(next)
+    }
+
+    async fn persist(&self, stored: &StoredSnapshot) -> Result<(), StoreError> {
+        let bytes = encode(stored).map_err(|e| StorageIOError::write(&e))?;
+        self.snapshots
+            .insert(SNAPSHOT_KEY, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
+        self.snapshots
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MetadataStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let payload = {
+            let applied = lock(&self.applied);
+            SnapshotPayload {
+                last_applied: applied.last_applied,
+                last_membership: applied.last_membership.clone(),
+                image_index: applied.image.applied_index,
+                records: applied
+                    .image
+                    .to_records()
+                    .iter()
+                    .map(Message::encode_to_vec)
+                    .collect(),
+            }
+        };
+        let data = encode(&payload).map_err(|e| StorageIOError::write(&e))?;
+        let snapshot_id = match payload.last_applied {
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
+            None => "empty".to_owned(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: payload.last_applied,
+            last_membership: payload.last_membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        self.persist(&stored).await?;
+        *lock(&self.snapshot) = Some(stored);
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "metadata snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StoreError> {
+        let applied = lock(&self.applied);
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandOutcome>, StoreError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut outcomes = Vec::new();
+        let image = {
+            let mut applied = lock(&self.applied);
+            for entry in entries {
+                let index = entry.log_id.index;
+                applied.last_applied = Some(entry.log_id);
+                let mut outcome = CommandOutcome { index, error: None };
+                match entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(command) => {
+                        match Self::apply_command(&applied.image, index, &command.records) {
+                            Ok(next) => applied.image = Arc::new(next),
+                            Err(error) => {
+                                tracing::warn!(index, %error, "metadata command refused");
+                                outcome.error = Some(error);
+                            }
+                        }
+                    }
+                    EntryPayload::Membership(membership) => {
+                        applied.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                    }
+                }
+                outcomes.push(outcome);
+            }
+            Arc::clone(&applied.image)
+        };
+        self.published.send_if_modified(|current| {
+            let changed = !Arc::ptr_eq(current, &image);
+            *current = Arc::clone(&image);
+            changed
+        });
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StoreError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let data = snapshot.into_inner();
+        let signature = meta.signature();
+        let payload: SnapshotPayload = decode(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(signature.clone()), &e))?;
+        let image = image_from_records(payload.image_index, &payload.records)
+            .map_err(|e| StorageIOError::read_snapshot(Some(signature), &e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.persist(&stored).await?;
+        let image = Arc::new(image);
+        {
+            let mut applied = lock(&self.applied);
+            applied.last_applied = meta.last_log_id;
+            applied.last_membership = meta.last_membership.clone();
+            applied.image = Arc::clone(&image);
+        }
+        *lock(&self.snapshot) = Some(stored);
+        self.published.send_replace(image);
+        tracing::info!(last_log_id = ?meta.last_log_id, "metadata snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        Ok(lock(&self.snapshot).as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
