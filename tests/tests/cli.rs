@@ -232,7 +232,7 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() -> anyhow::Result<()> {
             ],
             None,
         )?,
-        &["invalid replication factor 3"],
+        &["replication factor 3"],
     );
 
     tracing::info!("unknown topics and partitions are named in the error");

@@ -128,6 +128,24 @@ impl Admin {
         Ok(response.topics)
     }
 
+    /// Controllers (with the Raft leader, term and replication lag) and brokers.
+    #[tracing::instrument(skip(self))]
+    pub async fn cluster_status(&self) -> Result<ferrolog_proto::v1::ClusterStatusResponse> {
+        self.admin_call(
+            "a ClusterStatus answer",
+            |mut client, address, timeout| async move {
+                call(
+                    &address,
+                    "a ClusterStatus answer",
+                    timeout,
+                    client.cluster_status(ferrolog_proto::v1::ClusterStatusRequest {}),
+                )
+                .await
+            },
+        )
+        .await
+    }
+
     /// Partitions (leader, replicas, ISR, offsets, size) and effective configuration.
     #[tracing::instrument(skip(self))]
     pub async fn describe_topic(&self, name: &str) -> Result<DescribeTopicResponse> {

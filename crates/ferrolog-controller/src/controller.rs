@@ -23,6 +23,12 @@ use crate::{ControllerError, assign_replicas, code_of, validate_topic_name};
 /// index per segment); an accidental `--partitions 1000000` must be refused, not exhaust
 /// the node's file descriptors.
 pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
+/// Replication factor when a request does not say. 1 until partition replication lands;
+/// then Kafka's min(3, brokers).
+pub const DEFAULT_REPLICATION_FACTOR: i64 = 1;
+/// Partition replication (followers, ISR, high watermark across replicas) is not built
+/// yet: a topic must never claim replicas that hold no copy of its data.
+pub const MAX_SUPPORTED_REPLICATION_FACTOR: i64 = 1;
 /// How long a request keeps looking for an active controller before it gives up.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between attempts while no leader is known.
@@ -33,7 +39,7 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 pub struct CreateTopicRequest {
     pub name: String,
     pub partitions: i64,
-    /// 0 picks the default: min(3, registered brokers).
+    /// 0 picks [`DEFAULT_REPLICATION_FACTOR`].
     pub replication_factor: i64,
     pub configs: BTreeMap<String, String>,
 }
@@ -353,9 +359,14 @@ pub fn decide_create_topic(
     }
     let brokers: Vec<BrokerId> = image.brokers.keys().copied().collect();
     let replication_factor = match request.replication_factor {
-        0 => brokers.len().min(3) as i64,
+        0 => DEFAULT_REPLICATION_FACTOR,
         rf => rf,
     };
+    if replication_factor > MAX_SUPPORTED_REPLICATION_FACTOR {
+        return Err(ControllerError::ReplicationNotSupported {
+            requested: replication_factor,
+        });
+    }
     if replication_factor < 1 || replication_factor as usize > brokers.len() {
         return Err(ControllerError::InvalidReplicationFactor {
             requested: replication_factor,

@@ -17,6 +17,11 @@ pub enum ControllerError {
         "invalid replication factor {requested}: it must be between 1 and the {brokers} registered broker(s)"
     )]
     InvalidReplicationFactor { requested: i64, brokers: usize },
+    #[error(
+        "replication factor {requested} is not supported yet: partition replication is not \
+         implemented in this release, so every partition has exactly one replica; use 1"
+    )]
+    ReplicationNotSupported { requested: i64 },
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
     /// The active controller refused or failed a forwarded request; its code is kept.
@@ -37,7 +42,9 @@ impl ControllerError {
             Self::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
             Self::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
-            Self::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
+            Self::InvalidReplicationFactor { .. } | Self::ReplicationNotSupported { .. } => {
+                ErrorCode::InvalidReplicationFactor
+            }
             Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
             Self::Remote { code, .. } => *code,
             Self::NoQuorum { .. } => ErrorCode::NotController,

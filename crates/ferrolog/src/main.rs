@@ -24,6 +24,9 @@ enum Command {
     Produce(cli::produce::ProduceArgs),
     /// Print records of a topic, one per line.
     Consume(cli::consume::ConsumeArgs),
+    /// Inspect the cluster: controllers, the Raft leader, brokers.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
     /// Measure produce and consume throughput and latency.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
             Command::Produce(args) => cli::produce::run(args).await,
             Command::Consume(args) => cli::consume::run(args).await,
             Command::Bench(cmd) => cli::bench::run(cmd).await,
+            Command::Cluster(cmd) => cli::cluster::run(cmd).await,
             Command::Health(args) => cli::health::run(args).await,
         }
     });

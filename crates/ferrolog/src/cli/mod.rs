@@ -2,6 +2,7 @@
 //! an application would.
 
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod health;
 pub mod produce;

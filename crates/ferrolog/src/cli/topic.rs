@@ -28,7 +28,7 @@ pub struct CreateArgs {
     /// Number of partitions
     #[arg(long)]
     partitions: i32,
-    /// Replicas per partition [default: min(3, brokers)]
+    /// Replicas per partition [default: 1; more once partition replication lands]
     #[arg(long, default_value_t = 0)]
     replication_factor: i32,
     /// Topic config as name=value (Kafka names), repeatable

@@ -1,0 +1,84 @@
+//! `ferrolog cluster status`: the controllers (voters, the Raft leader, term, commit index,
+//! replication lag) and the registered brokers, as the active controller sees them.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ferrolog_client::Admin;
+use serde_json::json;
+
+use super::ClientArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show the metadata quorum and the brokers
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
+    let ClusterCommand::Status(args) = command;
+    let admin = Admin::connect(args.client.config()).await?;
+    let status = admin
+        .cluster_status()
+        .await
+        .context("read cluster status")?;
+    if args.json {
+        let out = json!({
+            "cluster_id": status.cluster_id,
+            "controller_leader": status.controller_leader,
+            "term": status.term,
+            "commit_index": status.commit_index,
+            "controllers": status.controllers.iter().map(|c| json!({
+                "node_id": c.node_id,
+                "address": c.address,
+                "voter": c.voter,
+                "leader": c.node_id == status.controller_leader,
+                "matched_index": c.matched_index,
+                "lag": c.lag,
+            })).collect::<Vec<_>>(),
+            "brokers": status.brokers.iter().map(|b| json!({
+                "broker_id": b.broker_id,
+                "address": b.address,
+                "state": b.state,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("Cluster: {}", status.cluster_id);
+    match status.controller_leader {
+        -1 => println!("Controller leader: none (waiting for quorum)"),
+        id => println!(
+            "Controller leader: node {id} (term {}, commit index {})",
+            status.term, status.commit_index
+        ),
+    }
+    println!(
+        "\nCONTROLLERS\n{:>7} {:<24} {:<8} {:>8} {:>6}",
+        "NODE", "ADDRESS", "ROLE", "MATCHED", "LAG"
+    );
+    for c in &status.controllers {
+        let role = match (c.node_id == status.controller_leader, c.voter) {
+            (true, _) => "leader",
+            (false, true) => "voter",
+            (false, false) => "learner",
+        };
+        println!(
+            "{:>7} {:<24} {:<8} {:>8} {:>6}",
+            c.node_id, c.address, role, c.matched_index, c.lag
+        );
+    }
+    println!("\nBROKERS\n{:>7} {:<24} {:<10}", "ID", "ADDRESS", "STATE");
+    for b in &status.brokers {
+        println!("{:>7} {:<24} {:<10}", b.broker_id, b.address, b.state);
+    }
+    Ok(())
+}
