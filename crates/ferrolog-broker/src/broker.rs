@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferrolog_controller::Controller;
-use ferrolog_metadata::{BrokerId, ClusterImage, MetadataQuorum, PartitionId};
+use ferrolog_metadata::{BrokerId, ClusterImage, MetadataView, PartitionId};
 use ferrolog_proto::v1::ErrorCode;
 
 use crate::BrokerError;
@@ -32,7 +32,7 @@ pub struct BrokerConfig {
 /// A running broker.
 pub struct Broker {
     config: BrokerConfig,
-    quorum: Arc<MetadataQuorum>,
+    metadata: MetadataView,
     controller: Arc<Controller>,
     partitions: Arc<PartitionManager>,
     metrics: Arc<BrokerMetrics>,
@@ -44,10 +44,10 @@ impl Broker {
     /// recovery), and starts following the image and the upkeep loop.
     pub async fn start(
         config: BrokerConfig,
+        metadata: MetadataView,
         controller: Arc<Controller>,
         metrics: Arc<BrokerMetrics>,
     ) -> Result<Arc<Self>, BrokerError> {
-        let quorum = Arc::clone(controller.quorum());
         let partitions = Arc::new(PartitionManager::new(
             config.node_id,
             config.storage.clone(),
@@ -57,14 +57,14 @@ impl Broker {
         let incarnation_id = u64::from_str_radix(&incarnation_id[..16], 16).unwrap_or_default();
         let broker = Arc::new(Self {
             config,
-            quorum,
+            metadata,
             controller,
             partitions,
             metrics,
             shutting_down: AtomicBool::new(false),
         });
         // Subscribe before the first reconcile so no change committed in between is missed.
-        let applied = broker.quorum.subscribe();
+        let applied = broker.metadata.subscribe();
         if let Err(error) = broker.reconcile_now().await {
             tracing::error!(%error, "some partitions are offline");
         }
@@ -80,11 +80,15 @@ impl Broker {
 
     /// The cluster image as this node has applied it.
     pub fn image(&self) -> Arc<ClusterImage> {
-        self.quorum.image()
+        self.metadata.image()
     }
 
-    pub fn cluster_id(&self) -> &str {
-        self.quorum.cluster_id()
+    pub fn cluster_id(&self) -> String {
+        self.metadata.cluster_id()
+    }
+
+    pub fn metadata(&self) -> &MetadataView {
+        &self.metadata
     }
 
     /// Registers with the active controller, retrying until it succeeds: a node may start
@@ -124,7 +128,7 @@ impl Broker {
     }
 
     async fn reconcile_now(&self) -> Result<(), BrokerError> {
-        let image = self.quorum.image();
+        let image = self.metadata.image();
         let partitions = Arc::clone(&self.partitions);
         tokio::task::spawn_blocking(move || partitions.reconcile(&image))
             .await
@@ -196,7 +200,7 @@ impl Broker {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);
         }
-        let image = self.quorum.image();
+        let image = self.metadata.image();
         let topic_image = image
             .topic(topic)
             .ok_or_else(|| BrokerError::UnknownTopic(topic.to_owned()))?;

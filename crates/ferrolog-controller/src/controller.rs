@@ -58,7 +58,10 @@ enum Change {
 
 /// The controller logic of one node.
 pub struct Controller {
-    quorum: Arc<MetadataQuorum>,
+    /// The local quorum member; `None` on a broker-only node, which forwards everything.
+    quorum: Option<Arc<MetadataQuorum>>,
+    /// Controller addresses to forward to when no leader is known locally.
+    voters: Vec<String>,
     topic_defaults: TopicConfig,
     forward_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
@@ -66,16 +69,30 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(quorum: Arc<MetadataQuorum>, topic_defaults: TopicConfig) -> Self {
+        Self::build(Some(quorum), Vec::new(), topic_defaults)
+    }
+
+    /// A controller handle for a broker-only node: every change goes to `voters`.
+    pub fn forwarding_only(voters: Vec<String>, topic_defaults: TopicConfig) -> Self {
+        Self::build(None, voters, topic_defaults)
+    }
+
+    fn build(
+        quorum: Option<Arc<MetadataQuorum>>,
+        voters: Vec<String>,
+        topic_defaults: TopicConfig,
+    ) -> Self {
         Self {
             quorum,
+            voters,
             topic_defaults,
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
             channels: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn quorum(&self) -> &Arc<MetadataQuorum> {
-        &self.quorum
+    pub fn quorum(&self) -> Option<&Arc<MetadataQuorum>> {
+        self.quorum.as_ref()
     }
 
     pub fn topic_defaults(&self) -> &TopicConfig {
@@ -111,7 +128,10 @@ impl Controller {
     /// ControllerService calls this, so a request is forwarded at most once).
     async fn commit_here(&self, change: &Change) -> Result<u64, ControllerError> {
         let defaults = &self.topic_defaults;
-        self.quorum
+        let Some(quorum) = &self.quorum else {
+            return Err(MetadataError::NotController { leader: None }.into());
+        };
+        quorum
             .propose_with(|image| match change {
                 Change::CreateTopic(request) => decide_create_topic(image, request, defaults),
                 Change::DeleteTopic(name) => decide_delete_topic(image, name),
@@ -160,7 +180,7 @@ impl Controller {
                 Ok(index) => return Ok(index),
                 Err(ControllerError::Metadata(MetadataError::NotController { leader })) => {
                     match leader {
-                        Some((id, address)) if id != self.quorum.node_id() => {
+                        Some((id, address)) if Some(id) != self.node_id() => {
                             match self.forward(&address, &change).await {
                                 Ok(index) => return Ok(index),
                                 Err(status) if is_retriable(&status) => {
@@ -174,7 +194,13 @@ impl Controller {
                                 }
                             }
                         }
-                        _ => "no controller leader is known".to_owned(),
+                        Some(_) => "no controller leader is known".to_owned(),
+                        None if self.quorum.is_none() => match self.forward_to_any(&change).await {
+                            Ok(index) => return Ok(index),
+                            Err(Some(fatal)) => return Err(fatal),
+                            Err(None) => "no controller accepted the request".to_owned(),
+                        },
+                        None => "no controller leader is known".to_owned(),
                     }
                 }
                 Err(ControllerError::Metadata(e @ MetadataError::Timeout { .. })) => e.to_string(),
@@ -189,6 +215,28 @@ impl Controller {
             tracing::debug!(%last_error, "retrying at the active controller");
             tokio::time::sleep(RETRY_BACKOFF).await;
         }
+    }
+
+    fn node_id(&self) -> Option<u64> {
+        self.quorum.as_ref().map(|q| q.node_id())
+    }
+
+    /// Tries every configured controller; `Err(None)` when none accepted (retry later),
+    /// `Err(Some(e))` for an answer that retrying cannot change.
+    async fn forward_to_any(&self, change: &Change) -> Result<u64, Option<ControllerError>> {
+        for address in &self.voters {
+            match self.forward(address, change).await {
+                Ok(index) => return Ok(index),
+                Err(status) if is_retriable(&status) => continue,
+                Err(status) => {
+                    return Err(Some(ControllerError::Remote {
+                        code: code_of(&status).unwrap_or(ErrorCode::Unspecified),
+                        message: status.message().to_owned(),
+                    }));
+                }
+            }
+        }
+        Err(None)
     }
 
     fn client(&self, address: &str) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
@@ -253,11 +301,14 @@ impl Controller {
     /// The quorum as the active controller sees it (replication progress is only known
     /// there); this node's own view, with no leader, while there is none.
     pub async fn quorum_status(&self) -> QuorumStatus {
-        let local = self.quorum.status();
-        let Some((leader, address)) = self.quorum.leader() else {
+        let Some(quorum) = &self.quorum else {
+            return self.remote_quorum_status().await;
+        };
+        let local = quorum.status();
+        let Some((leader, address)) = quorum.leader() else {
             return local;
         };
-        if leader == self.quorum.node_id() {
+        if leader == quorum.node_id() {
             return local;
         }
         let Ok(mut client) = self.client(&address) else {
@@ -270,6 +321,30 @@ impl Controller {
                 local
             }
         }
+    }
+}
+
+impl Controller {
+    /// A broker-only node asks the controllers: the first that knows a leader, then that
+    /// leader itself (only it knows replication progress).
+    async fn remote_quorum_status(&self) -> QuorumStatus {
+        let mut best = QuorumStatus::default();
+        for address in &self.voters {
+            let Ok(mut client) = self.client(address) else {
+                continue;
+            };
+            let Ok(answer) = client.quorum_status(v1::QuorumStatusRequest {}).await else {
+                continue;
+            };
+            let status = status_from_wire(answer.into_inner());
+            if status.leader.is_some_and(|l| l == status.node_id) {
+                return status;
+            }
+            if status.leader.is_some() {
+                best = status;
+            }
+        }
+        best
     }
 }
 

@@ -5,8 +5,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ferrolog_metadata::BrokerId;
+use ferrolog_metadata::{BrokerId, MetadataQuorum};
 use ferrolog_proto::v1;
+use ferrolog_proto::v1::ErrorCode;
 use ferrolog_proto::v1::controller_service_server::ControllerService;
 use prost::Message;
 use tokio_stream::Stream;
@@ -28,6 +29,15 @@ pub struct ControllerApi {
 impl ControllerApi {
     pub fn new(controller: Arc<Controller>) -> Self {
         Self { controller }
+    }
+
+    fn quorum(&self) -> Result<&Arc<MetadataQuorum>, Status> {
+        self.controller.quorum().ok_or_else(|| {
+            status_with_code(
+                ErrorCode::NotController,
+                "this node is not a controller".to_owned(),
+            )
+        })
     }
 }
 
@@ -53,7 +63,7 @@ impl ControllerService for ControllerApi {
             configs: r.configs.into_iter().collect(),
         };
         let index = self.controller.create_topic_here(request).await?;
-        let image = self.controller.quorum().image();
+        let image = self.quorum()?.image();
         let topic = image.topic(&r.name);
         Ok(Response::new(v1::CreateTopicResponse {
             name: r.name.clone(),
@@ -99,7 +109,9 @@ impl ControllerService for ControllerApi {
         &self,
         _request: Request<v1::FetchMetadataRequest>,
     ) -> Result<Response<Self::FetchMetadataStream>, Status> {
-        let mut images = self.controller.quorum().subscribe();
+        let quorum = self.quorum()?;
+        let mut images = quorum.subscribe();
+        let cluster_id = quorum.cluster_id().to_owned();
         let (tx, rx) = tokio::sync::mpsc::channel(METADATA_STREAM_DEPTH);
         tokio::spawn(async move {
             loop {
@@ -112,6 +124,7 @@ impl ControllerService for ControllerApi {
                         .iter()
                         .map(Message::encode_to_vec)
                         .collect(),
+                    cluster_id: cluster_id.clone(),
                 };
                 if tx.send(Ok(response)).await.is_err() || images.changed().await.is_err() {
                     return;
@@ -125,8 +138,6 @@ impl ControllerService for ControllerApi {
         &self,
         _request: Request<v1::QuorumStatusRequest>,
     ) -> Result<Response<v1::QuorumStatusResponse>, Status> {
-        Ok(Response::new(status_to_wire(
-            &self.controller.quorum().status(),
-        )))
+        Ok(Response::new(status_to_wire(&self.quorum()?.status())))
     }
 }

@@ -7,17 +7,21 @@
 //! the storage engine: brokers read the image, they do not write it.
 
 mod error;
+mod follower;
 mod ids;
 mod image;
 mod quorum;
 pub mod raft;
 mod topic_config;
+mod view;
 
 pub use error::MetadataError;
+pub use follower::MetadataFollower;
 pub use ids::{BrokerId, PartitionId, random_id};
 pub use image::{BrokerImage, ClusterImage, PartitionImage, TopicImage};
 pub use quorum::{MetadataQuorum, QuorumConfig, QuorumStatus};
 pub use topic_config::{CleanupPolicy, ConfigError, TopicConfig};
+pub use view::MetadataView;
 
 /// The metadata record types, re-exported from the wire crate where they are defined.
 pub mod records {

@@ -80,7 +80,7 @@ impl AdminApi {
         let wire = ferrolog_controller::status_to_wire(&status);
         let image = self.broker.image();
         v1::ClusterStatusResponse {
-            cluster_id: self.broker.cluster_id().to_owned(),
+            cluster_id: self.broker.cluster_id(),
             controller_leader: wire.leader_id,
             term: wire.term,
             commit_index: wire.commit_index,

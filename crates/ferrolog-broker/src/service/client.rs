@@ -223,11 +223,10 @@ impl ClientApi {
                 .collect(),
             controller_id: self
                 .broker
-                .controller()
-                .quorum()
-                .leader()
-                .map_or(-1, |(id, _)| id as i32),
-            cluster_id: self.broker.cluster_id().to_owned(),
+                .metadata()
+                .controller_leader()
+                .map_or(-1, |id| id as i32),
+            cluster_id: self.broker.cluster_id(),
         })
     }
 }

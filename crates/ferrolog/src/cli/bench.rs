@@ -28,6 +28,26 @@ pub enum BenchCommand {
     Produce(ProduceBench),
     /// Read a topic from the beginning and report throughput
     Consume(ConsumeBench),
+    /// Create N topics one after another and report the latency of each commit
+    CreateTopics(CreateTopicsBench),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTopicsBench {
+    /// Topics to create
+    #[arg(long, default_value_t = 200)]
+    count: u32,
+    /// Name prefix; a random suffix keeps runs apart
+    #[arg(long, default_value = "bench-create")]
+    prefix: String,
+    /// Partitions per topic
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// Delete the topics afterwards
+    #[arg(long)]
+    delete: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -318,8 +338,54 @@ async fn run_consume(args: ConsumeBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Create-topic latency as an administrator sees it: the request reaches a node, which
+/// forwards it to the active controller, which commits it through the Raft quorum, and
+/// the node answers once its own partitions exist.
+async fn run_create_topics(args: CreateTopicsBench) -> anyhow::Result<()> {
+    let admin = Admin::connect(args.client.config()).await?;
+    let run_id = std::process::id();
+    let mut histogram = latency_histogram()?;
+    let bar = progress(u64::from(args.count));
+    let started = Instant::now();
+    let mut names = Vec::new();
+    for i in 0..args.count {
+        let name = format!("{}-{run_id}-{i}", args.prefix);
+        let t = Instant::now();
+        admin
+            .create_topic(&name, args.partitions, 0, Default::default())
+            .await
+            .with_context(|| format!("create topic '{name}'"))?;
+        histogram.saturating_record(t.elapsed().as_micros() as u64);
+        bar.inc(1);
+        names.push(name);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    println!(
+        "create-topics: {} topics in {:.2} s",
+        args.count,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        histogram.max() as f64 / 1000.0
+    );
+    if args.delete {
+        for name in &names {
+            admin
+                .delete_topic(name)
+                .await
+                .with_context(|| format!("delete topic '{name}'"))?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::CreateTopics(args) => run_create_topics(args).await,
         BenchCommand::Produce(args) => run_produce(args).await,
         BenchCommand::Consume(args) => run_consume(args).await,
     }

@@ -5,8 +5,11 @@ mod config;
 mod http;
 mod meta_properties;
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use ferrolog_broker::service::{AdminApi, ClientApi};
 use ferrolog_broker::{Broker, BrokerConfig, BrokerMetrics, StorageSettings};
 use ferrolog_controller::Controller;
 use ferrolog_controller::ControllerApi;
-use ferrolog_metadata::{BrokerId, MetadataQuorum, QuorumConfig};
+use ferrolog_metadata::{BrokerId, MetadataFollower, MetadataQuorum, MetadataView, QuorumConfig};
 use ferrolog_proto::v1::admin_service_server::AdminServiceServer;
 use ferrolog_proto::v1::client_service_server::ClientServiceServer;
 use ferrolog_proto::v1::controller_service_server::ControllerServiceServer;
@@ -116,33 +119,188 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<(TcpListener, SocketA
     Ok((listener, local))
 }
 
+type ServerFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
 /// Runs a server until SIGINT or SIGTERM, then shuts down cleanly.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
-    let (grpc_listener, grpc_addr) = bind(&config.listen, "gRPC").await?;
-    let (http_listener, http_addr) = bind(&config.http_listen, "HTTP").await?;
-    let advertised_address = config
-        .advertised_address
-        .clone()
-        .unwrap_or_else(|| grpc_addr.to_string());
+    let shutdown = tokio::sync::watch::Sender::new(false);
+    let mut servers: Vec<ServerFuture> = Vec::new();
+    let mut ready = Vec::new();
 
-    anyhow::ensure!(
-        config.roles.controller && config.roles.broker,
-        "this release runs every node with both roles (broker,controller); broker-only and \
-         controller-only nodes come with the metadata follower stream"
-    );
-    let (controller_listener, controller_addr) =
-        bind(&config.controller_listen, "controller").await?;
-    let voters = match &config.controller_voters {
-        Some(voters) => voters.clone(),
-        None => {
-            std::collections::BTreeMap::from([(config.node_id as u64, controller_addr.to_string())])
-        }
+    let (http_listener, http_addr) = bind(&config.http_listen, "HTTP").await?;
+    ready.push(format!("http={http_addr}"));
+
+    // The controller role: a member of the metadata quorum, serving Raft and the
+    // controller API on its own port.
+    let quorum = if config.roles.controller {
+        let (listener, addr) = bind(&config.controller_listen, "controller").await?;
+        let voters = match &config.controller_voters {
+            Some(voters) => voters.clone(),
+            None => BTreeMap::from([(config.node_id as u64, addr.to_string())]),
+        };
+        let quorum = start_quorum(&config, voters).await?;
+        let controller = Arc::new(Controller::new(
+            Arc::clone(&quorum),
+            config.topic_defaults.clone(),
+        ));
+        let service = tonic::transport::Server::builder()
+            .add_service(
+                RaftServiceServer::new(quorum.raft_service())
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(ControllerServiceServer::new(ControllerApi::new(controller)))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                wait_for(shutdown.clone()),
+            );
+        servers.push(Box::pin(async move {
+            service.await.context("controller server")
+        }));
+        ready.push(format!("controller={addr}"));
+        Some(quorum)
+    } else {
+        None
     };
-    let own_controller_address = voters.get(&(config.node_id as u64)).cloned().with_context(
-        || {
+
+    // The broker role: partitions and the client API. On a controller it reads the local
+    // quorum's image; otherwise it follows the controllers' metadata stream.
+    let mut registry = Registry::default();
+    let broker = if config.roles.broker {
+        let (metadata, controller) = match &quorum {
+            Some(quorum) => (
+                MetadataView::Quorum(Arc::clone(quorum)),
+                Arc::new(Controller::new(
+                    Arc::clone(quorum),
+                    config.topic_defaults.clone(),
+                )),
+            ),
+            None => {
+                let voters: Vec<String> = config
+                    .controller_voters
+                    .as_ref()
+                    .context(
+                        "a broker-only node needs --controller-voters to find the controllers",
+                    )?
+                    .values()
+                    .cloned()
+                    .collect();
+                let follower = MetadataFollower::start(voters.clone());
+                let cluster_id = wait_for_cluster_id(&follower).await?;
+                meta_properties::check_or_write(&config.data_dir, config.node_id, &cluster_id)?;
+                (
+                    MetadataView::Follower(follower),
+                    Arc::new(Controller::forwarding_only(
+                        voters,
+                        config.topic_defaults.clone(),
+                    )),
+                )
+            }
+        };
+        let (listener, addr) = bind(&config.listen, "gRPC").await?;
+        let advertised_address = config
+            .advertised_address
+            .clone()
+            .unwrap_or_else(|| addr.to_string());
+        let metrics = Arc::new(BrokerMetrics::new(&mut registry));
+        let broker = Broker::start(
+            BrokerConfig {
+                node_id: BrokerId(config.node_id),
+                advertised_address,
+                storage: StorageSettings {
+                    data_dir: config.data_dir.clone(),
+                    flush_policy: config.flush_policy,
+                    index_interval_bytes: config.index_interval_bytes,
+                    topic_defaults: config.topic_defaults.clone(),
+                },
+                maintenance_interval: config.maintenance_interval,
+                max_produce_timeout: Duration::from_secs(300),
+                max_fetch_wait: Duration::from_secs(60),
+            },
+            metadata,
+            controller,
+            metrics,
+        )
+        .await
+        .context("start broker")?;
+        let service = client_server(&broker, listener, wait_for(shutdown.clone())).await?;
+        servers.push(service);
+        ready.insert(0, format!("grpc={addr}"));
+        Some(broker)
+    } else {
+        None
+    };
+
+    let http = axum::serve(
+        http_listener,
+        http::router(Arc::new(http::HttpState { registry })),
+    )
+    .with_graceful_shutdown(wait_for(shutdown.clone()));
+    servers.push(Box::pin(async move { http.await.context("HTTP server") }));
+
+    tracing::info!(node_id = config.node_id, roles = ?config.roles, addresses = %ready.join(" "),
+        data_dir = %config.data_dir.display(), "ferrolog server ready");
+    // One machine-readable line on stdout, for scripts and tests that start a server on
+    // port 0.
+    println!("ferrolog ready {}", ready.join(" "));
+
+    // On a signal the broker stops first: waiting produces are answered, long polls and
+    // Subscribe streams end, and every partition is flushed; then the servers drain, for a
+    // bounded time.
+    let signals = {
+        let broker = broker.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            if let Some(broker) = broker {
+                broker.shutdown().await;
+            }
+            shutdown.send_replace(true);
+        })
+    };
+    let drain_deadline = async {
+        wait_for(shutdown.clone()).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let finished = tokio::select! {
+        results = futures::future::join_all(servers) => Some(results),
+        () = drain_deadline => None,
+    };
+    signals.abort();
+    if let Some(broker) = &broker {
+        broker.shutdown().await;
+    }
+    if let Some(quorum) = &quorum {
+        quorum.shutdown().await;
+    }
+    match finished {
+        Some(results) => {
+            for result in results {
+                result?;
+            }
+        }
+        None => tracing::warn!(
+            ?DRAIN_TIMEOUT,
+            "requests still open after the drain timeout"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Joins (or, on the lowest voter of a fresh cluster, initializes) the metadata quorum.
+async fn start_quorum(
+    config: &ServerConfig,
+    voters: BTreeMap<u64, String>,
+) -> anyhow::Result<Arc<MetadataQuorum>> {
+    let own_address = voters
+        .get(&(config.node_id as u64))
+        .cloned()
+        .with_context(|| {
             format!(
                 "node {} is not among the controller voters {}; a controller must be one of them",
                 config.node_id,
@@ -152,14 +310,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(",")
             )
-        },
-    )?;
-
+        })?;
     let metadata_dir = config.data_dir.join(METADATA_DIR);
     let quorum = MetadataQuorum::start(QuorumConfig {
         node_id: config.node_id as u64,
-        voters: voters.clone(),
-        advertised_address: own_controller_address,
+        voters,
+        advertised_address: own_address,
         dir: metadata_dir.clone(),
         snapshot_entries: config.metadata_snapshot_entries,
         heartbeat_interval_ms: 100,
@@ -175,42 +331,30 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
     })?;
     meta_properties::check_or_write(&config.data_dir, config.node_id, quorum.cluster_id())?;
-    let controller = Arc::new(Controller::new(
-        Arc::clone(&quorum),
-        config.topic_defaults.clone(),
-    ));
-    let controller_server = tonic::transport::Server::builder()
-        .add_service(
-            RaftServiceServer::new(quorum.raft_service())
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(ControllerServiceServer::new(ControllerApi::new(
-            Arc::clone(&controller),
-        )));
+    Ok(quorum)
+}
 
-    let mut registry = Registry::default();
-    let metrics = Arc::new(BrokerMetrics::new(&mut registry));
-    let broker = Broker::start(
-        BrokerConfig {
-            node_id: BrokerId(config.node_id),
-            advertised_address: advertised_address.clone(),
-            storage: StorageSettings {
-                data_dir: config.data_dir.clone(),
-                flush_policy: config.flush_policy,
-                index_interval_bytes: config.index_interval_bytes,
-                topic_defaults: config.topic_defaults.clone(),
-            },
-            maintenance_interval: config.maintenance_interval,
-            max_produce_timeout: Duration::from_secs(300),
-            max_fetch_wait: Duration::from_secs(60),
-        },
-        Arc::clone(&controller),
-        metrics,
-    )
-    .await
-    .context("start broker")?;
+/// A broker-only node learns the cluster id from the controllers' first answer.
+async fn wait_for_cluster_id(follower: &MetadataFollower) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(id) = follower.cluster_id() {
+            return Ok(id);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no controller answered within 60 s; check --controller-voters"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
+/// The client port: data plane, admin, health and reflection.
+async fn client_server(
+    broker: &Arc<Broker>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<ServerFuture> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ClientServiceServer<ClientApi>>()
@@ -223,76 +367,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("build gRPC reflection service")?;
-
-    let client = ClientServiceServer::new(ClientApi::new(Arc::clone(&broker)))
+    let client = ClientServiceServer::new(ClientApi::new(Arc::clone(broker)))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&broker)));
-
-    let shutdown = tokio::sync::watch::Sender::new(false);
-    let grpc = tonic::transport::Server::builder()
+    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(broker)));
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(client)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            wait_for(shutdown.clone()),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
         );
-    let controller_rpc = controller_server.serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(controller_listener).with_nodelay(Some(true)),
-        wait_for(shutdown.clone()),
-    );
-    let http = axum::serve(
-        http_listener,
-        http::router(Arc::new(http::HttpState { registry })),
-    )
-    .with_graceful_shutdown(wait_for(shutdown.clone()));
-
-    tracing::info!(node_id = config.node_id, grpc = %grpc_addr, http = %http_addr,
-        advertised = %advertised_address, data_dir = %config.data_dir.display(), "ferrolog server ready");
-    // One machine-readable line on stdout, for scripts and tests that start a server on
-    // port 0.
-    println!("ferrolog ready grpc={grpc_addr} http={http_addr} controller={controller_addr}");
-
-    // On a signal the broker stops first: waiting produces are answered, long polls and
-    // Subscribe streams end, and every partition is flushed; then the servers drain, for a
-    // bounded time.
-    let signals = {
-        let broker = Arc::clone(&broker);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            broker.shutdown().await;
-            shutdown.send_replace(true);
-        })
-    };
-    let servers = async { tokio::join!(grpc, http, controller_rpc) };
-    let drain_deadline = async {
-        wait_for(shutdown.clone()).await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let finished = tokio::select! {
-        results = servers => Some(results),
-        () = drain_deadline => None,
-    };
-    signals.abort();
-    broker.shutdown().await;
-    quorum.shutdown().await;
-    match finished {
-        Some((grpc_result, http_result, controller_result)) => {
-            grpc_result.context("gRPC server")?;
-            http_result.context("HTTP server")?;
-            controller_result.context("controller server")?;
-        }
-        None => tracing::warn!(
-            ?DRAIN_TIMEOUT,
-            "requests still open after the drain timeout"
-        ),
-    }
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Box::pin(async move { server.await.context("gRPC server") }))
 }
 
 async fn wait_for(shutdown: tokio::sync::watch::Sender<bool>) {
