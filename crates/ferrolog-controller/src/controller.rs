@@ -433,6 +433,9 @@ pub fn decide_create_topic(
         return Err(ControllerError::TopicAlreadyExists(request.name.clone()));
     }
     let brokers: Vec<BrokerId> = image.brokers.keys().copied().collect();
+    if brokers.is_empty() {
+        return Err(ControllerError::NoBrokersRegistered);
+    }
     let replication_factor = match request.replication_factor {
         0 => DEFAULT_REPLICATION_FACTOR,
         rf => rf,

@@ -22,6 +22,11 @@ pub enum ControllerError {
          implemented in this release, so every partition has exactly one replica; use 1"
     )]
     ReplicationNotSupported { requested: i64 },
+    #[error(
+        "no broker has registered yet: brokers register right after a controller leader is \
+         elected; retry in a moment"
+    )]
+    NoBrokersRegistered,
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
     /// The active controller refused or failed a forwarded request; its code is kept.
@@ -42,9 +47,9 @@ impl ControllerError {
             Self::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
             Self::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
-            Self::InvalidReplicationFactor { .. } | Self::ReplicationNotSupported { .. } => {
-                ErrorCode::InvalidReplicationFactor
-            }
+            Self::InvalidReplicationFactor { .. }
+            | Self::ReplicationNotSupported { .. }
+            | Self::NoBrokersRegistered => ErrorCode::InvalidReplicationFactor,
             Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
             Self::Remote { code, .. } => *code,
             Self::NoQuorum { .. } => ErrorCode::NotController,
