@@ -212,7 +212,7 @@ impl Sim {
         let path = self.dir.path().join(format!("node-{id}"));
         // A crashed node's sled files may still be held briefly by tasks winding down.
         let mut db = None;
-        for _ in 0..200 {
+        for _ in 0..1000 {
             match sled::Config::new().path(&path).open() {
                 Ok(opened) => {
                     db = Some(opened);
