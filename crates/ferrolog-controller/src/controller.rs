@@ -432,7 +432,13 @@ pub fn decide_create_topic(
     if image.topic(&request.name).is_some() {
         return Err(ControllerError::TopicAlreadyExists(request.name.clone()));
     }
-    let brokers: Vec<BrokerId> = image.brokers.keys().copied().collect();
+    // Replicas go to live brokers only.
+    let brokers: Vec<BrokerId> = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| b.id)
+        .collect();
     if brokers.is_empty() {
         return Err(ControllerError::NoBrokersRegistered);
     }
@@ -490,14 +496,19 @@ pub fn decide_delete_topic(
     }])
 }
 
-/// Nothing when the broker is registered at that address already (a restart).
+/// Nothing when the broker is registered, unfenced, at that address already (a restart);
+/// registering again unfences it.
 pub fn decide_register_broker(
     image: &ClusterImage,
     id: BrokerId,
     address: &str,
     incarnation_id: u64,
 ) -> Vec<MetadataRecord> {
-    if image.brokers.get(&id).is_some_and(|b| b.address == address) {
+    if image
+        .brokers
+        .get(&id)
+        .is_some_and(|b| b.address == address && !b.fenced)
+    {
         return Vec::new();
     }
     vec![MetadataRecord {

@@ -13,6 +13,9 @@ pub struct BrokerImage {
     /// `host:port` where clients and other brokers reach it.
     pub address: String,
     pub incarnation_id: u64,
+    /// A fenced broker may not lead partitions (broker liveness sets this; a registration
+    /// clears it).
+    pub fenced: bool,
 }
 
 /// One partition's placement and leadership.
@@ -63,6 +66,14 @@ impl ClusterImage {
         self.topics.get(name)
     }
 
+    fn set_fenced(&mut self, broker_id: i32, fenced: bool) -> Result<(), MetadataError> {
+        let broker = self.brokers.get_mut(&BrokerId(broker_id)).ok_or_else(|| {
+            MetadataError::InvalidRecord(format!("broker {broker_id} is not registered"))
+        })?;
+        broker.fenced = fenced;
+        Ok(())
+    }
+
     /// Records that rebuild this image when applied in order to an empty one: what a
     /// snapshot holds and what a broker that fell behind the purged log receives.
     pub fn to_records(&self) -> Vec<MetadataRecord> {
@@ -78,6 +89,14 @@ impl ClusterImage {
                     incarnation_id: broker.incarnation_id,
                 })),
             });
+            if broker.fenced {
+                records.push(MetadataRecord {
+                    record: Some(Record::FenceBroker(crate::records::FenceBrokerRecord {
+                        broker_id: broker.id.0,
+                        incarnation_id: broker.incarnation_id,
+                    })),
+                });
+            }
         }
         for topic in self.topics.values() {
             records.push(MetadataRecord {
@@ -129,9 +148,12 @@ impl ClusterImage {
                         id,
                         address: r.address.clone(),
                         incarnation_id: r.incarnation_id,
+                        fenced: false,
                     },
                 );
             }
+            Record::FenceBroker(r) => self.set_fenced(r.broker_id, true)?,
+            Record::UnfenceBroker(r) => self.set_fenced(r.broker_id, false)?,
             Record::CreateTopic(r) => {
                 if self.topics.contains_key(&r.name) {
                     return Err(MetadataError::InvalidRecord(format!(
@@ -257,6 +279,34 @@ mod tests {
             .apply(1, &create("orders", &[&[1, 2], &[2, 1]]))
             .expect("apply");
         image.apply(2, &create("audit", &[&[2]])).expect("apply");
+        let mut rebuilt = ClusterImage::default();
+        for record in image.to_records() {
+            rebuilt.apply(2, &record).expect("apply");
+        }
+        assert_eq!(rebuilt, image);
+    }
+
+    #[test]
+    fn fencing_survives_a_snapshot_and_unknown_brokers_are_refused() {
+        use crate::records::{FenceBrokerRecord, RegisterBrokerRecord};
+        let mut image = ClusterImage::default();
+        let register = MetadataRecord {
+            record: Some(Record::RegisterBroker(RegisterBrokerRecord {
+                broker_id: 1,
+                address: "a:1".into(),
+                incarnation_id: 9,
+            })),
+        };
+        let fence = |id| MetadataRecord {
+            record: Some(Record::FenceBroker(FenceBrokerRecord {
+                broker_id: id,
+                incarnation_id: 9,
+            })),
+        };
+        image.apply(1, &register).expect("register");
+        image.apply(2, &fence(1)).expect("fence");
+        assert!(image.brokers[&BrokerId(1)].fenced);
+        assert!(image.apply(3, &fence(7)).is_err());
         let mut rebuilt = ClusterImage::default();
         for record in image.to_records() {
             rebuilt.apply(2, &record).expect("apply");

@@ -91,7 +91,7 @@ impl AdminApi {
                 .map(|b| v1::BrokerStatus {
                     broker_id: b.id.0,
                     address: b.address.clone(),
-                    state: "registered".to_owned(),
+                    state: if b.fenced { "fenced" } else { "registered" }.to_owned(),
                 })
                 .collect(),
         }

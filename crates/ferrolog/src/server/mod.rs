@@ -141,7 +141,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Some(voters) => voters.clone(),
             None => BTreeMap::from([(config.node_id as u64, addr.to_string())]),
         };
-        let quorum = start_quorum(&config, voters).await?;
+        let quorum = start_quorum(&config, voters, addr).await?;
         let controller = Arc::new(Controller::new(
             Arc::clone(&quorum),
             config.topic_defaults.clone(),
@@ -296,6 +296,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 async fn start_quorum(
     config: &ServerConfig,
     voters: BTreeMap<u64, String>,
+    bound: SocketAddr,
 ) -> anyhow::Result<Arc<MetadataQuorum>> {
     let own_address = voters
         .get(&(config.node_id as u64))
@@ -311,6 +312,19 @@ async fn start_quorum(
                     .join(",")
             )
         })?;
+    // The voters list names where this node's peers reach it; listening elsewhere means a
+    // copy-paste mistake, or a second process started with another node's id.
+    let listed_port = own_address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    if listed_port.is_some_and(|port| port != bound.port()) {
+        anyhow::bail!(
+            "node {} is {own_address} in --controller-voters but its controller port listens on \
+             {bound}; fix --controller-listen, or check that no other node uses id {}",
+            config.node_id,
+            config.node_id
+        );
+    }
     let metadata_dir = config.data_dir.join(METADATA_DIR);
     let quorum = MetadataQuorum::start(QuorumConfig {
         node_id: config.node_id as u64,
