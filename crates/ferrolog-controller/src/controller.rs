@@ -348,14 +348,13 @@ impl Controller {
     }
 }
 
+/// Whether a forwarded request certainly did not take effect, so sending it again cannot
+/// apply it twice: the controller said it is not the leader, or it was never reached.
 fn is_retriable(status: &tonic::Status) -> bool {
-    matches!(
-        code_of(status),
-        Some(ErrorCode::NotController | ErrorCode::RequestTimedOut)
-    ) || matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-    )
+    match code_of(status) {
+        Some(code) => code == ErrorCode::NotController,
+        None => status.code() == tonic::Code::Unavailable,
+    }
 }
 
 /// The wire form of a quorum status, and back.

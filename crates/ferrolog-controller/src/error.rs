@@ -54,7 +54,9 @@ impl ControllerError {
             Self::Remote { code, .. } => *code,
             Self::NoQuorum { .. } => ErrorCode::NotController,
             Self::Metadata(MetadataError::NotController { .. }) => ErrorCode::NotController,
-            Self::Metadata(MetadataError::Timeout { .. }) => ErrorCode::RequestTimedOut,
+            Self::Metadata(MetadataError::Timeout { .. } | MetadataError::CommitUnknown { .. }) => {
+                ErrorCode::RequestTimedOut
+            }
             Self::Metadata(_) => ErrorCode::StorageError,
         }
     }

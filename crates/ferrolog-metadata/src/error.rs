@@ -26,6 +26,13 @@ pub enum MetadataError {
         waiting_for: &'static str,
         timeout_ms: u64,
     },
+    /// The change was proposed but not seen committed in time: it may still commit. Never
+    /// retried blindly, which could apply it twice.
+    #[error(
+        "the change was proposed but its commit was not confirmed within {timeout_ms} ms; it \
+         may still take effect: check before retrying"
+    )]
+    CommitUnknown { timeout_ms: u64 },
     #[error("Raft: {0}")]
     Raft(String),
     /// A record that contradicts the image (for example deleting an unknown topic). Records

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use ferrolog_proto::v1::FetchMetadataRequest;
 use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
-use prost::Message;
 use tokio::sync::watch;
 
-use crate::records::MetadataRecord;
 use crate::{ClusterImage, MetadataError};
 
 /// Pause before trying the next controller after a stream ended or failed.
@@ -72,19 +70,15 @@ impl MetadataFollower {
             .map_err(|e| fail(&e))?
             .into_inner();
         while let Some(message) = stream.message().await.map_err(|e| fail(&e))? {
-            let mut image = ClusterImage::default();
-            for bytes in &message.records {
-                let record = MetadataRecord::decode(bytes.as_slice()).map_err(|source| {
-                    MetadataError::Decode {
-                        index: message.index,
-                        source,
-                    }
-                })?;
-                image.apply(message.index, &record)?;
+            // A lagging controller must not move this node's image back in time: the broker
+            // deletes the partitions of topics its image lacks.
+            if message.index < self.image.borrow().applied_index {
+                continue;
             }
-            image.applied_index = message.index;
-            *self.cluster_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.cluster_id);
+            let image = ClusterImage::from_records(message.index, &message.records)?;
+            // The image first: whoever waits for the cluster id then finds the image too.
             self.image.send_replace(Arc::new(image));
+            *self.cluster_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.cluster_id);
         }
         Ok(())
     }

@@ -74,6 +74,20 @@ impl ClusterImage {
         Ok(())
     }
 
+    /// Rebuilds an image from encoded records (a snapshot, or a controller's metadata
+    /// stream), as of `index`.
+    pub fn from_records(index: u64, records: &[Vec<u8>]) -> Result<Self, MetadataError> {
+        use prost::Message;
+        let mut image = ClusterImage::default();
+        for bytes in records {
+            let record = MetadataRecord::decode(bytes.as_slice())
+                .map_err(|source| MetadataError::Decode { index, source })?;
+            image.apply(index, &record)?;
+        }
+        image.applied_index = index;
+        Ok(image)
+    }
+
     /// Records that rebuild this image when applied in order to an empty one: what a
     /// snapshot holds and what a broker that fell behind the purged log receives.
     pub fn to_records(&self) -> Vec<MetadataRecord> {

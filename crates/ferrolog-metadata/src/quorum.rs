@@ -219,7 +219,10 @@ impl MetadataQuorum {
                 waiting_for: "a controller leader",
                 timeout_ms: timeout.as_millis() as u64,
             })?
-            .map_err(|e| self.not_controller(e.forward_to_leader().and_then(|f| f.leader_id)))?;
+            .map_err(|e| match e.forward_to_leader() {
+                Some(forward) => self.not_controller(forward.leader_id),
+                None => MetadataError::Raft(e.to_string()),
+            })?;
         let records = decide(&self.image())?;
         if records.is_empty() {
             return Ok(self.image().applied_index);
@@ -229,8 +232,7 @@ impl MetadataQuorum {
         };
         let written = tokio::time::timeout(timeout, self.raft.client_write(command))
             .await
-            .map_err(|_| MetadataError::Timeout {
-                waiting_for: "the commit",
+            .map_err(|_| MetadataError::CommitUnknown {
                 timeout_ms: timeout.as_millis() as u64,
             })?;
         let response = match written {

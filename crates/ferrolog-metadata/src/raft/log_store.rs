@@ -120,9 +120,13 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.read_state(VOTE_KEY)
     }
 
-    /// Not flushed: losing it only means re-applying committed entries after a restart.
+    /// Flushed: on restart the image is rebuilt up to this index before the node hears from
+    /// the leader, and brokers act on that image (they delete partitions of topics it lacks),
+    /// so it must never be older than what this node had already applied.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StoreError> {
-        self.write_state(COMMITTED_KEY, &committed)
+        self.write_state(COMMITTED_KEY, &committed)?;
+        self.flush().await.map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StoreError> {

@@ -51,23 +51,14 @@ pub struct MetadataStateMachine {
     applied: Arc<Mutex<Applied>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshots: sled::Tree,
+    /// Serializes persisting snapshots: openraft builds them in a task that can race an
+    /// install, and an older snapshot must never replace a newer one.
+    persisting: Arc<tokio::sync::Mutex<()>>,
     published: Arc<watch::Sender<Arc<ClusterImage>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Rebuilds an image from the records of a snapshot.
-fn image_from_records(index: u64, records: &[Vec<u8>]) -> Result<ClusterImage, MetadataError> {
-    let mut image = ClusterImage::default();
-    for bytes in records {
-        let record = MetadataRecord::decode(bytes.as_slice())
-            .map_err(|source| MetadataError::Decode { index, source })?;
-        image.apply(index, &record)?;
-    }
-    image.applied_index = index;
-    Ok(image)
 }
 
 impl MetadataStateMachine {
@@ -90,7 +81,10 @@ impl MetadataStateMachine {
                 Applied {
                     last_applied: payload.last_applied,
                     last_membership: payload.last_membership,
-                    image: Arc::new(image_from_records(payload.image_index, &payload.records)?),
+                    image: Arc::new(ClusterImage::from_records(
+                        payload.image_index,
+                        &payload.records,
+                    )?),
                 }
             }
             None => Applied {
@@ -104,6 +98,7 @@ impl MetadataStateMachine {
             applied: Arc::new(Mutex::new(applied)),
             snapshot: Arc::new(Mutex::new(stored)),
             snapshots,
+            persisting: Arc::default(),
             published: Arc::new(published),
         })
     }
@@ -132,8 +127,16 @@ impl MetadataStateMachine {
         Ok(next)
     }
 
-    async fn persist(&self, stored: &StoredSnapshot) -> Result<(), StoreError> {
-        let bytes = encode(stored).map_err(|e| StorageIOError::write(&e))?;
+    /// Stores `stored` durably and makes it current, unless a newer snapshot already is.
+    async fn persist(&self, stored: StoredSnapshot) -> Result<(), StoreError> {
+        let _serial = self.persisting.lock().await;
+        let current = lock(&self.snapshot)
+            .as_ref()
+            .and_then(|s| s.meta.last_log_id);
+        if current.is_some() && current > stored.meta.last_log_id {
+            return Ok(());
+        }
+        let bytes = encode(&stored).map_err(|e| StorageIOError::write(&e))?;
         self.snapshots
             .insert(SNAPSHOT_KEY, bytes)
             .map_err(|e| StorageIOError::write(&e))?;
@@ -141,6 +144,7 @@ impl MetadataStateMachine {
             .flush_async()
             .await
             .map_err(|e| StorageIOError::write(&e))?;
+        *lock(&self.snapshot) = Some(stored);
         Ok(())
     }
 }
@@ -175,8 +179,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetadataStateMachine {
             meta: meta.clone(),
             data: data.clone(),
         };
-        self.persist(&stored).await?;
-        *lock(&self.snapshot) = Some(stored);
+        self.persist(stored).await?;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "metadata snapshot built");
         Ok(Snapshot {
             meta,
@@ -252,13 +255,13 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
         let signature = meta.signature();
         let payload: SnapshotPayload = decode(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(signature.clone()), &e))?;
-        let image = image_from_records(payload.image_index, &payload.records)
+        let image = ClusterImage::from_records(payload.image_index, &payload.records)
             .map_err(|e| StorageIOError::read_snapshot(Some(signature), &e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
-        self.persist(&stored).await?;
+        self.persist(stored).await?;
         let image = Arc::new(image);
         {
             let mut applied = lock(&self.applied);
@@ -266,7 +269,6 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
             applied.last_membership = meta.last_membership.clone();
             applied.image = Arc::clone(&image);
         }
-        *lock(&self.snapshot) = Some(stored);
         self.published.send_replace(image);
         tracing::info!(last_log_id = ?meta.last_log_id, "metadata snapshot installed");
         Ok(())

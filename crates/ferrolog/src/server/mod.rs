@@ -135,7 +135,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     // The controller role: a member of the metadata quorum, serving Raft and the
     // controller API on its own port.
-    let quorum = if config.roles.controller {
+    let controller_role = if config.roles.controller {
         let (listener, addr) = bind(&config.controller_listen, "controller").await?;
         let voters = match &config.controller_voters {
             Some(voters) => voters.clone(),
@@ -152,7 +152,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
             )
-            .add_service(ControllerServiceServer::new(ControllerApi::new(controller)))
+            .add_service(ControllerServiceServer::new(ControllerApi::new(
+                Arc::clone(&controller),
+            )))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 wait_for(shutdown.clone()),
@@ -161,22 +163,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             service.await.context("controller server")
         }));
         ready.push(format!("controller={addr}"));
-        Some(quorum)
+        Some((quorum, controller))
     } else {
         None
     };
+    let quorum = controller_role
+        .as_ref()
+        .map(|(quorum, _)| Arc::clone(quorum));
 
     // The broker role: partitions and the client API. On a controller it reads the local
     // quorum's image; otherwise it follows the controllers' metadata stream.
     let mut registry = Registry::default();
     let broker = if config.roles.broker {
-        let (metadata, controller) = match &quorum {
-            Some(quorum) => (
+        let (metadata, controller) = match &controller_role {
+            Some((quorum, controller)) => (
                 MetadataView::Quorum(Arc::clone(quorum)),
-                Arc::new(Controller::new(
-                    Arc::clone(quorum),
-                    config.topic_defaults.clone(),
-                )),
+                Arc::clone(controller),
             ),
             None => {
                 let voters: Vec<String> = config
