@@ -64,7 +64,7 @@ impl MetadataFollower {
             .await
             .map_err(|e| fail(&e))?;
         let mut stream = ControllerServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(crate::raft::MAX_CONTROLLER_MESSAGE_BYTES)
             .fetch_metadata(FetchMetadataRequest { from_index: 0 })
             .await
             .map_err(|e| fail(&e))?

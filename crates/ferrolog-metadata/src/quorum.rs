@@ -212,7 +212,12 @@ impl MetadataQuorum {
         decide: impl FnOnce(&ClusterImage) -> Result<Vec<MetadataRecord>, E>,
     ) -> Result<u64, E> {
         let timeout = self.config.propose_timeout;
-        let _serial = self.propose_lock.lock().await;
+        let _serial = tokio::time::timeout(timeout, self.propose_lock.lock())
+            .await
+            .map_err(|_| MetadataError::Timeout {
+                waiting_for: "earlier proposals from this node",
+                timeout_ms: timeout.as_millis() as u64,
+            })?;
         tokio::time::timeout(timeout, self.raft.ensure_linearizable())
             .await
             .map_err(|_| MetadataError::Timeout {

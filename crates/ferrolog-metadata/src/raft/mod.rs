@@ -19,6 +19,11 @@ pub use network::{GrpcNetwork, Sender};
 pub use service::RaftApi;
 pub use state_machine::MetadataStateMachine;
 
+/// Largest Raft or metadata-stream message on the controller port. openraft sends snapshots
+/// in 3 MiB chunks and at most a few hundred entries per AppendEntries; metadata records are
+/// small. Generous, but bounded.
+pub const MAX_CONTROLLER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A controller's Raft node id; the same number as its `--node-id`.
 pub type NodeId = u64;
 

@@ -110,8 +110,8 @@ impl RaftClient {
         });
         request.set_timeout(option.hard_ttl());
         let mut client = RaftServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+            .max_decoding_message_size(super::MAX_CONTROLLER_MESSAGE_BYTES)
+            .max_encoding_message_size(super::MAX_CONTROLLER_MESSAGE_BYTES);
         let response = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,

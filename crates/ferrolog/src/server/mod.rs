@@ -149,8 +149,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let service = tonic::transport::Server::builder()
             .add_service(
                 RaftServiceServer::new(quorum.raft_service())
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX),
+                    .max_decoding_message_size(
+                        ferrolog_metadata::raft::MAX_CONTROLLER_MESSAGE_BYTES,
+                    )
+                    .max_encoding_message_size(
+                        ferrolog_metadata::raft::MAX_CONTROLLER_MESSAGE_BYTES,
+                    ),
             )
             .add_service(ControllerServiceServer::new(ControllerApi::new(
                 Arc::clone(&controller),
