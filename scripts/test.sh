@@ -19,7 +19,13 @@ export FERROLOG_BIN="$PWD/target/debug/ferrolog"
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(simulation)'
 else
-    cargo test --workspace --locked --no-fail-fast
+    cargo test --workspace --locked --no-fail-fast -- --skip quorum_invariants_hold
 fi
+
+# The seeded quorum simulation (200 seeds, about 2.5 minutes) runs on its own under
+# libtest: under nextest it has twice stalled past 10 minutes for a reason not yet found
+# (see the closing note of issue 3), while every run under `cargo test` finished.
+step "quorum simulation (200 seeds)"
+cargo test --locked -p ferrolog-metadata --test simulation

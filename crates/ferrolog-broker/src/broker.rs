@@ -102,8 +102,25 @@ impl Broker {
                 .register_broker(id, &address, incarnation_id)
                 .await
             {
-                Ok(_) => {
+                Ok(index) => {
                     tracing::info!(broker = %id, %address, "broker registered");
+                    // Once the image includes our own registration it includes every
+                    // deletion committed before it; then stray directories may go.
+                    let mut images = self.metadata.subscribe();
+                    let caught_up = matches!(
+                        tokio::time::timeout(
+                            Duration::from_secs(60),
+                            images.wait_for(|image| image.applied_index >= index),
+                        )
+                        .await,
+                        Ok(Ok(_))
+                    );
+                    if caught_up {
+                        self.partitions.mark_image_current();
+                        if let Err(error) = self.reconcile_now().await {
+                            tracing::error!(%error, "some partitions are offline");
+                        }
+                    }
                     return;
                 }
                 Err(error) => {

@@ -37,6 +37,9 @@ pub struct PartitionManager {
     partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
     /// The image index the hosted partitions reflect; admin calls wait on it.
     reconciled: watch::Sender<u64>,
+    /// Set once this node's image has caught up with a write it made through the active
+    /// controller (its registration): from then on a topic missing from the image is gone.
+    image_is_current: std::sync::atomic::AtomicBool,
     metrics: Arc<BrokerMetrics>,
 }
 
@@ -47,6 +50,7 @@ impl PartitionManager {
             settings,
             partitions: RwLock::new(HashMap::new()),
             reconciled: watch::Sender::new(0),
+            image_is_current: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
     }
@@ -63,6 +67,12 @@ impl PartitionManager {
     pub fn all(&self) -> Vec<Arc<Partition>> {
         let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
         partitions.values().cloned().collect()
+    }
+
+    /// Allows removing directories of deleted topics (see `image_is_current`).
+    pub fn mark_image_current(&self) {
+        self.image_is_current
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn subscribe_reconciled(&self) -> watch::Receiver<u64> {
@@ -131,7 +141,14 @@ impl PartitionManager {
                     "cannot open partition; it stays offline on this broker");
             }
         }
-        self.remove_stray_directories(image);
+        // Only an image known to be current may prove a topic gone: a restarted node's image
+        // can briefly lag the committed log.
+        if self
+            .image_is_current
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.remove_stray_directories(image);
+        }
 
         let count = self
             .partitions

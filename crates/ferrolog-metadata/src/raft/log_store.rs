@@ -120,13 +120,12 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.read_state(VOTE_KEY)
     }
 
-    /// Flushed: on restart the image is rebuilt up to this index before the node hears from
-    /// the leader, and brokers act on that image (they delete partitions of topics it lacks),
-    /// so it must never be older than what this node had already applied.
+    /// Not flushed (the next append or vote flushes it). After a crash the image may be
+    /// rebuilt to an older committed index until the leader catches the node up; brokers
+    /// therefore delete partitions of topics missing from the image only once their image
+    /// has caught up with their own registration (`PartitionManager::mark_image_current`).
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StoreError> {
-        self.write_state(COMMITTED_KEY, &committed)?;
-        self.flush().await.map_err(|e| StorageIOError::write(&e))?;
-        Ok(())
+        self.write_state(COMMITTED_KEY, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StoreError> {
