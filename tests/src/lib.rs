@@ -728,3 +728,24 @@ impl Cluster {
         found.with_context(|| format!("last answer: {last_error}"))
     }
 }
+
+/// A command's standard output, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails the test, showing both streams, unless the command succeeded.
+#[track_caller]
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "expected success\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}

@@ -4,25 +4,7 @@
 
 use std::process::Output;
 
-use ferrolog_tests::{Server, init_logging, run_cli};
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "expected success\nstdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-}
+use ferrolog_tests::{Server, assert_ok, init_logging, run_cli, stderr, stdout};
 
 #[track_caller]
 fn assert_fails_with(o: &Output, needles: &[&str]) {

@@ -8,10 +8,13 @@
 //! `produce`, `consume`), as an operator would drive the cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrolog_tests::{Cluster, ferrolog_bin, free_ports, init_logging, run_cli_within, wait_until};
+use ferrolog_tests::{
+    Cluster, assert_ok, ferrolog_bin, free_ports, init_logging, run_cli_within, stderr, stdout,
+    wait_until,
+};
 use serde_json::Value;
 
 /// How long an election may take, from the first node's start or from a leader's death.
@@ -24,24 +27,6 @@ const CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);
 const FAILOVER_BOUND: Duration = Duration::from_secs(15);
 /// The bound of one polling CLI run, so a node that hangs cannot stall a whole wait.
 const POLL_CLI_LIMIT: Duration = Duration::from_secs(10);
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "expected success\nstdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-}
 
 /// The topics node `id` lists, or `None` when it cannot answer right now.
 fn topics_on(cluster: &Cluster, id: i32) -> Option<BTreeSet<String>> {

@@ -53,6 +53,22 @@ impl SledLogStore {
         Ok(())
     }
 
+    /// Removes the entries whose keys fall in `range`, in one batch, and flushes.
+    async fn remove_durably<R: RangeBounds<[u8; 8]>>(&self, range: R) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for item in self.entries.range(range) {
+            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.remove(key);
+        }
+        self.entries
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
     /// fsyncs: the trees share one page cache, so this makes every earlier write durable.
     async fn flush(&self) -> Result<(), sled::Error> {
         self.entries.flush_async().await.map(|_| ())
@@ -158,34 +174,12 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for item in self.entries.range(log_id.index.to_be_bytes()..) {
-            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(key);
-        }
-        self.entries
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.remove_durably(log_id.index.to_be_bytes()..).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
         // The purge point first: if we crash midway, get_log_state still reports it.
         self.write_state(PURGED_KEY, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.entries.range(..=log_id.index.to_be_bytes()) {
-            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(key);
-        }
-        self.entries
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.remove_durably(..=log_id.index.to_be_bytes()).await
     }
 }
