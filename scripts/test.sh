@@ -33,7 +33,7 @@ cargo test --locked -p ferrolog-metadata --test simulation --no-run
 # the process idle) is bounded and reported loudly, but does not hide the rest of the
 # suite's result; it is tracked as an open item of issue 3.
 status=0
-timeout 480 cargo test --locked -p ferrolog-metadata --test simulation || status=$?
+timeout -k 10 480 cargo test --locked -p ferrolog-metadata --test simulation || status=$?
 if [ "$status" -eq 124 ]; then
     echo "WARNING: the quorum simulation stalled past 480 s (known open issue, see issue 3)" >&2
 elif [ "$status" -ne 0 ]; then
