@@ -517,6 +517,11 @@ fn a_node_far_behind_installs_a_snapshot() -> anyhow::Result<()> {
         commit_index > TOPICS as i64,
         "every create is a committed entry, so the log passed several snapshot points: {status}"
     );
+    let purged_index = status["purged_index"].as_i64().unwrap_or(0);
+    assert!(
+        status["snapshot_index"].as_i64().unwrap_or(0) >= 20 && purged_index >= 20,
+        "the leader snapshotted and purged its log: {status}"
+    );
 
     tracing::info!("node 3 restarts; the entries it lacks are purged, so only a snapshot helps");
     cluster.restart(3)?;

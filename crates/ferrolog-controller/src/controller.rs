@@ -363,8 +363,11 @@ pub fn status_to_wire(status: &QuorumStatus) -> v1::QuorumStatusResponse {
         node_id: status.node_id as i32,
         leader_id: status.leader.map_or(-1, |l| l as i32),
         term: status.term,
-        commit_index: status.applied_index,
+        commit_index: status.commit_index,
         applied_index: status.applied_index,
+        snapshot_index: status.snapshot_index,
+        purged_index: status.purged_index,
+        last_log_index: status.last_log_index,
         controllers: status
             .members
             .iter()
@@ -373,8 +376,8 @@ pub fn status_to_wire(status: &QuorumStatus) -> v1::QuorumStatusResponse {
                 address: address.clone(),
                 voter: *voter,
                 matched_index: matched.unwrap_or(0),
-                lag: matched.map_or(status.applied_index, |m| {
-                    status.applied_index.saturating_sub(m)
+                lag: matched.map_or(status.commit_index, |m| {
+                    status.commit_index.saturating_sub(m)
                 }),
             })
             .collect(),
@@ -387,8 +390,11 @@ fn status_from_wire(wire: v1::QuorumStatusResponse) -> QuorumStatus {
         node_id: wire.node_id.max(0) as u64,
         leader: (wire.leader_id >= 0).then_some(wire.leader_id as u64),
         term: wire.term,
-        last_log_index: wire.commit_index,
+        last_log_index: wire.last_log_index,
+        commit_index: wire.commit_index,
         applied_index: wire.applied_index,
+        snapshot_index: wire.snapshot_index,
+        purged_index: wire.purged_index,
         state: wire.state,
         members: wire
             .controllers

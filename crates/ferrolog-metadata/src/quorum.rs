@@ -47,7 +47,12 @@ pub struct QuorumStatus {
     pub leader: Option<NodeId>,
     pub term: u64,
     pub last_log_index: u64,
+    /// On the leader, the highest index stored on a majority of voters; elsewhere the
+    /// applied index (a follower learns the commit index only as it applies).
+    pub commit_index: u64,
     pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
     pub state: String,
     /// (node id, address, voter?, matched index) of every member; matched indexes are only
     /// known on the leader.
@@ -101,7 +106,9 @@ impl MetadataQuorum {
                 let id = cluster_id_for(&config.voters);
                 db.insert(CLUSTER_ID_KEY, id.as_bytes())
                     .map_err(store("write cluster id"))?;
-                db.flush_async().await.map_err(store("flush cluster id"))?;
+                // Synchronous, like the open above: once, at start-up (see raft/flush.rs
+                // for why never `flush_async`).
+                db.flush().map_err(store("flush cluster id"))?;
                 id
             }
         };
@@ -267,7 +274,7 @@ impl MetadataQuorum {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let members = membership
+        let members: Vec<(NodeId, String, bool, Option<u64>)> = membership
             .nodes()
             .map(|(id, node)| {
                 let matched = metrics
@@ -281,12 +288,25 @@ impl MetadataQuorum {
                 (*id, node.addr.clone(), voters.contains(id), matched)
             })
             .collect();
+        let applied_index = metrics.last_applied.map_or(0, |l| l.index);
+        let voter_matches: Vec<Option<u64>> = members
+            .iter()
+            .filter(|(_, _, voter, _)| *voter)
+            .map(|(_, _, _, matched)| *matched)
+            .collect();
+        let commit_index = match metrics.state {
+            ServerState::Leader => majority_index(&voter_matches).max(applied_index),
+            _ => applied_index,
+        };
         QuorumStatus {
             node_id: self.config.node_id,
             leader: metrics.current_leader,
             term: metrics.current_term,
             last_log_index: metrics.last_log_index.unwrap_or(0),
-            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            commit_index,
+            applied_index,
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
             state: match metrics.state {
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
@@ -307,9 +327,30 @@ impl MetadataQuorum {
     }
 }
 
+/// The highest index a majority of voters hold, given each voter's matched index
+/// (`None`: unknown, counted as nothing).
+fn majority_index(matched: &[Option<u64>]) -> u64 {
+    let mut indexes: Vec<u64> = matched.iter().map(|m| m.unwrap_or(0)).collect();
+    indexes.sort_unstable_by(|a, b| b.cmp(a));
+    // Sorted high to low, the majority-th entry is held by a majority.
+    indexes.get(matched.len() / 2).copied().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_commit_index_is_what_a_majority_of_voters_hold() {
+        assert_eq!(majority_index(&[Some(10), Some(7), Some(3)]), 7);
+        assert_eq!(majority_index(&[Some(10), None, None]), 0);
+        assert_eq!(
+            majority_index(&[Some(9), Some(9), Some(4), Some(2), None]),
+            4
+        );
+        assert_eq!(majority_index(&[Some(5)]), 5);
+        assert_eq!(majority_index(&[]), 0);
+    }
 
     #[test]
     fn cluster_ids_are_equal_for_equal_voter_lists_only() {

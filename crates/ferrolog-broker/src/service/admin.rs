@@ -84,6 +84,9 @@ impl AdminApi {
             controller_leader: wire.leader_id,
             term: wire.term,
             commit_index: wire.commit_index,
+            applied_index: wire.applied_index,
+            snapshot_index: wire.snapshot_index,
+            purged_index: wire.purged_index,
             controllers: wire.controllers,
             brokers: image
                 .brokers

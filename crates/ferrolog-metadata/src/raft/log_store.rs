@@ -10,6 +10,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
 
+use super::flush::{FlushMode, flush};
 use super::{NodeId, StoreError, TypeConfig, decode, encode};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -24,6 +25,7 @@ pub struct SledLogStore {
     entries: sled::Tree,
     /// Vote, committed index and last purged log id.
     state: sled::Tree,
+    flush_mode: FlushMode,
 }
 
 impl SledLogStore {
@@ -31,7 +33,14 @@ impl SledLogStore {
         Ok(Self {
             entries: db.open_tree("raft-log")?,
             state: db.open_tree("raft-state")?,
+            flush_mode: FlushMode::default(),
         })
+    }
+
+    /// Where this store's flushes run (the default suits a server).
+    pub fn with_flush_mode(mut self, mode: FlushMode) -> Self {
+        self.flush_mode = mode;
+        self
     }
 
     fn read_state<T: serde::de::DeserializeOwned>(
@@ -70,8 +79,8 @@ impl SledLogStore {
     }
 
     /// fsyncs: the trees share one page cache, so this makes every earlier write durable.
-    async fn flush(&self) -> Result<(), sled::Error> {
-        self.entries.flush_async().await.map(|_| ())
+    async fn flush(&self) -> std::io::Result<()> {
+        flush(&self.entries, self.flush_mode).await
     }
 }
 

@@ -2,10 +2,12 @@
 //! sled-backed log store, the state machine that maintains the cluster image, and the gRPC
 //! transport on the controller port.
 
+mod flush;
 // openraft fixes the error type of its storage traits; it is large, and not ours to box.
 #[allow(clippy::result_large_err)]
 mod log_store;
 mod network;
+mod runtime;
 mod service;
 #[allow(clippy::result_large_err)]
 mod state_machine;
@@ -14,8 +16,10 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub use flush::FlushMode;
 pub use log_store::SledLogStore;
 pub use network::{GrpcNetwork, Sender};
+pub use runtime::{FerrologRuntime, seed_election_rng};
 pub use service::RaftApi;
 pub use state_machine::MetadataStateMachine;
 
@@ -51,7 +55,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = FerrologRuntime,
 );
 
 pub type StoreError = openraft::StorageError<NodeId>;

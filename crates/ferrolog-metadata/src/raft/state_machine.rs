@@ -17,6 +17,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::flush::{FlushMode, flush};
 use super::{CommandOutcome, NodeId, StoreError, TypeConfig, decode, encode};
 use crate::records::MetadataRecord;
 use crate::{ClusterImage, MetadataError};
@@ -51,6 +52,7 @@ pub struct MetadataStateMachine {
     applied: Arc<Mutex<Applied>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshots: sled::Tree,
+    flush_mode: FlushMode,
     /// Serializes persisting snapshots: openraft builds them in a task that can race an
     /// install, and an older snapshot must never replace a newer one.
     persisting: Arc<tokio::sync::Mutex<()>>,
@@ -98,9 +100,16 @@ impl MetadataStateMachine {
             applied: Arc::new(Mutex::new(applied)),
             snapshot: Arc::new(Mutex::new(stored)),
             snapshots,
+            flush_mode: FlushMode::default(),
             persisting: Arc::default(),
             published: Arc::new(published),
         })
+    }
+
+    /// Where snapshot flushes run (the default suits a server).
+    pub fn with_flush_mode(mut self, mode: FlushMode) -> Self {
+        self.flush_mode = mode;
+        self
     }
 
     /// A receiver of every new image.
@@ -140,8 +149,7 @@ impl MetadataStateMachine {
         self.snapshots
             .insert(SNAPSHOT_KEY, bytes)
             .map_err(|e| StorageIOError::write(&e))?;
-        self.snapshots
-            .flush_async()
+        flush(&self.snapshots, self.flush_mode)
             .await
             .map_err(|e| StorageIOError::write(&e))?;
         *lock(&self.snapshot) = Some(stored);

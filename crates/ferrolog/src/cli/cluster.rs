@@ -36,6 +36,9 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
             "controller_leader": status.controller_leader,
             "term": status.term,
             "commit_index": status.commit_index,
+            "applied_index": status.applied_index,
+            "snapshot_index": status.snapshot_index,
+            "purged_index": status.purged_index,
             "controllers": status.controllers.iter().map(|c| json!({
                 "node_id": c.node_id,
                 "address": c.address,
@@ -61,6 +64,10 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
             status.term, status.commit_index
         ),
     }
+    println!(
+        "Answering node: applied index {}, snapshot at {}, log purged through {}",
+        status.applied_index, status.snapshot_index, status.purged_index
+    );
     println!(
         "\nCONTROLLERS\n{:>7} {:<24} {:<8} {:>8} {:>6}",
         "NODE", "ADDRESS", "ROLE", "MATCHED", "LAG"
