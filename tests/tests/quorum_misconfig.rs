@@ -107,3 +107,87 @@ fn a_second_node_with_an_id_in_use_is_refused_at_start() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_cloned_node_on_another_host_with_the_same_port_is_refused() -> anyhow::Result<()> {
+    init_logging();
+    let mut cluster = Cluster::start(3, &[])?;
+    cluster.wait_for_leader(Duration::from_secs(30))?;
+
+    // The dangerous duplicate is a clone (a copied volume or VM image): it has node 2's
+    // log and membership, so it campaigns in node 2's name. Fresh copies never do.
+    tracing::info!("node 2 stops, its data directory is copied, and it starts again");
+    cluster.terminate(2)?;
+    let clone_dir = tempfile::tempdir()?;
+    copy_dir(cluster.data_dir(2), clone_dir.path())?;
+    cluster.start_node(2)?;
+
+    // 127.0.0.2 is another address of this machine: the clone listens on node 2's
+    // controller port there, exactly as a clone on a second host would, so nothing about
+    // its addresses gives it away.
+    tracing::info!("the clone starts on 127.0.0.2 with node 2's id and port");
+    let controller_port = cluster
+        .controller_address(2)
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .ok_or_else(|| anyhow::anyhow!("node 2's controller address has no port"))?;
+    let ports = free_ports(2)?;
+    let clone = Server::start_exact(
+        clone_dir.path(),
+        &[
+            "--node-id",
+            "2",
+            "--listen",
+            &format!("127.0.0.2:{}", ports[0]),
+            "--http-listen",
+            &format!("127.0.0.2:{}", ports[1]),
+            "--controller-listen",
+            &format!("127.0.0.2:{controller_port}"),
+            "--controller-voters",
+            cluster.voters(),
+        ],
+        "clone of node 2",
+    )?;
+
+    tracing::info!("nodes 1 or 3 see two incarnations of node 2 at once and say so");
+    let noticed = |id: i32| {
+        cluster
+            .node(id)
+            .stderr_tail()
+            .iter()
+            .any(|l| l.contains("two running processes use node id 2"))
+    };
+    wait_until(
+        "a refusal naming the duplicate node id",
+        Duration::from_secs(30),
+        || (noticed(1) || noticed(3)).then_some(()),
+    )?;
+
+    tracing::info!("nodes 1 and 3 still commit admin changes");
+    let created = cluster.cli(
+        1,
+        &["topic", "create", "despite-the-clone", "--partitions", "1"],
+        None,
+    )?;
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    drop(clone);
+    Ok(())
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}

@@ -27,6 +27,9 @@ pub struct BrokerConfig {
     pub max_produce_timeout: Duration,
     /// Upper bound on a fetch's long-poll.
     pub max_fetch_wait: Duration,
+    /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves
+    /// the ISR (and acks=all stops waiting for it).
+    pub replica_lag_time_max: Duration,
 }
 
 /// A running broker.
@@ -70,6 +73,7 @@ impl Broker {
         }
         tokio::spawn(Arc::clone(&broker).follow_image(applied));
         tokio::spawn(Arc::clone(&broker).run_maintenance());
+        tokio::spawn(Arc::clone(&broker).run_isr_updates());
         tokio::spawn(Arc::clone(&broker).register(incarnation_id));
         Ok(broker)
     }
@@ -203,6 +207,44 @@ impl Broker {
             .await;
             if let Err(error) = done {
                 tracing::error!(%error, "upkeep task failed");
+            }
+        }
+    }
+
+    /// As leader of each partition, asks the controller to shrink the ISR by followers that
+    /// fell behind and to expand it by those that caught up. Checked several times per lag
+    /// period, so a dead follower leaves the ISR within about 1.25 lag periods.
+    async fn run_isr_updates(self: Arc<Self>) {
+        let lag = self.config.replica_lag_time_max;
+        let mut tick = tokio::time::interval((lag / 4).max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            for partition in self.partitions.all() {
+                let Some((state, new_isr)) = partition.wanted_isr_change(lag) else {
+                    continue;
+                };
+                let request = ferrolog_controller::AlterPartitionRequest {
+                    topic: partition.topic().to_owned(),
+                    partition: partition.id().0 as i32,
+                    leader: self.config.node_id,
+                    leader_epoch: state.leader_epoch,
+                    partition_epoch: state.partition_epoch,
+                    new_isr,
+                };
+                tracing::info!(topic = %request.topic, partition = request.partition,
+                    isr = ?state.isr, new_isr = ?request.new_isr, "requesting an ISR change");
+                self.metrics.isr_changes.inc();
+                let broker = Arc::clone(&self);
+                tokio::spawn(async move {
+                    if let Err(error) = broker.controller.alter_partition(request).await {
+                        broker.metrics.isr_change_failures.inc();
+                        tracing::warn!(%error, "ISR change refused");
+                    }
+                });
             }
         }
     }

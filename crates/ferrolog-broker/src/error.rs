@@ -21,6 +21,16 @@ pub enum BrokerError {
         partition: u32,
         leader: Option<(i32, String)>,
     },
+    #[error(
+        "not enough in-sync replicas for {topic}-{partition}: the ISR {isr:?} has fewer than \
+         min.insync.replicas={min_insync}; acks=all writes are refused until a replica catches up"
+    )]
+    NotEnoughReplicas {
+        topic: String,
+        partition: u32,
+        isr: Vec<i32>,
+        min_insync: usize,
+    },
     #[error("{0}")]
     InvalidRequest(String),
     #[error("request timed out after {timeout_ms} ms waiting for {waiting_for}")]
@@ -58,6 +68,7 @@ impl BrokerError {
             Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
             Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             Self::NotLeader { .. } => ErrorCode::NotLeader,
+            Self::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Self::Timeout { .. } => ErrorCode::RequestTimedOut,
             Self::StorageOffline { .. } => ErrorCode::StorageError,

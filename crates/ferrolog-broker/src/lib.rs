@@ -8,13 +8,15 @@
 
 mod broker;
 mod error;
+mod fetcher;
 pub mod metrics;
 mod partition;
 mod partition_manager;
+pub mod replica;
 pub mod service;
 
 pub use broker::{Broker, BrokerConfig};
 pub use error::BrokerError;
 pub use metrics::BrokerMetrics;
-pub use partition::{FetchOutcome, Partition, Progress};
+pub use partition::{FetchOutcome, FollowerAssignment, Partition, Progress, ReplicaFetchOutcome};
 pub use partition_manager::{PartitionManager, StorageSettings};

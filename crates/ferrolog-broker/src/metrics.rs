@@ -21,6 +21,11 @@ pub struct BrokerMetrics {
     pub produced_records: Counter,
     pub produced_bytes: Counter,
     pub fetched_bytes: Counter,
+    /// Batch bytes this broker sent to followers.
+    pub replicated_bytes: Counter,
+    /// ISR changes this broker asked the controller for, and those refused.
+    pub isr_changes: Counter,
+    pub isr_change_failures: Counter,
     pub produce_seconds: Histogram,
     pub fetch_seconds: Histogram,
     pub flush_seconds: Histogram,
@@ -37,6 +42,9 @@ impl BrokerMetrics {
             produced_records: Counter::default(),
             produced_bytes: Counter::default(),
             fetched_bytes: Counter::default(),
+            replicated_bytes: Counter::default(),
+            isr_changes: Counter::default(),
+            isr_change_failures: Counter::default(),
             produce_seconds: latency(),
             fetch_seconds: latency(),
             flush_seconds: latency(),
@@ -62,6 +70,21 @@ impl BrokerMetrics {
             "fetched_bytes",
             "Record batch bytes returned by fetches",
             metrics.fetched_bytes.clone(),
+        );
+        r.register(
+            "replicated_bytes",
+            "Record batch bytes sent to followers by this broker as leader",
+            metrics.replicated_bytes.clone(),
+        );
+        r.register(
+            "isr_changes",
+            "ISR changes this broker requested as partition leader",
+            metrics.isr_changes.clone(),
+        );
+        r.register(
+            "isr_change_failures",
+            "ISR change requests the controller refused or that failed",
+            metrics.isr_change_failures.clone(),
         );
         r.register(
             "produce_latency_seconds",

@@ -1,29 +1,61 @@
-//! One partition replica on this broker: its log, its high watermark, and the group-commit
-//! flusher that makes appends durable.
+//! One partition replica on this broker: its log, its role (leader or follower), its high
+//! watermark, and the group-commit flusher that makes appends durable.
 //!
 //! Durability and visibility are tied together: the high watermark (the end of what
-//! consumers may read) never passes what is durable. With the `EveryAppend` flush policy a
-//! produce is acknowledged, and becomes visible, only after an fsync covers it; concurrent
-//! producers share one fsync because the flusher syncs whatever the log holds when it
-//! starts, while appends carry on beside it (group commit).
+//! consumers may read) never passes what is durable on every in-sync replica. The leader
+//! counts itself at its durable end (with the `EveryAppend` flush policy, what an fsync
+//! covers) and each follower at the offset its last fetch started from (followers fsync
+//! before fetching again). Concurrent producers share one fsync because the flusher syncs
+//! whatever the log holds when it starts, while appends carry on beside it (group commit).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use ferrolog_log::{AppendInfo, FlushPolicy, LeaderEpoch, Log, LogConfig, Offset, ReadResult};
-use ferrolog_metadata::PartitionId;
+use bytes::Bytes;
+use ferrolog_log::{
+    AppendInfo, BatchIter, FlushPolicy, LeaderEpoch, Log, LogConfig, Offset, ReadResult,
+};
+use ferrolog_metadata::{BrokerId, PartitionId, PartitionImage};
+use ferrolog_proto::v1::Acks;
 use tokio::sync::{Notify, watch};
 
 use crate::BrokerError;
 use crate::metrics::BrokerMetrics;
+use crate::replica::{LeaderState, Role, role_from_image};
 
-/// How far a partition's data has come: what consumers may read, and whether the log has
-/// failed (then nothing more is ever acknowledged).
+/// How far a partition's data has come: what consumers may read, what is on this
+/// replica's disk, which role generation it is in, and whether the log has failed (then
+/// nothing more is ever acknowledged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
     pub high_watermark: Offset,
+    pub durable: Offset,
+    /// Bumped on every role change: a produce waiting for the high watermark under one
+    /// leadership gives up (NOT_LEADER) when it ends.
+    pub generation: u64,
     pub storage_failed: bool,
+}
+
+/// What a follower's fetcher needs to start: whom to fetch from, at which epoch, and the
+/// role generation it belongs to (it stops when that changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerAssignment {
+    pub leader: BrokerId,
+    pub leader_epoch: i32,
+    pub generation: u64,
+}
+
+/// A replica fetch as the leader answers it.
+#[derive(Debug)]
+pub enum ReplicaFetchOutcome {
+    Records {
+        read: ReadResult,
+        high_watermark: Offset,
+    },
+    /// The follower's log stops agreeing with ours at `end_offset` (the end of `epoch`
+    /// here): it must truncate there.
+    Diverging { epoch: i32, end_offset: Offset },
 }
 
 const OPEN: u8 = 0;
@@ -35,8 +67,15 @@ pub struct Partition {
     topic: String,
     id: PartitionId,
     topic_id: String,
+    /// This broker.
+    me: BrokerId,
     log: RwLock<Log>,
     progress: watch::Sender<Progress>,
+    /// The log end offset after every append: replica fetches waiting at the end wake on it.
+    appended: watch::Sender<Offset>,
+    role: Mutex<Role>,
+    /// Effective `min.insync.replicas` (capped at the replication factor).
+    min_insync: AtomicUsize,
     /// Wakes the flusher after appends.
     dirty: Notify,
     /// One of the `OPEN`, `DELETED`, `SHUT_DOWN` states; set under the log's write lock so
@@ -58,22 +97,34 @@ impl Partition {
         topic: &str,
         id: PartitionId,
         topic_id: &str,
+        me: BrokerId,
         dir: &std::path::Path,
         config: LogConfig,
         metrics: Arc<BrokerMetrics>,
     ) -> Result<Arc<Self>, BrokerError> {
         let log = Log::open(dir, config)?;
-        // With one replica everything that survived recovery is durable and committed.
-        let high_watermark = log.log_end_offset();
+        // Everything that survived recovery is on disk; what is committed is what the last
+        // checkpoint says until the leader (or, leading, the ISR) says more.
+        let durable = log.log_end_offset();
+        let high_watermark = log.high_watermark();
         let partition = Arc::new(Self {
             topic: topic.to_owned(),
             id,
             topic_id: topic_id.to_owned(),
+            me,
             log: RwLock::new(log),
             progress: watch::Sender::new(Progress {
                 high_watermark,
+                durable,
+                generation: 0,
                 storage_failed: false,
             }),
+            appended: watch::Sender::new(durable),
+            role: Mutex::new(Role::Follower {
+                leader: None,
+                leader_epoch: -1,
+            }),
+            min_insync: AtomicUsize::new(1),
             dirty: Notify::new(),
             state: AtomicU8::new(OPEN),
             metrics,
@@ -102,6 +153,127 @@ impl Partition {
         self.log.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn role(&self) -> MutexGuard<'_, Role> {
+        self.role.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A snapshot of this replica's role.
+    pub fn current_role(&self) -> Role {
+        self.role().clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.progress.borrow().generation
+    }
+
+    /// Takes the role the image gives this broker. Returns what a fetcher needs when the
+    /// broker just became (or re-became, at a new epoch) a follower with a known leader.
+    pub fn apply_assignment(
+        &self,
+        image: &PartitionImage,
+        min_insync: usize,
+    ) -> Result<Option<FollowerAssignment>, BrokerError> {
+        self.min_insync.store(
+            min_insync.clamp(1, image.replicas.len().max(1)),
+            Ordering::Release,
+        );
+        let now = Instant::now();
+        // Lock order everywhere: the log, then the role.
+        let mut log = self.log_write();
+        let mut role = self.role();
+        let same_leadership = role.leader_epoch() == image.leader_epoch
+            && match &*role {
+                Role::Leader(_) => image.leader == Some(self.me),
+                Role::Follower { leader, .. } => *leader == image.leader,
+            };
+        if same_leadership {
+            if let Role::Leader(state) = &mut *role {
+                state.update_from(image);
+                let end = state.isr_end(self.me, self.progress.borrow().durable);
+                drop(role);
+                drop(log);
+                self.advance_high_watermark(end);
+            }
+            return Ok(None);
+        }
+        let next = role_from_image(self.me, image, now);
+        if let Role::Leader(state) = &next {
+            // Our own epoch starts at our log end: batches appended from here carry it, and
+            // a follower asking where an older epoch ends is told where it stopped.
+            if log.leader_epoch().0 < state.leader_epoch {
+                let end = log.log_end_offset();
+                log.assign_leader_epoch(LeaderEpoch(state.leader_epoch), end)?;
+            }
+        }
+        let assignment = match &next {
+            Role::Follower {
+                leader: Some(leader),
+                leader_epoch,
+            } if *leader != self.me => Some((*leader, *leader_epoch)),
+            _ => None,
+        };
+        tracing::info!(topic = %self.topic, partition = %self.id, leader = ?image.leader,
+            leader_epoch = image.leader_epoch, isr = ?image.isr,
+            role = if matches!(next, Role::Leader(_)) { "leader" } else { "follower" },
+            "partition role changed");
+        *role = next;
+        drop(role);
+        drop(log);
+        let mut generation = 0;
+        self.progress.send_modify(|p| {
+            p.generation += 1;
+            generation = p.generation;
+        });
+        self.recompute_high_watermark();
+        // Wake replica fetches parked on the old role.
+        self.appended.send_modify(|_| {});
+        Ok(assignment.map(|(leader, leader_epoch)| FollowerAssignment {
+            leader,
+            leader_epoch,
+            generation,
+        }))
+    }
+
+    /// As leader: moves the high watermark up to what every ISR member holds.
+    fn recompute_high_watermark(&self) {
+        let durable = self.progress.borrow().durable;
+        let end = match &*self.role() {
+            Role::Leader(state) => state.isr_end(self.me, durable),
+            Role::Follower { .. } => return,
+        };
+        self.advance_high_watermark(end);
+    }
+
+    /// Records that everything below `end` is on this replica's disk.
+    fn on_durable(&self, end: Offset) {
+        self.progress.send_if_modified(|p| {
+            let moved = end > p.durable;
+            if moved {
+                p.durable = end;
+            }
+            moved
+        });
+        self.recompute_high_watermark();
+    }
+
+    /// The leader's state, if this replica leads at `leader_epoch` (any epoch if `None`).
+    fn leader_state(&self, leader_epoch: Option<i32>) -> Result<LeaderState, BrokerError> {
+        match &*self.role() {
+            Role::Leader(state) if leader_epoch.is_none_or(|e| e == state.leader_epoch) => {
+                Ok(state.clone())
+            }
+            _ => Err(self.not_leader()),
+        }
+    }
+
+    fn not_leader(&self) -> BrokerError {
+        BrokerError::NotLeader {
+            topic: self.topic.clone(),
+            partition: self.id.0,
+            leader: None,
+        }
+    }
+
     pub fn high_watermark(&self) -> Offset {
         self.progress.borrow().high_watermark
     }
@@ -122,7 +294,17 @@ impl Partition {
         self.log_write().set_config(config);
     }
 
-    fn is_closed(&self) -> bool {
+    /// This log's end offset for `epoch` (KIP-101), if it knows the epoch.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<Offset> {
+        if epoch < 0 {
+            return Some(self.log_start_offset());
+        }
+        self.log_read()
+            .end_offset_for_epoch(LeaderEpoch(epoch))
+            .map(|(_, end)| end)
+    }
+
+    pub fn is_closed(&self) -> bool {
         self.state.load(Ordering::Acquire) != OPEN
     }
 
@@ -148,41 +330,66 @@ impl Partition {
     pub async fn append(
         &self,
         batch: &mut [u8],
-        wait: bool,
+        acks: Acks,
         timeout: Duration,
     ) -> Result<AppendInfo, BrokerError> {
         self.check_open()?;
-        let (info, policy) = {
+        let (info, policy, generation) = {
             let mut log = self.log_write();
             self.check_open()?;
-            let info = log.append_batch(batch, LeaderEpoch(0), now_ms())?;
-            (info, log.config().flush_policy)
+            // Under the log lock: a role change (which also takes it) cannot slip between
+            // the leadership check and the append.
+            let state = self.leader_state(None)?;
+            let min_insync = self.min_insync.load(Ordering::Acquire);
+            if acks == Acks::All && state.isr.len() < min_insync {
+                return Err(BrokerError::NotEnoughReplicas {
+                    topic: self.topic.clone(),
+                    partition: self.id.0,
+                    isr: state.isr.iter().map(|b| b.0).collect(),
+                    min_insync,
+                });
+            }
+            let info = log.append_batch(batch, LeaderEpoch(state.leader_epoch), now_ms())?;
+            (info, log.config().flush_policy, self.generation())
         };
+        let end = info.last_offset.next();
+        self.appended.send_replace(end);
         match policy {
             FlushPolicy::EveryAppend => self.dirty.notify_one(),
-            // Data is acknowledged before it is durable by the operator's choice; consumers
-            // may see it at once.
-            FlushPolicy::Interval { .. } | FlushPolicy::Os => {
-                self.advance_high_watermark(info.last_offset.next())
-            }
+            // Data counts as durable before an fsync by the operator's choice.
+            FlushPolicy::Interval { .. } | FlushPolicy::Os => self.on_durable(end),
         }
-        if wait {
-            self.wait_for_high_watermark(info.last_offset.next(), timeout)
-                .await?;
+        match acks {
+            Acks::None => {}
+            Acks::Leader => self.wait_for(end, generation, timeout, false).await?,
+            Acks::All | Acks::Unspecified => self.wait_for(end, generation, timeout, true).await?,
         }
         Ok(info)
     }
 
-    async fn wait_for_high_watermark(
+    /// Waits until `target` is durable here (`committed` false) or below the high
+    /// watermark (`committed` true), while the leadership of `generation` lasts.
+    async fn wait_for(
         &self,
         target: Offset,
+        generation: u64,
         timeout: Duration,
+        committed: bool,
     ) -> Result<(), BrokerError> {
+        let reached_in = |p: &Progress| {
+            if committed {
+                p.high_watermark >= target
+            } else {
+                p.durable >= target
+            }
+        };
         let mut progress = self.progress.subscribe();
-        let reached = progress
-            .wait_for(|p| p.high_watermark >= target || p.storage_failed || self.is_closed());
+        let reached = progress.wait_for(|p| {
+            reached_in(p) || p.generation != generation || p.storage_failed || self.is_closed()
+        });
         match tokio::time::timeout(timeout, reached).await {
-            Ok(Ok(p)) if p.high_watermark >= target => Ok(()),
+            Ok(Ok(p)) if reached_in(&p) => Ok(()),
+            Ok(Ok(p)) if p.generation != generation => Err(self.not_leader()),
             Ok(Ok(p)) if !p.storage_failed => self.check_open().and(Err(BrokerError::ShuttingDown)),
             Ok(_) => Err(BrokerError::StorageOffline {
                 topic: self.topic.clone(),
@@ -191,7 +398,11 @@ impl Partition {
             }),
             Err(_) => Err(BrokerError::Timeout {
                 timeout_ms: timeout.as_millis() as u64,
-                waiting_for: "the records to become durable",
+                waiting_for: if committed {
+                    "the in-sync replicas to have the records"
+                } else {
+                    "the records to become durable"
+                },
             }),
         }
     }
@@ -241,6 +452,180 @@ impl Partition {
         }
     }
 
+    /// Answers a follower's fetch (leader side): checks that the follower's log agrees with
+    /// ours below `fetch_offset`, records its progress (which may move the high watermark),
+    /// and returns the batches after it as they lie on disk, long-polling at the log end.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn replica_fetch(
+        &self,
+        follower: BrokerId,
+        leader_epoch: i32,
+        fetch_offset: Offset,
+        last_fetched_epoch: i32,
+        max_bytes: u32,
+        max_wait: Duration,
+    ) -> Result<ReplicaFetchOutcome, BrokerError> {
+        self.check_open()?;
+        let state = self.leader_state(Some(leader_epoch))?;
+        if !state.replicas.contains(&follower) || follower == self.me {
+            return Err(BrokerError::InvalidRequest(format!(
+                "broker {follower} is not a follower of {}-{}",
+                self.topic, self.id
+            )));
+        }
+        let mut appended = self.appended.subscribe();
+        {
+            let log = self.log_read();
+            let leader_end = log.log_end_offset();
+            if let Some((epoch, end_offset)) =
+                divergence(&log, fetch_offset, last_fetched_epoch, leader_end)
+            {
+                return Ok(ReplicaFetchOutcome::Diverging { epoch, end_offset });
+            }
+            let mut role = self.role();
+            match &mut *role {
+                Role::Leader(state) if state.leader_epoch == leader_epoch => {
+                    state.record_fetch(follower, fetch_offset, leader_end, Instant::now());
+                }
+                _ => return Err(self.not_leader()),
+            }
+        }
+        self.recompute_high_watermark();
+        let deadline = Instant::now() + max_wait;
+        loop {
+            self.check_open()?;
+            appended.borrow_and_update();
+            let read = {
+                let log = self.log_read();
+                let end = log.log_end_offset();
+                log.read(fetch_offset, max_bytes, end)?
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if !read.batches.is_empty() || remaining.is_zero() {
+                return Ok(ReplicaFetchOutcome::Records {
+                    read,
+                    high_watermark: self.high_watermark(),
+                });
+            }
+            if self.leader_state(Some(leader_epoch)).is_err() {
+                return Err(self.not_leader());
+            }
+            // Wakes on an append or a role change; the high watermark the follower learns
+            // may lag by one wait, which only delays what it can serve after a failover.
+            let _ = tokio::time::timeout(remaining, appended.changed()).await;
+        }
+    }
+
+    /// This follower's position: its log end offset and the epoch of its last batch.
+    pub fn follower_position(&self) -> (Offset, i32) {
+        let log = self.log_read();
+        let epoch = match log.log_end_offset() {
+            Offset(0) => -1,
+            _ => log.leader_epoch().0,
+        };
+        (log.log_end_offset(), epoch)
+    }
+
+    /// Appends batches fetched from the leader, keeping their offsets and epochs, makes
+    /// them durable, and takes the leader's high watermark (as far as this log reaches).
+    /// `generation` guards against a role change during the fetch.
+    pub async fn append_from_leader(
+        &self,
+        batches: &Bytes,
+        leader_high_watermark: Offset,
+        generation: u64,
+    ) -> Result<(), BrokerError> {
+        self.check_open()?;
+        let (end, policy) = {
+            let mut log = self.log_write();
+            self.check_open()?;
+            if self.generation() != generation {
+                return Err(self.not_leader());
+            }
+            for batch in BatchIter::new(batches) {
+                let (_, batch) = batch?;
+                log.append_replicated(batch, now_ms())?;
+            }
+            (log.log_end_offset(), log.config().flush_policy)
+        };
+        self.appended.send_replace(end);
+        match policy {
+            FlushPolicy::EveryAppend => self.sync_now().await?,
+            FlushPolicy::Interval { .. } | FlushPolicy::Os => self.on_durable(end),
+        }
+        self.advance_high_watermark(leader_high_watermark.min(end));
+        Ok(())
+    }
+
+    /// Takes the leader's high watermark when a fetch brought no batches.
+    pub fn learn_high_watermark(&self, leader_high_watermark: Offset) {
+        let end = self.log_end_offset();
+        self.advance_high_watermark(leader_high_watermark.min(end));
+    }
+
+    /// Removes this follower's divergent suffix: everything at and above `offset`.
+    pub fn truncate_to(&self, offset: Offset, generation: u64) -> Result<(), BrokerError> {
+        let mut log = self.log_write();
+        self.check_open()?;
+        if self.generation() != generation {
+            return Err(self.not_leader());
+        }
+        log.truncate_to(offset)?;
+        let end = log.log_end_offset();
+        drop(log);
+        self.progress.send_modify(|p| {
+            p.durable = p.durable.min(end);
+            p.high_watermark = p.high_watermark.min(end);
+        });
+        self.appended.send_replace(end);
+        tracing::warn!(topic = %self.topic, partition = %self.id, log_end_offset = %end,
+            "truncated a suffix the leader does not have");
+        Ok(())
+    }
+
+    /// fsyncs what the log holds now (a follower, before it tells the leader).
+    async fn sync_now(&self) -> Result<(), BrokerError> {
+        let handle = self.log_read().sync_handle();
+        let end = handle.end_offset();
+        let syncing = handle.clone();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || syncing.sync())
+            .await
+            .map_err(|e| BrokerError::Internal(format!("fsync task failed: {e}")))??;
+        self.metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if self.log_write().mark_synced(&handle) {
+            self.on_durable(end);
+        }
+        Ok(())
+    }
+
+    /// As leader: the ISR change this replica wants now, with the epochs to send it at.
+    pub fn wanted_isr_change(&self, max_lag: Duration) -> Option<(LeaderState, Vec<BrokerId>)> {
+        let high_watermark = self.high_watermark();
+        let epoch_start = {
+            let log = self.log_read();
+            let epoch = log.leader_epoch();
+            log.end_offset_for_epoch(LeaderEpoch(epoch.0 - 1))
+                .map_or(Offset(0), |(_, end)| end)
+        };
+        let mut role = self.role();
+        let Role::Leader(state) = &mut *role else {
+            return None;
+        };
+        let now = Instant::now();
+        let wanted = state.wanted_isr(self.me, high_watermark, epoch_start, max_lag, now)?;
+        if let Some((epoch, at)) = state.isr_change_requested
+            && epoch == state.partition_epoch
+            && now.duration_since(at) < Duration::from_secs(5)
+        {
+            return None;
+        }
+        state.isr_change_requested = Some((state.partition_epoch, now));
+        Some((state.clone(), wanted))
+    }
+
     /// First offset at or after `timestamp_ms` that consumers may read, if any.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<Offset>, BrokerError> {
         let high_watermark = self.high_watermark();
@@ -254,10 +639,9 @@ impl Partition {
         let mut log = self.log_write();
         self.check_open()?;
         log.roll_if_due(now_ms())?;
-        // A roll fsyncs the old segment: what it covered is durable, and committed.
-        if log.config().flush_policy == FlushPolicy::EveryAppend {
-            self.advance_high_watermark(log.flushed_offset());
-        }
+        // A roll fsyncs the old segment: what it covered is durable.
+        let flushed =
+            (log.config().flush_policy == FlushPolicy::EveryAppend).then(|| log.flushed_offset());
         let high_watermark = self.high_watermark();
         let outcome = log.enforce_retention(now_ms(), high_watermark)?;
         if outcome.deleted_segments > 0 {
@@ -268,6 +652,10 @@ impl Partition {
         if log.high_watermark() != high_watermark {
             log.checkpoint_high_watermark(high_watermark)?;
         }
+        drop(log);
+        if let Some(flushed) = flushed {
+            self.on_durable(flushed);
+        }
         Ok(())
     }
 
@@ -277,15 +665,17 @@ impl Partition {
         let flushed = {
             let mut log = self.log_write();
             self.state.store(SHUT_DOWN, Ordering::Release);
-            log.flush().and_then(|()| {
-                let end = log.log_end_offset();
-                // With a single replica everything durable is committed (replication will
-                // change this).
-                log.checkpoint_high_watermark(end).map(|()| end)
-            })
+            log.flush().map(|()| log.log_end_offset())
         };
         if let Ok(end) = flushed {
-            self.advance_high_watermark(end);
+            self.on_durable(end);
+            // Only what is committed: a suffix the ISR never had must not look committed
+            // after a restart.
+            let high_watermark = self.high_watermark();
+            if let Err(error) = self.log_write().checkpoint_high_watermark(high_watermark) {
+                tracing::warn!(topic = %self.topic, partition = %self.id, %error,
+                    "cannot checkpoint the high watermark at shutdown");
+            }
         }
         self.wake_all();
         flushed.map(|_| ()).map_err(BrokerError::from)
@@ -337,7 +727,7 @@ impl Partition {
             let end = handle.end_offset();
             if end <= flushed {
                 // A segment roll already made it durable.
-                self.advance_high_watermark(flushed);
+                self.on_durable(flushed);
                 continue;
             }
             let started = Instant::now();
@@ -351,7 +741,7 @@ impl Partition {
                     // A truncation during the fsync makes the handle stale; its offsets are
                     // then not covered and the next round syncs again.
                     if self.log_write().mark_synced(&handle) {
-                        self.advance_high_watermark(end);
+                        self.on_durable(end);
                     }
                 }
                 Ok(Err(error)) => {
@@ -369,6 +759,28 @@ impl Partition {
                 }
             }
         }
+    }
+}
+
+/// Where a follower's log stops agreeing with `log` (the leader's), given where it ends and
+/// the epoch of its last batch (KIP-320): `None` when it agrees.
+fn divergence(
+    log: &Log,
+    fetch_offset: Offset,
+    last_fetched_epoch: i32,
+    leader_end: Offset,
+) -> Option<(i32, Offset)> {
+    if fetch_offset == Offset(0) {
+        return None;
+    }
+    if last_fetched_epoch < 0 {
+        // Batches without an epoch cannot be checked; be safe and start over from ours.
+        return Some((-1, log.log_start_offset()));
+    }
+    match log.end_offset_for_epoch(LeaderEpoch(last_fetched_epoch)) {
+        Some((epoch, end)) if epoch.0 == last_fetched_epoch && fetch_offset <= end => None,
+        Some((epoch, end)) => Some((epoch.0, end.min(leader_end))),
+        None => Some((-1, log.log_start_offset())),
     }
 }
 

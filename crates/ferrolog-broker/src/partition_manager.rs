@@ -13,6 +13,7 @@ use ferrolog_metadata::{BrokerId, ClusterImage, PartitionId, TopicConfig, TopicI
 use tokio::sync::watch;
 
 use crate::BrokerError;
+use crate::fetcher::{ReplicationContext, follow};
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 
@@ -41,6 +42,8 @@ pub struct PartitionManager {
     /// controller (its registration): from then on a topic missing from the image is gone.
     image_is_current: std::sync::atomic::AtomicBool,
     metrics: Arc<BrokerMetrics>,
+    /// Shared by the fetchers of the partitions this broker follows.
+    replication: Arc<ReplicationContext>,
 }
 
 impl PartitionManager {
@@ -52,6 +55,7 @@ impl PartitionManager {
             reconciled: watch::Sender::new(0),
             image_is_current: std::sync::atomic::AtomicBool::new(false),
             metrics,
+            replication: Arc::new(ReplicationContext::new(node_id)),
         }
     }
 
@@ -101,6 +105,13 @@ impl PartitionManager {
     /// deleted topics, applies config changes. Runs on the blocking pool: opening a log
     /// reads and may truncate files.
     pub fn reconcile(&self, image: &ClusterImage) -> Result<(), BrokerError> {
+        self.replication.set_addresses(
+            image
+                .brokers
+                .values()
+                .map(|b| (b.id, b.address.clone()))
+                .collect(),
+        );
         let mut wanted: HashMap<PartitionKey, (&TopicImage, PartitionId)> = HashMap::new();
         for topic in image.topics.values() {
             for p in &topic.partitions {
@@ -172,8 +183,18 @@ impl PartitionManager {
         id: PartitionId,
     ) -> Result<(), BrokerError> {
         let config = self.log_config(topic)?;
+        let min_insync = self
+            .settings
+            .topic_defaults
+            .with_overrides(&topic.configs)
+            .map_err(ferrolog_controller::ControllerError::from)?
+            .min_insync_replicas as usize;
+        let image = topic.partitions.get(id.0 as usize).ok_or_else(|| {
+            BrokerError::Internal(format!("{}-{id} is not in the image", topic.name))
+        })?;
         if let Some(existing) = self.get(&key.0, key.1) {
             existing.set_config(config);
+            self.take_role(&existing, image, min_insync)?;
             return Ok(());
         }
         let dir = self.partition_dir(&topic.name, id);
@@ -182,14 +203,33 @@ impl PartitionManager {
             &topic.name,
             id,
             &topic.topic_id,
+            self.node_id,
             &dir,
             config,
             self.metrics.clone(),
         )?;
+        self.take_role(&partition, image, min_insync)?;
         tracing::info!(topic = %topic.name, partition = %id,
             log_end_offset = %partition.log_end_offset(), "partition opened");
         let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
         partitions.insert(key.clone(), partition);
+        Ok(())
+    }
+
+    /// Gives `partition` the role the image says, starting a fetcher when it follows.
+    fn take_role(
+        &self,
+        partition: &Arc<Partition>,
+        image: &ferrolog_metadata::PartitionImage,
+        min_insync: usize,
+    ) -> Result<(), BrokerError> {
+        if let Some(assignment) = partition.apply_assignment(image, min_insync)? {
+            tokio::spawn(follow(
+                Arc::clone(partition),
+                assignment,
+                Arc::clone(&self.replication),
+            ));
+        }
         Ok(())
     }
 

@@ -146,6 +146,34 @@ impl Admin {
         .await
     }
 
+    /// Makes `leader` (an in-sync replica) the leader of `topic`-`partition`; returns the
+    /// metadata index of the change.
+    #[tracing::instrument(skip(self))]
+    pub async fn elect_leader(&self, topic: &str, partition: i32, leader: i32) -> Result<u64> {
+        let request = ferrolog_proto::v1::ElectLeaderRequest {
+            topic: topic.to_owned(),
+            partition,
+            leader_id: leader,
+        };
+        self.admin_call(
+            "an ElectLeader answer",
+            move |mut client, address, timeout| {
+                let request = request.clone();
+                async move {
+                    call(
+                        &address,
+                        "an ElectLeader answer",
+                        timeout,
+                        client.elect_leader(request),
+                    )
+                    .await
+                }
+            },
+        )
+        .await
+        .map(|r| r.metadata_index)
+    }
+
     /// Partitions (leader, replicas, ISR, offsets, size) and effective configuration.
     #[tracing::instrument(skip(self))]
     pub async fn describe_topic(&self, name: &str) -> Result<DescribeTopicResponse> {

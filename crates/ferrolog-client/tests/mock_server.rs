@@ -326,6 +326,15 @@ impl AdminService for FakeBroker {
         }))
     }
 
+    async fn elect_leader(
+        &self,
+        _request: Request<ferrolog_proto::v1::ElectLeaderRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::ElectLeaderResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake broker has one replica per partition",
+        ))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<DescribeTopicRequest>,

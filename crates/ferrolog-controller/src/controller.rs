@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrolog_metadata::records::{
-    CreateTopicRecord, DeleteTopicRecord, MetadataRecord, PartitionAssignment, Record,
-    RegisterBrokerRecord,
+    CreateTopicRecord, DeleteTopicRecord, MetadataRecord, PartitionAssignment,
+    PartitionChangeRecord, Record, RegisterBrokerRecord,
 };
 use ferrolog_metadata::{
     BrokerId, ClusterImage, MetadataError, MetadataQuorum, QuorumStatus, TopicConfig, random_id,
@@ -23,12 +23,9 @@ use crate::{ControllerError, assign_replicas, code_of, validate_topic_name};
 /// index per segment); an accidental `--partitions 1000000` must be refused, not exhaust
 /// the node's file descriptors.
 pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
-/// Replication factor when a request does not say. 1 until partition replication lands;
-/// then Kafka's min(3, brokers).
-pub const DEFAULT_REPLICATION_FACTOR: i64 = 1;
-/// Partition replication (followers, ISR, high watermark across replicas) is not built
-/// yet: a topic must never claim replicas that hold no copy of its data.
-pub const MAX_SUPPORTED_REPLICATION_FACTOR: i64 = 1;
+/// Replication factor when a request does not say: 3 (capped at the live brokers), the
+/// smallest that survives losing a broker while another is down for maintenance.
+pub const DEFAULT_REPLICATION_FACTOR: i64 = 3;
 /// How long a request keeps looking for an active controller before it gives up.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between attempts while no leader is known.
@@ -54,6 +51,23 @@ enum Change {
         address: String,
         incarnation_id: u64,
     },
+    AlterPartition(AlterPartitionRequest),
+    ElectLeader {
+        topic: String,
+        partition: i32,
+        leader: BrokerId,
+    },
+}
+
+/// A partition leader's request to change the ISR, at the epochs it knows.
+#[derive(Clone, Debug)]
+pub struct AlterPartitionRequest {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: BrokerId,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub new_isr: Vec<BrokerId>,
 }
 
 /// The controller logic of one node.
@@ -124,6 +138,50 @@ impl Controller {
         .await
     }
 
+    /// Changes a partition's ISR at its leader's request.
+    pub async fn alter_partition(
+        &self,
+        request: AlterPartitionRequest,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::AlterPartition(request)).await
+    }
+
+    pub async fn alter_partition_here(
+        &self,
+        request: AlterPartitionRequest,
+    ) -> Result<u64, ControllerError> {
+        self.commit_here(&Change::AlterPartition(request)).await
+    }
+
+    /// Makes `leader` (an ISR member) the partition's leader.
+    pub async fn elect_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader: BrokerId,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::ElectLeader {
+            topic: topic.to_owned(),
+            partition,
+            leader,
+        })
+        .await
+    }
+
+    pub async fn elect_leader_here(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader: BrokerId,
+    ) -> Result<u64, ControllerError> {
+        self.commit_here(&Change::ElectLeader {
+            topic: topic.to_owned(),
+            partition,
+            leader,
+        })
+        .await
+    }
+
     /// Commits a change if this node is the active controller, never forwarding (the
     /// ControllerService calls this, so a request is forwarded at most once).
     async fn commit_here(&self, change: &Change) -> Result<u64, ControllerError> {
@@ -140,6 +198,12 @@ impl Controller {
                     address,
                     incarnation_id,
                 } => Ok(decide_register_broker(image, *id, address, *incarnation_id)),
+                Change::AlterPartition(request) => decide_alter_partition(image, request),
+                Change::ElectLeader {
+                    topic,
+                    partition,
+                    leader,
+                } => decide_elect_leader(image, topic, *partition, *leader),
             })
             .await
     }
@@ -290,6 +354,35 @@ impl Controller {
                         broker_id: id.0,
                         address: address.clone(),
                         incarnation_id: *incarnation_id,
+                    })
+                    .await?
+                    .into_inner()
+                    .metadata_index
+            }
+            Change::AlterPartition(r) => {
+                client
+                    .alter_partition(v1::AlterPartitionRequest {
+                        topic: r.topic.clone(),
+                        partition: r.partition,
+                        leader_id: r.leader.0,
+                        leader_epoch: r.leader_epoch,
+                        partition_epoch: r.partition_epoch,
+                        new_isr: r.new_isr.iter().map(|b| b.0).collect(),
+                    })
+                    .await?
+                    .into_inner()
+                    .metadata_index
+            }
+            Change::ElectLeader {
+                topic,
+                partition,
+                leader,
+            } => {
+                client
+                    .elect_leader(v1::ElectLeaderRequest {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        leader_id: leader.0,
                     })
                     .await?
                     .into_inner()
@@ -448,14 +541,9 @@ pub fn decide_create_topic(
         return Err(ControllerError::NoBrokersRegistered);
     }
     let replication_factor = match request.replication_factor {
-        0 => DEFAULT_REPLICATION_FACTOR,
+        0 => DEFAULT_REPLICATION_FACTOR.min(brokers.len() as i64),
         rf => rf,
     };
-    if replication_factor > MAX_SUPPORTED_REPLICATION_FACTOR {
-        return Err(ControllerError::ReplicationNotSupported {
-            requested: replication_factor,
-        });
-    }
     if replication_factor < 1 || replication_factor as usize > brokers.len() {
         return Err(ControllerError::InvalidReplicationFactor {
             requested: replication_factor,
@@ -499,6 +587,135 @@ pub fn decide_delete_topic(
             topic_id: topic.topic_id.clone(),
         })),
     }])
+}
+
+fn partition_change(
+    topic: &str,
+    partition: i32,
+    p: &ferrolog_metadata::PartitionImage,
+    leader: BrokerId,
+    leader_epoch: i32,
+    isr: &[BrokerId],
+) -> MetadataRecord {
+    MetadataRecord {
+        record: Some(Record::PartitionChange(PartitionChangeRecord {
+            topic: topic.to_owned(),
+            partition,
+            leader: leader.0,
+            leader_epoch,
+            partition_epoch: p.partition_epoch + 1,
+            replicas: p.replicas.iter().map(|b| b.0).collect(),
+            isr: isr.iter().map(|b| b.0).collect(),
+        })),
+    }
+}
+
+fn find_partition<'a>(
+    image: &'a ClusterImage,
+    topic: &str,
+    partition: i32,
+) -> Result<&'a ferrolog_metadata::PartitionImage, ControllerError> {
+    image
+        .topic(topic)
+        .and_then(|t| {
+            usize::try_from(partition)
+                .ok()
+                .and_then(|i| t.partitions.get(i))
+        })
+        .ok_or_else(|| ControllerError::UnknownPartition {
+            topic: topic.to_owned(),
+            partition,
+        })
+}
+
+/// An ISR change, if the request comes from the current leader at the current epochs (a
+/// deposed or partitioned-away leader's request is refused: it must not shrink the ISR to
+/// itself and go on acknowledging alone). The new ISR holds the leader and only replicas.
+pub fn decide_alter_partition(
+    image: &ClusterImage,
+    request: &AlterPartitionRequest,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let p = find_partition(image, &request.topic, request.partition)?;
+    if p.leader != Some(request.leader)
+        || p.leader_epoch != request.leader_epoch
+        || p.partition_epoch != request.partition_epoch
+    {
+        return Err(ControllerError::FencedEpoch {
+            topic: request.topic.clone(),
+            partition: request.partition,
+            leader: request.leader.0,
+            leader_epoch: request.leader_epoch,
+            partition_epoch: request.partition_epoch,
+            current_leader: p.leader.map(|l| l.0),
+            current_leader_epoch: p.leader_epoch,
+            current_partition_epoch: p.partition_epoch,
+        });
+    }
+    let invalid = |reason| ControllerError::InvalidIsr {
+        topic: request.topic.clone(),
+        partition: request.partition,
+        isr: request.new_isr.iter().map(|b| b.0).collect(),
+        reason,
+    };
+    if !request.new_isr.contains(&request.leader) {
+        return Err(invalid("the leader must stay in its ISR"));
+    }
+    if request.new_isr.iter().any(|b| !p.replicas.contains(b)) {
+        return Err(invalid("every ISR member must be a replica"));
+    }
+    let mut isr = request.new_isr.clone();
+    isr.sort_unstable();
+    isr.dedup();
+    let mut current = p.isr.clone();
+    current.sort_unstable();
+    if isr == current {
+        return Ok(Vec::new());
+    }
+    // Replica order, so the preferred replica reads first.
+    let isr: Vec<BrokerId> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| isr.contains(r))
+        .collect();
+    Ok(vec![partition_change(
+        &request.topic,
+        request.partition,
+        p,
+        request.leader,
+        p.leader_epoch,
+        &isr,
+    )])
+}
+
+/// A new leader from the ISR, at the next leader epoch. Electing the current leader is a
+/// no-op.
+pub fn decide_elect_leader(
+    image: &ClusterImage,
+    topic: &str,
+    partition: i32,
+    leader: BrokerId,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let p = find_partition(image, topic, partition)?;
+    if p.leader == Some(leader) {
+        return Ok(Vec::new());
+    }
+    if !p.isr.contains(&leader) {
+        return Err(ControllerError::IneligibleReplica {
+            topic: topic.to_owned(),
+            partition,
+            broker: leader.0,
+            isr: p.isr.iter().map(|b| b.0).collect(),
+        });
+    }
+    Ok(vec![partition_change(
+        topic,
+        partition,
+        p,
+        leader,
+        p.leader_epoch + 1,
+        &p.isr,
+    )])
 }
 
 /// Nothing when the broker is registered, unfenced, at that address already (a restart);

@@ -17,11 +17,38 @@ pub enum ControllerError {
         "invalid replication factor {requested}: it must be between 1 and the {brokers} registered broker(s)"
     )]
     InvalidReplicationFactor { requested: i64, brokers: usize },
+    #[error("unknown partition {topic}-{partition}")]
+    UnknownPartition { topic: String, partition: i32 },
     #[error(
-        "replication factor {requested} is not supported yet: partition replication is not \
-         implemented in this release, so every partition has exactly one replica; use 1"
+        "stale request for {topic}-{partition}: it names leader {leader} at leader epoch \
+         {leader_epoch} and partition epoch {partition_epoch}, but the partition is at leader \
+         {current_leader:?}, leader epoch {current_leader_epoch}, partition epoch \
+         {current_partition_epoch}"
     )]
-    ReplicationNotSupported { requested: i64 },
+    FencedEpoch {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        current_leader: Option<i32>,
+        current_leader_epoch: i32,
+        current_partition_epoch: i32,
+    },
+    #[error("broker {broker} cannot lead {topic}-{partition}: it is not in the ISR {isr:?}")]
+    IneligibleReplica {
+        topic: String,
+        partition: i32,
+        broker: i32,
+        isr: Vec<i32>,
+    },
+    #[error("invalid ISR {isr:?} for {topic}-{partition}: {reason}")]
+    InvalidIsr {
+        topic: String,
+        partition: i32,
+        isr: Vec<i32>,
+        reason: &'static str,
+    },
     #[error(
         "no broker has registered yet: brokers register right after a controller leader is \
          elected; retry in a moment"
@@ -47,9 +74,13 @@ impl ControllerError {
             Self::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
             Self::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
-            Self::InvalidReplicationFactor { .. }
-            | Self::ReplicationNotSupported { .. }
-            | Self::NoBrokersRegistered => ErrorCode::InvalidReplicationFactor,
+            Self::InvalidReplicationFactor { .. } | Self::NoBrokersRegistered => {
+                ErrorCode::InvalidReplicationFactor
+            }
+            Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            Self::FencedEpoch { .. } => ErrorCode::FencedEpoch,
+            Self::IneligibleReplica { .. } => ErrorCode::IneligibleReplica,
+            Self::InvalidIsr { .. } => ErrorCode::InvalidRequest,
             Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
             Self::Remote { code, .. } => *code,
             Self::NoQuorum { .. } => ErrorCode::NotController,

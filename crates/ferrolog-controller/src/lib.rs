@@ -14,8 +14,10 @@ mod status;
 mod topic_name;
 
 pub use controller::{
-    Controller, CreateTopicRequest, DEFAULT_FORWARD_TIMEOUT, MAX_PARTITIONS_PER_TOPIC,
-    decide_create_topic, decide_delete_topic, decide_register_broker, status_to_wire,
+    AlterPartitionRequest, Controller, CreateTopicRequest, DEFAULT_FORWARD_TIMEOUT,
+    DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC, decide_alter_partition,
+    decide_create_topic, decide_delete_topic, decide_elect_leader, decide_register_broker,
+    status_to_wire,
 };
 pub use error::ControllerError;
 pub use placement::assign_replicas;

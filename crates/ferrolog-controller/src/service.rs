@@ -15,7 +15,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::controller::status_to_wire;
-use crate::{Controller, ControllerError, CreateTopicRequest, status_with_code};
+use crate::{
+    AlterPartitionRequest, Controller, ControllerError, CreateTopicRequest, status_with_code,
+};
 
 /// Images a metadata stream may have queued for a slow broker.
 const METADATA_STREAM_DEPTH: usize = 2;
@@ -96,6 +98,41 @@ impl ControllerService for ControllerApi {
             .register_broker_here(BrokerId(r.broker_id), &r.address, r.incarnation_id)
             .await?;
         Ok(Response::new(v1::RegisterBrokerResponse {
+            metadata_index: index,
+        }))
+    }
+
+    async fn alter_partition(
+        &self,
+        request: Request<v1::AlterPartitionRequest>,
+    ) -> Result<Response<v1::AlterPartitionResponse>, Status> {
+        let r = request.into_inner();
+        let index = self
+            .controller
+            .alter_partition_here(AlterPartitionRequest {
+                topic: r.topic,
+                partition: r.partition,
+                leader: BrokerId(r.leader_id),
+                leader_epoch: r.leader_epoch,
+                partition_epoch: r.partition_epoch,
+                new_isr: r.new_isr.into_iter().map(BrokerId).collect(),
+            })
+            .await?;
+        Ok(Response::new(v1::AlterPartitionResponse {
+            metadata_index: index,
+        }))
+    }
+
+    async fn elect_leader(
+        &self,
+        request: Request<v1::ElectLeaderRequest>,
+    ) -> Result<Response<v1::ElectLeaderResponse>, Status> {
+        let r = request.into_inner();
+        let index = self
+            .controller
+            .elect_leader_here(&r.topic, r.partition, BrokerId(r.leader_id))
+            .await?;
+        Ok(Response::new(v1::ElectLeaderResponse {
             metadata_index: index,
         }))
     }

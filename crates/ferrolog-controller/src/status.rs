@@ -18,7 +18,10 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::CorruptRecord
         | ErrorCode::InvalidRequest => Code::InvalidArgument,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
-        ErrorCode::NotLeader | ErrorCode::NotController => Code::FailedPrecondition,
+        ErrorCode::NotLeader
+        | ErrorCode::NotController
+        | ErrorCode::FencedEpoch
+        | ErrorCode::IneligibleReplica => Code::FailedPrecondition,
         ErrorCode::NotEnoughReplicas | ErrorCode::BrokerShuttingDown => Code::Unavailable,
         ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
         ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,

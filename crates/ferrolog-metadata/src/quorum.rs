@@ -68,6 +68,10 @@ pub struct MetadataQuorum {
     /// Serializes proposals from this node: "decide from the image, then propose" must not
     /// interleave with another decision (two creates of one name).
     propose_lock: tokio::sync::Mutex<()>,
+    /// Raft senders' incarnations, shared by every RaftService this node serves.
+    incarnations: Arc<crate::raft::IncarnationTracker>,
+    /// This node on the Raft wire.
+    own: Sender,
 }
 
 /// A cluster id all nodes derive alike from the voters list (FNV-1a of its canonical
@@ -125,11 +129,15 @@ impl MetadataQuorum {
         }
         .validate()
         .map_err(|e| MetadataError::Raft(format!("invalid Raft config: {e}")))?;
-        let network = GrpcNetwork::new(Sender {
+        let own = Sender {
             cluster_id: cluster_id.clone(),
             node_id: config.node_id,
             address: config.advertised_address.clone(),
-        });
+            // Never 0, which means "not tracked".
+            incarnation: rand08::random::<u64>().max(1),
+        };
+        let incarnations = Arc::new(crate::raft::IncarnationTracker::default());
+        let network = GrpcNetwork::new(own.clone(), Arc::clone(&incarnations));
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -165,6 +173,8 @@ impl MetadataQuorum {
             state_machine,
             cluster_id,
             propose_lock: tokio::sync::Mutex::new(()),
+            incarnations,
+            own,
         }))
     }
 
@@ -184,8 +194,9 @@ impl MetadataQuorum {
     pub fn raft_service(&self) -> RaftApi {
         RaftApi::new(
             self.raft.clone(),
-            self.cluster_id.clone(),
+            self.own.clone(),
             self.config.voters.clone(),
+            Arc::clone(&self.incarnations),
         )
     }
 

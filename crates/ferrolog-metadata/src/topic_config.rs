@@ -29,7 +29,8 @@ pub struct TopicConfig {
     pub max_message_bytes: u32,
     /// `cleanup.policy`: only `delete` until compaction lands.
     pub cleanup_policy: CleanupPolicy,
-    /// `min.insync.replicas`: acks=all needs at least this many in-sync replicas.
+    /// `min.insync.replicas`: acks=all needs at least this many in-sync replicas (capped at
+    /// the replication factor).
     pub min_insync_replicas: u32,
 }
 
@@ -50,7 +51,11 @@ impl Default for TopicConfig {
             segment_ms: 7 * DAY_MS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             cleanup_policy: CleanupPolicy::Delete,
-            min_insync_replicas: 1,
+            // Not Kafka's 1: with the default replication factor 3, 2 means every
+            // acknowledged acks=all write is on two brokers, so losing any one never loses
+            // it, and one broker may be down (a rolling restart) while writes go on. Capped
+            // at the replication factor, so a 1-replica topic still takes writes.
+            min_insync_replicas: 2,
         }
     }
 }

@@ -27,6 +27,9 @@ enum Command {
     /// Inspect the cluster: controllers, the Raft leader, brokers.
     #[command(subcommand)]
     Cluster(cli::cluster::ClusterCommand),
+    /// Operate on one partition
+    #[command(subcommand)]
+    Partition(cli::partition::PartitionCommand),
     /// Measure produce and consume throughput and latency.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
             Command::Consume(args) => cli::consume::run(args).await,
             Command::Bench(cmd) => cli::bench::run(cmd).await,
             Command::Cluster(cmd) => cli::cluster::run(cmd).await,
+            Command::Partition(cmd) => cli::partition::run(cmd).await,
             Command::Health(args) => cli::health::run(args).await,
         }
     });

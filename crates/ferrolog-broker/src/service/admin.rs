@@ -63,6 +63,27 @@ impl AdminApi {
         })
     }
 
+    #[tracing::instrument(name = "elect_leader", skip_all,
+        fields(topic = %request.topic, partition = request.partition, leader = request.leader_id))]
+    async fn elect_leader_inner(
+        &self,
+        request: v1::ElectLeaderRequest,
+    ) -> Result<v1::ElectLeaderResponse, BrokerError> {
+        let index = self
+            .broker
+            .controller()
+            .elect_leader(
+                &request.topic,
+                request.partition,
+                ferrolog_metadata::BrokerId(request.leader_id),
+            )
+            .await?;
+        self.caught_up(index).await?;
+        Ok(v1::ElectLeaderResponse {
+            metadata_index: index,
+        })
+    }
+
     #[tracing::instrument(name = "delete_topic", skip_all, fields(topic = %request.name))]
     async fn delete_topic_inner(
         &self,
@@ -184,6 +205,15 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         let result = self.delete_topic_inner(request.into_inner()).await;
         self.count("delete_topic", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn elect_leader(
+        &self,
+        request: Request<v1::ElectLeaderRequest>,
+    ) -> Result<Response<v1::ElectLeaderResponse>, Status> {
+        let result = self.elect_leader_inner(request.into_inner()).await;
+        self.count("elect_leader", &result);
         result.map(Response::new).map_err(Status::from)
     }
 

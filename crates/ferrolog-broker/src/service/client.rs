@@ -85,9 +85,7 @@ impl ClientApi {
             ms => Duration::from_millis(u64::from(ms)),
         }
         .min(self.broker.config().max_produce_timeout);
-        let info = partition
-            .append(&mut batch, acks != Acks::None, timeout)
-            .await?;
+        let info = partition.append(&mut batch, acks, timeout).await?;
         let metrics = self.broker.metrics();
         metrics
             .produced_records

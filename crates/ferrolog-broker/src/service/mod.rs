@@ -3,7 +3,9 @@
 mod admin;
 mod client;
 mod convert;
+mod replication;
 mod status;
 
 pub use admin::AdminApi;
 pub use client::ClientApi;
+pub use replication::ReplicationApi;

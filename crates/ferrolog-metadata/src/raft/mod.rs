@@ -3,6 +3,7 @@
 //! transport on the controller port.
 
 mod flush;
+mod incarnations;
 // openraft fixes the error type of its storage traits; it is large, and not ours to box.
 #[allow(clippy::result_large_err)]
 mod log_store;
@@ -17,6 +18,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub use flush::FlushMode;
+pub use incarnations::{DuplicateNode, IncarnationTracker};
 pub use log_store::SledLogStore;
 pub use network::{GrpcNetwork, Sender};
 pub use runtime::{FerrologRuntime, seed_election_rng};

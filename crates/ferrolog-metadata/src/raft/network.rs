@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
-use super::{NodeId, TypeConfig, decode, encode};
+use super::{IncarnationTracker, NodeId, TypeConfig, decode, encode};
 
 /// Who this node is on the wire: sent with every RPC so receivers can refuse a wrong
 /// cluster or a duplicate node id.
@@ -27,6 +27,8 @@ pub struct Sender {
     pub cluster_id: String,
     pub node_id: NodeId,
     pub address: String,
+    /// Random per process start.
+    pub incarnation: u64,
 }
 
 /// Creates Raft clients; keeps one lazily connected channel per peer address.
@@ -34,13 +36,17 @@ pub struct Sender {
 pub struct GrpcNetwork {
     sender: Sender,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Peers' incarnations, as their replies name them (shared with this node's
+    /// RaftService, which sees their requests).
+    incarnations: Arc<IncarnationTracker>,
 }
 
 impl GrpcNetwork {
-    pub fn new(sender: Sender) -> Self {
+    pub fn new(sender: Sender, incarnations: Arc<IncarnationTracker>) -> Self {
         Self {
             sender,
             channels: Arc::default(),
+            incarnations,
         }
     }
 
@@ -107,6 +113,7 @@ impl RaftClient {
             cluster_id: sender.cluster_id.clone(),
             sender_id: sender.node_id,
             sender_address: sender.address.clone(),
+            sender_incarnation: sender.incarnation,
         });
         request.set_timeout(option.hard_ttl());
         let mut client = RaftServiceClient::new(channel)
@@ -125,8 +132,21 @@ impl RaftClient {
                 RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))
             }
         })?;
-        let result: Result<Resp, E> = decode(&response.into_inner().payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = response.into_inner();
+        // A follower only ever answers, so its incarnation is seen in replies: that is how
+        // a second process using its id is noticed while it never sends a request itself.
+        if let Err(duplicate) = self
+            .network
+            .incarnations
+            .observe(self.target, reply.sender_incarnation)
+        {
+            tracing::error!(peer = self.target, %duplicate, "refusing Raft reply");
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(duplicate.to_string()),
+            )));
+        }
+        let result: Result<Resp, E> =
+            decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

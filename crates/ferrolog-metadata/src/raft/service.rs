@@ -3,13 +3,14 @@
 //! it claims to be.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ferrolog_proto::v1::RaftPayload;
 use ferrolog_proto::v1::raft_service_server::RaftService;
 use openraft::Raft;
 use tonic::{Request, Response, Status};
 
-use super::{NodeId, TypeConfig, decode, encode};
+use super::{IncarnationTracker, NodeId, Sender, TypeConfig, decode, encode};
 
 /// The RaftService implementation.
 #[derive(Clone)]
@@ -18,19 +19,37 @@ pub struct RaftApi {
     cluster_id: String,
     /// Configured controller addresses by node id.
     voters: BTreeMap<NodeId, String>,
+    incarnations: Arc<IncarnationTracker>,
+    /// This node, as its replies name it.
+    own: Sender,
 }
 
 impl RaftApi {
     pub fn new(
         raft: Raft<TypeConfig>,
-        cluster_id: String,
+        own: Sender,
         voters: BTreeMap<NodeId, String>,
+        incarnations: Arc<IncarnationTracker>,
     ) -> Self {
         Self {
             raft,
-            cluster_id,
+            cluster_id: own.cluster_id.clone(),
             voters,
+            incarnations,
+            own,
         }
+    }
+
+    fn reply<T: serde::Serialize>(&self, value: &T) -> Result<Response<RaftPayload>, Status> {
+        let payload =
+            encode(value).map_err(|e| Status::internal(format!("encode Raft reply: {e}")))?;
+        Ok(Response::new(RaftPayload {
+            payload,
+            cluster_id: self.own.cluster_id.clone(),
+            sender_id: self.own.node_id,
+            sender_address: self.own.address.clone(),
+            sender_incarnation: self.own.incarnation,
+        }))
     }
 
     /// Refuses traffic from another cluster (a voters list that differs) or from a second
@@ -56,20 +75,19 @@ impl RaftApi {
                 payload.sender_id, payload.sender_address
             )));
         }
+        if let Err(duplicate) = self
+            .incarnations
+            .observe(payload.sender_id, payload.sender_incarnation)
+        {
+            tracing::error!(sender = payload.sender_id, %duplicate, "refusing Raft traffic");
+            return Err(Status::failed_precondition(duplicate.to_string()));
+        }
         Ok(())
     }
 }
 
 fn bad_payload(e: postcard::Error) -> Status {
     Status::invalid_argument(format!("undecodable Raft message: {e}"))
-}
-
-fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    let payload = encode(value).map_err(|e| Status::internal(format!("encode Raft reply: {e}")))?;
-    Ok(Response::new(RaftPayload {
-        payload,
-        ..Default::default()
-    }))
 }
 
 #[tonic::async_trait]
@@ -81,14 +99,14 @@ impl RaftService for RaftApi {
         let payload = request.into_inner();
         self.check_sender(&payload)?;
         let rpc = decode(&payload.payload).map_err(bad_payload)?;
-        reply(&self.raft.append_entries(rpc).await)
+        self.reply(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let payload = request.into_inner();
         self.check_sender(&payload)?;
         let rpc = decode(&payload.payload).map_err(bad_payload)?;
-        reply(&self.raft.vote(rpc).await)
+        self.reply(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
@@ -98,6 +116,6 @@ impl RaftService for RaftApi {
         let payload = request.into_inner();
         self.check_sender(&payload)?;
         let rpc = decode(&payload.payload).map_err(bad_payload)?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        self.reply(&self.raft.install_snapshot(rpc).await)
     }
 }

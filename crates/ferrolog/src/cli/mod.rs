@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cluster;
 pub mod consume;
 pub mod health;
+pub mod partition;
 pub mod produce;
 pub mod topic;
 

@@ -89,6 +89,10 @@ pub struct ServerConfig {
     pub index_interval_bytes: u32,
     pub maintenance_interval: Duration,
     pub topic_defaults: TopicConfig,
+    /// Kafka's `replica.lag.time.max.ms`. 10 s, a third of Kafka's 30 s: a dead follower
+    /// stalls acks=all writes until it leaves the ISR, and Ferrolog's followers fetch
+    /// continuously (500 ms long polls), so a live one is never near this.
+    pub replica_lag_time_max_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +114,7 @@ impl Default for ServerConfig {
             index_interval_bytes: 4096,
             maintenance_interval: Duration::from_secs(30),
             topic_defaults: TopicConfig::default(),
+            replica_lag_time_max_ms: 10_000,
         }
     }
 }

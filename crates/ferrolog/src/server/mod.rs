@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use ferrolog_broker::service::{AdminApi, ClientApi};
+use ferrolog_broker::service::{AdminApi, ClientApi, ReplicationApi};
 use ferrolog_broker::{Broker, BrokerConfig, BrokerMetrics, StorageSettings};
 use ferrolog_controller::Controller;
 use ferrolog_controller::ControllerApi;
@@ -24,6 +24,7 @@ use ferrolog_proto::v1::admin_service_server::AdminServiceServer;
 use ferrolog_proto::v1::client_service_server::ClientServiceServer;
 use ferrolog_proto::v1::controller_service_server::ControllerServiceServer;
 use ferrolog_proto::v1::raft_service_server::RaftServiceServer;
+use ferrolog_proto::v1::replication_service_server::ReplicationServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -70,6 +71,9 @@ pub struct ServerArgs {
     /// Snapshot the metadata log (and purge it) every this many entries [default: 1000]
     #[arg(long)]
     metadata_snapshot_entries: Option<u64>,
+    /// A follower not caught up for this long leaves the ISR [default: 10000]
+    #[arg(long, value_name = "MS")]
+    replica_lag_time_max_ms: Option<u64>,
 }
 
 impl ServerArgs {
@@ -106,6 +110,10 @@ impl ServerArgs {
         if let Some(v) = self.metadata_snapshot_entries {
             anyhow::ensure!(v > 0, "--metadata-snapshot-entries must be > 0");
             config.metadata_snapshot_entries = v;
+        }
+        if let Some(v) = self.replica_lag_time_max_ms {
+            anyhow::ensure!(v > 0, "--replica-lag-time-max-ms must be > 0");
+            config.replica_lag_time_max_ms = v;
         }
         Ok(config)
     }
@@ -225,6 +233,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 maintenance_interval: config.maintenance_interval,
                 max_produce_timeout: Duration::from_secs(300),
                 max_fetch_wait: Duration::from_secs(60),
+                replica_lag_time_max: Duration::from_millis(config.replica_lag_time_max_ms),
             },
             metadata,
             controller,
@@ -391,11 +400,15 @@ async fn client_server(
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(broker)));
+    let replication = ReplicationServiceServer::new(ReplicationApi::new(Arc::clone(broker)))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(client)
         .add_service(admin)
+        .add_service(replication)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

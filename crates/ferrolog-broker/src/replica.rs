@@ -1,0 +1,294 @@
+//! What a partition replica knows about its role: as leader, where each follower's log ends
+//! and when it last caught up (the inputs of the high watermark and of ISR changes); as
+//! follower, which leader and epoch it follows. Pure bookkeeping, no I/O, so the rules are
+//! tested here directly.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ferrolog_log::Offset;
+use ferrolog_metadata::{BrokerId, PartitionImage};
+
+/// Where one follower stands, as the leader has seen it through its fetches.
+#[derive(Clone, Copy, Debug)]
+pub struct FollowerProgress {
+    /// The follower's log end offset, once a fetch has shown its log agrees with ours below
+    /// it (before that it counts as nothing).
+    pub end_offset: Option<Offset>,
+    /// Last time the follower was caught up (Kafka's `lastCaughtUpTimeMs`).
+    pub last_caught_up: Instant,
+    /// Our log end offset when the follower last fetched, and when that was: a fetch that
+    /// reaches it proves the follower was caught up at that earlier moment.
+    leo_at_last_fetch: Offset,
+    last_fetch: Instant,
+}
+
+/// A leader's view of its partition.
+#[derive(Clone, Debug)]
+pub struct LeaderState {
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub replicas: Vec<BrokerId>,
+    pub isr: Vec<BrokerId>,
+    pub followers: BTreeMap<BrokerId, FollowerProgress>,
+    /// The partition epoch at which an ISR change was last requested, and when: a change
+    /// is not requested twice for one epoch unless the first request is long gone.
+    pub isr_change_requested: Option<(i32, Instant)>,
+}
+
+/// This broker's role for one partition.
+#[derive(Clone, Debug)]
+pub enum Role {
+    Leader(LeaderState),
+    Follower {
+        leader: Option<BrokerId>,
+        leader_epoch: i32,
+    },
+}
+
+impl Role {
+    pub fn leader_epoch(&self) -> i32 {
+        match self {
+            Role::Leader(state) => state.leader_epoch,
+            Role::Follower { leader_epoch, .. } => *leader_epoch,
+        }
+    }
+}
+
+/// What the image says this broker's role is.
+pub fn role_from_image(me: BrokerId, image: &PartitionImage, now: Instant) -> Role {
+    if image.leader == Some(me) {
+        let followers = image
+            .replicas
+            .iter()
+            .filter(|r| **r != me)
+            .map(|r| {
+                (
+                    *r,
+                    FollowerProgress {
+                        end_offset: None,
+                        // A new leader gives every follower a full lag period to show up.
+                        last_caught_up: now,
+                        leo_at_last_fetch: Offset(0),
+                        last_fetch: now,
+                    },
+                )
+            })
+            .collect();
+        Role::Leader(LeaderState {
+            leader_epoch: image.leader_epoch,
+            partition_epoch: image.partition_epoch,
+            replicas: image.replicas.clone(),
+            isr: image.isr.clone(),
+            followers,
+            isr_change_requested: None,
+        })
+    } else {
+        Role::Follower {
+            leader: image.leader,
+            leader_epoch: image.leader_epoch,
+        }
+    }
+}
+
+impl LeaderState {
+    /// Takes a newer image of the same leadership (same leader epoch): ISR and partition
+    /// epoch may have changed; follower progress is kept.
+    pub fn update_from(&mut self, image: &PartitionImage) {
+        self.partition_epoch = image.partition_epoch;
+        self.replicas = image.replicas.clone();
+        self.isr = image.isr.clone();
+    }
+
+    /// Records a validated fetch from `follower` at `fetch_offset`; `leader_end` is our
+    /// log end offset now.
+    pub fn record_fetch(
+        &mut self,
+        follower: BrokerId,
+        fetch_offset: Offset,
+        leader_end: Offset,
+        now: Instant,
+    ) {
+        let Some(progress) = self.followers.get_mut(&follower) else {
+            return;
+        };
+        if fetch_offset >= leader_end {
+            progress.last_caught_up = now;
+        } else if fetch_offset >= progress.leo_at_last_fetch {
+            progress.last_caught_up = progress.last_caught_up.max(progress.last_fetch);
+        }
+        progress.end_offset = Some(fetch_offset);
+        progress.leo_at_last_fetch = leader_end;
+        progress.last_fetch = now;
+    }
+
+    /// The smallest log end offset in the ISR, counting the leader at `durable` (what it
+    /// has on disk). A member that has not fetched yet holds it at nothing.
+    pub fn isr_end(&self, me: BrokerId, durable: Offset) -> Offset {
+        self.isr
+            .iter()
+            .map(|member| {
+                if *member == me {
+                    durable
+                } else {
+                    self.followers
+                        .get(member)
+                        .and_then(|p| p.end_offset)
+                        .unwrap_or(Offset(0))
+                }
+            })
+            .min()
+            .unwrap_or(durable)
+    }
+
+    /// The ISR this leader wants: without followers that have not caught up within
+    /// `max_lag`, with replicas that have reached the high watermark. `None` when it
+    /// wants the ISR it has.
+    pub fn wanted_isr(
+        &self,
+        me: BrokerId,
+        high_watermark: Offset,
+        epoch_start: Offset,
+        max_lag: Duration,
+        now: Instant,
+    ) -> Option<Vec<BrokerId>> {
+        let wanted: Vec<BrokerId> = self
+            .replicas
+            .iter()
+            .copied()
+            .filter(|replica| {
+                if *replica == me {
+                    return true;
+                }
+                let Some(progress) = self.followers.get(replica) else {
+                    return false;
+                };
+                if self.isr.contains(replica) {
+                    now.duration_since(progress.last_caught_up) <= max_lag
+                } else {
+                    // Kafka's rule: back in once it holds everything committed, and
+                    // something of this leader's epoch.
+                    progress
+                        .end_offset
+                        .is_some_and(|end| end >= high_watermark && end >= epoch_start)
+                        && now.duration_since(progress.last_caught_up) <= max_lag
+                }
+            })
+            .collect();
+        let mut current = self.isr.clone();
+        current.sort_unstable();
+        let mut sorted = wanted.clone();
+        sorted.sort_unstable();
+        (sorted != current).then_some(wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrolog_metadata::PartitionId;
+
+    fn image(leader: i32, isr: &[i32]) -> PartitionImage {
+        PartitionImage {
+            partition: PartitionId(0),
+            replicas: vec![BrokerId(1), BrokerId(2), BrokerId(3)],
+            leader: Some(BrokerId(leader)),
+            isr: isr.iter().copied().map(BrokerId).collect(),
+            leader_epoch: 4,
+            partition_epoch: 7,
+        }
+    }
+
+    fn leader_state(isr: &[i32], now: Instant) -> LeaderState {
+        match role_from_image(BrokerId(1), &image(1, isr), now) {
+            Role::Leader(state) => state,
+            Role::Follower { .. } => panic!("broker 1 leads"),
+        }
+    }
+
+    #[test]
+    fn the_isr_end_waits_for_every_member_and_counts_the_leader_at_its_durable_end() {
+        let now = Instant::now();
+        let mut state = leader_state(&[1, 2, 3], now);
+        assert_eq!(state.isr_end(BrokerId(1), Offset(10)), Offset(0));
+        state.record_fetch(BrokerId(2), Offset(8), Offset(10), now);
+        state.record_fetch(BrokerId(3), Offset(10), Offset(10), now);
+        assert_eq!(state.isr_end(BrokerId(1), Offset(10)), Offset(8));
+        assert_eq!(state.isr_end(BrokerId(1), Offset(6)), Offset(6));
+        // Out of the ISR, a follower no longer holds the high watermark back.
+        state.isr = vec![BrokerId(1), BrokerId(3)];
+        assert_eq!(state.isr_end(BrokerId(1), Offset(10)), Offset(10));
+    }
+
+    #[test]
+    fn a_lagging_follower_leaves_the_isr_and_returns_once_caught_up() {
+        let start = Instant::now();
+        let lag = Duration::from_secs(10);
+        let mut state = leader_state(&[1, 2, 3], start);
+        state.record_fetch(BrokerId(2), Offset(100), Offset(100), start);
+        state.record_fetch(BrokerId(3), Offset(100), Offset(100), start);
+        assert_eq!(
+            state.wanted_isr(BrokerId(1), Offset(100), Offset(0), lag, start),
+            None
+        );
+
+        // Broker 3 stops fetching; broker 2 keeps up.
+        let later = start + Duration::from_secs(11);
+        state.record_fetch(BrokerId(2), Offset(150), Offset(150), later);
+        assert_eq!(
+            state.wanted_isr(BrokerId(1), Offset(150), Offset(0), lag, later),
+            Some(vec![BrokerId(1), BrokerId(2)])
+        );
+        state.isr = vec![BrokerId(1), BrokerId(2)];
+
+        // Broker 3 comes back behind the high watermark: not yet.
+        state.record_fetch(BrokerId(3), Offset(120), Offset(150), later);
+        assert_eq!(
+            state.wanted_isr(BrokerId(1), Offset(150), Offset(0), lag, later),
+            None
+        );
+        // Caught up: back in, in replica order.
+        state.record_fetch(BrokerId(3), Offset(150), Offset(150), later);
+        assert_eq!(
+            state.wanted_isr(BrokerId(1), Offset(150), Offset(0), lag, later),
+            Some(vec![BrokerId(1), BrokerId(2), BrokerId(3)])
+        );
+    }
+
+    #[test]
+    fn a_follower_that_fetches_steadily_but_trails_a_busy_leader_stays_in_sync() {
+        let start = Instant::now();
+        let lag = Duration::from_secs(10);
+        let mut state = leader_state(&[1, 2], start);
+        // Each fetch reaches where the leader ended at the previous fetch, never the end.
+        let mut leader_end = 100;
+        for second in 1..30u64 {
+            let now = start + Duration::from_secs(second);
+            state.record_fetch(
+                BrokerId(2),
+                Offset(leader_end),
+                Offset(leader_end + 50),
+                now,
+            );
+            leader_end += 50;
+        }
+        let now = start + Duration::from_secs(30);
+        assert_eq!(
+            state.wanted_isr(BrokerId(1), Offset(0), Offset(0), lag, now),
+            None
+        );
+    }
+
+    #[test]
+    fn the_image_decides_the_role() {
+        let now = Instant::now();
+        assert!(matches!(
+            role_from_image(BrokerId(2), &image(1, &[1, 2]), now),
+            Role::Follower {
+                leader: Some(BrokerId(1)),
+                leader_epoch: 4
+            }
+        ));
+        assert_eq!(leader_state(&[1, 2], now).followers.len(), 2);
+    }
+}
