@@ -362,7 +362,23 @@ impl Partition {
         match acks {
             Acks::None => {}
             Acks::Leader => self.wait_for(end, generation, timeout, false).await?,
-            Acks::All | Acks::Unspecified => self.wait_for(end, generation, timeout, true).await?,
+            Acks::All | Acks::Unspecified => {
+                self.wait_for(end, generation, timeout, true).await?;
+                // The ISR may have shrunk below the minimum while we waited: the records
+                // are committed, but on fewer replicas than promised (Kafka's
+                // NOT_ENOUGH_REPLICAS_AFTER_APPEND). The producer retries, and may
+                // duplicate, never lose.
+                let isr = self.leader_state(None)?.isr;
+                let min_insync = self.min_insync.load(Ordering::Acquire);
+                if isr.len() < min_insync {
+                    return Err(BrokerError::NotEnoughReplicas {
+                        topic: self.topic.clone(),
+                        partition: self.id.0,
+                        isr: isr.iter().map(|b| b.0).collect(),
+                        min_insync,
+                    });
+                }
+            }
         }
         Ok(info)
     }
