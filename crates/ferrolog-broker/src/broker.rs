@@ -251,6 +251,32 @@ impl Broker {
 
     /// The partition led here, or the error a client should see: unknown topic or
     /// partition (with the valid range), or NOT_LEADER naming the leader.
+    /// Names the current leader in a NOT_LEADER error that lacks it (a partition learns
+    /// it lost leadership before it knows who has it), so the client goes straight there.
+    pub fn with_leader_hint(&self, error: BrokerError) -> BrokerError {
+        match error {
+            BrokerError::NotLeader {
+                topic,
+                partition,
+                leader: None,
+            } => {
+                let image = self.metadata.image();
+                let leader = image
+                    .topic(&topic)
+                    .and_then(|t| t.partition(PartitionId(partition)))
+                    .and_then(|p| p.leader)
+                    .filter(|id| *id != self.config.node_id)
+                    .and_then(|id| image.brokers.get(&id).map(|b| (id.0, b.address.clone())));
+                BrokerError::NotLeader {
+                    topic,
+                    partition,
+                    leader,
+                }
+            }
+            other => other,
+        }
+    }
+
     pub fn leader_partition(
         &self,
         topic: &str,

@@ -146,6 +146,10 @@ pub struct ConsumerConfig {
     pub max_partition_fetch_bytes: u32,
     /// Longest server-side long-poll of one fetch; `poll` repeats fetches up to its own limit.
     pub fetch_max_wait_ms: u32,
+    /// How long one partition's fetches may keep failing with retriable errors (a leader
+    /// change, an unreachable broker) before `poll` returns the error (Kafka's
+    /// `default.api.timeout.ms`).
+    pub retry_timeout_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -155,6 +159,7 @@ impl Default for ConsumerConfig {
             fetch_max_bytes: 4 * 1024 * 1024,
             max_partition_fetch_bytes: 1024 * 1024,
             fetch_max_wait_ms: 500,
+            retry_timeout_ms: 60_000,
         }
     }
 }

@@ -50,6 +50,8 @@ struct Assignment {
     /// Failed fetch attempts in a row; drives the backoff.
     attempts: u32,
     retry_after: Option<Instant>,
+    /// When the current run of failures began; bounds how long they are retried.
+    failing_since: Option<Instant>,
 }
 
 /// Reads records from assigned partitions. Not `Clone`: positions belong to one reader.
@@ -115,6 +117,7 @@ impl Consumer {
                 assignment.position = position;
                 assignment.attempts = 0;
                 assignment.retry_after = None;
+                assignment.failing_since = None;
             }
             None => self.assignments.push(Assignment {
                 topic: Arc::from(topic),
@@ -122,6 +125,7 @@ impl Consumer {
                 position,
                 attempts: 0,
                 retry_after: None,
+                failing_since: None,
             }),
         }
         Ok(())
@@ -241,6 +245,13 @@ impl Consumer {
                 if error.invalidates_metadata() {
                     self.cluster.invalidate();
                 }
+                let failing_since = *assignment.failing_since.get_or_insert_with(Instant::now);
+                if failing_since.elapsed() >= Duration::from_millis(self.config.retry_timeout_ms) {
+                    tracing::error!(topic = %assignment.topic, partition = assignment.partition,
+                        attempts = assignment.attempts, %error,
+                        "fetches kept failing past the retry timeout; giving up");
+                    return Err(error);
+                }
                 assignment.attempts += 1;
                 let delay = self.backoff.delay(assignment.attempts, &mut rand::rng());
                 assignment.retry_after = Some(Instant::now() + delay);
@@ -258,6 +269,7 @@ impl Consumer {
         };
         assignment.attempts = 0;
         assignment.retry_after = None;
+        assignment.failing_since = None;
         let (records, next_position) = decode_response(
             &assignment.topic,
             assignment.partition,

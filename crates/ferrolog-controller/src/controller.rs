@@ -813,4 +813,122 @@ mod tests {
         ));
         assert!(decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 8).is_empty());
     }
+
+    /// Three brokers and an RF=3 topic "t" with one partition.
+    fn replicated_image() -> ClusterImage {
+        let mut image = ClusterImage::default();
+        let mut index = 0;
+        let mut apply = |image: &mut ClusterImage, records: Vec<MetadataRecord>| {
+            for record in records {
+                index += 1;
+                image.apply(index, &record).expect("apply");
+            }
+        };
+        for id in 1..=3 {
+            let records = decide_register_broker(&image, BrokerId(id), &format!("h{id}:1"), 1);
+            apply(&mut image, records);
+        }
+        let create = CreateTopicRequest {
+            replication_factor: 3,
+            ..request("t", 1)
+        };
+        let records =
+            decide_create_topic(&image, &create, &TopicConfig::default()).expect("create");
+        apply(&mut image, records);
+        image
+    }
+
+    fn alter(image: &ClusterImage, isr: &[i32]) -> AlterPartitionRequest {
+        let p = &image.topic("t").expect("topic").partitions[0];
+        AlterPartitionRequest {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader.expect("leader"),
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: isr.iter().copied().map(BrokerId).collect(),
+        }
+    }
+
+    #[test]
+    fn isr_changes_commit_only_from_the_current_leader_at_the_current_epochs() {
+        let mut image = replicated_image();
+        let leader = image.topic("t").expect("topic").partitions[0]
+            .leader
+            .expect("leader");
+        let follower = [1, 2, 3]
+            .into_iter()
+            .find(|b| *b != leader.0)
+            .expect("follower");
+        let shrunk: Vec<i32> = [1, 2, 3].into_iter().filter(|b| *b != follower).collect();
+
+        let request = alter(&image, &shrunk);
+        let records = decide_alter_partition(&image, &request).expect("shrink");
+        image.apply(100, &records[0]).expect("apply");
+        let p = &image.topic("t").expect("topic").partitions[0];
+        assert_eq!(p.isr.len(), 2);
+        assert_eq!(p.partition_epoch, 1);
+
+        // The same request again is at a stale partition epoch now.
+        let stale = decide_alter_partition(&image, &request).expect_err("stale");
+        assert_eq!(stale.code(), ErrorCode::FencedEpoch);
+        // A request from a broker that is not the leader is stale too.
+        let mut impostor = alter(&image, &[1, 2, 3]);
+        impostor.leader = BrokerId(follower);
+        assert_eq!(
+            decide_alter_partition(&image, &impostor)
+                .expect_err("not leader")
+                .code(),
+            ErrorCode::FencedEpoch
+        );
+        // The leader never drops itself, and only replicas may join.
+        let without_leader: Vec<i32> = shrunk.iter().copied().filter(|b| *b != leader.0).collect();
+        assert!(decide_alter_partition(&image, &alter(&image, &without_leader)).is_err());
+        assert!(decide_alter_partition(&image, &alter(&image, &[leader.0, 9])).is_err());
+        // Asking for the ISR it already has commits nothing.
+        assert!(
+            decide_alter_partition(&image, &alter(&image, &shrunk))
+                .expect("no-op")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn only_an_in_sync_replica_is_elected_and_the_leader_epoch_grows() {
+        let mut image = replicated_image();
+        let p = image.topic("t").expect("topic").partitions[0].clone();
+        let leader = p.leader.expect("leader");
+        let follower = [1, 2, 3]
+            .into_iter()
+            .find(|b| *b != leader.0)
+            .expect("follower");
+        let shrunk: Vec<i32> = [1, 2, 3].into_iter().filter(|b| *b != follower).collect();
+        let records = decide_alter_partition(&image, &alter(&image, &shrunk)).expect("shrink");
+        image.apply(100, &records[0]).expect("apply");
+
+        let refused =
+            decide_elect_leader(&image, "t", 0, BrokerId(follower)).expect_err("out of ISR");
+        assert_eq!(refused.code(), ErrorCode::IneligibleReplica);
+        let other = shrunk
+            .iter()
+            .copied()
+            .find(|b| *b != leader.0)
+            .expect("other ISR member");
+        let records = decide_elect_leader(&image, "t", 0, BrokerId(other)).expect("elect");
+        image.apply(101, &records[0]).expect("apply");
+        let after = &image.topic("t").expect("topic").partitions[0];
+        assert_eq!(after.leader, Some(BrokerId(other)));
+        assert_eq!(after.leader_epoch, p.leader_epoch + 1);
+        assert!(
+            decide_elect_leader(&image, "t", 0, BrokerId(other))
+                .expect("no-op")
+                .is_empty()
+        );
+        assert_eq!(
+            decide_elect_leader(&image, "t", 7, BrokerId(other))
+                .expect_err("no partition")
+                .code(),
+            ErrorCode::UnknownPartition
+        );
+    }
 }

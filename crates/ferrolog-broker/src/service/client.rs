@@ -85,7 +85,10 @@ impl ClientApi {
             ms => Duration::from_millis(u64::from(ms)),
         }
         .min(self.broker.config().max_produce_timeout);
-        let info = partition.append(&mut batch, acks, timeout).await?;
+        let info = partition
+            .append(&mut batch, acks, timeout)
+            .await
+            .map_err(|e| self.broker.with_leader_hint(e))?;
         let metrics = self.broker.metrics();
         metrics
             .produced_records

@@ -80,6 +80,10 @@ pub struct ProduceBench {
     /// Partitions of the topic if the benchmark creates it
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Replication factor of the topic if the benchmark creates it [default: the
+    /// cluster's, min(3, brokers)]
+    #[arg(long, default_value_t = 0)]
+    replication_factor: i32,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -143,10 +147,15 @@ fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).context("create latency histogram")
 }
 
-async fn ensure_topic(client: &ClientArgs, topic: &str, partitions: i32) -> anyhow::Result<()> {
+async fn ensure_topic(
+    client: &ClientArgs,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+) -> anyhow::Result<()> {
     let admin = Admin::connect(client.config()).await?;
     match admin
-        .create_topic(topic, partitions, 0, Default::default())
+        .create_topic(topic, partitions, replication_factor, Default::default())
         .await
     {
         Ok(_) => Ok(()),
@@ -159,7 +168,13 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
     if args.producers == 0 || args.record_size == 0 {
         bail!("--producers and --record-size must be at least 1");
     }
-    ensure_topic(&args.client, &args.topic, args.partitions).await?;
+    ensure_topic(
+        &args.client,
+        &args.topic,
+        args.partitions,
+        args.replication_factor,
+    )
+    .await?;
     // Incompressible-looking payload, built once and shared (Bytes clones are free).
     let payload = Bytes::from(
         (0..args.record_size)

@@ -24,6 +24,7 @@ pub struct ConfigFile {
     /// `"1@host:9293,2@host:9293,3@host:9293"`
     pub controller_voters: Option<String>,
     pub metadata_snapshot_entries: Option<u64>,
+    pub replica_lag_time_max_ms: Option<u64>,
     #[serde(default)]
     pub log: LogSection,
     /// Defaults for every topic, under Kafka's names (`"retention.ms" = "3600000"`).
@@ -182,6 +183,10 @@ impl ServerConfig {
         if let Some(v) = file.metadata_snapshot_entries {
             anyhow::ensure!(v > 0, "metadata_snapshot_entries must be > 0");
             self.metadata_snapshot_entries = v;
+        }
+        if let Some(v) = file.replica_lag_time_max_ms {
+            anyhow::ensure!(v > 0, "replica_lag_time_max_ms must be > 0");
+            self.replica_lag_time_max_ms = v;
         }
         let interval_ms = file.log.flush_interval_ms.unwrap_or(1000);
         if let Some(policy) = file.log.flush_policy {

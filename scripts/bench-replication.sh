@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Measures produce throughput and latency against three local nodes (release build): a
+# replication-factor-3 topic with acks=all beside a replication-factor-1 topic in the same
+# run, 1 KiB records, medians of RUNS alternating runs. All three nodes share this
+# machine's one disk and two cores, so RF=3 pays for three fsynced copies on one disk;
+# on separate machines each copy has its own. README.md's "Performance" section quotes it.
+#
+#   scripts/bench-replication.sh        # RECORDS=200000 per run, RUNS=3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RECORDS="${RECORDS:-200000}"
+RUNS="${RUNS:-3}"
+DATA="$(mktemp -d "${TMPDIR:-/tmp}/ferrolog-replication-bench.XXXXXX")"
+cargo build --release --locked --bin ferrolog >&2
+BIN="$PWD/target/release/ferrolog"
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    done
+    rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+declare -a client ctrl
+for i in 1 2 3; do client[$i]=$(free_port); ctrl[$i]=$(free_port); done
+voters="1@127.0.0.1:${ctrl[1]},2@127.0.0.1:${ctrl[2]},3@127.0.0.1:${ctrl[3]}"
+for i in 1 2 3; do
+    RUST_LOG=warn "$BIN" server --node-id "$i" --data-dir "$DATA/n$i" \
+        --listen "127.0.0.1:${client[$i]}" --http-listen 127.0.0.1:0 \
+        --controller-listen "127.0.0.1:${ctrl[$i]}" --controller-voters "$voters" \
+        >/dev/null 2>"$DATA/n$i.err" &
+    pids+=("$!")
+done
+brokers="127.0.0.1:${client[1]},127.0.0.1:${client[2]},127.0.0.1:${client[3]}"
+for _ in $(seq 1 100); do
+    leader=$("$BIN" cluster status --json --brokers "$brokers" 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["controller_leader"])' 2>/dev/null || echo -1)
+    [[ "$leader" -ge 1 ]] && break
+    sleep 0.2
+done
+[[ "$leader" -ge 1 ]] || { echo "no controller leader" >&2; exit 1; }
+sleep 2 # brokers register right after the controller is elected
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+run() {  # $1 = replication factor, $2 = run; prints "records/s MB/s p50 p99"
+    "$BIN" bench produce --topic "rf$1-run$2" --replication-factor "$1" --acks all \
+        --records "$RECORDS" --record-size 1024 --brokers "$brokers" 2>/dev/null |
+        awk '/^throughput:/ {r=$2; m=$4} /^latency:/ {p50=$3; p99=$6} END {print r, m, p50, p99}'
+}
+declare -A rec mb p50 p99
+for r in $(seq 1 "$RUNS"); do
+    for rf in 1 3; do
+        read -r a b c d < <(run "$rf" "$r")
+        echo "run $r RF=$rf: $a records/s, $b MB/s, p50 $c ms, p99 $d ms" >&2
+        rec[$rf]+="$a"$'\n'; mb[$rf]+="$b"$'\n'; p50[$rf]+="$c"$'\n'; p99[$rf]+="$d"$'\n'
+    done
+done
+m() { printf '%s' "$1" | sed '/^$/d' | median; }
+r1=$(m "${rec[1]}"); r3=$(m "${rec[3]}")
+echo
+echo "| 1 KiB records, acks=all, 3 local nodes (median of $RUNS) | records/s | MB/s | p50 ms | p99 ms |"
+echo "|---|---|---|---|---|"
+echo "| replication factor 1 | $r1 | $(m "${mb[1]}") | $(m "${p50[1]}") | $(m "${p99[1]}") |"
+echo "| replication factor 3 | $r3 | $(m "${mb[3]}") | $(m "${p50[3]}") | $(m "${p99[3]}") |"
+awk -v a="$r3" -v b="$r1" 'BEGIN { printf "\nRF=3 / RF=1 throughput: %.2f\n", a / b }'
