@@ -6,11 +6,13 @@
 # on separate machines each copy has its own. README.md's "Performance" section quotes it.
 #
 #   scripts/bench-replication.sh        # RECORDS=200000 per run, RUNS=3
+#   MAX_IN_FLIGHT=5 scripts/bench-replication.sh   # requests in flight per partition
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RECORDS="${RECORDS:-200000}"
 RUNS="${RUNS:-3}"
+MAX_IN_FLIGHT="${MAX_IN_FLIGHT:-1}"
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/ferrolog-replication-bench.XXXXXX")"
 cargo build --release --locked --bin ferrolog >&2
 BIN="$PWD/target/release/ferrolog"
@@ -49,7 +51,8 @@ sleep 2 # brokers register right after the controller is elected
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 run() {  # $1 = replication factor, $2 = run; prints "records/s MB/s p50 p99"
     "$BIN" bench produce --topic "rf$1-run$2" --replication-factor "$1" --acks all \
-        --records "$RECORDS" --record-size 1024 --brokers "$brokers" 2>/dev/null |
+        --records "$RECORDS" --record-size 1024 --max-in-flight "$MAX_IN_FLIGHT" \
+        --brokers "$brokers" 2>/dev/null |
         awk '/^throughput:/ {r=$2; m=$4} /^latency:/ {p50=$3; p99=$6} END {print r, m, p50, p99}'
 }
 declare -A rec mb p50 p99
@@ -63,7 +66,7 @@ done
 m() { printf '%s' "$1" | sed '/^$/d' | median; }
 r1=$(m "${rec[1]}"); r3=$(m "${rec[3]}")
 echo
-echo "| 1 KiB records, acks=all, 3 local nodes (median of $RUNS) | records/s | MB/s | p50 ms | p99 ms |"
+echo "| 1 KiB records, acks=all, $MAX_IN_FLIGHT in flight, 3 local nodes (median of $RUNS) | records/s | MB/s | p50 ms | p99 ms |"
 echo "|---|---|---|---|---|"
 echo "| replication factor 1 | $r1 | $(m "${mb[1]}") | $(m "${p50[1]}") | $(m "${p99[1]}") |"
 echo "| replication factor 3 | $r3 | $(m "${mb[3]}") | $(m "${p50[3]}") | $(m "${p99[3]}") |"

@@ -1,7 +1,8 @@
 //! The follower side of replication: one task per followed partition pulls batches from
 //! the leader, truncates a divergent suffix when the leader says where its log stops
-//! agreeing, and makes what it appends durable before fetching again (so the offset it
-//! reports is one the leader may count towards the high watermark).
+//! agreeing, and has what it appends fsynced by the partition's group-commit flusher while
+//! it fetches on. Each fetch reports both where its log ends (what to send next) and where
+//! its fsynced log ends (what the leader counts towards the high watermark).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +21,8 @@ use crate::partition::{FollowerAssignment, Partition};
 pub const REPLICA_FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// Bytes per replica fetch.
 const REPLICA_FETCH_MAX_BYTES: u32 = 8 * 1024 * 1024;
+/// Longest a follower waits for its own fsync before fetching again anyway.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
 /// Pause after an error before fetching again (the leader may be down or changing).
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -98,15 +101,24 @@ async fn fetch_once(
         .client(assignment.leader)
         .ok_or_else(|| format!("no address known for broker {}", assignment.leader))?;
     let (fetch_offset, last_fetched_epoch) = partition.follower_position();
+    let durable = partition.durable_offset();
+    // While an fsync is pending, ask without waiting: the leader learns the durable end
+    // from the fetch after it, which must not sit in a long poll meanwhile.
+    let max_wait = if durable < fetch_offset {
+        Duration::ZERO
+    } else {
+        REPLICA_FETCH_MAX_WAIT
+    };
     let mut request = tonic::Request::new(v1::ReplicaFetchRequest {
         topic: partition.topic().to_owned(),
         partition: partition.id().0 as i32,
         replica_id: context.me.0,
         leader_epoch: assignment.leader_epoch,
         fetch_offset: fetch_offset.0,
+        durable_offset: durable.0,
         last_fetched_epoch,
         max_bytes: REPLICA_FETCH_MAX_BYTES,
-        max_wait_ms: REPLICA_FETCH_MAX_WAIT.as_millis() as u32,
+        max_wait_ms: max_wait.as_millis() as u32,
     });
     request.set_timeout(REPLICA_FETCH_MAX_WAIT + Duration::from_secs(5));
     let response = client
@@ -133,6 +145,10 @@ async fn fetch_once(
     let high_watermark = Offset(response.high_watermark);
     if response.record_batches.is_empty() {
         partition.learn_high_watermark(high_watermark);
+        if durable < fetch_offset {
+            // Nothing new: the next fetch is worth sending once the fsync is done.
+            partition.wait_durable(fetch_offset, DURABLE_WAIT).await;
+        }
         return Ok(());
     }
     partition
@@ -141,6 +157,5 @@ async fn fetch_once(
             high_watermark,
             assignment.generation,
         )
-        .await
         .map_err(|e| e.to_string())
 }

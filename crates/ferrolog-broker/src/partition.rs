@@ -477,6 +477,7 @@ impl Partition {
         follower: BrokerId,
         leader_epoch: i32,
         fetch_offset: Offset,
+        durable_offset: Offset,
         last_fetched_epoch: i32,
         max_bytes: u32,
         max_wait: Duration,
@@ -501,7 +502,13 @@ impl Partition {
             let mut role = self.role();
             match &mut *role {
                 Role::Leader(state) if state.leader_epoch == leader_epoch => {
-                    state.record_fetch(follower, fetch_offset, leader_end, Instant::now());
+                    state.record_fetch(
+                        follower,
+                        fetch_offset,
+                        durable_offset,
+                        leader_end,
+                        Instant::now(),
+                    );
                 }
                 _ => return Err(self.not_leader()),
             }
@@ -532,6 +539,21 @@ impl Partition {
         }
     }
 
+    /// Where this replica's fsynced log ends.
+    pub fn durable_offset(&self) -> Offset {
+        self.progress.borrow().durable
+    }
+
+    /// Waits (bounded) until everything below `target` is fsynced here.
+    pub async fn wait_durable(&self, target: Offset, timeout: Duration) {
+        let mut progress = self.progress.subscribe();
+        let _ = tokio::time::timeout(
+            timeout,
+            progress.wait_for(|p| p.durable >= target || p.storage_failed || self.is_closed()),
+        )
+        .await;
+    }
+
     /// This follower's position: its log end offset and the epoch of its last batch.
     pub fn follower_position(&self) -> (Offset, i32) {
         let log = self.log_read();
@@ -542,10 +564,12 @@ impl Partition {
         (log.log_end_offset(), epoch)
     }
 
-    /// Appends batches fetched from the leader, keeping their offsets and epochs, makes
-    /// them durable, and takes the leader's high watermark (as far as this log reaches).
-    /// `generation` guards against a role change during the fetch.
-    pub async fn append_from_leader(
+    /// Appends batches fetched from the leader, keeping their offsets and epochs, starts
+    /// making them durable (the flusher's next group commit; the follower fetches on
+    /// meanwhile and reports the durable end with each fetch), and takes the leader's high
+    /// watermark as far as this log reaches. `generation` guards against a role change
+    /// during the fetch.
+    pub fn append_from_leader(
         &self,
         batches: &Bytes,
         leader_high_watermark: Offset,
@@ -566,7 +590,7 @@ impl Partition {
         };
         self.appended.send_replace(end);
         match policy {
-            FlushPolicy::EveryAppend => self.sync_now().await?,
+            FlushPolicy::EveryAppend => self.dirty.notify_one(),
             FlushPolicy::Interval { .. } | FlushPolicy::Os => self.on_durable(end),
         }
         self.advance_high_watermark(leader_high_watermark.min(end));
@@ -596,24 +620,6 @@ impl Partition {
         self.appended.send_replace(end);
         tracing::warn!(topic = %self.topic, partition = %self.id, log_end_offset = %end,
             "truncated a suffix the leader does not have");
-        Ok(())
-    }
-
-    /// fsyncs what the log holds now (a follower, before it tells the leader).
-    async fn sync_now(&self) -> Result<(), BrokerError> {
-        let handle = self.log_read().sync_handle();
-        let end = handle.end_offset();
-        let syncing = handle.clone();
-        let started = Instant::now();
-        tokio::task::spawn_blocking(move || syncing.sync())
-            .await
-            .map_err(|e| BrokerError::Internal(format!("fsync task failed: {e}")))??;
-        self.metrics
-            .flush_seconds
-            .observe(started.elapsed().as_secs_f64());
-        if self.log_write().mark_synced(&handle) {
-            self.on_durable(end);
-        }
         Ok(())
     }
 

@@ -12,8 +12,8 @@ use ferrolog_metadata::{BrokerId, PartitionImage};
 /// Where one follower stands, as the leader has seen it through its fetches.
 #[derive(Clone, Copy, Debug)]
 pub struct FollowerProgress {
-    /// The follower's log end offset, once a fetch has shown its log agrees with ours below
-    /// it (before that it counts as nothing).
+    /// Where the follower's durable (fsynced) log ends, once a fetch has shown its log
+    /// agrees with ours below it (before that it counts as nothing).
     pub end_offset: Option<Offset>,
     /// Last time the follower was caught up (Kafka's `lastCaughtUpTimeMs`).
     pub last_caught_up: Instant,
@@ -100,12 +100,13 @@ impl LeaderState {
         self.isr = image.isr.clone();
     }
 
-    /// Records a validated fetch from `follower` at `fetch_offset`; `leader_end` is our
-    /// log end offset now.
+    /// Records a validated fetch from `follower` at `fetch_offset`, with its log durable
+    /// below `durable`; `leader_end` is our log end offset now.
     pub fn record_fetch(
         &mut self,
         follower: BrokerId,
         fetch_offset: Offset,
+        durable: Offset,
         leader_end: Offset,
         now: Instant,
     ) {
@@ -117,7 +118,7 @@ impl LeaderState {
         } else if fetch_offset >= progress.leo_at_last_fetch {
             progress.last_caught_up = progress.last_caught_up.max(progress.last_fetch);
         }
-        progress.end_offset = Some(fetch_offset);
+        progress.end_offset = Some(durable.min(fetch_offset));
         progress.leo_at_last_fetch = leader_end;
         progress.last_fetch = now;
     }
@@ -211,8 +212,8 @@ mod tests {
         let now = Instant::now();
         let mut state = leader_state(&[1, 2, 3], now);
         assert_eq!(state.isr_end(BrokerId(1), Offset(10)), Offset(0));
-        state.record_fetch(BrokerId(2), Offset(8), Offset(10), now);
-        state.record_fetch(BrokerId(3), Offset(10), Offset(10), now);
+        state.record_fetch(BrokerId(2), Offset(8), Offset(8), Offset(10), now);
+        state.record_fetch(BrokerId(3), Offset(10), Offset(10), Offset(10), now);
         assert_eq!(state.isr_end(BrokerId(1), Offset(10)), Offset(8));
         assert_eq!(state.isr_end(BrokerId(1), Offset(6)), Offset(6));
         // Out of the ISR, a follower no longer holds the high watermark back.
@@ -225,8 +226,8 @@ mod tests {
         let start = Instant::now();
         let lag = Duration::from_secs(10);
         let mut state = leader_state(&[1, 2, 3], start);
-        state.record_fetch(BrokerId(2), Offset(100), Offset(100), start);
-        state.record_fetch(BrokerId(3), Offset(100), Offset(100), start);
+        state.record_fetch(BrokerId(2), Offset(100), Offset(100), Offset(100), start);
+        state.record_fetch(BrokerId(3), Offset(100), Offset(100), Offset(100), start);
         assert_eq!(
             state.wanted_isr(BrokerId(1), Offset(100), Offset(0), lag, start),
             None
@@ -234,7 +235,7 @@ mod tests {
 
         // Broker 3 stops fetching; broker 2 keeps up.
         let later = start + Duration::from_secs(11);
-        state.record_fetch(BrokerId(2), Offset(150), Offset(150), later);
+        state.record_fetch(BrokerId(2), Offset(150), Offset(150), Offset(150), later);
         assert_eq!(
             state.wanted_isr(BrokerId(1), Offset(150), Offset(0), lag, later),
             Some(vec![BrokerId(1), BrokerId(2)])
@@ -242,13 +243,13 @@ mod tests {
         state.isr = vec![BrokerId(1), BrokerId(2)];
 
         // Broker 3 comes back behind the high watermark: not yet.
-        state.record_fetch(BrokerId(3), Offset(120), Offset(150), later);
+        state.record_fetch(BrokerId(3), Offset(120), Offset(120), Offset(150), later);
         assert_eq!(
             state.wanted_isr(BrokerId(1), Offset(150), Offset(0), lag, later),
             None
         );
         // Caught up: back in, in replica order.
-        state.record_fetch(BrokerId(3), Offset(150), Offset(150), later);
+        state.record_fetch(BrokerId(3), Offset(150), Offset(150), Offset(150), later);
         assert_eq!(
             state.wanted_isr(BrokerId(1), Offset(150), Offset(0), lag, later),
             Some(vec![BrokerId(1), BrokerId(2), BrokerId(3)])
@@ -267,6 +268,7 @@ mod tests {
             state.record_fetch(
                 BrokerId(2),
                 Offset(leader_end),
+                Offset(leader_end),
                 Offset(leader_end + 50),
                 now,
             );
@@ -277,6 +279,17 @@ mod tests {
             state.wanted_isr(BrokerId(1), Offset(0), Offset(0), lag, now),
             None
         );
+    }
+
+    #[test]
+    fn a_follower_counts_towards_the_high_watermark_only_as_far_as_it_is_durable() {
+        let now = Instant::now();
+        let mut state = leader_state(&[1, 2], now);
+        // Fetching at 80 while only 50 is fsynced: caught up, but it holds the HW at 50.
+        state.record_fetch(BrokerId(2), Offset(80), Offset(50), Offset(80), now);
+        assert_eq!(state.isr_end(BrokerId(1), Offset(80)), Offset(50));
+        state.record_fetch(BrokerId(2), Offset(80), Offset(80), Offset(80), now);
+        assert_eq!(state.isr_end(BrokerId(1), Offset(80)), Offset(80));
     }
 
     #[test]

@@ -45,6 +45,7 @@ impl ReplicationApi {
                 BrokerId(request.replica_id),
                 request.leader_epoch,
                 Offset(request.fetch_offset),
+                Offset(request.durable_offset),
                 request.last_fetched_epoch,
                 request.max_bytes,
                 Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_REPLICA_FETCH_WAIT),
