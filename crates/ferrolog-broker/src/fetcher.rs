@@ -62,6 +62,10 @@ impl ReplicationContext {
                     .ok()?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
+                    // A fetch response of megabytes must not trickle through HTTP/2's
+                    // default 64 KiB window, a round trip per window.
+                    .initial_stream_window_size(REPLICA_FETCH_MAX_BYTES * 2)
+                    .initial_connection_window_size(REPLICA_FETCH_MAX_BYTES * 4)
                     .connect_lazy();
                 channels.insert(address, channel.clone());
                 channel

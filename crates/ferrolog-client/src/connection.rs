@@ -11,6 +11,11 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 
+/// HTTP/2 flow-control windows of a connection to a broker: per stream (one request) and
+/// per connection. Large enough for a whole produce or fetch of several megabytes.
+pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+
 /// Lazily connected channels keyed by `host:port`.
 #[derive(Debug)]
 pub(crate) struct Connections {
@@ -41,6 +46,10 @@ impl Connections {
         let channel = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
+            // HTTP/2's default 64 KiB windows cost a round trip per 64 KiB of a fetch
+            // response; batches of a megabyte and more want the whole message in flight.
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             // Detects a dead peer on an idle connection instead of waiting for the OS.
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))

@@ -404,6 +404,10 @@ async fn client_server(
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
+        // Produce requests of megabytes must not trickle through HTTP/2's default 64 KiB
+        // window, a round trip per window.
+        .initial_stream_window_size(8 * 1024 * 1024)
+        .initial_connection_window_size(32 * 1024 * 1024)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(client)
