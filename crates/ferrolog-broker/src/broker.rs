@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves
     /// the ISR (and acks=all stops waiting for it).
     pub replica_lag_time_max: Duration,
+    /// How often the broker tells the active controller it is alive.
+    pub heartbeat_interval: Duration,
 }
 
 /// A running broker.
@@ -75,6 +77,7 @@ impl Broker {
         tokio::spawn(Arc::clone(&broker).run_maintenance());
         tokio::spawn(Arc::clone(&broker).run_isr_updates());
         tokio::spawn(Arc::clone(&broker).register(incarnation_id));
+        tokio::spawn(Arc::clone(&broker).heartbeat(incarnation_id));
         Ok(broker)
     }
 
@@ -132,6 +135,40 @@ impl Broker {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+    }
+
+    /// Heartbeats to the active controller. A broker that learns it was fenced (it was
+    /// silent past its session, e.g. cut off or paused) registers again, which unfences
+    /// it; its partitions' leaders have moved meanwhile and it follows them.
+    async fn heartbeat(self: Arc<Self>, incarnation_id: u64) {
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.shutting_down.load(Ordering::Acquire) {
+            tick.tick().await;
+            let id = self.config.node_id;
+            let fenced = tokio::time::timeout(
+                self.config.heartbeat_interval * 4,
+                self.controller.broker_heartbeat(id, incarnation_id),
+            )
+            .await;
+            match fenced {
+                Ok(Ok(false)) => {}
+                Ok(Ok(true)) => {
+                    tracing::info!(broker = %id,
+                        "the active controller has this broker fenced or not yet registered; registering");
+                    let address = self.config.advertised_address.clone();
+                    if let Err(error) = self
+                        .controller
+                        .register_broker(id, &address, incarnation_id)
+                        .await
+                    {
+                        tracing::warn!(%error, "re-registration failed; retrying");
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "heartbeat not delivered"),
+                Err(_) => tracing::debug!("heartbeat timed out"),
             }
         }
     }

@@ -17,6 +17,9 @@ use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
 use ferrolog_proto::v1::{self, ErrorCode};
 use tonic::transport::Channel;
 
+use crate::liveness::{
+    BrokerSessions, DEFAULT_SESSION_TIMEOUT, decide_elect_offline, decide_fence_broker,
+};
 use crate::{ControllerError, assign_replicas, code_of, validate_topic_name};
 
 /// Upper bound on partitions per topic. Each partition holds open files (log, index, time
@@ -79,6 +82,9 @@ pub struct Controller {
     topic_defaults: TopicConfig,
     forward_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Brokers' heartbeats, as the active controller receives them.
+    sessions: BrokerSessions,
+    session_timeout: Duration,
 }
 
 impl Controller {
@@ -102,6 +108,8 @@ impl Controller {
             topic_defaults,
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
             channels: Mutex::new(HashMap::new()),
+            sessions: BrokerSessions::default(),
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
         }
     }
 
@@ -111,6 +119,117 @@ impl Controller {
 
     pub fn topic_defaults(&self) -> &TopicConfig {
         &self.topic_defaults
+    }
+
+    /// How long a broker may go without a heartbeat before it is fenced.
+    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// Whether this node is the active controller (the Raft leader).
+    fn is_active(&self) -> Option<&Arc<MetadataQuorum>> {
+        self.quorum
+            .as_ref()
+            .filter(|q| q.leader().is_some_and(|(id, _)| id == q.node_id()))
+    }
+
+    /// Records a heartbeat on the active controller; whether the broker is fenced (or
+    /// unknown) and must register again.
+    pub fn broker_heartbeat_here(&self, broker: BrokerId) -> Result<bool, ControllerError> {
+        let Some(quorum) = self.is_active() else {
+            let leader = self.quorum.as_ref().and_then(|q| q.leader());
+            return Err(MetadataError::NotController { leader }.into());
+        };
+        self.sessions.heartbeat(broker, Instant::now());
+        Ok(quorum.image().brokers.get(&broker).is_none_or(|b| b.fenced))
+    }
+
+    /// Sends a broker's heartbeat to the active controller; whether it is fenced.
+    pub async fn broker_heartbeat(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<bool, ControllerError> {
+        let targets: Vec<String> = match &self.quorum {
+            Some(quorum) => match quorum.leader() {
+                Some((id, _)) if id == quorum.node_id() => {
+                    return self.broker_heartbeat_here(broker);
+                }
+                Some((_, address)) => vec![address],
+                None => Vec::new(),
+            },
+            None => self.voters.clone(),
+        };
+        let mut last_error = "no controller leader is known".to_owned();
+        for address in targets {
+            let mut client = match self.client(&address) {
+                Ok(client) => client,
+                Err(status) => {
+                    last_error = status.message().to_owned();
+                    continue;
+                }
+            };
+            let request = v1::BrokerHeartbeatRequest {
+                broker_id: broker.0,
+                incarnation_id,
+            };
+            match client.broker_heartbeat(request).await {
+                Ok(response) => return Ok(response.into_inner().fenced),
+                Err(status) => last_error = format!("{address}: {}", status.message()),
+            }
+        }
+        Err(ControllerError::NoQuorum {
+            timeout_ms: 0,
+            last_error,
+        })
+    }
+
+    /// On the active controller: fences brokers that missed their session (moving their
+    /// leaderships to live in-sync replicas) and elects leaders for offline partitions
+    /// that have a live in-sync replica again. Runs for the life of the node.
+    pub async fn run_liveness(self: Arc<Self>) {
+        let Some(quorum) = self.quorum.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.session_timeout / 6);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let status = quorum.status();
+            let active = status.leader == Some(quorum.node_id());
+            self.sessions.set_active(active.then_some(status.term), now);
+            if !active {
+                continue;
+            }
+            let image = quorum.image();
+            let live = self
+                .sessions
+                .live(image.brokers.keys().copied(), self.session_timeout, now);
+            for broker in image.brokers.values().filter(|b| !b.fenced) {
+                if live.contains(&broker.id) {
+                    continue;
+                }
+                let id = broker.id;
+                tracing::warn!(broker = %id, timeout_ms = self.session_timeout.as_millis() as u64,
+                    "broker missed its session; fencing it and moving its leaderships");
+                let result = quorum
+                    .propose_with(|image| {
+                        Ok::<_, ControllerError>(decide_fence_broker(image, id, &live))
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(broker = %id, %error, "cannot fence broker");
+                }
+            }
+            let result = quorum
+                .propose_with(|image| Ok::<_, ControllerError>(decide_elect_offline(image, &live)))
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "cannot elect leaders for offline partitions");
+            }
+        }
     }
 
     /// Creates a topic through the active controller; returns the metadata log index.
@@ -227,12 +346,17 @@ impl Controller {
         address: &str,
         incarnation_id: u64,
     ) -> Result<u64, ControllerError> {
-        self.commit_here(&Change::RegisterBroker {
-            id,
-            address: address.to_owned(),
-            incarnation_id,
-        })
-        .await
+        let index = self
+            .commit_here(&Change::RegisterBroker {
+                id,
+                address: address.to_owned(),
+                incarnation_id,
+            })
+            .await?;
+        // Registering is a sign of life: a restarted broker must not be fenced again for
+        // the silence before its restart.
+        self.sessions.heartbeat(id, Instant::now());
+        Ok(index)
     }
 
     /// Commits here, or forwards to the leader; retries (bounded) while there is none.

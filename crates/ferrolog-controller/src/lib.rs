@@ -8,6 +8,7 @@
 
 mod controller;
 mod error;
+pub mod liveness;
 mod placement;
 mod service;
 mod status;

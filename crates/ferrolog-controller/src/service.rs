@@ -137,6 +137,17 @@ impl ControllerService for ControllerApi {
         }))
     }
 
+    async fn broker_heartbeat(
+        &self,
+        request: Request<v1::BrokerHeartbeatRequest>,
+    ) -> Result<Response<v1::BrokerHeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let fenced = self
+            .controller
+            .broker_heartbeat_here(BrokerId(r.broker_id))?;
+        Ok(Response::new(v1::BrokerHeartbeatResponse { fenced }))
+    }
+
     type FetchMetadataStream = MetadataStream;
 
     /// Sends the whole image as records (a reset) now and after every change. Images are

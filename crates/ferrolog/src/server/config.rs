@@ -25,6 +25,8 @@ pub struct ConfigFile {
     pub controller_voters: Option<String>,
     pub metadata_snapshot_entries: Option<u64>,
     pub replica_lag_time_max_ms: Option<u64>,
+    pub broker_heartbeat_interval_ms: Option<u64>,
+    pub broker_session_timeout_ms: Option<u64>,
     #[serde(default)]
     pub log: LogSection,
     /// Defaults for every topic, under Kafka's names (`"retention.ms" = "3600000"`).
@@ -94,6 +96,9 @@ pub struct ServerConfig {
     /// stalls acks=all writes until it leaves the ISR, and Ferrolog's followers fetch
     /// continuously (500 ms long polls), so a live one is never near this.
     pub replica_lag_time_max_ms: u64,
+    /// See ferrolog_controller::liveness for why these defaults.
+    pub broker_heartbeat_interval_ms: u64,
+    pub broker_session_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +121,10 @@ impl Default for ServerConfig {
             maintenance_interval: Duration::from_secs(30),
             topic_defaults: TopicConfig::default(),
             replica_lag_time_max_ms: 10_000,
+            broker_heartbeat_interval_ms: ferrolog_controller::liveness::DEFAULT_HEARTBEAT_INTERVAL
+                .as_millis() as u64,
+            broker_session_timeout_ms: ferrolog_controller::liveness::DEFAULT_SESSION_TIMEOUT
+                .as_millis() as u64,
         }
     }
 }
@@ -187,6 +196,12 @@ impl ServerConfig {
         if let Some(v) = file.replica_lag_time_max_ms {
             anyhow::ensure!(v > 0, "replica_lag_time_max_ms must be > 0");
             self.replica_lag_time_max_ms = v;
+        }
+        if let Some(v) = file.broker_heartbeat_interval_ms {
+            self.broker_heartbeat_interval_ms = v;
+        }
+        if let Some(v) = file.broker_session_timeout_ms {
+            self.broker_session_timeout_ms = v;
         }
         let interval_ms = file.log.flush_interval_ms.unwrap_or(1000);
         if let Some(policy) = file.log.flush_policy {

@@ -74,6 +74,13 @@ pub struct ServerArgs {
     /// A follower not caught up for this long leaves the ISR [default: 10000]
     #[arg(long, value_name = "MS")]
     replica_lag_time_max_ms: Option<u64>,
+    /// How often this broker heartbeats to the active controller [default: 300]
+    #[arg(long, value_name = "MS")]
+    broker_heartbeat_interval_ms: Option<u64>,
+    /// A broker silent this long is fenced and loses its leaderships (used by the active
+    /// controller) [default: 1200]
+    #[arg(long, value_name = "MS")]
+    broker_session_timeout_ms: Option<u64>,
 }
 
 impl ServerArgs {
@@ -115,6 +122,20 @@ impl ServerArgs {
             anyhow::ensure!(v > 0, "--replica-lag-time-max-ms must be > 0");
             config.replica_lag_time_max_ms = v;
         }
+        if let Some(v) = self.broker_heartbeat_interval_ms {
+            config.broker_heartbeat_interval_ms = v;
+        }
+        if let Some(v) = self.broker_session_timeout_ms {
+            config.broker_session_timeout_ms = v;
+        }
+        anyhow::ensure!(
+            config.broker_heartbeat_interval_ms > 0
+                && config.broker_heartbeat_interval_ms * 2 <= config.broker_session_timeout_ms,
+            "the broker session timeout ({} ms) must be at least twice the heartbeat interval \
+             ({} ms), or a live broker is fenced after one late heartbeat",
+            config.broker_session_timeout_ms,
+            config.broker_heartbeat_interval_ms
+        );
         Ok(config)
     }
 }
@@ -150,10 +171,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             None => BTreeMap::from([(config.node_id as u64, addr.to_string())]),
         };
         let quorum = start_quorum(&config, voters, addr).await?;
-        let controller = Arc::new(Controller::new(
-            Arc::clone(&quorum),
-            config.topic_defaults.clone(),
-        ));
+        let controller = Arc::new(
+            Controller::new(Arc::clone(&quorum), config.topic_defaults.clone())
+                .with_session_timeout(Duration::from_millis(config.broker_session_timeout_ms)),
+        );
+        tokio::spawn(Arc::clone(&controller).run_liveness());
         let service = tonic::transport::Server::builder()
             .add_service(
                 RaftServiceServer::new(quorum.raft_service())
@@ -234,6 +256,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 max_produce_timeout: Duration::from_secs(300),
                 max_fetch_wait: Duration::from_secs(60),
                 replica_lag_time_max: Duration::from_millis(config.replica_lag_time_max_ms),
+                heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
             },
             metadata,
             controller,

@@ -1,0 +1,228 @@
+//! Automatic leader failover: when a partition's leader is SIGKILLed, the active controller
+//! notices the missed heartbeats, fences the broker, elects a live in-sync replica at the
+//! next leader epoch, and an acks=all producer's next write is acknowledged by the new
+//! leader within a couple of seconds, with nothing acknowledged before the kill lost. The
+//! killed broker shows as fenced meanwhile, and rejoins the ISR after it restarts.
+//!
+//! The unavailability window is measured from the kill to the first acknowledged write and
+//! printed for every trial.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use ferrolog_client::{Acks, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+use ferrolog_tests::{Cluster, init_logging, run_cli_within, stdout, wait_until};
+use serde_json::Value;
+
+const TOPIC: &str = "failover";
+const TRIALS: usize = 3;
+const RECORDS_PER_TRIAL: usize = 50;
+const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
+const CLI_LIMIT: Duration = Duration::from_secs(10);
+/// A bound on each acknowledgement: generous next to the ~2 s the failover takes.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Leader, leader epoch and ISR of partition 0, as node `via` describes it.
+fn partition_state(cluster: &Cluster, via: i32) -> anyhow::Result<(i64, i64, Vec<i64>)> {
+    let out = run_cli_within(
+        cluster.address(via),
+        &["topic", "describe", TOPIC, "--json"],
+        None,
+        CLI_LIMIT,
+    )?;
+    ensure!(out.status.success(), "describe via node {via} failed");
+    let json: Value = serde_json::from_str(&stdout(&out)).context("describe JSON")?;
+    let p = &json["partitions"][0];
+    let isr = p["isr"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    Ok((
+        p["leader"].as_i64().unwrap_or(-1),
+        p["leader_epoch"].as_i64().unwrap_or(-1),
+        isr,
+    ))
+}
+
+fn broker_state(cluster: &Cluster, via: i32, broker: i64) -> anyhow::Result<String> {
+    let status = cluster.status_via(via)?;
+    Ok(status["brokers"]
+        .as_array()
+        .and_then(|brokers| {
+            brokers
+                .iter()
+                .find(|b| b["broker_id"].as_i64() == Some(broker))
+        })
+        .and_then(|b| b["state"].as_str())
+        .unwrap_or("unknown")
+        .to_owned())
+}
+
+async fn send(producer: &Producer, value: String) -> anyhow::Result<i64> {
+    let record = ProducerRecord::new(TOPIC, Bytes::from(value)).with_partition(0);
+    let delivery = producer.send(record).await;
+    let meta = tokio::time::timeout(DELIVERY_TIMEOUT + Duration::from_secs(5), delivery)
+        .await
+        .context("no outcome within the delivery timeout")??;
+    Ok(meta.offset)
+}
+
+#[test]
+fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds()
+-> anyhow::Result<()> {
+    init_logging();
+    let mut cluster = Cluster::start(3, &[])?;
+    cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    wait_until("the RF=3 topic is created", ELECTION_DEADLINE, || {
+        cluster
+            .cli(
+                1,
+                &[
+                    "topic",
+                    "create",
+                    TOPIC,
+                    "--partitions",
+                    "1",
+                    "--replication-factor",
+                    "3",
+                ],
+                None,
+            )
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })?;
+    wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
+        partition_state(&cluster, 1)
+            .ok()
+            .filter(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+            .map(|_| ())
+    })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let brokers: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.address(id).to_owned())
+        .collect();
+    let mut config = ProducerConfig::new(ClientConfig::with_brokers(brokers));
+    config.acks = Acks::All;
+    config.linger_ms = 1;
+    config.delivery_timeout_ms = DELIVERY_TIMEOUT.as_millis() as u64;
+    let producer = runtime.block_on(Producer::connect(config))?;
+
+    let mut acknowledged: Vec<(i64, String)> = Vec::new();
+    let mut windows = Vec::new();
+    for trial in 0..TRIALS {
+        for i in 0..RECORDS_PER_TRIAL {
+            let value = format!("trial-{trial}-before-{i}");
+            let offset = runtime.block_on(send(&producer, value.clone()))?;
+            acknowledged.push((offset, value));
+        }
+        let observer = cluster
+            .live_ids()
+            .into_iter()
+            .next()
+            .context("a live node")?;
+        let (leader, epoch, _) = partition_state(&cluster, observer)?;
+        let leader_id = i32::try_from(leader)?;
+        tracing::info!("trial {trial}: SIGKILL of partition leader {leader} (epoch {epoch})");
+        let killed_at = Instant::now();
+        cluster.kill(leader_id)?;
+        let value = format!("trial-{trial}-after");
+        let offset = runtime.block_on(send(&producer, value.clone()))?;
+        let window = killed_at.elapsed();
+        acknowledged.push((offset, value));
+        windows.push(window);
+        eprintln!(
+            "trial {trial}: first acks=all write acknowledged {:.0} ms after SIGKILL of the leader",
+            window.as_secs_f64() * 1000.0
+        );
+
+        let observer = cluster
+            .live_ids()
+            .into_iter()
+            .next()
+            .context("a live node")?;
+        let (new_leader, new_epoch, isr) = partition_state(&cluster, observer)?;
+        ensure!(
+            new_leader != leader && new_leader > 0 && new_epoch > epoch,
+            "a live replica must lead at a higher epoch: leader {new_leader} epoch {new_epoch}"
+        );
+        ensure!(
+            !isr.contains(&leader),
+            "the fenced broker leaves the ISR: {isr:?}"
+        );
+        let state = broker_state(&cluster, observer, leader)?;
+        ensure!(
+            state == "fenced",
+            "cluster status shows broker {leader} as {state}"
+        );
+
+        tracing::info!("trial {trial}: broker {leader} restarts and rejoins the ISR");
+        cluster.restart(leader_id)?;
+        wait_until(
+            "the restarted broker back in the ISR",
+            ELECTION_DEADLINE,
+            || {
+                partition_state(&cluster, observer)
+                    .ok()
+                    .filter(|(_, _, isr)| isr.len() == 3)
+                    .map(|_| ())
+            },
+        )?;
+    }
+
+    let mut sorted = windows.clone();
+    sorted.sort();
+    eprintln!(
+        "unavailability after SIGKILL of the leader over {TRIALS} trials: median {:.0} ms, \
+         max {:.0} ms",
+        sorted[sorted.len() / 2].as_secs_f64() * 1000.0,
+        sorted[sorted.len() - 1].as_secs_f64() * 1000.0
+    );
+
+    tracing::info!("every acknowledged record is where it was acknowledged");
+    let end = acknowledged.iter().map(|(o, _)| *o).max().unwrap_or(0) + 1;
+    let observer = cluster.live_ids()[0];
+    let out = run_cli_within(
+        cluster.address(observer),
+        &[
+            "consume",
+            TOPIC,
+            "--from-beginning",
+            "--partition",
+            "0",
+            "--max-messages",
+            &end.to_string(),
+            "--timeout-ms",
+            "10000",
+            "--format",
+            "{offset} {value}",
+        ],
+        None,
+        Duration::from_secs(60),
+    )?;
+    ensure!(out.status.success(), "consume failed");
+    let read: std::collections::BTreeMap<i64, String> = stdout(&out)
+        .lines()
+        .filter_map(|l| {
+            let (offset, value) = l.split_once(' ')?;
+            Some((offset.parse().ok()?, value.to_owned()))
+        })
+        .collect();
+    for (offset, value) in &acknowledged {
+        match read.get(offset) {
+            Some(found) if found == value => {}
+            other => bail!("acknowledged {value:?} at offset {offset}, read {other:?}"),
+        }
+    }
+    runtime.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(10), producer.close()).await;
+    });
+    Ok(())
+}
