@@ -226,3 +226,239 @@ fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds(
     });
     Ok(())
 }
+
+/// Acknowledged (offset, value) pairs and failure messages of a producer run.
+type Outcome = (Vec<(i64, String)>, Vec<String>);
+
+/// A rolling restart (SIGTERM, restart, wait for the ISR, next node) of every node of a
+/// three-node cluster under an acks=all producer: each stopping broker first hands its
+/// leaderships to in-sync replicas (controlled shutdown), the producer's retries absorb
+/// the moves, and the application sees no error and loses nothing.
+#[test]
+fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    init_logging();
+    const MAX_RECORDS: usize = 20_000;
+    let mut cluster = Cluster::start(3, &[])?;
+    cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    wait_until("the RF=3 topic is created", ELECTION_DEADLINE, || {
+        cluster
+            .cli(
+                1,
+                &[
+                    "topic",
+                    "create",
+                    TOPIC,
+                    "--partitions",
+                    "1",
+                    "--replication-factor",
+                    "3",
+                ],
+                None,
+            )
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })?;
+    wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
+        partition_state(&cluster, 1)
+            .ok()
+            .filter(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+            .map(|_| ())
+    })?;
+
+    let brokers: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.address(id).to_owned())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || -> anyhow::Result<Outcome> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let mut config = ProducerConfig::new(ClientConfig::with_brokers(brokers));
+                config.acks = Acks::All;
+                config.linger_ms = 1;
+                config.delivery_timeout_ms = 60_000;
+                let producer = Producer::connect(config).await?;
+                let mut deliveries = Vec::new();
+                for i in 0..MAX_RECORDS {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let value = format!("rolling-{i}");
+                    let record =
+                        ProducerRecord::new(TOPIC, Bytes::from(value.clone())).with_partition(0);
+                    deliveries.push((value, producer.send(record).await));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let mut acked = Vec::new();
+                let mut failed = Vec::new();
+                for (value, delivery) in deliveries {
+                    match tokio::time::timeout(Duration::from_secs(90), delivery).await {
+                        Ok(Ok(meta)) => acked.push((meta.offset, value)),
+                        Ok(Err(error)) => failed.push(format!("{value}: {error}")),
+                        Err(_) => failed.push(format!("{value}: no outcome")),
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(10), producer.close()).await;
+                Ok((acked, failed))
+            })
+        })
+    };
+
+    std::thread::sleep(Duration::from_secs(1));
+    for id in cluster.ids() {
+        let started = Instant::now();
+        let status = cluster.terminate(id)?;
+        ensure!(
+            status.success(),
+            "node {id} exits 0 on SIGTERM, got {status}"
+        );
+        eprintln!(
+            "node {id}: SIGTERM to exit (controlled shutdown included) took {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        cluster.restart(id)?;
+        wait_until(
+            "the restarted node back in the ISR",
+            ELECTION_DEADLINE,
+            || {
+                partition_state(&cluster, id)
+                    .ok()
+                    .filter(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+                    .map(|_| ())
+            },
+        )?;
+    }
+    stop.store(true, Ordering::Release);
+    let (acked, failed) = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    eprintln!(
+        "rolling restart: {} records acknowledged, {} failed",
+        acked.len(),
+        failed.len()
+    );
+    ensure!(
+        failed.is_empty(),
+        "the application saw errors: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    ensure!(!acked.is_empty(), "nothing was produced");
+
+    let end = acked.iter().map(|(o, _)| *o).max().unwrap_or(0) + 1;
+    let out = run_cli_within(
+        cluster.address(1),
+        &[
+            "consume",
+            TOPIC,
+            "--from-beginning",
+            "--partition",
+            "0",
+            "--max-messages",
+            &end.to_string(),
+            "--timeout-ms",
+            "10000",
+            "--format",
+            "{offset} {value}",
+        ],
+        None,
+        Duration::from_secs(60),
+    )?;
+    ensure!(out.status.success(), "consume failed");
+    let read: std::collections::BTreeMap<i64, String> = stdout(&out)
+        .lines()
+        .filter_map(|l| {
+            let (offset, value) = l.split_once(' ')?;
+            Some((offset.parse().ok()?, value.to_owned()))
+        })
+        .collect();
+    for (offset, value) in &acked {
+        match read.get(offset) {
+            Some(found) if found == value => {}
+            other => bail!("acknowledged {value:?} at offset {offset}, read {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// The last replica standing: a partition whose only in-sync replica dies goes offline
+/// (shown by `cluster status`) instead of electing a replica that may lack acknowledged
+/// records, and comes back, led by that replica, when it returns.
+#[test]
+fn a_partition_without_a_live_in_sync_replica_is_offline_until_it_returns() -> anyhow::Result<()> {
+    init_logging();
+    let mut cluster = Cluster::start(3, &[])?;
+    cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    wait_until("the RF=1 topic is created", ELECTION_DEADLINE, || {
+        cluster
+            .cli(
+                1,
+                &[
+                    "topic",
+                    "create",
+                    TOPIC,
+                    "--partitions",
+                    "1",
+                    "--replication-factor",
+                    "1",
+                ],
+                None,
+            )
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })?;
+    let (owner, epoch, _) = partition_state(&cluster, 1)?;
+    let owner_id = i32::try_from(owner)?;
+    let observer = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != owner_id)
+        .context("another node")?;
+
+    tracing::info!("broker {owner}, the only replica, is killed");
+    cluster.kill(owner_id)?;
+    let status = wait_until("the partition listed offline", ELECTION_DEADLINE, || {
+        let status = cluster.status_via(observer).ok()?;
+        let offline = status["offline_partitions"].as_array()?;
+        offline
+            .iter()
+            .any(|p| p["topic"] == TOPIC && p["isr"] == serde_json::json!([owner]))
+            .then_some(status)
+    })?;
+    let (leader, _, isr) = partition_state(&cluster, observer)?;
+    ensure!(
+        leader == -1 && isr == vec![owner],
+        "offline with its last replica still the ISR: leader {leader}, isr {isr:?}; {status}"
+    );
+
+    tracing::info!("broker {owner} returns and leads its partition again");
+    cluster.restart(owner_id)?;
+    let (leader, new_epoch, _) =
+        wait_until("the partition back online", ELECTION_DEADLINE, || {
+            partition_state(&cluster, observer)
+                .ok()
+                .filter(|(leader, _, _)| *leader == owner)
+        })?;
+    ensure!(
+        leader == owner && new_epoch > epoch,
+        "epoch {epoch} -> {new_epoch}"
+    );
+    let status = cluster.status_via(observer)?;
+    ensure!(
+        status["offline_partitions"]
+            .as_array()
+            .is_some_and(|a| a.is_empty()),
+        "{status}"
+    );
+    Ok(())
+}

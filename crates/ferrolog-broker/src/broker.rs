@@ -14,6 +14,9 @@ use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 use crate::partition_manager::{PartitionManager, StorageSettings};
 
+/// Longest a stopping broker waits for its leaderships to move.
+const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a broker needs to know about itself.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -137,6 +140,57 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// Before stopping, asks the active controller to move this broker's leaderships to
+    /// other in-sync replicas and waits (bounded) until its own partitions have taken the
+    /// follower role, so clients are redirected instead of timing out. Skipped when no
+    /// partition it leads has another in-sync replica (a single node: nothing to move to).
+    async fn controlled_shutdown(&self) {
+        let id = self.config.node_id;
+        let movable = |image: &ClusterImage| {
+            image.topics.values().any(|t| {
+                t.partitions
+                    .iter()
+                    .any(|p| p.leader == Some(id) && p.isr.iter().any(|r| *r != id))
+            })
+        };
+        if !movable(&self.image()) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let index = match tokio::time::timeout(
+            CONTROLLED_SHUTDOWN_TIMEOUT,
+            self.controller.controlled_shutdown(id),
+        )
+        .await
+        {
+            Ok(Ok(index)) => index,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "controlled shutdown refused; stopping anyway");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("controlled shutdown timed out; stopping anyway");
+                return;
+            }
+        };
+        let mut images = self.metadata.subscribe();
+        let caught_up = matches!(
+            tokio::time::timeout(
+                CONTROLLED_SHUTDOWN_TIMEOUT,
+                images.wait_for(|image| image.applied_index >= index),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if caught_up && let Err(error) = self.reconcile_now().await {
+            tracing::warn!(%error, "cannot hand over partitions before stopping");
+        }
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "controlled shutdown: leaderships moved to other in-sync replicas"
+        );
     }
 
     /// Heartbeats to the active controller. A broker that learns it was fenced (it was
@@ -371,6 +425,7 @@ impl Broker {
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.controlled_shutdown().await;
         let partitions = Arc::clone(&self.partitions);
         if let Err(error) = tokio::task::spawn_blocking(move || partitions.close_all()).await {
             tracing::error!(%error, "closing partitions failed");

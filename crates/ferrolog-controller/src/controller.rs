@@ -60,6 +60,7 @@ enum Change {
         partition: i32,
         leader: BrokerId,
     },
+    ControlledShutdown(BrokerId),
 }
 
 /// A partition leader's request to change the ISR, at the epochs it knows.
@@ -232,6 +233,16 @@ impl Controller {
         }
     }
 
+    /// Moves `broker`'s leaderships to other live in-sync replicas and fences it, before
+    /// it stops (controlled shutdown).
+    pub async fn controlled_shutdown(&self, broker: BrokerId) -> Result<u64, ControllerError> {
+        self.submit(Change::ControlledShutdown(broker)).await
+    }
+
+    pub async fn controlled_shutdown_here(&self, broker: BrokerId) -> Result<u64, ControllerError> {
+        self.commit_here(&Change::ControlledShutdown(broker)).await
+    }
+
     /// Creates a topic through the active controller; returns the metadata log index.
     pub async fn create_topic(&self, request: CreateTopicRequest) -> Result<u64, ControllerError> {
         validate_create(&request, &self.topic_defaults)?;
@@ -323,6 +334,15 @@ impl Controller {
                     partition,
                     leader,
                 } => decide_elect_leader(image, topic, *partition, *leader),
+                Change::ControlledShutdown(broker) => {
+                    let mut live = self.sessions.live(
+                        image.brokers.keys().copied(),
+                        self.session_timeout,
+                        Instant::now(),
+                    );
+                    live.remove(broker);
+                    Ok(decide_fence_broker(image, *broker, &live))
+                }
             })
             .await
     }
@@ -492,6 +512,15 @@ impl Controller {
                         leader_epoch: r.leader_epoch,
                         partition_epoch: r.partition_epoch,
                         new_isr: r.new_isr.iter().map(|b| b.0).collect(),
+                    })
+                    .await?
+                    .into_inner()
+                    .metadata_index
+            }
+            Change::ControlledShutdown(broker) => {
+                client
+                    .controlled_shutdown(v1::ControlledShutdownRequest {
+                        broker_id: broker.0,
                     })
                     .await?
                     .into_inner()

@@ -148,6 +148,17 @@ impl ControllerService for ControllerApi {
         Ok(Response::new(v1::BrokerHeartbeatResponse { fenced }))
     }
 
+    async fn controlled_shutdown(
+        &self,
+        request: Request<v1::ControlledShutdownRequest>,
+    ) -> Result<Response<v1::ControlledShutdownResponse>, Status> {
+        let broker = BrokerId(request.into_inner().broker_id);
+        let index = self.controller.controlled_shutdown_here(broker).await?;
+        Ok(Response::new(v1::ControlledShutdownResponse {
+            metadata_index: index,
+        }))
+    }
+
     type FetchMetadataStream = MetadataStream;
 
     /// Sends the whole image as records (a reset) now and after every change. Images are

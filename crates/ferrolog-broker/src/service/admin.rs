@@ -108,6 +108,19 @@ impl AdminApi {
             applied_index: wire.applied_index,
             snapshot_index: wire.snapshot_index,
             purged_index: wire.purged_index,
+            offline_partitions: image
+                .topics
+                .values()
+                .flat_map(|t| {
+                    t.partitions.iter().filter(|p| p.leader.is_none()).map(|p| {
+                        v1::OfflinePartition {
+                            topic: t.name.clone(),
+                            partition: p.partition.0 as i32,
+                            isr: p.isr.iter().map(|b| b.0).collect(),
+                        }
+                    })
+                })
+                .collect(),
             controllers: wire.controllers,
             brokers: image
                 .brokers

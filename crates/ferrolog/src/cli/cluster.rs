@@ -52,6 +52,11 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
                 "address": b.address,
                 "state": b.state,
             })).collect::<Vec<_>>(),
+            "offline_partitions": status.offline_partitions.iter().map(|p| json!({
+                "topic": p.topic,
+                "partition": p.partition,
+                "isr": p.isr,
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -86,6 +91,14 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
     println!("\nBROKERS\n{:>7} {:<24} {:<10}", "ID", "ADDRESS", "STATE");
     for b in &status.brokers {
         println!("{:>7} {:<24} {:<10}", b.broker_id, b.address, b.state);
+    }
+    if !status.offline_partitions.is_empty() {
+        println!(
+            "\nOFFLINE PARTITIONS (no live in-sync replica; back when one of the ISR returns)"
+        );
+        for p in &status.offline_partitions {
+            println!("  {}-{}  isr {:?}", p.topic, p.partition, p.isr);
+        }
     }
     Ok(())
 }
