@@ -6,6 +6,8 @@
 //! The binary is found through `FERROLOG_BIN`, or next to the test executable in the
 //! cargo target directory; `scripts/test.sh` builds it before the tests run.
 
+pub mod history;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
