@@ -661,3 +661,125 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
     ensure!(report.acknowledged > 0, "nothing was acknowledged");
     Ok(())
 }
+
+/// Zombie fencing: a leader that is frozen (SIGSTOP) long enough to be fenced and replaced
+/// must not acknowledge acks=all writes when it wakes up (its followers fetch from the new
+/// leader, so its high watermark cannot move, and its ISR requests are at a stale epoch),
+/// and steps down as soon as it sees the new metadata. A client that sends to the zombie
+/// first is redirected, and everything acknowledged is in the one surviving log.
+#[test]
+fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyhow::Result<()> {
+    init_logging();
+    let mut cluster = Cluster::start(3, &[])?;
+    cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    wait_until("the RF=3 topic is created", ELECTION_DEADLINE, || {
+        cluster
+            .cli(
+                1,
+                &[
+                    "topic",
+                    "create",
+                    TOPIC,
+                    "--partitions",
+                    "1",
+                    "--replication-factor",
+                    "3",
+                ],
+                None,
+            )
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })?;
+    let (zombie, epoch, _) = wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
+        partition_state(&cluster, 1)
+            .ok()
+            .filter(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+    })?;
+    let zombie_id = i32::try_from(zombie)?;
+    let observer = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != zombie_id)
+        .context("another node")?;
+
+    tracing::info!("leader {zombie} is frozen (SIGSTOP) until a new leader is elected");
+    cluster.pause(zombie_id);
+    let (new_leader, new_epoch, _) =
+        wait_until("a new leader at a higher epoch", ELECTION_DEADLINE, || {
+            partition_state(&cluster, observer)
+                .ok()
+                .filter(|(leader, e, _)| *leader > 0 && *leader != zombie && *e > epoch)
+        })?;
+    tracing::info!("broker {new_leader} leads at epoch {new_epoch}; {zombie} wakes up (SIGCONT)");
+    cluster.resume(zombie_id);
+
+    // Straight to the zombie first: its own metadata may still name it leader for a moment.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut config = ProducerConfig::new(ClientConfig::with_brokers([cluster
+        .address(zombie_id)
+        .to_owned()]));
+    config.acks = Acks::All;
+    config.linger_ms = 1;
+    config.delivery_timeout_ms = DELIVERY_TIMEOUT.as_millis() as u64;
+    let producer = runtime.block_on(Producer::connect(config))?;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let value = format!("after-wake-{i}");
+        let offset = runtime.block_on(send(&producer, value.clone()))?;
+        acknowledged.push((offset, value));
+    }
+    runtime.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(10), producer.close()).await;
+    });
+
+    tracing::info!("the zombie steps down and its log converges on the new leader's");
+    let (leader_now, _, _) = partition_state(&cluster, zombie_id)?;
+    ensure!(
+        leader_now != zombie,
+        "the woken broker must see that it no longer leads (leader {leader_now})"
+    );
+    wait_until("the old leader back in the ISR", ELECTION_DEADLINE, || {
+        partition_state(&cluster, observer)
+            .ok()
+            .filter(|(_, _, isr)| isr.contains(&zombie) && isr.len() == 3)
+            .map(|_| ())
+    })?;
+    let end = acknowledged.iter().map(|(o, _)| *o).max().unwrap_or(0) + 1;
+    let out = run_cli_within(
+        cluster.address(observer),
+        &[
+            "consume",
+            TOPIC,
+            "--from-beginning",
+            "--partition",
+            "0",
+            "--max-messages",
+            &end.to_string(),
+            "--timeout-ms",
+            "5000",
+            "--format",
+            "{offset} {value}",
+        ],
+        None,
+        Duration::from_secs(60),
+    )?;
+    ensure!(out.status.success(), "consume failed");
+    let read: std::collections::BTreeMap<i64, String> = stdout(&out)
+        .lines()
+        .filter_map(|l| {
+            let (offset, value) = l.split_once(' ')?;
+            Some((offset.parse().ok()?, value.to_owned()))
+        })
+        .collect();
+    for (offset, value) in &acknowledged {
+        match read.get(offset) {
+            Some(found) if found == value => {}
+            other => bail!("acknowledged {value:?} at offset {offset}, read {other:?}"),
+        }
+    }
+    Ok(())
+}

@@ -557,10 +557,7 @@ impl Partition {
     /// This follower's position: its log end offset and the epoch of its last batch.
     pub fn follower_position(&self) -> (Offset, i32) {
         let log = self.log_read();
-        let epoch = match log.log_end_offset() {
-            Offset(0) => -1,
-            _ => log.leader_epoch().0,
-        };
+        let epoch = log.last_batch_epoch().map_or(-1, |e| e.0);
         (log.log_end_offset(), epoch)
     }
 

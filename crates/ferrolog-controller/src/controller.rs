@@ -128,59 +128,62 @@ impl Controller {
         self
     }
 
-    /// Whether this node is the active controller (the Raft leader).
-    fn is_active(&self) -> Option<&Arc<MetadataQuorum>> {
-        self.quorum
-            .as_ref()
-            .filter(|q| q.leader().is_some_and(|(id, _)| id == q.node_id()))
-    }
-
-    /// Records a heartbeat on the active controller; whether the broker is fenced (or
-    /// unknown) and must register again.
+    /// Records a heartbeat on this controller; whether the image has the broker fenced (or
+    /// unknown), in which case it must register again. Every controller records
+    /// heartbeats, not only the active one, so a newly elected controller already knows
+    /// who is alive and fences a dead broker without waiting out a grace period.
     pub fn broker_heartbeat_here(&self, broker: BrokerId) -> Result<bool, ControllerError> {
-        let Some(quorum) = self.is_active() else {
-            let leader = self.quorum.as_ref().and_then(|q| q.leader());
-            return Err(MetadataError::NotController { leader }.into());
+        let Some(quorum) = &self.quorum else {
+            return Err(MetadataError::NotController { leader: None }.into());
         };
         self.sessions.heartbeat(broker, Instant::now());
         Ok(quorum.image().brokers.get(&broker).is_none_or(|b| b.fenced))
     }
 
-    /// Sends a broker's heartbeat to the active controller; whether it is fenced.
+    /// Sends a broker's heartbeat to every controller (see `broker_heartbeat_here`);
+    /// whether it is fenced, as the local image (on a controller) or any controller says.
     pub async fn broker_heartbeat(
         &self,
         broker: BrokerId,
         incarnation_id: u64,
     ) -> Result<bool, ControllerError> {
-        let targets: Vec<String> = match &self.quorum {
-            Some(quorum) => match quorum.leader() {
-                Some((id, _)) if id == quorum.node_id() => {
-                    return self.broker_heartbeat_here(broker);
-                }
-                Some((_, address)) => vec![address],
-                None => Vec::new(),
-            },
-            None => self.voters.clone(),
+        let (local, targets): (Option<bool>, Vec<String>) = match &self.quorum {
+            Some(quorum) => (
+                Some(self.broker_heartbeat_here(broker)?),
+                quorum
+                    .voter_addresses()
+                    .into_iter()
+                    .filter(|(id, _)| *id != quorum.node_id())
+                    .map(|(_, address)| address)
+                    .collect(),
+            ),
+            None => (None, self.voters.clone()),
         };
-        let mut last_error = "no controller leader is known".to_owned();
-        for address in targets {
-            let mut client = match self.client(&address) {
-                Ok(client) => client,
-                Err(status) => {
-                    last_error = status.message().to_owned();
-                    continue;
-                }
-            };
+        let sends = targets.into_iter().map(|address| async move {
+            let mut client = self.client(&address).map_err(|s| s.message().to_owned())?;
             let request = v1::BrokerHeartbeatRequest {
                 broker_id: broker.0,
                 incarnation_id,
             };
-            match client.broker_heartbeat(request).await {
-                Ok(response) => return Ok(response.into_inner().fenced),
-                Err(status) => last_error = format!("{address}: {}", status.message()),
+            client
+                .broker_heartbeat(request)
+                .await
+                .map(|r| r.into_inner().fenced)
+                .map_err(|status| format!("{address}: {}", status.message()))
+        });
+        let answers = futures::future::join_all(sends).await;
+        if let Some(fenced) = local {
+            return Ok(fenced);
+        }
+        let mut last_error = "no controller answered".to_owned();
+        let mut fenced = None;
+        for answer in answers {
+            match answer {
+                Ok(f) => fenced = Some(fenced.unwrap_or(false) || f),
+                Err(error) => last_error = error,
             }
         }
-        Err(ControllerError::NoQuorum {
+        fenced.ok_or(ControllerError::NoQuorum {
             timeout_ms: 0,
             last_error,
         })

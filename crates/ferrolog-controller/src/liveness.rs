@@ -33,10 +33,10 @@ pub struct BrokerSessions {
 #[derive(Default)]
 struct Sessions {
     last_heartbeat: HashMap<BrokerId, Instant>,
-    /// The Raft term in which this node became the active controller, and when: for a
-    /// grace period after, a broker it has not heard from yet is not fenced (it may still
-    /// be heartbeating to the previous controller; brokers switch within a heartbeat or
-    /// two of the new leader's election).
+    /// The Raft term in which this node became the active controller, and when. Brokers
+    /// heartbeat to every controller, so a new active controller usually knows them
+    /// already; one it has never heard from (it restarted itself) gets half a session of
+    /// grace from then.
     active_since: Option<(u64, Instant)>,
 }
 
@@ -51,10 +51,7 @@ impl BrokerSessions {
         let mut sessions = self.lock();
         match term {
             Some(term) if sessions.active_since.is_some_and(|(t, _)| t == term) => {}
-            Some(term) => {
-                sessions.active_since = Some((term, now));
-                sessions.last_heartbeat.clear();
-            }
+            Some(term) => sessions.active_since = Some((term, now)),
             None => sessions.active_since = None,
         }
     }
@@ -75,7 +72,7 @@ impl BrokerSessions {
         brokers
             .into_iter()
             .filter(|b| {
-                let last = sessions.last_heartbeat.get(b).copied().max(grace);
+                let last = sessions.last_heartbeat.get(b).copied().or(grace);
                 last.is_some_and(|last| now.duration_since(last) <= timeout)
             })
             .collect()
@@ -307,7 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_active_controller_gives_every_broker_half_a_session_of_grace() {
+    fn a_new_active_controller_trusts_heartbeats_it_has_and_gives_the_rest_half_a_session() {
         let sessions = BrokerSessions::default();
         let t0 = Instant::now() + Duration::from_secs(5);
         let timeout = Duration::from_secs(1);
@@ -327,10 +324,14 @@ mod tests {
         sessions.heartbeat(BrokerId(1), t0 + Duration::from_millis(800));
         let later = t0 + Duration::from_millis(1500);
         assert_eq!(sessions.live(brokers, timeout, later), live(&[1]));
-        // Same term: no new grace. A new term: grace again.
+        // Same term: no new grace. A new term: grace again for the broker never heard
+        // from, none for one whose heartbeats stopped (it is dead, not unknown).
         sessions.set_active(Some(5), later);
         assert_eq!(sessions.live(brokers, timeout, later), live(&[1]));
         sessions.set_active(Some(6), later);
         assert_eq!(sessions.live(brokers, timeout, later).len(), 2);
+        let much_later = later + Duration::from_millis(900);
+        sessions.set_active(Some(7), much_later);
+        assert_eq!(sessions.live(brokers, timeout, much_later), live(&[2]));
     }
 }

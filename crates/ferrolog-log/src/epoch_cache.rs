@@ -78,7 +78,6 @@ impl LeaderEpochCache {
         self.entries.last().copied()
     }
 
-    #[cfg(test)]
     pub(crate) fn entries(&self) -> &[EpochEntry] {
         &self.entries
     }

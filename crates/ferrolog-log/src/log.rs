@@ -556,6 +556,10 @@ impl Log {
     pub fn truncate_to(&mut self, offset: Offset) -> Result<(), LogError> {
         let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
         if offset >= log_end {
+            // No batch to remove, but an epoch this replica began as leader and never
+            // wrote a batch in (it starts at the log end) is not shared with the new
+            // leader either: it goes, or the follower keeps asking about it.
+            self.epochs.truncate_from_end(offset)?;
             return Ok(());
         }
         if offset < log_start {
@@ -602,6 +606,19 @@ impl Log {
             self.checkpointed_high_watermark = Some(hw);
         }
         Ok(())
+    }
+
+    /// Epoch of the last batch in the log (the latest cache entry that starts below the
+    /// log end), `None` for an empty log. A follower reports this, not `leader_epoch`:
+    /// an epoch it began as leader without writing anything is not in its log.
+    pub fn last_batch_epoch(&self) -> Option<LeaderEpoch> {
+        let end = self.log_end_offset();
+        self.epochs
+            .entries()
+            .iter()
+            .rev()
+            .find(|entry| entry.start_offset < end)
+            .map(|entry| entry.epoch)
     }
 
     /// Latest epoch in the cache, 0 if none.

@@ -609,3 +609,29 @@ fn delete_removes_the_partition_directory() -> Result<(), LogError> {
     assert!(!partition.exists());
     Ok(())
 }
+
+/// A replica that became leader at epoch 3 and was deposed before writing anything has an
+/// epoch-3 entry at its log end but no epoch-3 batch: it must report epoch 1 (its last
+/// batch's) as a follower, and truncating at its log end drops the empty epoch.
+#[test]
+fn an_epoch_begun_without_a_batch_is_not_the_last_batch_epoch_and_truncation_drops_it()
+-> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = open(dir.path(), small_config());
+    assert_eq!(log.last_batch_epoch(), None);
+    append_batches(&mut log, 2, 2, T0_MS)?;
+    assert_eq!(log.last_batch_epoch(), Some(LeaderEpoch(1)));
+    let end = log.log_end_offset();
+    log.assign_leader_epoch(LeaderEpoch(3), end)?;
+    assert_eq!(log.leader_epoch(), LeaderEpoch(3));
+    assert_eq!(log.last_batch_epoch(), Some(LeaderEpoch(1)));
+
+    log.truncate_to(end)?;
+    assert_eq!(log.log_end_offset(), end, "no batch removed");
+    assert_eq!(
+        log.leader_epoch(),
+        LeaderEpoch(1),
+        "the empty epoch is gone"
+    );
+    Ok(())
+}

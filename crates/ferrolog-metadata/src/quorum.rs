@@ -210,6 +210,15 @@ impl MetadataQuorum {
         self.state_machine.subscribe()
     }
 
+    /// Every configured voter and its controller address.
+    pub fn voter_addresses(&self) -> Vec<(NodeId, String)> {
+        self.config
+            .voters
+            .iter()
+            .map(|(id, address)| (*id, address.clone()))
+            .collect()
+    }
+
     /// The current leader and its controller address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow().clone();
