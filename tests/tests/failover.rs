@@ -783,3 +783,75 @@ fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyh
     }
     Ok(())
 }
+
+/// After a failover, leadership goes back to the preferred replica (the first in the
+/// replica list) once it has restarted and rejoined the ISR, so leaders do not pile up on
+/// the brokers that stayed up.
+#[test]
+fn leadership_returns_to_the_preferred_replica_after_it_recovers() -> anyhow::Result<()> {
+    init_logging();
+    let mut cluster = Cluster::start(3, &["--leader-rebalance-interval-ms", "1000"])?;
+    cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    wait_until("the RF=3 topic is created", ELECTION_DEADLINE, || {
+        cluster
+            .cli(
+                1,
+                &[
+                    "topic",
+                    "create",
+                    TOPIC,
+                    "--partitions",
+                    "1",
+                    "--replication-factor",
+                    "3",
+                ],
+                None,
+            )
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })?;
+    let (preferred, epoch, _) =
+        wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
+            partition_state(&cluster, 1)
+                .ok()
+                .filter(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+        })?;
+    let preferred_id = i32::try_from(preferred)?;
+    let observer = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != preferred_id)
+        .context("another node")?;
+
+    tracing::info!("preferred leader {preferred} is killed; another replica takes over");
+    cluster.kill(preferred_id)?;
+    wait_until("another leader", ELECTION_DEADLINE, || {
+        partition_state(&cluster, observer)
+            .ok()
+            .filter(|(leader, _, _)| *leader > 0 && *leader != preferred)
+            .map(|_| ())
+    })?;
+
+    tracing::info!("{preferred} restarts; once back in the ISR it leads again");
+    cluster.restart(preferred_id)?;
+    let started = Instant::now();
+    let (_, new_epoch, _) = wait_until(
+        "the preferred replica leading again",
+        ELECTION_DEADLINE,
+        || {
+            partition_state(&cluster, observer)
+                .ok()
+                .filter(|(leader, _, isr)| *leader == preferred && isr.len() == 3)
+        },
+    )?;
+    eprintln!(
+        "preferred replica {preferred} leads again {:.0} ms after its restart (epoch {epoch} -> {new_epoch})",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    ensure!(
+        new_epoch >= epoch + 2,
+        "a failover and a move back: epoch {epoch} -> {new_epoch}"
+    );
+    Ok(())
+}

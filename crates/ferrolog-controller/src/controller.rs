@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 
 use crate::liveness::{
     BrokerSessions, DEFAULT_SESSION_TIMEOUT, decide_elect_offline, decide_fence_broker,
+    decide_preferred_leaders,
 };
 use crate::{ControllerError, assign_replicas, code_of, validate_topic_name};
 
@@ -31,6 +32,10 @@ pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
 pub const DEFAULT_REPLICATION_FACTOR: i64 = 3;
 /// How long a request keeps looking for an active controller before it gives up.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often leaderships move back to preferred replicas. Kafka checks every 5 minutes;
+/// 30 s keeps a restarted broker idle only briefly, and a move costs one metadata commit
+/// and a leader change per partition.
+pub const DEFAULT_LEADER_REBALANCE_INTERVAL: Duration = Duration::from_secs(30);
 /// Pause between attempts while no leader is known.
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -86,6 +91,8 @@ pub struct Controller {
     /// Brokers' heartbeats, as the active controller receives them.
     sessions: BrokerSessions,
     session_timeout: Duration,
+    /// How often leaderships go back to preferred replicas; `None`: never.
+    leader_rebalance_interval: Option<Duration>,
 }
 
 impl Controller {
@@ -111,6 +118,7 @@ impl Controller {
             channels: Mutex::new(HashMap::new()),
             sessions: BrokerSessions::default(),
             session_timeout: DEFAULT_SESSION_TIMEOUT,
+            leader_rebalance_interval: Some(DEFAULT_LEADER_REBALANCE_INTERVAL),
         }
     }
 
@@ -120,6 +128,13 @@ impl Controller {
 
     pub fn topic_defaults(&self) -> &TopicConfig {
         &self.topic_defaults
+    }
+
+    /// How often the active controller moves leaderships back to preferred replicas
+    /// (`None` disables it).
+    pub fn with_leader_rebalance_interval(mut self, interval: Option<Duration>) -> Self {
+        self.leader_rebalance_interval = interval;
+        self
     }
 
     /// How long a broker may go without a heartbeat before it is fenced.
@@ -198,6 +213,7 @@ impl Controller {
         };
         let mut tick = tokio::time::interval(self.session_timeout / 6);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rebalance = Instant::now();
         loop {
             tick.tick().await;
             let now = Instant::now();
@@ -227,11 +243,31 @@ impl Controller {
                     tracing::warn!(broker = %id, %error, "cannot fence broker");
                 }
             }
-            let result = quorum
-                .propose_with(|image| Ok::<_, ControllerError>(decide_elect_offline(image, &live)))
-                .await;
-            if let Err(error) = result {
-                tracing::warn!(%error, "cannot elect leaders for offline partitions");
+            // Decided first on the image at hand, so an idle tick costs no Raft round trip;
+            // propose_with decides again on a linearizable image before committing.
+            if !decide_elect_offline(&image, &live).is_empty() {
+                let result = quorum
+                    .propose_with(|image| {
+                        Ok::<_, ControllerError>(decide_elect_offline(image, &live))
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "cannot elect leaders for offline partitions");
+                }
+            }
+            if let Some(interval) = self.leader_rebalance_interval
+                && last_rebalance.elapsed() >= interval
+                && !decide_preferred_leaders(&image, &live).is_empty()
+            {
+                last_rebalance = Instant::now();
+                let result = quorum
+                    .propose_with(|image| {
+                        Ok::<_, ControllerError>(decide_preferred_leaders(image, &live))
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "cannot move leaderships to preferred replicas");
+                }
             }
         }
     }

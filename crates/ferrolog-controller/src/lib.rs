@@ -16,9 +16,9 @@ mod topic_name;
 
 pub use controller::{
     AlterPartitionRequest, Controller, CreateTopicRequest, DEFAULT_FORWARD_TIMEOUT,
-    DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC, decide_alter_partition,
-    decide_create_topic, decide_delete_topic, decide_elect_leader, decide_register_broker,
-    status_to_wire,
+    DEFAULT_LEADER_REBALANCE_INTERVAL, DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC,
+    decide_alter_partition, decide_create_topic, decide_delete_topic, decide_elect_leader,
+    decide_register_broker, status_to_wire,
 };
 pub use error::ControllerError;
 pub use placement::assign_replicas;

@@ -192,6 +192,39 @@ pub fn decide_elect_offline(
     records
 }
 
+/// Gives each partition back to its preferred replica (the first in its replica list,
+/// where placement spreads leaders evenly) when that replica is live and in sync but
+/// another leads, e.g. after a failover: without this, leadership piles up on the
+/// brokers that stayed up.
+pub fn decide_preferred_leaders(
+    image: &ClusterImage,
+    live: &BTreeSet<BrokerId>,
+) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    for topic in image.topics.values() {
+        for p in &topic.partitions {
+            let Some(preferred) = p.replicas.first().copied() else {
+                continue;
+            };
+            let eligible = p.leader.is_some()
+                && p.leader != Some(preferred)
+                && p.isr.contains(&preferred)
+                && live.contains(&preferred)
+                && image.brokers.get(&preferred).is_some_and(|b| !b.fenced);
+            if eligible {
+                records.push(change(
+                    &topic.name,
+                    p,
+                    Some(preferred),
+                    p.leader_epoch + 1,
+                    &p.isr,
+                ));
+            }
+        }
+    }
+    records
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +334,47 @@ mod tests {
         assert_eq!(records.len(), 2);
         apply(&mut image, records);
         assert_eq!(partition(&image, 0).leader, Some(BrokerId(1)));
+    }
+
+    #[test]
+    fn leadership_returns_to_the_preferred_replica_once_it_is_back_in_sync() {
+        let mut image = image();
+        let records = decide_fence_broker(&image, BrokerId(1), &live(&[2, 3]));
+        apply(&mut image, records);
+        assert_eq!(partition(&image, 0).leader, Some(BrokerId(2)));
+        // Fenced and out of the ISR: not yet.
+        assert!(decide_preferred_leaders(&image, &live(&[1, 2, 3])).is_empty());
+        // Registered again, but still out of the ISR: not yet.
+        apply(
+            &mut image,
+            vec![MetadataRecord {
+                record: Some(Record::RegisterBroker(RegisterBrokerRecord {
+                    broker_id: 1,
+                    address: "h1:1".into(),
+                    incarnation_id: 9,
+                })),
+            }],
+        );
+        assert!(decide_preferred_leaders(&image, &live(&[1, 2, 3])).is_empty());
+        // Back in the ISR: it leads again, at the next epoch.
+        let p0 = partition(&image, 0);
+        apply(
+            &mut image,
+            vec![change(
+                "t",
+                &p0,
+                p0.leader,
+                p0.leader_epoch,
+                &[BrokerId(1), BrokerId(2), BrokerId(3)],
+            )],
+        );
+        let records = decide_preferred_leaders(&image, &live(&[1, 2, 3]));
+        assert_eq!(records.len(), 1);
+        apply(&mut image, records);
+        let p0 = partition(&image, 0);
+        assert_eq!(p0.leader, Some(BrokerId(1)));
+        assert_eq!(p0.leader_epoch, 2);
+        assert!(decide_preferred_leaders(&image, &live(&[1, 2, 3])).is_empty());
     }
 
     #[test]

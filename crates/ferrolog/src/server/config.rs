@@ -27,6 +27,7 @@ pub struct ConfigFile {
     pub replica_lag_time_max_ms: Option<u64>,
     pub broker_heartbeat_interval_ms: Option<u64>,
     pub broker_session_timeout_ms: Option<u64>,
+    pub leader_rebalance_interval_ms: Option<u64>,
     #[serde(default)]
     pub log: LogSection,
     /// Defaults for every topic, under Kafka's names (`"retention.ms" = "3600000"`).
@@ -99,6 +100,8 @@ pub struct ServerConfig {
     /// See ferrolog_controller::liveness for why these defaults.
     pub broker_heartbeat_interval_ms: u64,
     pub broker_session_timeout_ms: u64,
+    /// 0 disables moving leaderships back to preferred replicas.
+    pub leader_rebalance_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +127,8 @@ impl Default for ServerConfig {
             broker_heartbeat_interval_ms: ferrolog_controller::liveness::DEFAULT_HEARTBEAT_INTERVAL
                 .as_millis() as u64,
             broker_session_timeout_ms: ferrolog_controller::liveness::DEFAULT_SESSION_TIMEOUT
+                .as_millis() as u64,
+            leader_rebalance_interval_ms: ferrolog_controller::DEFAULT_LEADER_REBALANCE_INTERVAL
                 .as_millis() as u64,
         }
     }
@@ -202,6 +207,9 @@ impl ServerConfig {
         }
         if let Some(v) = file.broker_session_timeout_ms {
             self.broker_session_timeout_ms = v;
+        }
+        if let Some(v) = file.leader_rebalance_interval_ms {
+            self.leader_rebalance_interval_ms = v;
         }
         let interval_ms = file.log.flush_interval_ms.unwrap_or(1000);
         if let Some(policy) = file.log.flush_policy {

@@ -81,6 +81,9 @@ pub struct ServerArgs {
     /// controller) [default: 1200]
     #[arg(long, value_name = "MS")]
     broker_session_timeout_ms: Option<u64>,
+    /// How often leaderships move back to preferred replicas; 0 never [default: 30000]
+    #[arg(long, value_name = "MS")]
+    leader_rebalance_interval_ms: Option<u64>,
 }
 
 impl ServerArgs {
@@ -128,6 +131,9 @@ impl ServerArgs {
         if let Some(v) = self.broker_session_timeout_ms {
             config.broker_session_timeout_ms = v;
         }
+        if let Some(v) = self.leader_rebalance_interval_ms {
+            config.leader_rebalance_interval_ms = v;
+        }
         anyhow::ensure!(
             config.broker_heartbeat_interval_ms > 0
                 && config.broker_heartbeat_interval_ms * 2 <= config.broker_session_timeout_ms,
@@ -173,7 +179,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let quorum = start_quorum(&config, voters, addr).await?;
         let controller = Arc::new(
             Controller::new(Arc::clone(&quorum), config.topic_defaults.clone())
-                .with_session_timeout(Duration::from_millis(config.broker_session_timeout_ms)),
+                .with_session_timeout(Duration::from_millis(config.broker_session_timeout_ms))
+                .with_leader_rebalance_interval(
+                    (config.leader_rebalance_interval_ms > 0)
+                        .then(|| Duration::from_millis(config.leader_rebalance_interval_ms)),
+                ),
         );
         tokio::spawn(Arc::clone(&controller).run_liveness());
         let service = tonic::transport::Server::builder()
