@@ -60,6 +60,75 @@ fn broker_state(cluster: &Cluster, via: i32, broker: i64) -> anyhow::Result<Stri
         .to_owned())
 }
 
+/// Creates `topic` through node 1, retrying while brokers are still registering.
+fn create_topic(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: u32,
+    replication_factor: u32,
+) -> anyhow::Result<()> {
+    let (partitions, replication_factor) = (partitions.to_string(), replication_factor.to_string());
+    let args = [
+        "topic",
+        "create",
+        topic,
+        "--partitions",
+        &partitions,
+        "--replication-factor",
+        &replication_factor,
+    ];
+    wait_until("the topic is created", ELECTION_DEADLINE, || {
+        cluster
+            .cli(1, &args, None)
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })
+}
+
+/// Reads partition 0 of TOPIC through node `via` and checks that every acknowledged
+/// (offset, value) is there, at its offset.
+fn ensure_acknowledged_in_log(
+    cluster: &Cluster,
+    via: i32,
+    acknowledged: &[(i64, String)],
+) -> anyhow::Result<()> {
+    let end = acknowledged.iter().map(|(o, _)| *o).max().unwrap_or(0) + 1;
+    let out = run_cli_within(
+        cluster.address(via),
+        &[
+            "consume",
+            TOPIC,
+            "--from-beginning",
+            "--partition",
+            "0",
+            "--max-messages",
+            &end.to_string(),
+            "--timeout-ms",
+            "10000",
+            "--format",
+            "{offset} {value}",
+        ],
+        None,
+        Duration::from_secs(60),
+    )?;
+    ensure!(out.status.success(), "consume failed");
+    let read: std::collections::BTreeMap<i64, String> = stdout(&out)
+        .lines()
+        .filter_map(|l| {
+            let (offset, value) = l.split_once(' ')?;
+            Some((offset.parse().ok()?, value.to_owned()))
+        })
+        .collect();
+    for (offset, value) in acknowledged {
+        match read.get(offset) {
+            Some(found) if found == value => {}
+            other => bail!("acknowledged {value:?} at offset {offset}, read {other:?}"),
+        }
+    }
+    Ok(())
+}
+
 async fn send(producer: &Producer, value: String) -> anyhow::Result<i64> {
     let record = ProducerRecord::new(TOPIC, Bytes::from(value)).with_partition(0);
     let delivery = producer.send(record).await;
@@ -75,25 +144,7 @@ fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds(
     init_logging();
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    wait_until("the RF=3 topic is created", ELECTION_DEADLINE, || {
-        cluster
-            .cli(
-                1,
-                &[
-                    "topic",
-                    "create",
-                    TOPIC,
-                    "--partitions",
-                    "1",
-                    "--replication-factor",
-                    "3",
-                ],
-                None,
-            )
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })?;
+    create_topic(&cluster, TOPIC, 1, 3)?;
     wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
         partition_state(&cluster, 1)
             .ok()
@@ -192,40 +243,8 @@ fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds(
     );
 
     tracing::info!("every acknowledged record is where it was acknowledged");
-    let end = acknowledged.iter().map(|(o, _)| *o).max().unwrap_or(0) + 1;
     let observer = cluster.live_ids()[0];
-    let out = run_cli_within(
-        cluster.address(observer),
-        &[
-            "consume",
-            TOPIC,
-            "--from-beginning",
-            "--partition",
-            "0",
-            "--max-messages",
-            &end.to_string(),
-            "--timeout-ms",
-            "10000",
-            "--format",
-            "{offset} {value}",
-        ],
-        None,
-        Duration::from_secs(60),
-    )?;
-    ensure!(out.status.success(), "consume failed");
-    let read: std::collections::BTreeMap<i64, String> = stdout(&out)
-        .lines()
-        .filter_map(|l| {
-            let (offset, value) = l.split_once(' ')?;
-            Some((offset.parse().ok()?, value.to_owned()))
-        })
-        .collect();
-    for (offset, value) in &acknowledged {
-        match read.get(offset) {
-            Some(found) if found == value => {}
-            other => bail!("acknowledged {value:?} at offset {offset}, read {other:?}"),
-        }
-    }
+    ensure_acknowledged_in_log(&cluster, observer, &acknowledged)?;
     runtime.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(10), producer.close()).await;
     });
@@ -248,25 +267,7 @@ fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> a
     const MAX_RECORDS: usize = 20_000;
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    wait_until("the RF=3 topic is created", ELECTION_DEADLINE, || {
-        cluster
-            .cli(
-                1,
-                &[
-                    "topic",
-                    "create",
-                    TOPIC,
-                    "--partitions",
-                    "1",
-                    "--replication-factor",
-                    "3",
-                ],
-                None,
-            )
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })?;
+    create_topic(&cluster, TOPIC, 1, 3)?;
     wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
         partition_state(&cluster, 1)
             .ok()
@@ -359,39 +360,7 @@ fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> a
     );
     ensure!(!acked.is_empty(), "nothing was produced");
 
-    let end = acked.iter().map(|(o, _)| *o).max().unwrap_or(0) + 1;
-    let out = run_cli_within(
-        cluster.address(1),
-        &[
-            "consume",
-            TOPIC,
-            "--from-beginning",
-            "--partition",
-            "0",
-            "--max-messages",
-            &end.to_string(),
-            "--timeout-ms",
-            "10000",
-            "--format",
-            "{offset} {value}",
-        ],
-        None,
-        Duration::from_secs(60),
-    )?;
-    ensure!(out.status.success(), "consume failed");
-    let read: std::collections::BTreeMap<i64, String> = stdout(&out)
-        .lines()
-        .filter_map(|l| {
-            let (offset, value) = l.split_once(' ')?;
-            Some((offset.parse().ok()?, value.to_owned()))
-        })
-        .collect();
-    for (offset, value) in &acked {
-        match read.get(offset) {
-            Some(found) if found == value => {}
-            other => bail!("acknowledged {value:?} at offset {offset}, read {other:?}"),
-        }
-    }
+    ensure_acknowledged_in_log(&cluster, 1, &acked)?;
     Ok(())
 }
 
@@ -403,25 +372,7 @@ fn a_partition_without_a_live_in_sync_replica_is_offline_until_it_returns() -> a
     init_logging();
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    wait_until("the RF=1 topic is created", ELECTION_DEADLINE, || {
-        cluster
-            .cli(
-                1,
-                &[
-                    "topic",
-                    "create",
-                    TOPIC,
-                    "--partitions",
-                    "1",
-                    "--replication-factor",
-                    "1",
-                ],
-                None,
-            )
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })?;
+    create_topic(&cluster, TOPIC, 1, 1)?;
     let (owner, epoch, _) = partition_state(&cluster, 1)?;
     let owner_id = i32::try_from(owner)?;
     let observer = cluster
@@ -486,25 +437,7 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
     const MAX_RECORDS: u64 = 100_000;
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    wait_until("the topic is created", ELECTION_DEADLINE, || {
-        cluster
-            .cli(
-                1,
-                &[
-                    "topic",
-                    "create",
-                    HISTORY_TOPIC,
-                    "--partitions",
-                    &PARTITIONS.to_string(),
-                    "--replication-factor",
-                    "3",
-                ],
-                None,
-            )
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })?;
+    create_topic(&cluster, HISTORY_TOPIC, PARTITIONS, 3)?;
     let describe = |cluster: &Cluster, via: i32| -> Option<Vec<(i64, usize)>> {
         let out = run_cli_within(
             cluster.address(via),
@@ -672,25 +605,7 @@ fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyh
     init_logging();
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    wait_until("the RF=3 topic is created", ELECTION_DEADLINE, || {
-        cluster
-            .cli(
-                1,
-                &[
-                    "topic",
-                    "create",
-                    TOPIC,
-                    "--partitions",
-                    "1",
-                    "--replication-factor",
-                    "3",
-                ],
-                None,
-            )
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })?;
+    create_topic(&cluster, TOPIC, 1, 3)?;
     let (zombie, epoch, _) = wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
         partition_state(&cluster, 1)
             .ok()
@@ -748,39 +663,7 @@ fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyh
             .filter(|(_, _, isr)| isr.contains(&zombie) && isr.len() == 3)
             .map(|_| ())
     })?;
-    let end = acknowledged.iter().map(|(o, _)| *o).max().unwrap_or(0) + 1;
-    let out = run_cli_within(
-        cluster.address(observer),
-        &[
-            "consume",
-            TOPIC,
-            "--from-beginning",
-            "--partition",
-            "0",
-            "--max-messages",
-            &end.to_string(),
-            "--timeout-ms",
-            "5000",
-            "--format",
-            "{offset} {value}",
-        ],
-        None,
-        Duration::from_secs(60),
-    )?;
-    ensure!(out.status.success(), "consume failed");
-    let read: std::collections::BTreeMap<i64, String> = stdout(&out)
-        .lines()
-        .filter_map(|l| {
-            let (offset, value) = l.split_once(' ')?;
-            Some((offset.parse().ok()?, value.to_owned()))
-        })
-        .collect();
-    for (offset, value) in &acknowledged {
-        match read.get(offset) {
-            Some(found) if found == value => {}
-            other => bail!("acknowledged {value:?} at offset {offset}, read {other:?}"),
-        }
-    }
+    ensure_acknowledged_in_log(&cluster, observer, &acknowledged)?;
     Ok(())
 }
 
@@ -792,25 +675,7 @@ fn leadership_returns_to_the_preferred_replica_after_it_recovers() -> anyhow::Re
     init_logging();
     let mut cluster = Cluster::start(3, &["--leader-rebalance-interval-ms", "1000"])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    wait_until("the RF=3 topic is created", ELECTION_DEADLINE, || {
-        cluster
-            .cli(
-                1,
-                &[
-                    "topic",
-                    "create",
-                    TOPIC,
-                    "--partitions",
-                    "1",
-                    "--replication-factor",
-                    "3",
-                ],
-                None,
-            )
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })?;
+    create_topic(&cluster, TOPIC, 1, 3)?;
     let (preferred, epoch, _) =
         wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
             partition_state(&cluster, 1)
