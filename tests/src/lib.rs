@@ -7,6 +7,7 @@
 //! cargo target directory; `scripts/test.sh` builds it before the tests run.
 
 pub mod history;
+pub mod workload;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -416,6 +417,8 @@ struct ClusterNode {
     client_address: String,
     http_address: String,
     controller_address: String,
+    /// A node added with [`Cluster::add_broker`]: broker role only, not a voter.
+    broker_only: bool,
     server: Option<Server>,
     paused: bool,
 }
@@ -456,6 +459,7 @@ impl Cluster {
                 client_address: format!("127.0.0.1:{}", p[0]),
                 http_address: format!("127.0.0.1:{}", p[1]),
                 controller_address: format!("127.0.0.1:{}", p[2]),
+                broker_only: false,
                 server: None,
                 paused: false,
             })
@@ -509,23 +513,32 @@ impl Cluster {
     /// The `ferrolog server` arguments of node `id`.
     fn server_args(&self, id: i32) -> Vec<String> {
         let node = self.slot(id);
+        let roles = if node.broker_only {
+            "broker"
+        } else {
+            "broker,controller"
+        };
         let mut args: Vec<String> = [
             "--node-id",
             &id.to_string(),
             "--roles",
-            "broker,controller",
+            roles,
             "--listen",
             &node.client_address,
             "--http-listen",
             &node.http_address,
-            "--controller-listen",
-            &node.controller_address,
             "--controller-voters",
             &self.voters,
         ]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if !node.broker_only {
+            args.extend([
+                "--controller-listen".to_owned(),
+                node.controller_address.clone(),
+            ]);
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }
@@ -570,6 +583,31 @@ impl Cluster {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts one more node, with the broker role only (as when a cluster is scaled out:
+    /// the controller quorum stays as it is), and returns its id.
+    pub fn add_broker(&mut self) -> anyhow::Result<i32> {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let ports = free_ports(3)?;
+        let dir = self
+            .nodes
+            .first()
+            .and_then(|n| n.data_dir.parent())
+            .context("the cluster has a data directory")?
+            .join(format!("node-{id}"));
+        self.nodes.push(ClusterNode {
+            id,
+            data_dir: dir,
+            client_address: format!("127.0.0.1:{}", ports[0]),
+            http_address: format!("127.0.0.1:{}", ports[1]),
+            controller_address: format!("127.0.0.1:{}", ports[2]),
+            broker_only: true,
+            server: None,
+            paused: false,
+        });
+        self.start_node(id)?;
+        Ok(id)
     }
 
     /// Starts node `id`, which must not be running.
@@ -673,6 +711,56 @@ impl Cluster {
     /// Runs a CLI command with node `id` as the only bootstrap broker.
     pub fn cli(&self, id: i32, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
         run_cli(self.address(id), args, stdin)
+    }
+
+    /// Creates `topic` through node `via`, retrying (bounded) while brokers are still
+    /// registering after a start.
+    pub fn create_topic(
+        &self,
+        via: i32,
+        topic: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> anyhow::Result<()> {
+        let (partitions, replication_factor) =
+            (partitions.to_string(), replication_factor.to_string());
+        let args = [
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions,
+            "--replication-factor",
+            &replication_factor,
+        ];
+        let mut last_error = String::new();
+        wait_until(
+            "the topic is created",
+            Duration::from_secs(30),
+            || match self.cli(via, &args, None) {
+                Ok(out) if out.status.success() => Some(()),
+                Ok(out) => {
+                    last_error = stderr(&out);
+                    None
+                }
+                Err(error) => {
+                    last_error = format!("{error:#}");
+                    None
+                }
+            },
+        )
+        .with_context(|| format!("last error: {last_error}"))
+    }
+
+    /// `ferrolog topic describe TOPIC --json` through node `via`, parsed.
+    pub fn describe(&self, via: i32, topic: &str) -> anyhow::Result<serde_json::Value> {
+        let out = run_cli_within(
+            self.address(via),
+            &["topic", "describe", topic, "--json"],
+            None,
+            STATUS_POLL_LIMIT,
+        )?;
+        workload::parse_describe(&out)
     }
 
     /// `ferrolog cluster status --json` against node `id`, parsed. Fails when the command

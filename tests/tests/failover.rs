@@ -60,32 +60,6 @@ fn broker_state(cluster: &Cluster, via: i32, broker: i64) -> anyhow::Result<Stri
         .to_owned())
 }
 
-/// Creates `topic` through node 1, retrying while brokers are still registering.
-fn create_topic(
-    cluster: &Cluster,
-    topic: &str,
-    partitions: u32,
-    replication_factor: u32,
-) -> anyhow::Result<()> {
-    let (partitions, replication_factor) = (partitions.to_string(), replication_factor.to_string());
-    let args = [
-        "topic",
-        "create",
-        topic,
-        "--partitions",
-        &partitions,
-        "--replication-factor",
-        &replication_factor,
-    ];
-    wait_until("the topic is created", ELECTION_DEADLINE, || {
-        cluster
-            .cli(1, &args, None)
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })
-}
-
 /// Reads partition 0 of TOPIC through node `via` and checks that every acknowledged
 /// (offset, value) is there, at its offset.
 fn ensure_acknowledged_in_log(
@@ -144,7 +118,7 @@ fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds(
     init_logging();
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    create_topic(&cluster, TOPIC, 1, 3)?;
+    cluster.create_topic(1, TOPIC, 1, 3)?;
     wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
         partition_state(&cluster, 1)
             .ok()
@@ -267,7 +241,7 @@ fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> a
     const MAX_RECORDS: usize = 20_000;
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    create_topic(&cluster, TOPIC, 1, 3)?;
+    cluster.create_topic(1, TOPIC, 1, 3)?;
     wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
         partition_state(&cluster, 1)
             .ok()
@@ -372,7 +346,7 @@ fn a_partition_without_a_live_in_sync_replica_is_offline_until_it_returns() -> a
     init_logging();
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    create_topic(&cluster, TOPIC, 1, 1)?;
+    cluster.create_topic(1, TOPIC, 1, 1)?;
     let (owner, epoch, _) = partition_state(&cluster, 1)?;
     let owner_id = i32::try_from(owner)?;
     let observer = cluster
@@ -425,19 +399,16 @@ fn a_partition_without_a_live_in_sync_replica_is_offline_until_it_returns() -> a
 /// misplaced, zero reordered.
 #[test]
 fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<()> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use ferrolog_tests::history::{self, Ack, Read};
+    use ferrolog_tests::history;
+    use ferrolog_tests::workload::{Outcome, Workload, read_all};
 
     init_logging();
     const HISTORY_TOPIC: &str = "history";
     const PARTITIONS: u32 = 3;
     const KILLS: usize = 10;
-    const MAX_RECORDS: u64 = 100_000;
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    create_topic(&cluster, HISTORY_TOPIC, PARTITIONS, 3)?;
+    cluster.create_topic(1, HISTORY_TOPIC, PARTITIONS, 3)?;
     let describe = |cluster: &Cluster, via: i32| -> Option<Vec<(i64, usize)>> {
         let out = run_cli_within(
             cluster.address(via),
@@ -474,47 +445,7 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
         .into_iter()
         .map(|id| cluster.address(id).to_owned())
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || -> anyhow::Result<(Vec<Ack>, usize)> {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let mut config = ProducerConfig::new(ClientConfig::with_brokers(brokers));
-                config.acks = Acks::All;
-                config.linger_ms = 1;
-                config.delivery_timeout_ms = 60_000;
-                let producer = Producer::connect(config).await?;
-                let mut deliveries = Vec::new();
-                for id in 0..MAX_RECORDS {
-                    if stop.load(Ordering::Acquire) {
-                        break;
-                    }
-                    let record = ProducerRecord::new(HISTORY_TOPIC, Bytes::from(format!("h-{id}")))
-                        .with_partition((id % u64::from(PARTITIONS)) as u32);
-                    deliveries.push((id, producer.send(record).await));
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                let mut acks = Vec::new();
-                let mut failed = 0;
-                for (id, delivery) in deliveries {
-                    match tokio::time::timeout(Duration::from_secs(90), delivery).await {
-                        Ok(Ok(meta)) => acks.push(Ack {
-                            id,
-                            partition: meta.partition,
-                            offset: meta.offset,
-                        }),
-                        _ => failed += 1,
-                    }
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(10), producer.close()).await;
-                Ok((acks, failed))
-            })
-        })
-    };
+    let workload = Workload::start(brokers, HISTORY_TOPIC, PARTITIONS);
 
     for kill in 0..KILLS {
         let observer = cluster.live_ids()[0];
@@ -544,50 +475,8 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
             || all_in_sync(&cluster, observer),
         )?;
     }
-    stop.store(true, Ordering::Release);
-    let (acks, failed) = producer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
-
-    let mut reads = Vec::new();
-    for partition in 0..PARTITIONS {
-        let out = run_cli_within(
-            cluster.address(1),
-            &[
-                "consume",
-                HISTORY_TOPIC,
-                "--from-beginning",
-                "--partition",
-                &partition.to_string(),
-                "--timeout-ms",
-                "3000",
-                "--format",
-                "{offset} {value}",
-            ],
-            None,
-            Duration::from_secs(120),
-        )?;
-        ensure!(
-            out.status.success(),
-            "consume of partition {partition} failed"
-        );
-        for line in stdout(&out).lines() {
-            let Some((offset, value)) = line.split_once(' ') else {
-                continue;
-            };
-            let (Ok(offset), Some(Ok(id))) = (
-                offset.parse::<i64>(),
-                value.strip_prefix("h-").map(str::parse::<u64>),
-            ) else {
-                bail!("unexpected record {line:?}");
-            };
-            reads.push(Read {
-                partition,
-                offset,
-                id,
-            });
-        }
-    }
+    let Outcome { acks, failed } = workload.stop()?;
+    let reads = read_all(cluster.address(1), HISTORY_TOPIC, PARTITIONS)?;
     let report = history::check(&acks, &reads);
     eprintln!("history after {KILLS} leader kills: {report}; {failed} sends failed");
     ensure!(report.is_safe(), "{report}");
@@ -605,7 +494,7 @@ fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyh
     init_logging();
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    create_topic(&cluster, TOPIC, 1, 3)?;
+    cluster.create_topic(1, TOPIC, 1, 3)?;
     let (zombie, epoch, _) = wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
         partition_state(&cluster, 1)
             .ok()
@@ -675,7 +564,7 @@ fn leadership_returns_to_the_preferred_replica_after_it_recovers() -> anyhow::Re
     init_logging();
     let mut cluster = Cluster::start(3, &["--leader-rebalance-interval-ms", "1000"])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    create_topic(&cluster, TOPIC, 1, 3)?;
+    cluster.create_topic(1, TOPIC, 1, 3)?;
     let (preferred, epoch, _) =
         wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
             partition_state(&cluster, 1)

@@ -188,7 +188,7 @@ impl Partition {
             };
         if same_leadership {
             if let Role::Leader(state) = &mut *role {
-                state.update_from(image);
+                state.update_from(self.me, image, now);
                 let end = state.isr_end(self.me, self.progress.borrow().durable);
                 drop(role);
                 drop(log);

@@ -237,11 +237,12 @@ impl PartitionManager {
         self.settings.data_dir.join(format!("{topic}-{partition}"))
     }
 
-    /// Deletes partition directories whose topic the image no longer has (deleted while
-    /// this broker was down). A directory is only removed when its marker names a topic id
-    /// that no topic in the image carries: a directory this broker merely does not host, or
-    /// whose marker is unreadable, is left alone, and nothing else a user keeps in the data
-    /// directory is ever touched.
+    /// Deletes partition directories this broker no longer needs: of topics deleted, or of
+    /// partitions moved to other brokers, while it was down. A directory is only removed
+    /// when its marker names a topic id that no topic in the image carries, or names a
+    /// topic whose partition (from the directory name) lists other replicas only: a
+    /// directory whose marker is unreadable is left alone, and nothing else a user keeps
+    /// in the data directory is ever touched.
     fn remove_stray_directories(&self, image: &ClusterImage) {
         let Ok(entries) = std::fs::read_dir(&self.settings.data_dir) else {
             return;
@@ -251,10 +252,25 @@ impl PartitionManager {
             let Some(topic_id) = read_topic_id(&path) else {
                 continue;
             };
-            if image.topics.values().any(|t| t.topic_id == topic_id) {
-                continue;
-            }
-            tracing::warn!(dir = %path.display(), %topic_id, "removing partition of a deleted topic");
+            let reason = match image.topics.values().find(|t| t.topic_id == topic_id) {
+                None => "its topic was deleted",
+                Some(topic) => {
+                    let partition = path
+                        .file_name()
+                        .and_then(|name| name.to_str())
+                        .and_then(|name| name.strip_prefix(topic.name.as_str()))
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .and_then(|n| topic.partition(PartitionId(n)));
+                    match partition {
+                        Some(p) if !p.replicas.contains(&self.node_id) => {
+                            "it was moved to other brokers"
+                        }
+                        _ => continue,
+                    }
+                }
+            };
+            tracing::warn!(dir = %path.display(), %topic_id, reason, "removing a partition directory");
             if let Err(error) = std::fs::remove_dir_all(&path) {
                 tracing::error!(dir = %path.display(), %error, "cannot remove stray partition");
             }

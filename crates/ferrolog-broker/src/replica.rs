@@ -23,6 +23,19 @@ pub struct FollowerProgress {
     last_fetch: Instant,
 }
 
+impl FollowerProgress {
+    /// A follower not heard from yet: it holds nothing, and it gets a full lag period to
+    /// show up before it counts as lagging.
+    fn new(now: Instant) -> Self {
+        Self {
+            end_offset: None,
+            last_caught_up: now,
+            leo_at_last_fetch: Offset(0),
+            last_fetch: now,
+        }
+    }
+}
+
 /// A leader's view of its partition.
 #[derive(Clone, Debug)]
 pub struct LeaderState {
@@ -62,18 +75,7 @@ pub fn role_from_image(me: BrokerId, image: &PartitionImage, now: Instant) -> Ro
             .replicas
             .iter()
             .filter(|r| **r != me)
-            .map(|r| {
-                (
-                    *r,
-                    FollowerProgress {
-                        end_offset: None,
-                        // A new leader gives every follower a full lag period to show up.
-                        last_caught_up: now,
-                        leo_at_last_fetch: Offset(0),
-                        last_fetch: now,
-                    },
-                )
-            })
+            .map(|r| (*r, FollowerProgress::new(now)))
             .collect();
         Role::Leader(LeaderState {
             leader_epoch: image.leader_epoch,
@@ -92,12 +94,21 @@ pub fn role_from_image(me: BrokerId, image: &PartitionImage, now: Instant) -> Ro
 }
 
 impl LeaderState {
-    /// Takes a newer image of the same leadership (same leader epoch): ISR and partition
-    /// epoch may have changed; follower progress is kept.
-    pub fn update_from(&mut self, image: &PartitionImage) {
+    /// Takes a newer image of the same leadership (same leader epoch): ISR, replicas and
+    /// partition epoch may have changed. Progress of the remaining followers is kept; a
+    /// replica added by a reassignment starts from nothing, like every follower of a new
+    /// leader, and a removed one is forgotten.
+    pub fn update_from(&mut self, me: BrokerId, image: &PartitionImage, now: Instant) {
         self.partition_epoch = image.partition_epoch;
         self.replicas = image.replicas.clone();
         self.isr = image.isr.clone();
+        self.followers
+            .retain(|follower, _| image.replicas.contains(follower));
+        for replica in image.replicas.iter().filter(|r| **r != me) {
+            self.followers
+                .entry(*replica)
+                .or_insert_with(|| FollowerProgress::new(now));
+        }
     }
 
     /// Records a validated fetch from `follower` at `fetch_offset`, with its log durable
@@ -197,7 +208,43 @@ mod tests {
             isr: isr.iter().copied().map(BrokerId).collect(),
             leader_epoch: 4,
             partition_epoch: 7,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_reassignment_adds_a_follower_from_nothing_and_forgets_a_removed_one() {
+        let start = Instant::now();
+        let mut state = leader_state(&[1, 2, 3], start);
+        state.record_fetch(BrokerId(2), Offset(50), Offset(50), Offset(50), start);
+        let mut moving = image(1, &[1, 2, 3]);
+        moving.replicas = vec![BrokerId(1), BrokerId(2), BrokerId(4), BrokerId(3)];
+        moving.adding_replicas = vec![BrokerId(4)];
+        moving.partition_epoch = 8;
+        state.update_from(BrokerId(1), &moving, start);
+        assert_eq!(state.partition_epoch, 8);
+        assert_eq!(state.followers[&BrokerId(2)].end_offset, Some(Offset(50)));
+        assert_eq!(state.followers[&BrokerId(4)].end_offset, None);
+        // Broker 4 joins the ISR once it holds everything committed.
+        let later = start + Duration::from_secs(1);
+        state.record_fetch(BrokerId(3), Offset(50), Offset(50), Offset(50), later);
+        state.record_fetch(BrokerId(4), Offset(50), Offset(50), Offset(50), later);
+        let wanted = state
+            .wanted_isr(
+                BrokerId(1),
+                Offset(50),
+                Offset(0),
+                Duration::from_secs(10),
+                later,
+            )
+            .expect("expand");
+        assert!(wanted.contains(&BrokerId(4)), "{wanted:?}");
+
+        let mut done = image(1, &[1, 2, 4]);
+        done.replicas = vec![BrokerId(1), BrokerId(2), BrokerId(4)];
+        state.update_from(BrokerId(1), &done, later);
+        assert!(!state.followers.contains_key(&BrokerId(3)));
     }
 
     fn leader_state(isr: &[i32], now: Instant) -> LeaderState {

@@ -174,6 +174,70 @@ impl Admin {
         .map(|r| r.metadata_index)
     }
 
+    /// Grows `topic` to `partitions` partitions; returns the metadata index of the change.
+    /// Producers see the new partitions at their next metadata refresh.
+    #[tracing::instrument(skip(self))]
+    pub async fn create_partitions(&self, topic: &str, partitions: i32) -> Result<u64> {
+        let request = ferrolog_proto::v1::CreatePartitionsRequest {
+            topic: topic.to_owned(),
+            partitions,
+        };
+        let index = self
+            .admin_call(
+                "a CreatePartitions answer",
+                move |mut client, address, timeout| {
+                    let request = request.clone();
+                    async move {
+                        call(
+                            &address,
+                            "a CreatePartitions answer",
+                            timeout,
+                            client.create_partitions(request),
+                        )
+                        .await
+                    }
+                },
+            )
+            .await?
+            .metadata_index;
+        self.cluster.invalidate();
+        Ok(index)
+    }
+
+    /// Starts moving `topic`-`partition` to `replicas` (preferred leader first); returns the
+    /// metadata index of the change. The move completes once every new replica has caught
+    /// up: [`Admin::describe_topic`] shows its adding and removing replicas until then.
+    #[tracing::instrument(skip(self))]
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: &[i32],
+    ) -> Result<u64> {
+        let request = ferrolog_proto::v1::ReassignPartitionRequest {
+            topic: topic.to_owned(),
+            partition,
+            replicas: replicas.to_vec(),
+        };
+        self.admin_call(
+            "a ReassignPartition answer",
+            move |mut client, address, timeout| {
+                let request = request.clone();
+                async move {
+                    call(
+                        &address,
+                        "a ReassignPartition answer",
+                        timeout,
+                        client.reassign_partition(request),
+                    )
+                    .await
+                }
+            },
+        )
+        .await
+        .map(|r| r.metadata_index)
+    }
+
     /// Partitions (leader, replicas, ISR, offsets, size) and effective configuration.
     #[tracing::instrument(skip(self))]
     pub async fn describe_topic(&self, name: &str) -> Result<DescribeTopicResponse> {

@@ -335,6 +335,22 @@ impl AdminService for FakeBroker {
         ))
     }
 
+    async fn create_partitions(
+        &self,
+        _request: Request<ferrolog_proto::v1::CreatePartitionsRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::CreatePartitionsResponse>, Status> {
+        Err(Status::unimplemented("the fake broker's topics are fixed"))
+    }
+
+    async fn reassign_partition(
+        &self,
+        _request: Request<ferrolog_proto::v1::ReassignPartitionRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::ReassignPartitionResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake broker has one replica per partition",
+        ))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<DescribeTopicRequest>,

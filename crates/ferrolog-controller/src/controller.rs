@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrolog_metadata::records::{
-    CreateTopicRecord, DeleteTopicRecord, MetadataRecord, PartitionAssignment,
-    PartitionChangeRecord, Record, RegisterBrokerRecord,
+    CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord, MetadataRecord,
+    PartitionAssignment, Record, RegisterBrokerRecord,
 };
 use ferrolog_metadata::{
     BrokerId, ClusterImage, MetadataError, MetadataQuorum, QuorumStatus, TopicConfig, random_id,
@@ -21,6 +21,7 @@ use crate::liveness::{
     BrokerSessions, DEFAULT_SESSION_TIMEOUT, decide_elect_offline, decide_fence_broker,
     decide_preferred_leaders,
 };
+use crate::partition_change::NextPartition;
 use crate::{ControllerError, assign_replicas, code_of, validate_topic_name};
 
 /// Upper bound on partitions per topic. Each partition holds open files (log, index, time
@@ -66,6 +67,15 @@ enum Change {
         leader: BrokerId,
     },
     ControlledShutdown(BrokerId),
+    CreatePartitions {
+        topic: String,
+        partitions: i64,
+    },
+    ReassignPartition {
+        topic: String,
+        partition: i32,
+        replicas: Vec<BrokerId>,
+    },
 }
 
 /// A partition leader's request to change the ISR, at the epochs it knows.
@@ -351,6 +361,60 @@ impl Controller {
         .await
     }
 
+    /// Grows `topic` to `partitions` partitions.
+    pub async fn create_partitions(
+        &self,
+        topic: &str,
+        partitions: i64,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::CreatePartitions {
+            topic: topic.to_owned(),
+            partitions,
+        })
+        .await
+    }
+
+    pub async fn create_partitions_here(
+        &self,
+        topic: &str,
+        partitions: i64,
+    ) -> Result<u64, ControllerError> {
+        self.commit_here(&Change::CreatePartitions {
+            topic: topic.to_owned(),
+            partitions,
+        })
+        .await
+    }
+
+    /// Starts moving a partition to `replicas` (see [`decide_reassign_partition`]).
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: Vec<BrokerId>,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::ReassignPartition {
+            topic: topic.to_owned(),
+            partition,
+            replicas,
+        })
+        .await
+    }
+
+    pub async fn reassign_partition_here(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: Vec<BrokerId>,
+    ) -> Result<u64, ControllerError> {
+        self.commit_here(&Change::ReassignPartition {
+            topic: topic.to_owned(),
+            partition,
+            replicas,
+        })
+        .await
+    }
+
     /// Commits a change if this node is the active controller, never forwarding (the
     /// ControllerService calls this, so a request is forwarded at most once).
     async fn commit_here(&self, change: &Change) -> Result<u64, ControllerError> {
@@ -373,6 +437,14 @@ impl Controller {
                     partition,
                     leader,
                 } => decide_elect_leader(image, topic, *partition, *leader),
+                Change::CreatePartitions { topic, partitions } => {
+                    decide_create_partitions(image, topic, *partitions)
+                }
+                Change::ReassignPartition {
+                    topic,
+                    partition,
+                    replicas,
+                } => decide_reassign_partition(image, topic, *partition, replicas),
                 Change::ControlledShutdown(broker) => {
                     let mut live = self.sessions.live(
                         image.brokers.keys().copied(),
@@ -565,6 +637,31 @@ impl Controller {
                     .into_inner()
                     .metadata_index
             }
+            Change::CreatePartitions { topic, partitions } => {
+                client
+                    .create_partitions(v1::CreatePartitionsRequest {
+                        topic: topic.clone(),
+                        partitions: i32::try_from(*partitions).unwrap_or(i32::MAX),
+                    })
+                    .await?
+                    .into_inner()
+                    .metadata_index
+            }
+            Change::ReassignPartition {
+                topic,
+                partition,
+                replicas,
+            } => {
+                client
+                    .reassign_partition(v1::ReassignPartitionRequest {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        replicas: replicas.iter().map(|b| b.0).collect(),
+                    })
+                    .await?
+                    .into_inner()
+                    .metadata_index
+            }
             Change::ElectLeader {
                 topic,
                 partition,
@@ -723,12 +820,7 @@ pub fn decide_create_topic(
         return Err(ControllerError::TopicAlreadyExists(request.name.clone()));
     }
     // Replicas go to live brokers only.
-    let brokers: Vec<BrokerId> = image
-        .brokers
-        .values()
-        .filter(|b| !b.fenced)
-        .map(|b| b.id)
-        .collect();
+    let brokers = unfenced_brokers(image);
     if brokers.is_empty() {
         return Err(ControllerError::NoBrokersRegistered);
     }
@@ -779,27 +871,6 @@ pub fn decide_delete_topic(
             topic_id: topic.topic_id.clone(),
         })),
     }])
-}
-
-fn partition_change(
-    topic: &str,
-    partition: i32,
-    p: &ferrolog_metadata::PartitionImage,
-    leader: BrokerId,
-    leader_epoch: i32,
-    isr: &[BrokerId],
-) -> MetadataRecord {
-    MetadataRecord {
-        record: Some(Record::PartitionChange(PartitionChangeRecord {
-            topic: topic.to_owned(),
-            partition,
-            leader: leader.0,
-            leader_epoch,
-            partition_epoch: p.partition_epoch + 1,
-            replicas: p.replicas.iter().map(|b| b.0).collect(),
-            isr: isr.iter().map(|b| b.0).collect(),
-        })),
-    }
 }
 
 fn find_partition<'a>(
@@ -870,14 +941,11 @@ pub fn decide_alter_partition(
         .copied()
         .filter(|r| isr.contains(r))
         .collect();
-    Ok(vec![partition_change(
-        &request.topic,
-        request.partition,
-        p,
-        request.leader,
-        p.leader_epoch,
-        &isr,
-    )])
+    Ok(NextPartition::from(&request.topic, p)
+        .isr(isr)
+        .into_record()
+        .into_iter()
+        .collect())
 }
 
 /// A new leader from the ISR, at the next leader epoch. Electing the current leader is a
@@ -900,14 +968,148 @@ pub fn decide_elect_leader(
             isr: p.isr.iter().map(|b| b.0).collect(),
         });
     }
-    Ok(vec![partition_change(
-        topic,
+    Ok(NextPartition::from(topic, p)
+        .leader(Some(leader))
+        .into_record()
+        .into_iter()
+        .collect())
+}
+
+/// Partitions numbered on from the topic's current count, placed on the unfenced brokers
+/// with the topic's replication factor, continuing the rotation of its existing leaders.
+pub fn decide_create_partitions(
+    image: &ClusterImage,
+    topic: &str,
+    partitions: i64,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let existing = image
+        .topic(topic)
+        .ok_or_else(|| ControllerError::UnknownTopic(topic.to_owned()))?;
+    let current = existing.partitions.len();
+    if partitions <= current as i64 || partitions > i64::from(MAX_PARTITIONS_PER_TOPIC) {
+        return Err(ControllerError::PartitionsMustGrow {
+            topic: topic.to_owned(),
+            current,
+            requested: partitions,
+            max: MAX_PARTITIONS_PER_TOPIC,
+        });
+    }
+    let brokers = unfenced_brokers(image);
+    let replication_factor = existing.replication_factor().max(1);
+    if replication_factor > brokers.len() {
+        return Err(ControllerError::InvalidReplicationFactor {
+            requested: replication_factor as i64,
+            brokers: brokers.len(),
+        });
+    }
+    let start = existing
+        .partitions
+        .first()
+        .and_then(|p| p.replicas.first())
+        .and_then(|leader| brokers.iter().position(|b| b == leader))
+        .unwrap_or(0);
+    let layout = assign_replicas(
+        &brokers,
+        partitions as u32,
+        replication_factor as u32,
+        start,
+    );
+    let record = CreatePartitionsRecord {
+        topic: topic.to_owned(),
+        topic_id: existing.topic_id.clone(),
+        assignments: layout
+            .into_iter()
+            .enumerate()
+            .skip(current)
+            .map(|(partition, replicas)| PartitionAssignment {
+                partition: partition as i32,
+                replicas: replicas.into_iter().map(|b| b.0).collect(),
+            })
+            .collect(),
+    };
+    Ok(vec![MetadataRecord {
+        record: Some(Record::CreatePartitions(record)),
+    }])
+}
+
+/// Starts moving a partition to `target` (Kafka's KIP-455): the replica list becomes the
+/// target followed by the replicas that leave; new replicas start copying the log from the
+/// leader and join the ISR through the leader's ordinary ISR expansion. The move completes
+/// (see `NextPartition`) in the change that puts the last target replica in sync, so the
+/// partition never has fewer in-sync copies than before. A target that is a reordering of
+/// the current replicas only changes the preferred leader.
+pub fn decide_reassign_partition(
+    image: &ClusterImage,
+    topic: &str,
+    partition: i32,
+    target: &[BrokerId],
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let p = find_partition(image, topic, partition)?;
+    let invalid = |reason: String| ControllerError::InvalidReplicaAssignment {
+        topic: topic.to_owned(),
         partition,
-        p,
-        leader,
-        p.leader_epoch + 1,
-        &p.isr,
-    )])
+        replicas: target.iter().map(|b| b.0).collect(),
+        reason,
+    };
+    if target.is_empty() {
+        return Err(invalid("at least one replica is needed".to_owned()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for broker in target {
+        if !seen.insert(*broker) {
+            return Err(invalid(format!("broker {broker} appears twice")));
+        }
+        match image.brokers.get(broker) {
+            None => return Err(invalid(format!("broker {broker} is not registered"))),
+            // An existing replica may stay while fenced (it is down for a restart); a new
+            // one must be up to copy the log.
+            Some(b) if b.fenced && !p.replicas.contains(broker) => {
+                return Err(invalid(format!("broker {broker} is fenced")));
+            }
+            Some(_) => {}
+        }
+    }
+    if p.is_reassigning() {
+        if p.target_replicas() == target {
+            return Ok(Vec::new());
+        }
+        return Err(ControllerError::ReassignmentInProgress {
+            topic: topic.to_owned(),
+            partition,
+            adding: p.adding_replicas.iter().map(|b| b.0).collect(),
+            removing: p.removing_replicas.iter().map(|b| b.0).collect(),
+        });
+    }
+    let mut next = NextPartition::from(topic, p);
+    next.adding = target
+        .iter()
+        .copied()
+        .filter(|b| !p.replicas.contains(b))
+        .collect();
+    next.removing = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|b| !target.contains(b))
+        .collect();
+    next.replicas = target.iter().chain(&next.removing).copied().collect();
+    // The ISR in the new replica order, so the preferred replica reads first.
+    next.isr = next
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| p.isr.contains(r))
+        .collect();
+    Ok(next.into_record().into_iter().collect())
+}
+
+fn unfenced_brokers(image: &ClusterImage) -> Vec<BrokerId> {
+    image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| b.id)
+        .collect()
 }
 
 /// Nothing when the broker is registered, unfenced, at that address already (a restart);
@@ -1122,5 +1324,131 @@ mod tests {
                 .code(),
             ErrorCode::UnknownPartition
         );
+    }
+
+    fn apply_all(image: &mut ClusterImage, records: Vec<MetadataRecord>) {
+        for record in records {
+            let index = image.applied_index + 1;
+            image.apply(index, &record).expect("apply");
+        }
+    }
+
+    #[test]
+    fn added_partitions_continue_the_layout_and_never_shrink_the_topic() {
+        let mut image = replicated_image();
+        let records = decide_create_partitions(&image, "t", 4).expect("grow");
+        apply_all(&mut image, records);
+        let topic = image.topic("t").expect("topic");
+        assert_eq!(topic.partitions.len(), 4);
+        let leaders: std::collections::BTreeSet<BrokerId> =
+            topic.partitions.iter().filter_map(|p| p.leader).collect();
+        assert_eq!(leaders.len(), 3, "new leaders are spread: {topic:?}");
+        for p in &topic.partitions {
+            assert_eq!(p.replicas.len(), 3, "the topic's replication factor");
+            assert_eq!(p.isr, p.replicas);
+        }
+        for (count, code) in [
+            (4, ErrorCode::InvalidPartitions),
+            (2, ErrorCode::InvalidPartitions),
+            (
+                i64::from(MAX_PARTITIONS_PER_TOPIC) + 1,
+                ErrorCode::InvalidPartitions,
+            ),
+        ] {
+            let refused = decide_create_partitions(&image, "t", count).expect_err("refused");
+            assert_eq!(refused.code(), code, "{count}: {refused}");
+        }
+        assert_eq!(
+            decide_create_partitions(&image, "nope", 9)
+                .expect_err("unknown")
+                .code(),
+            ErrorCode::UnknownTopic
+        );
+    }
+
+    #[test]
+    fn a_reassignment_adds_first_and_removes_only_once_the_new_replica_is_in_sync() {
+        let mut image = replicated_image();
+        let register = decide_register_broker(&image, BrokerId(4), "h4:1", 1);
+        apply_all(&mut image, register);
+        let before = image.topic("t").expect("topic").partitions[0].clone();
+        let leaving = before.leader.expect("leader");
+        let target: Vec<BrokerId> = before
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| *b != leaving)
+            .chain([BrokerId(4)])
+            .collect();
+        let records = decide_reassign_partition(&image, "t", 0, &target).expect("start");
+        apply_all(&mut image, records);
+        let moving = image.topic("t").expect("topic").partitions[0].clone();
+        assert_eq!(moving.adding_replicas, vec![BrokerId(4)]);
+        assert_eq!(moving.removing_replicas, vec![leaving]);
+        assert_eq!(moving.target_replicas(), target);
+        assert_eq!(
+            moving.leader,
+            Some(leaving),
+            "the old leader serves meanwhile"
+        );
+        assert_eq!(moving.leader_epoch, before.leader_epoch);
+        assert_eq!(moving.isr.len(), 3, "nobody leaves the ISR yet");
+
+        // A second move is refused until this one is done; repeating it is a no-op.
+        let other = [BrokerId(1)];
+        assert_eq!(
+            decide_reassign_partition(&image, "t", 0, &other)
+                .expect_err("busy")
+                .code(),
+            ErrorCode::ReassignmentInProgress
+        );
+        assert!(
+            decide_reassign_partition(&image, "t", 0, &target)
+                .expect("same move")
+                .is_empty()
+        );
+
+        // The leader adds broker 4 to the ISR: the move completes in the same change.
+        let mut isr: Vec<i32> = moving.isr.iter().map(|b| b.0).collect();
+        isr.push(4);
+        let records = decide_alter_partition(&image, &alter(&image, &isr)).expect("expand");
+        apply_all(&mut image, records);
+        let done = &image.topic("t").expect("topic").partitions[0];
+        assert_eq!(done.replicas, target);
+        assert!(!done.is_reassigning());
+        assert!(!done.isr.contains(&leaving));
+        assert_eq!(
+            done.leader,
+            Some(target[0]),
+            "the preferred target replica leads"
+        );
+        assert_eq!(done.leader_epoch, before.leader_epoch + 1);
+    }
+
+    #[test]
+    fn bad_reassignments_are_refused_with_a_reason() {
+        let image = replicated_image();
+        let ids = |v: &[i32]| v.iter().copied().map(BrokerId).collect::<Vec<_>>();
+        for (replicas, expected) in [
+            (ids(&[]), "at least one replica"),
+            (ids(&[1, 1]), "appears twice"),
+            (ids(&[1, 9]), "broker 9 is not registered"),
+        ] {
+            let refused =
+                decide_reassign_partition(&image, "t", 0, &replicas).expect_err("refused");
+            assert_eq!(refused.code(), ErrorCode::InvalidReplicaAssignment);
+            assert!(refused.to_string().contains(expected), "{refused}");
+        }
+        // Reordering the replicas only changes the preferred leader.
+        let p = &image.topic("t").expect("topic").partitions[0];
+        let mut reordered = p.replicas.clone();
+        reordered.reverse();
+        let records = decide_reassign_partition(&image, "t", 0, &reordered).expect("reorder");
+        let mut image = image.clone();
+        apply_all(&mut image, records);
+        let after = &image.topic("t").expect("topic").partitions[0];
+        assert_eq!(after.replicas, reordered);
+        assert!(!after.is_reassigning());
+        assert_eq!(after.leader, p.leader, "the leader stays until rebalancing");
     }
 }

@@ -17,6 +17,33 @@ pub enum ControllerError {
         "invalid replication factor {requested}: it must be between 1 and the {brokers} registered broker(s)"
     )]
     InvalidReplicationFactor { requested: i64, brokers: usize },
+    #[error(
+        "topic '{topic}' has {current} partition(s): a new count must be larger (partitions \
+         are never removed: records would lose their place) and at most {max}, not {requested}"
+    )]
+    PartitionsMustGrow {
+        topic: String,
+        current: usize,
+        requested: i64,
+        max: u32,
+    },
+    #[error("invalid replicas {replicas:?} for {topic}-{partition}: {reason}")]
+    InvalidReplicaAssignment {
+        topic: String,
+        partition: i32,
+        replicas: Vec<i32>,
+        reason: String,
+    },
+    #[error(
+        "{topic}-{partition} is already being reassigned (adding {adding:?}, removing \
+         {removing:?}); wait until `ferrolog topic describe` shows it done"
+    )]
+    ReassignmentInProgress {
+        topic: String,
+        partition: i32,
+        adding: Vec<i32>,
+        removing: Vec<i32>,
+    },
     #[error("unknown partition {topic}-{partition}")]
     UnknownPartition { topic: String, partition: i32 },
     #[error(
@@ -73,7 +100,11 @@ impl ControllerError {
             Self::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
             Self::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
-            Self::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+            Self::InvalidPartitions { .. } | Self::PartitionsMustGrow { .. } => {
+                ErrorCode::InvalidPartitions
+            }
+            Self::InvalidReplicaAssignment { .. } => ErrorCode::InvalidReplicaAssignment,
+            Self::ReassignmentInProgress { .. } => ErrorCode::ReassignmentInProgress,
             Self::InvalidReplicationFactor { .. } | Self::NoBrokersRegistered => {
                 ErrorCode::InvalidReplicationFactor
             }

@@ -9,6 +9,7 @@
 mod controller;
 mod error;
 pub mod liveness;
+mod partition_change;
 mod placement;
 mod service;
 mod status;
@@ -17,8 +18,8 @@ mod topic_name;
 pub use controller::{
     AlterPartitionRequest, Controller, CreateTopicRequest, DEFAULT_FORWARD_TIMEOUT,
     DEFAULT_LEADER_REBALANCE_INTERVAL, DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC,
-    decide_alter_partition, decide_create_topic, decide_delete_topic, decide_elect_leader,
-    decide_register_broker, status_to_wire,
+    decide_alter_partition, decide_create_partitions, decide_create_topic, decide_delete_topic,
+    decide_elect_leader, decide_reassign_partition, decide_register_broker, status_to_wire,
 };
 pub use error::ControllerError;
 pub use placement::assign_replicas;

@@ -9,10 +9,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ferrolog_metadata::records::{
-    FenceBrokerRecord, MetadataRecord, PartitionChangeRecord, Record,
-};
-use ferrolog_metadata::{BrokerId, ClusterImage, PartitionImage};
+use ferrolog_metadata::records::{FenceBrokerRecord, MetadataRecord, Record};
+use ferrolog_metadata::{BrokerId, ClusterImage};
+
+use crate::partition_change::NextPartition;
 
 /// How often brokers heartbeat. Four heartbeats fit in a session, so three in a row may be
 /// lost (a scheduling stall, a retransmit) before a live broker is fenced.
@@ -83,26 +83,6 @@ impl BrokerSessions {
     }
 }
 
-fn change(
-    topic: &str,
-    p: &PartitionImage,
-    leader: Option<BrokerId>,
-    leader_epoch: i32,
-    isr: &[BrokerId],
-) -> MetadataRecord {
-    MetadataRecord {
-        record: Some(Record::PartitionChange(PartitionChangeRecord {
-            topic: topic.to_owned(),
-            partition: p.partition.0 as i32,
-            leader: leader.map_or(-1, |l| l.0),
-            leader_epoch,
-            partition_epoch: p.partition_epoch + 1,
-            replicas: p.replicas.iter().map(|b| b.0).collect(),
-            isr: isr.iter().map(|b| b.0).collect(),
-        })),
-    }
-}
-
 /// Fences `broker` (it missed its session) and, for each partition, takes it out of the
 /// ISR and moves its leaderships to the first live ISR member in replica order (the
 /// preferred replica when it is live), at the next leader epoch.
@@ -140,16 +120,16 @@ pub fn decide_fence_broker(
             } else {
                 p.isr.clone()
             };
+            let mut next = NextPartition::from(&topic.name, p);
             if leads {
-                let leader = p
-                    .replicas
-                    .iter()
-                    .copied()
-                    .find(|r| *r != broker && isr.contains(r) && live.contains(r));
-                records.push(change(&topic.name, p, leader, p.leader_epoch + 1, &isr));
-            } else if isr != p.isr {
-                records.push(change(&topic.name, p, p.leader, p.leader_epoch, &isr));
+                next = next.leader(
+                    p.replicas
+                        .iter()
+                        .copied()
+                        .find(|r| *r != broker && isr.contains(r) && live.contains(r)),
+                );
             }
+            records.extend(next.isr(isr).into_record());
         }
     }
     records
@@ -179,13 +159,11 @@ pub fn decide_elect_offline(
                 .copied()
                 .find(|r| p.isr.contains(r) && eligible(r))
             {
-                records.push(change(
-                    &topic.name,
-                    p,
-                    Some(leader),
-                    p.leader_epoch + 1,
-                    &p.isr,
-                ));
+                records.extend(
+                    NextPartition::from(&topic.name, p)
+                        .leader(Some(leader))
+                        .into_record(),
+                );
             }
         }
     }
@@ -212,13 +190,11 @@ pub fn decide_preferred_leaders(
                 && live.contains(&preferred)
                 && image.brokers.get(&preferred).is_some_and(|b| !b.fenced);
             if eligible {
-                records.push(change(
-                    &topic.name,
-                    p,
-                    Some(preferred),
-                    p.leader_epoch + 1,
-                    &p.isr,
-                ));
+                records.extend(
+                    NextPartition::from(&topic.name, p)
+                        .leader(Some(preferred))
+                        .into_record(),
+                );
             }
         }
     }
@@ -228,6 +204,7 @@ pub fn decide_preferred_leaders(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrolog_metadata::PartitionImage;
     use ferrolog_metadata::records::{
         CreateTopicRecord, PartitionAssignment, RegisterBrokerRecord,
     };
@@ -360,13 +337,11 @@ mod tests {
         let p0 = partition(&image, 0);
         apply(
             &mut image,
-            vec![change(
-                "t",
-                &p0,
-                p0.leader,
-                p0.leader_epoch,
-                &[BrokerId(1), BrokerId(2), BrokerId(3)],
-            )],
+            NextPartition::from("t", &p0)
+                .isr(vec![BrokerId(1), BrokerId(2), BrokerId(3)])
+                .into_record()
+                .into_iter()
+                .collect(),
         );
         let records = decide_preferred_leaders(&image, &live(&[1, 2, 3]));
         assert_eq!(records.len(), 1);

@@ -137,6 +137,35 @@ impl ControllerService for ControllerApi {
         }))
     }
 
+    async fn create_partitions(
+        &self,
+        request: Request<v1::CreatePartitionsRequest>,
+    ) -> Result<Response<v1::CreatePartitionsResponse>, Status> {
+        let r = request.into_inner();
+        let index = self
+            .controller
+            .create_partitions_here(&r.topic, i64::from(r.partitions))
+            .await?;
+        Ok(Response::new(v1::CreatePartitionsResponse {
+            metadata_index: index,
+        }))
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<v1::ReassignPartitionRequest>,
+    ) -> Result<Response<v1::ReassignPartitionResponse>, Status> {
+        let r = request.into_inner();
+        let replicas = r.replicas.into_iter().map(BrokerId).collect();
+        let index = self
+            .controller
+            .reassign_partition_here(&r.topic, r.partition, replicas)
+            .await?;
+        Ok(Response::new(v1::ReassignPartitionResponse {
+            metadata_index: index,
+        }))
+    }
+
     async fn broker_heartbeat(
         &self,
         request: Request<v1::BrokerHeartbeatRequest>,

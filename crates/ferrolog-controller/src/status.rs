@@ -8,7 +8,9 @@ use tonic::{Code, Status};
 /// code. NOT_LEADER is FAILED_PRECONDITION, not UNAVAILABLE: retrying the same node is wrong.
 fn grpc_code(code: ErrorCode) -> Code {
     match code {
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => Code::NotFound,
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::GroupIdNotFound => {
+            Code::NotFound
+        }
         ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
         ErrorCode::InvalidTopicName
         | ErrorCode::InvalidPartitions
@@ -16,12 +18,18 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidConfig
         | ErrorCode::RecordTooLarge
         | ErrorCode::CorruptRecord
-        | ErrorCode::InvalidRequest => Code::InvalidArgument,
+        | ErrorCode::InvalidRequest
+        | ErrorCode::InvalidReplicaAssignment => Code::InvalidArgument,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
         ErrorCode::NotLeader
         | ErrorCode::NotController
         | ErrorCode::FencedEpoch
-        | ErrorCode::IneligibleReplica => Code::FailedPrecondition,
+        | ErrorCode::IneligibleReplica
+        | ErrorCode::ReassignmentInProgress
+        | ErrorCode::NotCoordinator
+        | ErrorCode::UnknownMemberId
+        | ErrorCode::StaleMemberEpoch
+        | ErrorCode::NonEmptyGroup => Code::FailedPrecondition,
         ErrorCode::NotEnoughReplicas | ErrorCode::BrokerShuttingDown => Code::Unavailable,
         ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
         ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,

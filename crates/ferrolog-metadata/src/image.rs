@@ -29,6 +29,41 @@ pub struct PartitionImage {
     pub leader_epoch: i32,
     /// Bumped on every change of the partition, so a stale change request can be refused.
     pub partition_epoch: i32,
+    /// A reassignment in progress: replicas copying the log to join, and replicas that
+    /// leave once every target replica is in sync. `replicas` lists the target first.
+    pub adding_replicas: Vec<BrokerId>,
+    pub removing_replicas: Vec<BrokerId>,
+}
+
+impl PartitionImage {
+    /// The replicas the partition ends with: all of them unless a reassignment is removing
+    /// some.
+    pub fn target_replicas(&self) -> Vec<BrokerId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing_replicas.contains(r))
+            .collect()
+    }
+
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
+
+    /// A freshly created partition: its first replica leads, every replica is in sync.
+    fn created(partition: PartitionId, replicas: &[i32]) -> Self {
+        let replicas: Vec<BrokerId> = replicas.iter().copied().map(BrokerId).collect();
+        PartitionImage {
+            partition,
+            leader: replicas.first().copied(),
+            isr: replicas.clone(),
+            replicas,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
+        }
+    }
 }
 
 /// One topic.
@@ -43,8 +78,11 @@ pub struct TopicImage {
 }
 
 impl TopicImage {
+    /// Of the first partition, counting a reassignment's target only.
     pub fn replication_factor(&self) -> usize {
-        self.partitions.first().map_or(0, |p| p.replicas.len())
+        self.partitions
+            .first()
+            .map_or(0, |p| p.replicas.len() - p.removing_replicas.len())
     }
 
     pub fn partition(&self, partition: PartitionId) -> Option<&PartitionImage> {
@@ -138,6 +176,8 @@ impl ClusterImage {
                         partition_epoch: p.partition_epoch,
                         replicas: p.replicas.iter().map(|b| b.0).collect(),
                         isr: p.isr.iter().map(|b| b.0).collect(),
+                        adding_replicas: p.adding_replicas.iter().map(|b| b.0).collect(),
+                        removing_replicas: p.removing_replicas.iter().map(|b| b.0).collect(),
                     })),
                 });
             }
@@ -179,18 +219,7 @@ impl ClusterImage {
                     .assignments
                     .iter()
                     .enumerate()
-                    .map(|(i, a)| {
-                        let replicas: Vec<BrokerId> =
-                            a.replicas.iter().copied().map(BrokerId).collect();
-                        PartitionImage {
-                            partition: PartitionId(i as u32),
-                            leader: replicas.first().copied(),
-                            isr: replicas.clone(),
-                            replicas,
-                            leader_epoch: 0,
-                            partition_epoch: 0,
-                        }
-                    })
+                    .map(|(i, a)| PartitionImage::created(PartitionId(i as u32), &a.replicas))
                     .collect();
                 self.topics.insert(
                     r.name.clone(),
@@ -233,6 +262,37 @@ impl ClusterImage {
                 partition.partition_epoch = r.partition_epoch;
                 partition.replicas = r.replicas.iter().copied().map(BrokerId).collect();
                 partition.isr = r.isr.iter().copied().map(BrokerId).collect();
+                partition.adding_replicas =
+                    r.adding_replicas.iter().copied().map(BrokerId).collect();
+                partition.removing_replicas =
+                    r.removing_replicas.iter().copied().map(BrokerId).collect();
+            }
+            Record::CreatePartitions(r) => {
+                let topic = self
+                    .topics
+                    .get_mut(&r.topic)
+                    .filter(|t| t.topic_id == r.topic_id)
+                    .ok_or_else(|| {
+                        MetadataError::InvalidRecord(format!(
+                            "topic '{}' with id {} does not exist",
+                            r.topic, r.topic_id
+                        ))
+                    })?;
+                let first = topic.partitions.len();
+                if r.assignments.is_empty()
+                    || r.assignments
+                        .iter()
+                        .enumerate()
+                        .any(|(i, a)| a.partition as usize != first + i || a.replicas.is_empty())
+                {
+                    return Err(MetadataError::InvalidRecord(format!(
+                        "partitions added to '{}' must be numbered on from {first}, each with replicas",
+                        r.topic
+                    )));
+                }
+                topic.partitions.extend(r.assignments.iter().map(|a| {
+                    PartitionImage::created(PartitionId(a.partition as u32), &a.replicas)
+                }));
             }
             Record::ConfigChange(r) => {
                 let topic = self.topics.get_mut(&r.topic).ok_or_else(|| {
@@ -296,6 +356,59 @@ mod tests {
         let mut rebuilt = ClusterImage::default();
         for record in image.to_records() {
             rebuilt.apply(2, &record).expect("apply");
+        }
+        assert_eq!(rebuilt, image);
+    }
+
+    #[test]
+    fn added_partitions_and_a_reassignment_survive_a_snapshot() {
+        use crate::records::{CreatePartitionsRecord, PartitionChangeRecord};
+        let mut image = ClusterImage::default();
+        image
+            .apply(1, &create("orders", &[&[1, 2]]))
+            .expect("apply");
+        let add = |topic_id: &str, first: i32| MetadataRecord {
+            record: Some(Record::CreatePartitions(CreatePartitionsRecord {
+                topic: "orders".into(),
+                topic_id: topic_id.into(),
+                assignments: vec![PartitionAssignment {
+                    partition: first,
+                    replicas: vec![2, 1],
+                }],
+            })),
+        };
+        assert!(
+            image.apply(2, &add("other-id", 1)).is_err(),
+            "wrong topic id"
+        );
+        assert!(
+            image.apply(2, &add("orders-id", 5)).is_err(),
+            "gap in numbering"
+        );
+        image
+            .apply(2, &add("orders-id", 1))
+            .expect("add partition 1");
+        let reassign = MetadataRecord {
+            record: Some(Record::PartitionChange(PartitionChangeRecord {
+                topic: "orders".into(),
+                partition: 1,
+                leader: 2,
+                leader_epoch: 0,
+                partition_epoch: 1,
+                replicas: vec![3, 2, 1],
+                isr: vec![2, 1],
+                adding_replicas: vec![3],
+                removing_replicas: vec![1],
+            })),
+        };
+        image.apply(3, &reassign).expect("reassign");
+        let p1 = &image.topic("orders").expect("exists").partitions[1];
+        assert_eq!(p1.leader, Some(BrokerId(2)));
+        assert_eq!(p1.target_replicas(), vec![BrokerId(3), BrokerId(2)]);
+        assert!(p1.is_reassigning());
+        let mut rebuilt = ClusterImage::default();
+        for record in image.to_records() {
+            rebuilt.apply(3, &record).expect("apply");
         }
         assert_eq!(rebuilt, image);
     }

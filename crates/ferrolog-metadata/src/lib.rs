@@ -26,8 +26,8 @@ pub use view::MetadataView;
 /// The metadata record types, re-exported from the wire crate where they are defined.
 pub mod records {
     pub use ferrolog_proto::v1::{
-        ConfigChangeRecord, CreateTopicRecord, DeleteTopicRecord, FenceBrokerRecord,
-        MetadataRecord, PartitionAssignment, PartitionChangeRecord, RegisterBrokerRecord,
-        UnfenceBrokerRecord, metadata_record::Record,
+        ConfigChangeRecord, CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord,
+        FenceBrokerRecord, MetadataRecord, PartitionAssignment, PartitionChangeRecord,
+        RegisterBrokerRecord, UnfenceBrokerRecord, metadata_record::Record,
     };
 }

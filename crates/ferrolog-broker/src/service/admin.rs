@@ -84,6 +84,45 @@ impl AdminApi {
         })
     }
 
+    #[tracing::instrument(name = "create_partitions", skip_all,
+        fields(topic = %request.topic, partitions = request.partitions))]
+    async fn create_partitions_inner(
+        &self,
+        request: v1::CreatePartitionsRequest,
+    ) -> Result<v1::CreatePartitionsResponse, BrokerError> {
+        let index = self
+            .broker
+            .controller()
+            .create_partitions(&request.topic, i64::from(request.partitions))
+            .await?;
+        self.caught_up(index).await?;
+        Ok(v1::CreatePartitionsResponse {
+            metadata_index: index,
+        })
+    }
+
+    #[tracing::instrument(name = "reassign_partition", skip_all,
+        fields(topic = %request.topic, partition = request.partition, replicas = ?request.replicas))]
+    async fn reassign_partition_inner(
+        &self,
+        request: v1::ReassignPartitionRequest,
+    ) -> Result<v1::ReassignPartitionResponse, BrokerError> {
+        let replicas = request
+            .replicas
+            .into_iter()
+            .map(ferrolog_metadata::BrokerId)
+            .collect();
+        let index = self
+            .broker
+            .controller()
+            .reassign_partition(&request.topic, request.partition, replicas)
+            .await?;
+        self.caught_up(index).await?;
+        Ok(v1::ReassignPartitionResponse {
+            metadata_index: index,
+        })
+    }
+
     #[tracing::instrument(name = "delete_topic", skip_all, fields(topic = %request.name))]
     async fn delete_topic_inner(
         &self,
@@ -190,6 +229,8 @@ impl AdminApi {
                     log_end_offset: end,
                     high_watermark: hw,
                     size_bytes: size,
+                    adding_replicas: p.adding_replicas.iter().map(|b| b.0).collect(),
+                    removing_replicas: p.removing_replicas.iter().map(|b| b.0).collect(),
                 }
             })
             .collect();
@@ -227,6 +268,24 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::ElectLeaderResponse>, Status> {
         let result = self.elect_leader_inner(request.into_inner()).await;
         self.count("elect_leader", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<v1::CreatePartitionsRequest>,
+    ) -> Result<Response<v1::CreatePartitionsResponse>, Status> {
+        let result = self.create_partitions_inner(request.into_inner()).await;
+        self.count("create_partitions", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<v1::ReassignPartitionRequest>,
+    ) -> Result<Response<v1::ReassignPartitionResponse>, Status> {
+        let result = self.reassign_partition_inner(request.into_inner()).await;
+        self.count("reassign_partition", &result);
         result.map(Response::new).map_err(Status::from)
     }
 

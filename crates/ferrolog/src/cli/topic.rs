@@ -1,4 +1,4 @@
-//! `ferrolog topic create|list|describe|delete`.
+//! `ferrolog topic create|list|describe|add-partitions|delete`.
 
 use std::collections::BTreeMap;
 
@@ -17,8 +17,21 @@ pub enum TopicCommand {
     List(ListArgs),
     /// Show a topic's partitions (leader, replicas, isr, offsets) and configs
     Describe(DescribeArgs),
+    /// Grow a topic to more partitions (records already written keep their partition; new
+    /// keyed records may hash to the new ones)
+    AddPartitions(AddPartitionsArgs),
     /// Delete a topic and all its data
     Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddPartitionsArgs {
+    name: String,
+    /// The new total number of partitions; must be larger than the current one
+    #[arg(long)]
+    partitions: i32,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -28,7 +41,7 @@ pub struct CreateArgs {
     /// Number of partitions
     #[arg(long)]
     partitions: i32,
-    /// Replicas per partition [default: 1; more once partition replication lands]
+    /// Replicas per partition [default: 3, or the number of live brokers if fewer]
     #[arg(long, default_value_t = 0)]
     replication_factor: i32,
     /// Topic config as name=value (Kafka names), repeatable
@@ -117,6 +130,8 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                             "log_end_offset": p.log_end_offset,
                             "high_watermark": p.high_watermark,
                             "size_bytes": p.size_bytes,
+                            "adding_replicas": p.adding_replicas,
+                            "removing_replicas": p.removing_replicas,
                         })
                     })
                     .collect();
@@ -135,7 +150,7 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                     configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!("Configs: {}", configs.join(","));
                 println!(
-                    "{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}",
+                    "{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}  REASSIGNING",
                     "PARTITION",
                     "LEADER",
                     "EPOCH",
@@ -148,8 +163,18 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                 for p in &topic.partitions {
                     let ids =
                         |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+                    let reassigning =
+                        if p.adding_replicas.is_empty() && p.removing_replicas.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "adding {} removing {}",
+                                ids(&p.adding_replicas),
+                                ids(&p.removing_replicas)
+                            )
+                        };
                     println!(
-                        "{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}",
+                        "{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}  {}",
                         p.partition,
                         p.leader,
                         p.leader_epoch,
@@ -157,10 +182,24 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                         ids(&p.isr),
                         p.log_start_offset,
                         p.log_end_offset,
-                        p.high_watermark
+                        p.high_watermark,
+                        reassigning
                     );
                 }
             }
+        }
+        TopicCommand::AddPartitions(args) => {
+            let admin = Admin::connect(args.client.config()).await?;
+            admin
+                .create_partitions(&args.name, args.partitions)
+                .await
+                .with_context(|| {
+                    format!(
+                        "grow topic '{}' to {} partitions",
+                        args.name, args.partitions
+                    )
+                })?;
+            println!("topic {} has {} partitions", args.name, args.partitions);
         }
         TopicCommand::Delete(args) => {
             let admin = Admin::connect(args.client.config()).await?;
