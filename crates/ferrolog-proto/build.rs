@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "raft.proto",
         "controller.proto",
         "replication.proto",
+        "group.proto",
     ]
     .map(|f| root.join("ferrolog/v1").join(f));
     for f in &files {

@@ -819,6 +819,15 @@ impl Cluster {
     }
 }
 
+/// Sends `signal` to process `pid` (a child the test started); returns kill(2)'s result.
+pub fn send_signal(pid: i32, signal: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, signal)
+    }
+}
+
 /// A command's standard output, as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -49,6 +49,15 @@ pub enum BrokerError {
     /// A failure inside this node (a task that died, partitions that cannot be opened).
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("this broker does not coordinate group '{group}'{}", coordinator_hint(.coordinator))]
+    NotCoordinator {
+        group: String,
+        coordinator: Option<(i32, String)>,
+    },
+    #[error("group '{0}' does not exist")]
+    GroupNotFound(String),
+    #[error(transparent)]
+    Group(#[from] crate::group::GroupError),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -59,6 +68,13 @@ fn leader_hint(leader: &Option<(i32, String)>) -> String {
     match leader {
         Some((id, address)) => format!("; it is led by broker {id} at {address}"),
         None => "; it has no leader right now".to_owned(),
+    }
+}
+
+fn coordinator_hint(coordinator: &Option<(i32, String)>) -> String {
+    match coordinator {
+        Some((id, address)) => format!("; broker {id} at {address} does"),
+        None => "; its coordinator is moving, retry shortly".to_owned(),
     }
 }
 
@@ -83,6 +99,13 @@ impl BrokerError {
                 _ => ErrorCode::StorageError,
             },
             Self::Controller(e) => e.code(),
+            Self::NotCoordinator { .. } => ErrorCode::NotCoordinator,
+            Self::GroupNotFound(_) => ErrorCode::GroupIdNotFound,
+            Self::Group(e) => match e {
+                crate::group::GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+                crate::group::GroupError::StaleMemberEpoch { .. } => ErrorCode::StaleMemberEpoch,
+                crate::group::GroupError::NonEmptyGroup { .. } => ErrorCode::NonEmptyGroup,
+            },
         }
     }
 }

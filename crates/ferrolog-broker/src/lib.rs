@@ -3,12 +3,12 @@
 //! call.
 //!
 //! The broker reads the cluster image and asks the controller for changes; it never
-//! writes metadata records itself. Replication and consumer groups land here in later
-//! issues.
+//! writes metadata records itself. It also coordinates consumer groups (see `group`).
 
 mod broker;
 mod error;
 mod fetcher;
+pub mod group;
 pub mod metrics;
 mod partition;
 mod partition_manager;

@@ -15,6 +15,14 @@ pub struct RequestLabels {
     pub code: &'static str,
 }
 
+/// Labels of per-group, per-partition gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupPartitionLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+}
+
 /// Every metric the broker updates.
 pub struct BrokerMetrics {
     pub requests: Family<RequestLabels, Counter>,
@@ -30,6 +38,9 @@ pub struct BrokerMetrics {
     pub fetch_seconds: Histogram,
     pub flush_seconds: Histogram,
     pub partitions: Gauge,
+    /// Per group and partition: high watermark minus committed offset, exported by the
+    /// group's coordinator.
+    pub consumer_lag: Family<GroupPartitionLabels, Gauge>,
 }
 
 impl BrokerMetrics {
@@ -49,6 +60,7 @@ impl BrokerMetrics {
             fetch_seconds: latency(),
             flush_seconds: latency(),
             partitions: Gauge::default(),
+            consumer_lag: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ferrolog");
         r.register(
@@ -106,7 +118,33 @@ impl BrokerMetrics {
             "Partition replicas hosted by this broker",
             metrics.partitions.clone(),
         );
+        r.register(
+            "consumer_group_lag",
+            "Records between a group's committed offset and the high watermark, by group \
+             and partition (exported by the group's coordinator)",
+            metrics.consumer_lag.clone(),
+        );
         metrics
+    }
+
+    /// Drops the lag gauge of one group partition (the group moved or was deleted).
+    pub fn forget_consumer_lag(&self, group: &str, topic: &str, partition: u32) {
+        self.consumer_lag.remove(&GroupPartitionLabels {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            partition,
+        });
+    }
+
+    /// The lag gauge of one group partition.
+    pub fn consumer_lag(&self, group: &str, topic: &str, partition: u32) -> Gauge {
+        self.consumer_lag
+            .get_or_create(&GroupPartitionLabels {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                partition,
+            })
+            .clone()
     }
 
     /// Counts one request by RPC and outcome (`None` is success).

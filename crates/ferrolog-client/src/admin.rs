@@ -296,6 +296,10 @@ impl Admin {
         list_offsets(&self.cluster, topic, partition, query).await
     }
 
+    pub(crate) fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
     async fn admin_call<T, F, Fut>(&self, what: &str, request: F) -> Result<T>
     where
         F: Fn(AdminServiceClient<tonic::transport::Channel>, String, std::time::Duration) -> Fut,

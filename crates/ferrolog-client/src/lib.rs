@@ -17,6 +17,8 @@ mod connection;
 mod consumer;
 mod delivery;
 mod error;
+mod group;
+mod group_admin;
 mod metadata;
 mod partitioner;
 mod producer;
@@ -28,12 +30,14 @@ pub use config::{Acks, ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{Consumer, StartOffset};
 pub use delivery::DeliveryFuture;
 pub use error::{ClientError, Result};
+pub use group::{GroupConsumer, GroupConsumerConfig, OffsetReset, Rebalance, TopicPartition};
 pub use partitioner::{murmur2, partition_for_key, to_positive};
 pub use producer::Producer;
 pub use record::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 
 /// Wire types the client's API returns (admin responses, error codes).
 pub use ferrolog_proto::v1::{
-    CreateTopicResponse, DescribeTopicResponse, ErrorCode, ListOffsetsResponse, MetadataResponse,
-    PartitionDescription, TopicSummary,
+    CommittedOffset, CreateTopicResponse, DescribeGroupResponse, DescribeTopicResponse, ErrorCode,
+    GroupMember, GroupSummary, ListOffsetsResponse, MetadataResponse, PartitionDescription,
+    TopicSummary,
 };

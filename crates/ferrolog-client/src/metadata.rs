@@ -103,6 +103,16 @@ impl Cluster {
         self.inner.generation.load(Ordering::Acquire)
     }
 
+    /// The channel to a broker by address (no I/O until the first request).
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel> {
+        self.inner.connections.channel(address)
+    }
+
+    /// Addresses of every broker in the cached metadata.
+    pub(crate) fn broker_addresses(&self) -> Vec<String> {
+        self.read_cache().brokers.values().cloned().collect()
+    }
+
     /// Marks the cache stale: the next leader lookup refreshes it first.
     pub(crate) fn invalidate(&self) {
         self.write_cache().stale = true;

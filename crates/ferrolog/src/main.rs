@@ -30,6 +30,9 @@ enum Command {
     /// Operate on one partition
     #[command(subcommand)]
     Partition(cli::partition::PartitionCommand),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(cli::group::GroupCommand),
     /// Measure produce and consume throughput and latency.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -72,6 +75,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(cmd) => cli::bench::run(cmd).await,
             Command::Cluster(cmd) => cli::cluster::run(cmd).await,
             Command::Partition(cmd) => cli::partition::run(cmd).await,
+            Command::Group(cmd) => cli::group::run(cmd).await,
             Command::Health(args) => cli::health::run(args).await,
         }
     });

@@ -3,9 +3,12 @@
 mod admin;
 mod client;
 mod convert;
+mod group;
 mod replication;
 mod status;
 
 pub use admin::AdminApi;
 pub use client::ClientApi;
+pub(crate) use convert::next_offset;
+pub use group::GroupApi;
 pub use replication::ReplicationApi;

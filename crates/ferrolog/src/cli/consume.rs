@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use ferrolog_client::{Admin, ConsumedRecord, Consumer, ConsumerConfig, StartOffset};
+use ferrolog_client::{
+    Admin, ConsumedRecord, Consumer, ConsumerConfig, GroupConsumer, GroupConsumerConfig,
+    OffsetReset, Rebalance, StartOffset, TopicPartition,
+};
 
 use super::ClientArgs;
 
@@ -31,9 +34,30 @@ pub struct ConsumeArgs {
     /// {timestamp} {key} {value}
     #[arg(long, default_value = "value")]
     format: String,
+    /// Read as a member of this consumer group: partitions are shared with the group's
+    /// other members, reading starts at the group's committed offsets, and what was
+    /// printed is committed every 5 s and before exiting
+    #[arg(long, conflicts_with_all = ["partition", "offset"])]
+    group: Option<String>,
+    /// With --group: where partitions without a committed offset start (earliest,
+    /// latest, none) [default: latest, or earliest with --from-beginning]
+    #[arg(long, requires = "group", value_parser = parse_reset)]
+    reset: Option<OffsetReset>,
     #[command(flatten)]
     client: ClientArgs,
 }
+
+fn parse_reset(value: &str) -> Result<OffsetReset, String> {
+    match value {
+        "earliest" => Ok(OffsetReset::Earliest),
+        "latest" => Ok(OffsetReset::Latest),
+        "none" => Ok(OffsetReset::None),
+        other => Err(format!("'{other}' is not one of earliest, latest, none")),
+    }
+}
+
+/// How often `consume --group` commits what it printed.
+const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How a record is printed.
 enum Format {
@@ -82,6 +106,9 @@ impl Format {
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let format = Format::parse(&args.format)?;
+    if let Some(group) = args.group.clone() {
+        return run_in_group(args, &group, format).await;
+    }
     let config = args.client.config();
     let admin = Admin::connect(config.clone()).await?;
     let metadata = admin
@@ -149,5 +176,137 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             printed += 1;
         }
         out.flush().ok();
+    }
+}
+
+/// `consume --group`: a group member that commits exactly what it printed, every few
+/// seconds, when a partition is taken away, and before it exits (at `--max-messages`,
+/// `--timeout-ms`, or Ctrl-C / SIGTERM).
+async fn run_in_group(args: ConsumeArgs, group: &str, format: Format) -> anyhow::Result<()> {
+    let mut config = GroupConsumerConfig::new(
+        ConsumerConfig::new(args.client.config()),
+        group,
+        &[&args.topic],
+    );
+    config.auto_offset_reset = args.reset.unwrap_or(if args.from_beginning {
+        OffsetReset::Earliest
+    } else {
+        OffsetReset::Latest
+    });
+    // Commits name printed records only, never records fetched but not printed.
+    config.auto_commit_interval = None;
+    config.client_id = "ferrolog-cli".to_owned();
+    let mut consumer = GroupConsumer::join(config)
+        .await
+        .with_context(|| format!("join group '{group}'"))?;
+    consumer.on_rebalance(|change| match change {
+        Rebalance::Assigned(partitions) => {
+            for (tp, offset) in partitions {
+                eprintln!("assigned {}-{} at offset {offset}", tp.topic, tp.partition);
+            }
+        }
+        Rebalance::Revoked(partitions) => {
+            for tp in partitions {
+                eprintln!("revoked {}-{}", tp.topic, tp.partition);
+            }
+        }
+    });
+    let idle_limit = args.timeout_ms.map(Duration::from_millis);
+    let mut last_record = Instant::now();
+    let mut last_commit = Instant::now();
+    let mut printed = 0u64;
+    let mut to_commit: std::collections::BTreeMap<TopicPartition, i64> = Default::default();
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let outcome: anyhow::Result<()> = loop {
+        if args.max_messages.is_some_and(|max| printed >= max) {
+            break Ok(());
+        }
+        let wait = match idle_limit {
+            Some(limit) => {
+                let left = limit.saturating_sub(last_record.elapsed());
+                if left.is_zero() {
+                    break Ok(());
+                }
+                left.min(Duration::from_secs(1))
+            }
+            None => Duration::from_secs(1),
+        };
+        let records = tokio::select! {
+            records = consumer.poll(wait) => records,
+            () = &mut stop => break Ok(()),
+        };
+        let records = match records {
+            Ok(records) => records,
+            Err(error) => break Err(error).context("poll"),
+        };
+        let owned = consumer.assignment();
+        to_commit.retain(|tp, _| owned.contains(tp));
+        if !records.is_empty() {
+            last_record = Instant::now();
+        }
+        let mut out = std::io::stdout().lock();
+        let mut broken_pipe = false;
+        for record in records {
+            if args.max_messages.is_some_and(|max| printed >= max) {
+                break;
+            }
+            if let Err(error) = writeln!(out, "{}", format.render(&record)) {
+                if error.kind() == std::io::ErrorKind::BrokenPipe {
+                    broken_pipe = true;
+                    break;
+                }
+                return Err(error).context("write standard output");
+            }
+            printed += 1;
+            to_commit.insert(
+                TopicPartition {
+                    topic: record.topic.to_string(),
+                    partition: record.partition,
+                },
+                record.offset + 1,
+            );
+        }
+        out.flush().ok();
+        drop(out);
+        if broken_pipe {
+            break Ok(());
+        }
+        if last_commit.elapsed() >= GROUP_COMMIT_INTERVAL && !to_commit.is_empty() {
+            last_commit = Instant::now();
+            let offsets: Vec<(TopicPartition, i64)> =
+                std::mem::take(&mut to_commit).into_iter().collect();
+            if let Err(error) = consumer.commit_offsets(&offsets).await {
+                eprintln!("commit failed (retried in 5 s): {error}");
+                to_commit.extend(offsets);
+            }
+        }
+    };
+    let offsets: Vec<(TopicPartition, i64)> = to_commit.into_iter().collect();
+    let committed = consumer.commit_offsets(&offsets).await;
+    consumer.close().await.context("leave the group")?;
+    committed.with_context(|| format!("commit the printed records' offsets to group '{group}'"))?;
+    outcome
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so a stopped `consume --group` still commits.
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod consume;
+pub mod group;
 pub mod health;
 pub mod partition;
 pub mod produce;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ferrolog_broker::group::GroupConfig;
 use ferrolog_log::FlushPolicy;
 use ferrolog_metadata::TopicConfig;
 use serde::Deserialize;
@@ -28,6 +29,9 @@ pub struct ConfigFile {
     pub broker_heartbeat_interval_ms: Option<u64>,
     pub broker_session_timeout_ms: Option<u64>,
     pub leader_rebalance_interval_ms: Option<u64>,
+    pub offsets_topic_partitions: Option<u32>,
+    pub group_session_timeout_ms: Option<u64>,
+    pub group_heartbeat_interval_ms: Option<u64>,
     #[serde(default)]
     pub log: LogSection,
     /// Defaults for every topic, under Kafka's names (`"retention.ms" = "3600000"`).
@@ -102,6 +106,8 @@ pub struct ServerConfig {
     pub broker_session_timeout_ms: u64,
     /// 0 disables moving leaderships back to preferred replicas.
     pub leader_rebalance_interval_ms: u64,
+    /// Consumer groups: see ferrolog_broker::group for why these defaults.
+    pub groups: GroupConfig,
 }
 
 impl Default for ServerConfig {
@@ -130,11 +136,45 @@ impl Default for ServerConfig {
                 .as_millis() as u64,
             leader_rebalance_interval_ms: ferrolog_controller::DEFAULT_LEADER_REBALANCE_INTERVAL
                 .as_millis() as u64,
+            groups: GroupConfig::default(),
         }
     }
 }
 
 impl ServerConfig {
+    /// Applies the consumer-group settings that are given.
+    pub fn set_group_settings(
+        &mut self,
+        offsets_topic_partitions: Option<u32>,
+        session_timeout_ms: Option<u64>,
+        heartbeat_interval_ms: Option<u64>,
+    ) -> anyhow::Result<()> {
+        if let Some(v) = offsets_topic_partitions {
+            anyhow::ensure!(
+                (1..=ferrolog_controller::MAX_PARTITIONS_PER_TOPIC).contains(&v),
+                "offsets topic partitions must be between 1 and {}, got {v}",
+                ferrolog_controller::MAX_PARTITIONS_PER_TOPIC
+            );
+            self.groups.offsets_partitions = v;
+        }
+        if let Some(v) = session_timeout_ms {
+            anyhow::ensure!(v > 0, "group session timeout must be > 0");
+            self.groups.session_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = heartbeat_interval_ms {
+            anyhow::ensure!(v > 0, "group heartbeat interval must be > 0");
+            self.groups.heartbeat_interval = Duration::from_millis(v);
+        }
+        anyhow::ensure!(
+            self.groups.heartbeat_interval < self.groups.session_timeout,
+            "the group heartbeat interval ({} ms) must be shorter than the group session \
+             timeout ({} ms)",
+            self.groups.heartbeat_interval.as_millis(),
+            self.groups.session_timeout.as_millis()
+        );
+        Ok(())
+    }
+
     /// Sets the roles from names (`broker`, `controller`).
     pub fn set_roles(&mut self, names: &[String]) -> anyhow::Result<()> {
         let mut roles = Roles {
@@ -211,6 +251,11 @@ impl ServerConfig {
         if let Some(v) = file.leader_rebalance_interval_ms {
             self.leader_rebalance_interval_ms = v;
         }
+        self.set_group_settings(
+            file.offsets_topic_partitions,
+            file.group_session_timeout_ms,
+            file.group_heartbeat_interval_ms,
+        )?;
         let interval_ms = file.log.flush_interval_ms.unwrap_or(1000);
         if let Some(policy) = file.log.flush_policy {
             self.flush_policy = match policy.as_str() {

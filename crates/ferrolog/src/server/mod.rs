@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use ferrolog_broker::service::{AdminApi, ClientApi, ReplicationApi};
+use ferrolog_broker::group::{GroupConfig, GroupCoordinator};
+use ferrolog_broker::service::{AdminApi, ClientApi, GroupApi, ReplicationApi};
 use ferrolog_broker::{Broker, BrokerConfig, BrokerMetrics, StorageSettings};
 use ferrolog_controller::Controller;
 use ferrolog_controller::ControllerApi;
@@ -23,6 +24,7 @@ use ferrolog_metadata::{BrokerId, MetadataFollower, MetadataQuorum, MetadataView
 use ferrolog_proto::v1::admin_service_server::AdminServiceServer;
 use ferrolog_proto::v1::client_service_server::ClientServiceServer;
 use ferrolog_proto::v1::controller_service_server::ControllerServiceServer;
+use ferrolog_proto::v1::group_service_server::GroupServiceServer;
 use ferrolog_proto::v1::raft_service_server::RaftServiceServer;
 use ferrolog_proto::v1::replication_service_server::ReplicationServiceServer;
 use prometheus_client::registry::Registry;
@@ -84,6 +86,15 @@ pub struct ServerArgs {
     /// How often leaderships move back to preferred replicas; 0 never [default: 30000]
     #[arg(long, value_name = "MS")]
     leader_rebalance_interval_ms: Option<u64>,
+    /// Partitions of __consumer_offsets when this node creates it [default: 50]
+    #[arg(long, value_name = "N")]
+    offsets_topic_partitions: Option<u32>,
+    /// A consumer-group member silent this long leaves its group [default: 10000]
+    #[arg(long, value_name = "MS")]
+    group_session_timeout_ms: Option<u64>,
+    /// How often consumer-group members heartbeat [default: 1000]
+    #[arg(long, value_name = "MS")]
+    group_heartbeat_interval_ms: Option<u64>,
 }
 
 impl ServerArgs {
@@ -134,6 +145,11 @@ impl ServerArgs {
         if let Some(v) = self.leader_rebalance_interval_ms {
             config.leader_rebalance_interval_ms = v;
         }
+        config.set_group_settings(
+            self.offsets_topic_partitions,
+            self.group_session_timeout_ms,
+            self.group_heartbeat_interval_ms,
+        )?;
         anyhow::ensure!(
             config.broker_heartbeat_interval_ms > 0
                 && config.broker_heartbeat_interval_ms * 2 <= config.broker_session_timeout_ms,
@@ -274,7 +290,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
         .await
         .context("start broker")?;
-        let service = client_server(&broker, listener, wait_for(shutdown.clone())).await?;
+        let service = client_server(
+            &broker,
+            config.groups.clone(),
+            listener,
+            wait_for(shutdown.clone()),
+        )
+        .await?;
         servers.push(service);
         ready.insert(0, format!("grpc={addr}"));
         Some(broker)
@@ -414,6 +436,7 @@ async fn wait_for_cluster_id(follower: &MetadataFollower) -> anyhow::Result<Stri
 /// The client port: data plane, admin, health and reflection.
 async fn client_server(
     broker: &Arc<Broker>,
+    groups: GroupConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ServerFuture> {
@@ -424,6 +447,9 @@ async fn client_server(
     health_reporter
         .set_serving::<AdminServiceServer<AdminApi>>()
         .await;
+    health_reporter
+        .set_serving::<GroupServiceServer<GroupApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferrolog_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -433,6 +459,8 @@ async fn client_server(
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(broker)));
+    let coordinator = GroupCoordinator::start(Arc::clone(broker), groups);
+    let group = GroupServiceServer::new(GroupApi::new(coordinator, Arc::clone(broker.metrics())));
     let replication = ReplicationServiceServer::new(ReplicationApi::new(Arc::clone(broker)))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
@@ -445,6 +473,7 @@ async fn client_server(
         .add_service(reflection)
         .add_service(client)
         .add_service(admin)
+        .add_service(group)
         .add_service(replication)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

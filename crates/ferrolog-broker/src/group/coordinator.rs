@@ -1,0 +1,622 @@
+//! The group coordinator of one broker: it serves the groups whose `__consumer_offsets`
+//! partition this broker leads.
+//!
+//! Each offsets partition is a shard with its own lock. The first request after this
+//! broker becomes the partition's leader (or after any leader epoch change) replays the
+//! partition into memory; from then on every offset commit is appended to it with
+//! acks=all before it is acknowledged, so committed offsets survive the loss of brokers
+//! exactly as any acknowledged record does. Membership is soft state: after the
+//! coordinator moves, members get UNKNOWN_MEMBER_ID and rejoin, reporting what they own,
+//! and keep it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrolog_controller::{ControllerError, CreateTopicRequest};
+use ferrolog_proto::v1::{self, Acks};
+use tokio::sync::OwnedMutexGuard;
+
+use super::assignor::{Assignor, TopicPartition};
+use super::log::{
+    DEFAULT_OFFSETS_PARTITIONS, LoadedOffsets, OFFSETS_TOPIC, commit_batch, delete_batch,
+    partition_for, replay,
+};
+use super::state::{Committed, GroupState, Heartbeat};
+use crate::partition::now_ms;
+use crate::replica::Role;
+use crate::{Broker, BrokerError, Partition};
+
+/// How long a member may stay silent before it leaves the group. Kafka's KIP-848 default is
+/// 45 s; 10 s hands a crashed member's partitions over sooner while still allowing nine
+/// lost heartbeats in a row.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often members heartbeat (Kafka: 5 s). A revoked partition reaches its new owner
+/// after about two heartbeats, so this bounds how long a moving partition pauses.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an offset commit waits for the in-sync replicas.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new coordinator waits for its partition's records to be committed before
+/// loading them (acknowledged commits of the previous leader are among them).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often expired members are removed and lag gauges refreshed.
+const TICK: Duration = Duration::from_millis(500);
+/// Bytes read per step while replaying a partition.
+const LOAD_READ_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Group settings of a broker.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// Partitions of `__consumer_offsets` when this broker creates it.
+    pub offsets_partitions: u32,
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        Self {
+            offsets_partitions: DEFAULT_OFFSETS_PARTITIONS,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+}
+
+/// The groups of one offsets partition, as of one leader epoch.
+#[derive(Default)]
+struct Shard {
+    /// The leader epoch the groups were loaded at; `None` before the first load.
+    loaded_at: Option<i32>,
+    /// Set at load: see `GroupState::free_partitions_held_until`.
+    hold_until: Option<Instant>,
+    groups: BTreeMap<String, GroupState>,
+}
+
+impl Shard {
+    /// The group, created if new (with the shard's rejoin hold).
+    fn group(&mut self, group_id: &str) -> &mut GroupState {
+        let hold_until = self.hold_until;
+        self.groups.entry(group_id.to_owned()).or_insert_with(|| {
+            let mut group = GroupState::new(group_id);
+            group.free_partitions_held_until = hold_until;
+            group
+        })
+    }
+}
+
+/// The coordinator of every group whose offsets partition this broker leads.
+pub struct GroupCoordinator {
+    broker: Arc<Broker>,
+    config: GroupConfig,
+    shards: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<Shard>>>>,
+}
+
+impl GroupCoordinator {
+    /// Starts the coordinator and its ticker (member expiry, lag gauges).
+    pub fn start(broker: Arc<Broker>, config: GroupConfig) -> Arc<Self> {
+        let coordinator = Arc::new(Self {
+            broker,
+            config,
+            shards: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(Arc::clone(&coordinator).run_ticker());
+        coordinator
+    }
+
+    /// Where `group` is coordinated, creating `__consumer_offsets` on first use.
+    #[tracing::instrument(skip(self))]
+    pub async fn find_coordinator(
+        &self,
+        group: &str,
+    ) -> Result<v1::FindCoordinatorResponse, BrokerError> {
+        validate_group_id(group)?;
+        let partitions = self.offsets_partitions(true).await?;
+        let partition = partition_for(group, partitions);
+        let image = self.broker.image();
+        let leader = image
+            .topic(OFFSETS_TOPIC)
+            .and_then(|t| t.partition(ferrolog_metadata::PartitionId(partition)))
+            .and_then(|p| p.leader)
+            .and_then(|id| image.brokers.get(&id).map(|b| (id, b.address.clone())));
+        let Some((id, address)) = leader else {
+            return Err(BrokerError::NotCoordinator {
+                group: group.to_owned(),
+                coordinator: None,
+            });
+        };
+        Ok(v1::FindCoordinatorResponse {
+            coordinator_id: id.0,
+            address,
+            partition: partition as i32,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.group_id, member = %request.member_id,
+        epoch = request.member_epoch))]
+    pub async fn heartbeat(
+        &self,
+        request: v1::ConsumerGroupHeartbeatRequest,
+    ) -> Result<v1::ConsumerGroupHeartbeatResponse, BrokerError> {
+        validate_group_id(&request.group_id)?;
+        let assignor = match request.assignor.as_str() {
+            "" => None,
+            name => Some(Assignor::from_name(name).ok_or_else(|| {
+                BrokerError::InvalidRequest(format!(
+                    "unknown assignor '{name}': use uniform or range"
+                ))
+            })?),
+        };
+        if request.member_epoch == super::state::JOIN_EPOCH && request.subscribed_topics.is_empty()
+        {
+            return Err(BrokerError::InvalidRequest(
+                "a member joins with at least one subscribed topic".to_owned(),
+            ));
+        }
+        let (_, mut shard) = self.shard_for(&request.group_id, true).await?;
+        let counts = self.partition_counts();
+        let group = shard.group(&request.group_id);
+        let answer = group.heartbeat(
+            Heartbeat {
+                member_id: request.member_id,
+                member_epoch: request.member_epoch,
+                client_id: request.client_id,
+                topics: request.subscribed_topics,
+                assignor,
+                owned: from_wire(&request.owned_partitions),
+            },
+            &counts,
+            Instant::now(),
+            || ferrolog_metadata::random_id()[..16].to_owned(),
+        )?;
+        Ok(v1::ConsumerGroupHeartbeatResponse {
+            member_id: answer.member_id,
+            member_epoch: answer.member_epoch,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as i32,
+            assignment: to_wire(&answer.assignment),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.group_id, member = %request.member_id,
+        offsets = request.offsets.len()))]
+    pub async fn commit(&self, request: v1::OffsetCommitRequest) -> Result<(), BrokerError> {
+        validate_group_id(&request.group_id)?;
+        let mut offsets = Vec::with_capacity(request.offsets.len());
+        let now = now_ms();
+        for o in &request.offsets {
+            let partition = u32::try_from(o.partition).map_err(|_| {
+                BrokerError::InvalidRequest(format!("partition {} is negative", o.partition))
+            })?;
+            if o.offset < 0 {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "offset {} for {}-{} is negative",
+                    o.offset, o.topic, o.partition
+                )));
+            }
+            offsets.push((
+                TopicPartition {
+                    topic: o.topic.clone(),
+                    partition,
+                },
+                Committed {
+                    offset: o.offset,
+                    metadata: o.metadata.clone(),
+                    commit_timestamp_ms: now,
+                },
+            ));
+        }
+        let (partition, mut shard) = self.shard_for(&request.group_id, true).await?;
+        let group = shard.group(&request.group_id);
+        group.check_commit(&request.member_id, request.member_epoch)?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut batch = commit_batch(&request.group_id, &offsets, now);
+        partition
+            .append(&mut batch, Acks::All, COMMIT_TIMEOUT)
+            .await
+            .map_err(|e| self.not_coordinator_if_moved(&request.group_id, e))?;
+        group.offsets.extend(offsets);
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.group_id))]
+    pub async fn fetch_offsets(
+        &self,
+        request: v1::OffsetFetchRequest,
+    ) -> Result<v1::OffsetFetchResponse, BrokerError> {
+        validate_group_id(&request.group_id)?;
+        let (_, shard) = match self.shard_for(&request.group_id, false).await {
+            Ok(found) => found,
+            Err(BrokerError::GroupNotFound(_)) => return Ok(v1::OffsetFetchResponse::default()),
+            Err(e) => return Err(e),
+        };
+        let topics: BTreeSet<&String> = request.topics.iter().collect();
+        let offsets = shard
+            .groups
+            .get(&request.group_id)
+            .map(|g| committed_to_wire(g, |tp| topics.is_empty() || topics.contains(&tp.topic)))
+            .unwrap_or_default();
+        Ok(v1::OffsetFetchResponse { offsets })
+    }
+
+    /// The groups of every offsets partition this broker leads.
+    pub async fn list_groups(&self) -> Result<v1::ListGroupsResponse, BrokerError> {
+        let Ok(partitions) = self.offsets_partitions(false).await else {
+            return Ok(v1::ListGroupsResponse::default());
+        };
+        let me = self.broker.config().node_id;
+        let image = self.broker.image();
+        let led: Vec<u32> = image
+            .topic(OFFSETS_TOPIC)
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| p.leader == Some(me))
+                    .map(|p| p.partition.0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut groups = Vec::new();
+        for p in led.into_iter().filter(|p| *p < partitions) {
+            let Ok((_, shard)) = self.shard_at(p, &format!("partition {p}")).await else {
+                continue;
+            };
+            groups.extend(shard.groups.values().map(|g| v1::GroupSummary {
+                group_id: g.group_id.clone(),
+                state: g.state_name().to_owned(),
+                members: g.members.len() as i32,
+                coordinator_id: me.0,
+            }));
+        }
+        Ok(v1::ListGroupsResponse { groups })
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %group_id))]
+    pub async fn describe(&self, group_id: &str) -> Result<v1::DescribeGroupResponse, BrokerError> {
+        validate_group_id(group_id)?;
+        let (_, shard) = self.shard_for(group_id, false).await?;
+        let group = shard
+            .groups
+            .get(group_id)
+            .ok_or_else(|| BrokerError::GroupNotFound(group_id.to_owned()))?;
+        let members = group
+            .members
+            .iter()
+            .map(|(id, m)| v1::GroupMember {
+                member_id: id.clone(),
+                member_epoch: m.epoch,
+                client_id: m.client_id.clone(),
+                subscribed_topics: m.topics.iter().cloned().collect(),
+                assignment: to_wire(&m.assigned),
+                target_assignment: to_wire(&group.target.get(id).cloned().unwrap_or_default()),
+            })
+            .collect();
+        Ok(v1::DescribeGroupResponse {
+            group_id: group_id.to_owned(),
+            state: group.state_name().to_owned(),
+            group_epoch: group.group_epoch,
+            assignor: group.assignor.name().to_owned(),
+            members,
+            offsets: committed_to_wire(group, |_| true),
+            coordinator_id: self.broker.config().node_id.0,
+        })
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn delete(&self, group_id: &str) -> Result<(), BrokerError> {
+        validate_group_id(group_id)?;
+        let (partition, mut shard) = self.shard_for(group_id, false).await?;
+        let group = shard
+            .groups
+            .get(group_id)
+            .ok_or_else(|| BrokerError::GroupNotFound(group_id.to_owned()))?;
+        if !group.members.is_empty() {
+            return Err(super::GroupError::NonEmptyGroup {
+                group: group_id.to_owned(),
+                members: group.members.len(),
+            }
+            .into());
+        }
+        let mut batch = delete_batch(group_id, now_ms());
+        partition
+            .append(&mut batch, Acks::All, COMMIT_TIMEOUT)
+            .await
+            .map_err(|e| self.not_coordinator_if_moved(group_id, e))?;
+        if let Some(group) = shard.groups.remove(group_id) {
+            self.forget_lag(&group);
+        }
+        Ok(())
+    }
+
+    /// Partition count of `__consumer_offsets`, creating the topic when `create` is set.
+    async fn offsets_partitions(&self, create: bool) -> Result<u32, BrokerError> {
+        if let Some(topic) = self.broker.image().topic(OFFSETS_TOPIC) {
+            return Ok(topic.partitions.len() as u32);
+        }
+        if !create {
+            return Err(BrokerError::GroupNotFound(String::new()));
+        }
+        let request = CreateTopicRequest {
+            name: OFFSETS_TOPIC.to_owned(),
+            partitions: i64::from(self.config.offsets_partitions),
+            // min(3, live brokers), as for any topic.
+            replication_factor: 0,
+            configs: BTreeMap::new(),
+        };
+        match self.broker.controller().create_topic(request).await {
+            Ok(index) => {
+                tracing::info!(
+                    partitions = self.config.offsets_partitions,
+                    "created {OFFSETS_TOPIC}"
+                );
+                self.broker
+                    .wait_reconciled(index, Duration::from_secs(30))
+                    .await?;
+            }
+            // Another broker created it first.
+            Err(ControllerError::TopicAlreadyExists(_)) => {}
+            Err(ControllerError::Remote {
+                code: v1::ErrorCode::TopicAlreadyExists,
+                ..
+            }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.broker
+            .image()
+            .topic(OFFSETS_TOPIC)
+            .map(|t| t.partitions.len() as u32)
+            .ok_or_else(|| BrokerError::NotCoordinator {
+                group: String::new(),
+                coordinator: None,
+            })
+    }
+
+    /// The offsets partition of `group` and its shard, locked and loaded.
+    async fn shard_for(
+        &self,
+        group: &str,
+        create: bool,
+    ) -> Result<(Arc<Partition>, OwnedMutexGuard<Shard>), BrokerError> {
+        let partitions = match self.offsets_partitions(create).await {
+            Err(BrokerError::GroupNotFound(_)) => {
+                return Err(BrokerError::GroupNotFound(group.to_owned()));
+            }
+            other => other?,
+        };
+        self.shard_at(partition_for(group, partitions), group).await
+    }
+
+    async fn shard_at(
+        &self,
+        index: u32,
+        group: &str,
+    ) -> Result<(Arc<Partition>, OwnedMutexGuard<Shard>), BrokerError> {
+        let partition = self
+            .broker
+            .leader_partition(OFFSETS_TOPIC, i64::from(index))
+            .map_err(|e| self.not_coordinator_if_moved(group, e))?;
+        let Role::Leader(state) = partition.current_role() else {
+            return Err(self.not_coordinator_if_moved(
+                group,
+                BrokerError::NotLeader {
+                    topic: OFFSETS_TOPIC.to_owned(),
+                    partition: index,
+                    leader: None,
+                },
+            ));
+        };
+        let shard = {
+            let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(shards.entry(index).or_default())
+        };
+        let mut shard = shard.lock_owned().await;
+        if shard.loaded_at != Some(state.leader_epoch) {
+            let started = Instant::now();
+            let loaded = load(&partition).await?;
+            shard.groups = loaded
+                .into_iter()
+                .map(|(id, offsets)| {
+                    let mut group = GroupState::new(&id);
+                    group.offsets = offsets;
+                    (id, group)
+                })
+                .collect();
+            shard.loaded_at = Some(state.leader_epoch);
+            // An offsets partition that never held a record had no groups to rejoin.
+            shard.hold_until = (partition.log_end_offset() > partition.log_start_offset())
+                .then(|| Instant::now() + self.rejoin_hold());
+            let hold_until = shard.hold_until;
+            for group in shard.groups.values_mut() {
+                group.free_partitions_held_until = hold_until;
+            }
+            tracing::info!(
+                partition = index,
+                leader_epoch = state.leader_epoch,
+                groups = shard.groups.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "loaded consumer groups"
+            );
+        }
+        Ok((partition, shard))
+    }
+
+    /// How long a coordinator that just loaded its groups waits for their members to rejoin
+    /// before handing out partitions nobody reported owning: members find the new
+    /// coordinator within a few heartbeats of the offsets partition's failover.
+    fn rejoin_hold(&self) -> Duration {
+        (self.config.heartbeat_interval * 3).min(self.config.session_timeout)
+    }
+
+    /// NOT_LEADER of an offsets partition, told to a group client, is NOT_COORDINATOR.
+    fn not_coordinator_if_moved(&self, group: &str, error: BrokerError) -> BrokerError {
+        match self.broker.with_leader_hint(error) {
+            BrokerError::NotLeader { leader, .. } => BrokerError::NotCoordinator {
+                group: group.to_owned(),
+                coordinator: leader,
+            },
+            other => other,
+        }
+    }
+
+    /// Partition counts of every topic, as assignors need them.
+    fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.broker
+            .image()
+            .topics
+            .values()
+            .map(|t| (t.name.clone(), t.partitions.len() as u32))
+            .collect()
+    }
+
+    async fn run_ticker(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let shards: Vec<(u32, Arc<tokio::sync::Mutex<Shard>>)> = {
+                let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+                shards.iter().map(|(i, s)| (*i, Arc::clone(s))).collect()
+            };
+            let counts = self.partition_counts();
+            let now = Instant::now();
+            for (index, shard) in shards {
+                let mut shard = shard.lock().await;
+                if self
+                    .broker
+                    .leader_partition(OFFSETS_TOPIC, i64::from(index))
+                    .is_err()
+                {
+                    // Another broker coordinates these groups now: forget them (a later
+                    // leadership reloads from the log) and stop exporting their lag.
+                    for group in std::mem::take(&mut shard.groups).into_values() {
+                        self.forget_lag(&group);
+                    }
+                    shard.loaded_at = None;
+                    continue;
+                }
+                for group in shard.groups.values_mut() {
+                    for member in group.expire(now, self.config.session_timeout, &counts) {
+                        tracing::info!(group = %group.group_id, %member,
+                            "member missed its session and left the group");
+                    }
+                    self.export_lag(group);
+                }
+            }
+        }
+    }
+
+    /// Removes the lag gauges of a group this broker no longer coordinates.
+    fn forget_lag(&self, group: &GroupState) {
+        for tp in group.offsets.keys() {
+            self.broker
+                .metrics()
+                .forget_consumer_lag(&group.group_id, &tp.topic, tp.partition);
+        }
+    }
+
+    /// Sets the lag gauge of each partition the group committed, where this broker has a
+    /// replica (it knows that replica's high watermark; with the default replication
+    /// factor of 3 on three brokers, every broker has one).
+    fn export_lag(&self, group: &GroupState) {
+        for (tp, committed) in &group.offsets {
+            let Some(partition) = self.broker.partitions().get(&tp.topic, tp.partition) else {
+                continue;
+            };
+            let lag = (partition.high_watermark().0 - committed.offset).max(0);
+            self.broker
+                .metrics()
+                .consumer_lag(&group.group_id, &tp.topic, tp.partition)
+                .set(lag);
+        }
+    }
+}
+
+/// Replays `partition` into committed offsets per group. Waits (bounded) until everything
+/// in its log when the load starts is committed, so acknowledged commits of the previous
+/// leader are all seen.
+async fn load(partition: &Partition) -> Result<LoadedOffsets, BrokerError> {
+    let end = partition.log_end_offset();
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    while partition.high_watermark() < end {
+        if Instant::now() >= deadline {
+            return Err(BrokerError::Timeout {
+                timeout_ms: LOAD_TIMEOUT.as_millis() as u64,
+                waiting_for: "the offsets partition's records to be committed before loading",
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut groups = LoadedOffsets::new();
+    let mut offset = partition.log_start_offset();
+    while offset < end {
+        let fetched = partition
+            .fetch(offset, LOAD_READ_BYTES, Duration::ZERO)
+            .await?;
+        if fetched.read.batches.is_empty() {
+            break;
+        }
+        replay(&fetched.read.batches, &mut groups)?;
+        offset = crate::service::next_offset(&fetched.read.batches, offset);
+    }
+    Ok(groups)
+}
+
+fn validate_group_id(group: &str) -> Result<(), BrokerError> {
+    if group.is_empty() || group.len() > 255 || group.chars().any(char::is_control) {
+        return Err(BrokerError::InvalidRequest(format!(
+            "invalid group id {group:?}: 1 to 255 characters, no control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn from_wire(partitions: &[v1::TopicPartitions]) -> BTreeSet<TopicPartition> {
+    partitions
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter_map(|p| u32::try_from(*p).ok())
+                .map(|partition| TopicPartition {
+                    topic: t.topic.clone(),
+                    partition,
+                })
+        })
+        .collect()
+}
+
+pub(crate) fn to_wire(partitions: &BTreeSet<TopicPartition>) -> Vec<v1::TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in partitions {
+        by_topic
+            .entry(&tp.topic)
+            .or_default()
+            .push(tp.partition as i32);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| v1::TopicPartitions {
+            topic: topic.to_owned(),
+            partitions,
+        })
+        .collect()
+}
+
+fn committed_to_wire(
+    group: &GroupState,
+    wanted: impl Fn(&TopicPartition) -> bool,
+) -> Vec<v1::CommittedOffset> {
+    group
+        .offsets
+        .iter()
+        .filter(|(tp, _)| wanted(tp))
+        .map(|(tp, c)| v1::CommittedOffset {
+            topic: tp.topic.clone(),
+            partition: tp.partition as i32,
+            offset: c.offset,
+            metadata: c.metadata.clone(),
+            commit_timestamp_ms: c.commit_timestamp_ms,
+        })
+        .collect()
+}
