@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+
 use ferrolog_tests::history;
 use ferrolog_tests::workload::{Outcome, Workload, read_all};
 use ferrolog_tests::{
@@ -197,5 +198,114 @@ fn add_partitions_grows_a_topic_and_never_shrinks_it() -> anyhow::Result<()> {
         "the error says why: {}",
         stderr(&out)
     );
+    Ok(())
+}
+
+#[test]
+fn a_new_replica_of_a_partition_trimmed_by_retention_starts_at_the_leaders_log_start()
+-> anyhow::Result<()> {
+    init_logging();
+    const TOPIC: &str = "aged";
+    // Retention runs every 200 ms, so the leader's early segments go while we watch.
+    let config_dir = tempfile::tempdir()?;
+    let config = config_dir.path().join("ferrolog.toml");
+    std::fs::write(&config, "[log]\nmaintenance_interval_ms = 200\n")?;
+    let config = config.to_str().context("a UTF-8 path")?.to_owned();
+    let cluster = Cluster::start(2, &["--config", &config])?;
+    cluster.wait_for_leader(DEADLINE)?;
+    let create = [
+        "topic",
+        "create",
+        TOPIC,
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "1",
+        "--config",
+        "segment.bytes=1024",
+        "--config",
+        "retention.bytes=2048",
+    ];
+    // Retried while the brokers are still registering.
+    wait_until("the topic is created", DEADLINE, || {
+        cluster
+            .cli(1, &create, None)
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })?;
+    // Ten produce calls, so ten batches: retention deletes whole segments, and a segment
+    // rolls only between batches.
+    for call in 0..10 {
+        let values: String = (0..30)
+            .map(|i| format!("record-{:04}-{}\n", call * 30 + i, "x".repeat(40)))
+            .collect();
+        assert_ok(&cluster.cli(1, &["produce", TOPIC], Some(&values))?);
+    }
+    let leader = cluster.describe(1, TOPIC)?["partitions"][0]["leader"]
+        .as_i64()
+        .context("a leader")?;
+    let leader_id = i32::try_from(leader)?;
+    let log_start = wait_until("retention trimmed the leader's log", DEADLINE, || {
+        let p = &cluster.describe(leader_id, TOPIC).ok()?["partitions"][0];
+        p["log_start_offset"].as_i64().filter(|start| *start > 0)
+    })?;
+
+    // The other broker becomes a replica: it has nothing, and the leader no longer has
+    // offset 0, so it must restart its log at the leader's start.
+    let other = if leader_id == 1 { 2 } else { 1 };
+    let target = format!("{leader},{other}");
+    let out = run_cli_within(
+        cluster.address(1),
+        &[
+            "partition",
+            "reassign",
+            TOPIC,
+            "0",
+            "--replicas",
+            &target,
+            "--timeout-ms",
+            "30000",
+        ],
+        None,
+        Duration::from_secs(60),
+    )?;
+    eprintln!("reassign: {}{}", stdout(&out), stderr(&out));
+    assert_ok(&out);
+    let copy = &cluster.describe(other, TOPIC)?["partitions"][0];
+    ensure!(
+        copy["log_start_offset"].as_i64() >= Some(log_start)
+            && copy["log_end_offset"].as_i64() == Some(300),
+        "the new replica holds the leader's retained log: {copy}"
+    );
+    // It can lead, and serves the retained records.
+    assert_ok(&cluster.cli(
+        1,
+        &[
+            "partition",
+            "elect-leader",
+            TOPIC,
+            "0",
+            "--leader",
+            &other.to_string(),
+        ],
+        None,
+    )?);
+    let out = run_cli_within(
+        cluster.address(other),
+        &[
+            "consume",
+            TOPIC,
+            "--from-beginning",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ],
+        None,
+        Duration::from_secs(30),
+    )?;
+    assert_ok(&out);
+    ensure!(stdout(&out).starts_with("record-"), "{}", stdout(&out));
     Ok(())
 }

@@ -130,10 +130,30 @@ async fn fetch_once(
         .await
         .map_err(|status| status.message().to_owned())?
         .into_inner();
+    if response.error_code == ErrorCode::OffsetOutOfRange as i32
+        && fetch_offset.0 < response.log_start_offset
+    {
+        // Retention deleted what this replica lacks (a new replica of an old partition,
+        // or one down for longer than the retention): start over at the leader's start.
+        tracing::warn!(fetch_offset = %fetch_offset, leader_log_start = response.log_start_offset,
+            "behind the leader's log start; restarting the log there");
+        return partition
+            .restart_at(Offset(response.log_start_offset), assignment.generation)
+            .map_err(|e| e.to_string());
+    }
     if response.error_code != ErrorCode::Unspecified as i32 {
         return Err(response.error_message);
     }
     if let Some(diverging) = response.diverging_epoch {
+        if diverging.epoch < 0 && fetch_offset.0 < response.log_start_offset {
+            // The leader no longer has the epochs this log ends in: retention deleted
+            // them, and with them everything this replica lacks. Start over at its start.
+            tracing::warn!(fetch_offset = %fetch_offset, leader_log_start = response.log_start_offset,
+                "the leader's log starts after this one ends; restarting the log there");
+            return partition
+                .restart_at(Offset(response.log_start_offset), assignment.generation)
+                .map_err(|e| e.to_string());
+        }
         // Never below what this log itself says the diverging epoch covers.
         let own_end = partition
             .end_offset_for_epoch(diverging.epoch)

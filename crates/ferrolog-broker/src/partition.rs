@@ -61,6 +61,9 @@ pub enum ReplicaFetchOutcome {
 const OPEN: u8 = 0;
 const DELETED: u8 = 1;
 const SHUT_DOWN: u8 = 2;
+/// Deleted here because the partition moved to other brokers (a reassignment): requests
+/// still waiting are told NOT_LEADER, so clients look up the new replicas and retry.
+const MOVED_AWAY: u8 = 3;
 
 /// A partition replica led by this broker.
 pub struct Partition {
@@ -78,7 +81,7 @@ pub struct Partition {
     min_insync: AtomicUsize,
     /// Wakes the flusher after appends.
     dirty: Notify,
-    /// One of the `OPEN`, `DELETED`, `SHUT_DOWN` states; set under the log's write lock so
+    /// One of the `OPEN`, `DELETED`, `SHUT_DOWN`, `MOVED_AWAY` states; set under the log's write lock so
     /// no append or upkeep that saw `OPEN` can still be writing after `close`/`delete`.
     state: AtomicU8,
     metrics: Arc<BrokerMetrics>,
@@ -312,6 +315,7 @@ impl Partition {
         match self.state.load(Ordering::Acquire) {
             OPEN => {}
             DELETED => return Err(BrokerError::UnknownTopic(self.topic.clone())),
+            MOVED_AWAY => return Err(self.not_leader()),
             _ => return Err(BrokerError::ShuttingDown),
         }
         if self.progress.borrow().storage_failed {
@@ -620,6 +624,27 @@ impl Partition {
         Ok(())
     }
 
+    /// As follower: empties the log to restart at the leader's log start, when this log ends
+    /// below it (see `Log::truncate_fully_and_start_at`).
+    pub fn restart_at(&self, offset: Offset, generation: u64) -> Result<(), BrokerError> {
+        let mut log = self.log_write();
+        self.check_open()?;
+        if self.generation() != generation {
+            return Err(self.not_leader());
+        }
+        if log.log_end_offset() >= offset {
+            return Ok(());
+        }
+        log.truncate_fully_and_start_at(offset)?;
+        drop(log);
+        self.progress.send_modify(|p| {
+            p.durable = offset;
+            p.high_watermark = offset;
+        });
+        self.appended.send_replace(offset);
+        Ok(())
+    }
+
     /// As leader: the ISR change this replica wants now, with the epochs to send it at.
     pub fn wanted_isr_change(&self, max_lag: Duration) -> Option<(LeaderState, Vec<BrokerId>)> {
         let high_watermark = self.high_watermark();
@@ -702,9 +727,18 @@ impl Partition {
 
     /// Closes the partition and removes its data.
     pub fn delete(self: Arc<Self>) -> Result<(), BrokerError> {
+        self.delete_as(DELETED)
+    }
+
+    /// Deletes this replica because the partition moved to other brokers.
+    pub fn delete_moved_away(self: Arc<Self>) -> Result<(), BrokerError> {
+        self.delete_as(MOVED_AWAY)
+    }
+
+    fn delete_as(self: Arc<Self>, state: u8) -> Result<(), BrokerError> {
         let dir = {
             let log = self.log_write();
-            self.state.store(DELETED, Ordering::Release);
+            self.state.store(state, Ordering::Release);
             log.dir().to_path_buf()
         };
         self.wake_all();
@@ -789,7 +823,10 @@ fn divergence(
     last_fetched_epoch: i32,
     leader_end: Offset,
 ) -> Option<(i32, Offset)> {
-    if fetch_offset == Offset(0) {
+    // An empty follower log (at 0, or restarted at our log start) agrees with anything.
+    if fetch_offset == Offset(0)
+        || (last_fetched_epoch < 0 && fetch_offset == log.log_start_offset())
+    {
         return None;
     }
     if last_fetched_epoch < 0 {

@@ -140,7 +140,16 @@ impl PartitionManager {
         // from serving: it is logged and left out, and the next image change retries it.
         let mut failures = 0usize;
         for (key, partition) in stale {
-            if let Err(error) = partition.delete() {
+            // The same topic still exists: the partition moved to other brokers.
+            let moved_away = image
+                .topic(&key.0)
+                .is_some_and(|t| t.topic_id == partition.topic_id());
+            let deleted = if moved_away {
+                partition.delete_moved_away()
+            } else {
+                partition.delete()
+            };
+            if let Err(error) = deleted {
                 failures += 1;
                 tracing::error!(topic = %key.0, partition = key.1, %error, "cannot delete partition");
             }
@@ -167,7 +176,15 @@ impl PartitionManager {
             .unwrap_or_else(|p| p.into_inner())
             .len();
         self.metrics.partitions.set(count as i64);
-        self.reconciled.send_replace(image.applied_index);
+        // Monotonic: two reconciles finishing out of order must not move it back, or a
+        // waiter on a later index would wait for a change that never comes.
+        self.reconciled.send_if_modified(|reconciled| {
+            let newer = image.applied_index > *reconciled;
+            if newer {
+                *reconciled = image.applied_index;
+            }
+            newer
+        });
         if failures > 0 {
             return Err(BrokerError::Internal(format!(
                 "{failures} partition(s) could not be opened or deleted; see the log"

@@ -106,6 +106,15 @@ impl LeaderEpochCache {
         Ok(true)
     }
 
+    /// Forgets every epoch (the log was emptied).
+    pub(crate) fn clear(&mut self) -> Result<(), LogError> {
+        if !self.entries.is_empty() {
+            self.entries.clear();
+            self.persist()?;
+        }
+        Ok(())
+    }
+
     /// Removes entries starting at or after `end_offset` (the log was truncated there).
     pub(crate) fn truncate_from_end(&mut self, end_offset: Offset) -> Result<(), LogError> {
         let before = self.entries.len();

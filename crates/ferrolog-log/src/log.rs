@@ -591,6 +591,29 @@ impl Log {
         Ok(())
     }
 
+    /// Empties the log and restarts it at `offset` (Kafka's `truncateFullyAndStartAt`): a
+    /// follower whose log ends below the leader's log start (retention deleted what it
+    /// lacks) cannot catch up batch by batch, so it starts over where the leader's log
+    /// starts. A crash midway leaves an empty log at 0, which asks for the same again.
+    pub fn truncate_fully_and_start_at(&mut self, offset: Offset) -> Result<(), LogError> {
+        let bases: Vec<Offset> = self.segments.keys().copied().collect();
+        for base in bases {
+            if let Some(segment) = self.segments.remove(&base) {
+                segment.delete_files()?;
+            }
+        }
+        self.segments
+            .insert(offset, Segment::create(&self.dir, offset)?);
+        sync_dir(&self.dir)?;
+        self.truncations += 1;
+        self.flushed_offset = offset;
+        self.high_watermark = offset;
+        self.epochs.clear()?;
+        tracing::warn!(dir = %self.dir.display(), log_start_offset = %offset,
+            "emptied the log to restart at the leader's log start");
+        Ok(())
+    }
+
     /// The high watermark, loaded from its checkpoint on open (clamped to the log's range).
     pub fn high_watermark(&self) -> Offset {
         self.high_watermark

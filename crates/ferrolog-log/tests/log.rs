@@ -518,6 +518,33 @@ fn oversized_and_invalid_batches_are_rejected_without_changing_the_log() -> Resu
 }
 
 #[test]
+fn a_follower_behind_the_leaders_log_start_restarts_there() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leader_dir = dir.path().join("leader");
+    let mut leader = open(&leader_dir, small_config());
+    append_batches(&mut leader, 20, 2, T0_MS)?;
+    let mut follower = open(&dir.path().join("follower"), small_config());
+    append_batches(&mut follower, 3, 2, T0_MS)?;
+    follower.assign_leader_epoch(LeaderEpoch(5), Offset(6))?;
+
+    follower.truncate_fully_and_start_at(Offset(30))?;
+    assert_eq!(follower.log_start_offset(), Offset(30));
+    assert_eq!(follower.log_end_offset(), Offset(30));
+    assert_eq!(follower.last_batch_epoch(), None, "no epoch survives");
+    // The leader's batches from 30 on append as usual, and survive a reopen.
+    let fetched = leader.read(Offset(30), u32::MAX, leader.log_end_offset())?;
+    for item in BatchIter::new(&fetched.batches) {
+        follower.append_replicated(item?.1, T0_MS)?;
+    }
+    assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+    drop(follower);
+    let reopened = open(&dir.path().join("follower"), small_config());
+    assert_eq!(reopened.log_start_offset(), Offset(30));
+    assert_eq!(read_all(&reopened)?, read_all(&leader)?[30..].to_vec());
+    Ok(())
+}
+
+#[test]
 fn replicated_batches_keep_their_offsets_and_must_be_contiguous() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let leader_dir = dir.path().join("leader");

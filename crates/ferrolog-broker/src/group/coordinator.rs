@@ -71,9 +71,15 @@ struct Shard {
     /// Set at load: see `GroupState::free_partitions_held_until`.
     hold_until: Option<Instant>,
     groups: BTreeMap<String, GroupState>,
+    /// Serializes each group's offset commits (see `GroupCoordinator::commit`).
+    commit_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Shard {
+    fn commit_lock(&mut self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.commit_locks.entry(group_id.to_owned()).or_default())
+    }
+
     /// The group, created if new (with the shard's rejoin hold).
     fn group(&mut self, group_id: &str) -> &mut GroupState {
         let hold_until = self.hold_until;
@@ -205,18 +211,32 @@ impl GroupCoordinator {
                 },
             ));
         }
-        let (partition, mut shard) = self.shard_for(&request.group_id, true).await?;
-        let group = shard.group(&request.group_id);
-        group.check_commit(&request.member_id, request.member_epoch)?;
+        let group_id = request.group_id.as_str();
+        let (partition, mut shard) = self.shard_for(group_id, true).await?;
+        shard
+            .group(group_id)
+            .check_commit(&request.member_id, request.member_epoch)?;
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut batch = commit_batch(&request.group_id, &offsets, now);
+        // The append waits for the in-sync replicas, which may take until a dead one
+        // leaves the ISR: only this group's other commits wait for it (so the log holds
+        // them in the order they apply), never heartbeats or other groups.
+        let serial = shard.commit_lock(group_id);
+        let loaded_at = shard.loaded_at;
+        drop(shard);
+        let _serial = serial.lock().await;
+        let mut batch = commit_batch(group_id, &offsets, now);
         partition
             .append(&mut batch, Acks::All, COMMIT_TIMEOUT)
             .await
-            .map_err(|e| self.not_coordinator_if_moved(&request.group_id, e))?;
-        group.offsets.extend(offsets);
+            .map_err(|e| self.not_coordinator_if_moved(group_id, e))?;
+        // Durable now. If the shard was reloaded meanwhile, the replay included it.
+        if let Ok((_, mut shard)) = self.shard_for(group_id, false).await
+            && shard.loaded_at == loaded_at
+        {
+            shard.group(group_id).offsets.extend(offsets);
+        }
         Ok(())
     }
 
@@ -306,6 +326,13 @@ impl GroupCoordinator {
     #[tracing::instrument(skip(self))]
     pub async fn delete(&self, group_id: &str) -> Result<(), BrokerError> {
         validate_group_id(group_id)?;
+        // Same order as commits: the group's commit lock, then the shard.
+        let serial = self
+            .shard_for(group_id, false)
+            .await?
+            .1
+            .commit_lock(group_id);
+        let _serial = serial.lock().await;
         let (partition, mut shard) = self.shard_for(group_id, false).await?;
         let group = shard
             .groups
@@ -326,6 +353,7 @@ impl GroupCoordinator {
         if let Some(group) = shard.groups.remove(group_id) {
             self.forget_lag(&group);
         }
+        shard.commit_locks.remove(group_id);
         Ok(())
     }
 

@@ -68,6 +68,7 @@ impl ReplicationApi {
             }
             ReplicaFetchOutcome::Diverging { epoch, end_offset } => v1::ReplicaFetchResponse {
                 high_watermark: partition.high_watermark().0,
+                log_start_offset: partition.log_start_offset().0,
                 diverging_epoch: Some(v1::DivergingEpoch {
                     epoch,
                     end_offset: end_offset.0,
@@ -94,6 +95,14 @@ impl ReplicationService for ReplicationApi {
             Err(error) => v1::ReplicaFetchResponse {
                 error_code: error.code() as i32,
                 error_message: error.to_string(),
+                // A follower below our log start restarts there.
+                log_start_offset: match &error {
+                    BrokerError::Log(ferrolog_log::LogError::OffsetOutOfRange {
+                        log_start,
+                        ..
+                    }) => log_start.0,
+                    _ => 0,
+                },
                 ..Default::default()
             },
         }))
