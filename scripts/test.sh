@@ -17,6 +17,16 @@ step "build the ferrolog binary the cluster tests start"
 cargo build --locked --bin ferrolog
 export FERROLOG_BIN="$PWD/target/debug/ferrolog"
 
+step "validate the Kubernetes manifests (deploy/k8s)"
+scripts/validate-k8s.sh
+
+if docker info >/dev/null 2>&1; then
+    # tests/tests/docker_cluster.rs runs the compose cluster from this image; built here so
+    # the release build does not run beside the timing-sensitive cluster tests.
+    step "build the container image (static release binary)"
+    scripts/build-image.sh
+fi
+
 step "tests"
 # Includes the seeded quorum simulation (200 seeds, about 20 s; see
 # crates/ferrolog-metadata/tests/simulation.rs).

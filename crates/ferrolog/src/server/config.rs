@@ -81,6 +81,38 @@ pub fn parse_voters(spec: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(voters)
 }
 
+/// Where `--node-id-from-hostname` reads the host name; `HOSTNAME` is the fallback.
+const KERNEL_HOSTNAME: &str = "/proc/sys/kernel/hostname";
+
+/// This host's name: the kernel's (what a Kubernetes pod is named), else `$HOSTNAME`.
+pub fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string(KERNEL_HOSTNAME)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty());
+    name.with_context(|| format!("cannot read the host name ({KERNEL_HOSTNAME}, $HOSTNAME)"))
+}
+
+/// The node id of a StatefulSet pod: the ordinal its name ends in (`ferrolog-2` is node 2).
+/// A fully qualified name counts by its first label.
+pub fn node_id_from_hostname(hostname: &str) -> anyhow::Result<i32> {
+    let label = hostname.split('.').next().unwrap_or_default();
+    let ordinal = label
+        .rsplit_once('-')
+        .filter(|(prefix, ordinal)| {
+            !prefix.is_empty() && !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit())
+        })
+        .and_then(|(_, ordinal)| ordinal.parse::<i32>().ok());
+    ordinal.with_context(|| {
+        format!(
+            "--node-id-from-hostname: host name '{hostname}' does not end in -N (a StatefulSet \
+             pod ordinal such as ferrolog-0); give --node-id instead"
+        )
+    })
+}
+
 /// The effective configuration of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -341,6 +373,40 @@ mod tests {
         assert_eq!(voters[&2], "b:9293");
         for bad in ["", "1@a", "x@a:1", "1@a:1,1@b:2", "1a:9293", "1@:9293"] {
             assert!(parse_voters(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn given_a_statefulset_pod_name_when_parsed_then_its_ordinal_is_the_node_id() {
+        assert_eq!(node_id_from_hostname("ferrolog-0").expect("ordinal"), 0);
+        assert_eq!(node_id_from_hostname("ferrolog-12").expect("ordinal"), 12);
+        assert_eq!(
+            node_id_from_hostname("my-ferrolog-cluster-3").expect("ordinal"),
+            3
+        );
+        assert_eq!(
+            node_id_from_hostname("ferrolog-2.ferrolog-headless.prod.svc").expect("ordinal"),
+            2
+        );
+    }
+
+    #[test]
+    fn given_a_host_name_without_an_ordinal_when_parsed_then_the_error_says_so() {
+        for bad in [
+            "",
+            "ferrolog",
+            "ferrolog-",
+            "-3",
+            "ferrolog-x",
+            "ferrolog-1a",
+            "ferrolog-99999999999",
+            "ferrolog.svc-1",
+        ] {
+            let error = node_id_from_hostname(bad).expect_err(bad);
+            assert!(
+                format!("{error:#}").contains("does not end in -N"),
+                "{bad}: {error:#}"
+            );
         }
     }
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Validates every Kubernetes manifest in deploy/k8s against the Kubernetes API schemas in
+# strict mode (unknown fields are errors), with `kubernetes-validate` from PyPI installed
+# into a virtualenv under target/ (created once). kustomization.yaml is kustomize's, not a
+# Kubernetes resource, and is checked only for naming every manifest.
+#   K8S_VERSION  the Kubernetes version to validate against [kubernetes-validate's default]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/k8s-venv
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate
+fi
+
+manifests=()
+for file in deploy/k8s/*.yaml; do
+    [ "$(basename "$file")" = kustomization.yaml ] && continue
+    manifests+=("$file")
+    if ! grep -qx "  - $(basename "$file")" deploy/k8s/kustomization.yaml; then
+        echo "error: deploy/k8s/kustomization.yaml does not list $(basename "$file")" >&2
+        exit 1
+    fi
+done
+
+"$venv/bin/kubernetes-validate" --strict ${K8S_VERSION:+--kubernetes-version "$K8S_VERSION"} \
+    "${manifests[@]}"
