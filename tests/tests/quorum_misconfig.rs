@@ -1,6 +1,7 @@
 //! Misconfigured quorums get a clear error instead of a split brain: a node whose
-//! `--controller-voters` list differs from the others' is refused by them, and the rest of
-//! the cluster keeps working.
+//! `--controller-voters` list differs from the others' is refused by them, a second process
+//! with a node id in use is refused (as a controller and as a broker), and the rest of the
+//! cluster keeps working.
 
 use std::time::Duration;
 
@@ -175,6 +176,73 @@ fn a_cloned_node_on_another_host_with_the_same_port_is_refused() -> anyhow::Resu
         String::from_utf8_lossy(&created.stderr)
     );
     drop(clone);
+    Ok(())
+}
+
+#[test]
+fn a_second_broker_process_with_a_registered_id_is_refused_until_the_first_stops()
+-> anyhow::Result<()> {
+    init_logging();
+    let mut cluster = Cluster::start(3, &[])?;
+    cluster.wait_for_leader(Duration::from_secs(30))?;
+    let registered_at = |cluster: &Cluster| -> Option<String> {
+        let status = cluster.status_via(1).ok()?;
+        status["brokers"]
+            .as_array()?
+            .iter()
+            .find(|b| b["broker_id"] == 3 && b["state"] == "registered")
+            .and_then(|b| b["address"].as_str().map(str::to_owned))
+    };
+    let original = wait_until("broker 3 registered", Duration::from_secs(30), || {
+        registered_at(&cluster)
+    })?;
+
+    // A broker-only process reusing id 3 (a copy-pasted config), on its own ports.
+    let dir = tempfile::tempdir()?;
+    let ports = free_ports(2)?;
+    let duplicate_address = format!("127.0.0.1:{}", ports[0]);
+    let duplicate = Server::start_exact(
+        dir.path(),
+        &[
+            "--node-id",
+            "3",
+            "--roles",
+            "broker",
+            "--listen",
+            &duplicate_address,
+            "--http-listen",
+            &format!("127.0.0.1:{}", ports[1]),
+            "--controller-voters",
+            cluster.voters(),
+        ],
+        "second broker 3",
+    )?;
+    wait_until(
+        "the duplicate is told why it cannot register",
+        Duration::from_secs(30),
+        || {
+            duplicate
+                .stderr_tail()
+                .iter()
+                .any(|l| l.contains("is registered by another running process"))
+                .then_some(())
+        },
+    )?;
+    // For a few seconds (several sessions) the registered process keeps its id.
+    for _ in 0..10 {
+        let now = registered_at(&cluster);
+        assert_eq!(now.as_deref(), Some(original.as_str()), "broker 3 moved");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Once the first process is gone (and fenced), the second one registers.
+    cluster.kill(3)?;
+    wait_until(
+        "the second process registered as broker 3",
+        Duration::from_secs(30),
+        || (registered_at(&cluster)? == duplicate_address).then_some(()),
+    )?;
+    drop(duplicate);
     Ok(())
 }
 

@@ -157,12 +157,23 @@ impl Controller {
     /// unknown), in which case it must register again. Every controller records
     /// heartbeats, not only the active one, so a newly elected controller already knows
     /// who is alive and fences a dead broker without waiting out a grace period.
-    pub fn broker_heartbeat_here(&self, broker: BrokerId) -> Result<bool, ControllerError> {
+    /// A process other than the registered one (another incarnation) is told it is fenced:
+    /// it must register, which is refused while the registered process is alive.
+    pub fn broker_heartbeat_here(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<bool, ControllerError> {
         let Some(quorum) = &self.quorum else {
             return Err(MetadataError::NotController { leader: None }.into());
         };
-        self.sessions.heartbeat(broker, Instant::now());
-        Ok(quorum.image().brokers.get(&broker).is_none_or(|b| b.fenced))
+        self.sessions
+            .heartbeat(broker, incarnation_id, Instant::now());
+        Ok(quorum
+            .image()
+            .brokers
+            .get(&broker)
+            .is_none_or(|b| b.fenced || b.incarnation_id != incarnation_id))
     }
 
     /// Sends a broker's heartbeat to every controller (see `broker_heartbeat_here`);
@@ -174,7 +185,7 @@ impl Controller {
     ) -> Result<bool, ControllerError> {
         let (local, targets): (Option<bool>, Vec<String>) = match &self.quorum {
             Some(quorum) => (
-                Some(self.broker_heartbeat_here(broker)?),
+                Some(self.broker_heartbeat_here(broker, incarnation_id)?),
                 quorum
                     .voter_addresses()
                     .into_iter()
@@ -234,9 +245,11 @@ impl Controller {
                 continue;
             }
             let image = quorum.image();
-            let live = self
-                .sessions
-                .live(image.brokers.keys().copied(), self.session_timeout, now);
+            let live = self.sessions.live(
+                image.brokers.values().map(|b| (b.id, b.incarnation_id)),
+                self.session_timeout,
+                now,
+            );
             for broker in image.brokers.values().filter(|b| !b.fenced) {
                 if live.contains(&broker.id) {
                     continue;
@@ -430,7 +443,10 @@ impl Controller {
                     id,
                     address,
                     incarnation_id,
-                } => Ok(decide_register_broker(image, *id, address, *incarnation_id)),
+                } => {
+                    self.refuse_duplicate_broker(image, *id, address, *incarnation_id)?;
+                    Ok(decide_register_broker(image, *id, address, *incarnation_id))
+                }
                 Change::AlterPartition(request) => decide_alter_partition(image, request),
                 Change::ElectLeader {
                     topic,
@@ -447,7 +463,7 @@ impl Controller {
                 } => decide_reassign_partition(image, topic, *partition, replicas),
                 Change::ControlledShutdown(broker) => {
                     let mut live = self.sessions.live(
-                        image.brokers.keys().copied(),
+                        image.brokers.values().map(|b| (b.id, b.incarnation_id)),
                         self.session_timeout,
                         Instant::now(),
                     );
@@ -486,8 +502,48 @@ impl Controller {
             .await?;
         // Registering is a sign of life: a restarted broker must not be fenced again for
         // the silence before its restart.
-        self.sessions.heartbeat(id, Instant::now());
+        self.sessions.heartbeat(id, incarnation_id, Instant::now());
         Ok(index)
+    }
+
+    /// A registration by a new process (another incarnation, at another address) of a
+    /// broker whose registered process is alive and unfenced is refused: two processes
+    /// with one broker id (a cloned data directory, a copy-pasted config) must not take
+    /// turns leading. Once the old process stops, it is fenced after its session, and the
+    /// new one registers.
+    fn refuse_duplicate_broker(
+        &self,
+        image: &ClusterImage,
+        id: BrokerId,
+        address: &str,
+        incarnation_id: u64,
+    ) -> Result<(), ControllerError> {
+        let Some(registered) = image.brokers.get(&id) else {
+            return Ok(());
+        };
+        // The same address is the same machine and port, which two live processes cannot
+        // share: a restart, not a duplicate, and it re-registers at once.
+        if registered.fenced
+            || registered.incarnation_id == incarnation_id
+            || registered.address == address
+        {
+            return Ok(());
+        }
+        let heard = self.sessions.heard_within(
+            id,
+            registered.incarnation_id,
+            self.session_timeout,
+            Instant::now(),
+        );
+        match heard {
+            Some(age) => Err(ControllerError::DuplicateBrokerId {
+                broker: id.0,
+                registered_address: registered.address.clone(),
+                address: address.to_owned(),
+                heard_ms: age.as_millis() as u64,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Commits here, or forwards to the leader; retries (bounded) while there is none.
@@ -1112,8 +1168,9 @@ fn unfenced_brokers(image: &ClusterImage) -> Vec<BrokerId> {
         .collect()
 }
 
-/// Nothing when the broker is registered, unfenced, at that address already (a restart);
-/// registering again unfences it.
+/// Nothing when this process (incarnation) is registered, unfenced, at that address
+/// already; a restarted process records its new incarnation, whose heartbeats are the ones
+/// that keep the broker alive from then on; registering again unfences it.
 pub fn decide_register_broker(
     image: &ClusterImage,
     id: BrokerId,
@@ -1123,7 +1180,7 @@ pub fn decide_register_broker(
     if image
         .brokers
         .get(&id)
-        .is_some_and(|b| b.address == address && !b.fenced)
+        .is_some_and(|b| b.address == address && !b.fenced && b.incarnation_id == incarnation_id)
     {
         return Vec::new();
     }
@@ -1205,7 +1262,13 @@ mod tests {
             decide_delete_topic(&image, "nope"),
             Err(ControllerError::UnknownTopic(_))
         ));
-        assert!(decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 8).is_empty());
+        // The registered process registering again changes nothing; a restarted one (a new
+        // incarnation) records itself.
+        assert!(decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 7).is_empty());
+        assert_eq!(
+            decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 8).len(),
+            1
+        );
     }
 
     /// Three brokers and an RF=3 topic "t" with one partition.

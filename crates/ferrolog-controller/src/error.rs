@@ -44,6 +44,17 @@ pub enum ControllerError {
         adding: Vec<i32>,
         removing: Vec<i32>,
     },
+    #[error(
+        "broker id {broker} is registered by another running process at {registered_address} \
+         (heard from {heard_ms} ms ago); this one at {address} may register only once that \
+         one has stopped: give each broker its own --node-id"
+    )]
+    DuplicateBrokerId {
+        broker: i32,
+        registered_address: String,
+        address: String,
+        heard_ms: u64,
+    },
     #[error("unknown partition {topic}-{partition}")]
     UnknownPartition { topic: String, partition: i32 },
     #[error(
@@ -105,6 +116,7 @@ impl ControllerError {
             }
             Self::InvalidReplicaAssignment { .. } => ErrorCode::InvalidReplicaAssignment,
             Self::ReassignmentInProgress { .. } => ErrorCode::ReassignmentInProgress,
+            Self::DuplicateBrokerId { .. } => ErrorCode::DuplicateBrokerId,
             Self::InvalidReplicationFactor { .. } | Self::NoBrokersRegistered => {
                 ErrorCode::InvalidReplicationFactor
             }

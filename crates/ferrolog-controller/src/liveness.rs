@@ -24,6 +24,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 /// backoff (a few hundred ms) fit inside it.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_millis(1200);
 
+/// Heartbeats older than this are forgotten (only when many have piled up).
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 /// When the active controller last heard from each broker, since it became active.
 #[derive(Default)]
 pub struct BrokerSessions {
@@ -32,7 +35,10 @@ pub struct BrokerSessions {
 
 #[derive(Default)]
 struct Sessions {
-    last_heartbeat: HashMap<BrokerId, Instant>,
+    /// Last heartbeat of each broker process: a broker id with a new incarnation is a new
+    /// process, and only the registered one keeps the broker's session alive (a second
+    /// process started with the same id must not).
+    last_heartbeat: HashMap<(BrokerId, u64), Instant>,
     /// The Raft term in which this node became the active controller, and when. Brokers
     /// heartbeat to every controller, so a new active controller usually knows them
     /// already; one it has never heard from (it restarted itself) gets half a session of
@@ -41,8 +47,28 @@ struct Sessions {
 }
 
 impl BrokerSessions {
-    pub fn heartbeat(&self, broker: BrokerId, now: Instant) {
-        self.lock().last_heartbeat.insert(broker, now);
+    pub fn heartbeat(&self, broker: BrokerId, incarnation: u64, now: Instant) {
+        let mut sessions = self.lock();
+        sessions.last_heartbeat.insert((broker, incarnation), now);
+        // Processes gone for long (restarts leave their old incarnation behind).
+        if sessions.last_heartbeat.len() > 1024 {
+            sessions
+                .last_heartbeat
+                .retain(|_, last| now.saturating_duration_since(*last) < FORGET_AFTER);
+        }
+    }
+
+    /// How long ago process `incarnation` of `broker` last heartbeat, if within `timeout`.
+    pub fn heard_within(
+        &self,
+        broker: BrokerId,
+        incarnation: u64,
+        timeout: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
+        let last = *self.lock().last_heartbeat.get(&(broker, incarnation))?;
+        let age = now.saturating_duration_since(last);
+        (age <= timeout).then_some(age)
     }
 
     /// Notes that this node is the active controller in `term` (a new term restarts the
@@ -56,10 +82,11 @@ impl BrokerSessions {
         }
     }
 
-    /// Brokers heard from within `timeout`, counting the grace period as a heartbeat.
+    /// Brokers whose registered process (id, incarnation) was heard from within `timeout`,
+    /// counting the grace period as a heartbeat.
     pub fn live(
         &self,
-        brokers: impl IntoIterator<Item = BrokerId>,
+        brokers: impl IntoIterator<Item = (BrokerId, u64)>,
         timeout: Duration,
         now: Instant,
     ) -> BTreeSet<BrokerId> {
@@ -71,10 +98,11 @@ impl BrokerSessions {
             .map(|(_, since)| since.checked_sub(timeout / 2).unwrap_or(since));
         brokers
             .into_iter()
-            .filter(|b| {
-                let last = sessions.last_heartbeat.get(b).copied().or(grace);
-                last.is_some_and(|last| now.duration_since(last) <= timeout)
+            .filter(|key| {
+                let last = sessions.last_heartbeat.get(key).copied().or(grace);
+                last.is_some_and(|last| now.saturating_duration_since(last) <= timeout)
             })
+            .map(|(broker, _)| broker)
             .collect()
     }
 
@@ -358,7 +386,7 @@ mod tests {
         let t0 = Instant::now() + Duration::from_secs(5);
         let timeout = Duration::from_secs(1);
         sessions.set_active(Some(5), t0);
-        let brokers = [BrokerId(1), BrokerId(2)];
+        let brokers = [(BrokerId(1), 7), (BrokerId(2), 7)];
         assert_eq!(
             sessions
                 .live(brokers, timeout, t0 + Duration::from_millis(400))
@@ -370,7 +398,7 @@ mod tests {
                 .live(brokers, timeout, t0 + Duration::from_millis(600))
                 .is_empty()
         );
-        sessions.heartbeat(BrokerId(1), t0 + Duration::from_millis(800));
+        sessions.heartbeat(BrokerId(1), 7, t0 + Duration::from_millis(800));
         let later = t0 + Duration::from_millis(1500);
         assert_eq!(sessions.live(brokers, timeout, later), live(&[1]));
         // Same term: no new grace. A new term: grace again for the broker never heard
@@ -382,5 +410,25 @@ mod tests {
         let much_later = later + Duration::from_millis(900);
         sessions.set_active(Some(7), much_later);
         assert_eq!(sessions.live(brokers, timeout, much_later), live(&[2]));
+    }
+
+    #[test]
+    fn only_the_registered_process_keeps_a_broker_alive() {
+        let sessions = BrokerSessions::default();
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(1);
+        // Process 7 is registered; process 8 runs with the same broker id.
+        sessions.heartbeat(BrokerId(1), 8, t0);
+        assert!(sessions.live([(BrokerId(1), 7)], timeout, t0).is_empty());
+        assert_eq!(sessions.heard_within(BrokerId(1), 7, timeout, t0), None);
+        sessions.heartbeat(BrokerId(1), 7, t0);
+        let soon = t0 + Duration::from_millis(300);
+        assert_eq!(sessions.live([(BrokerId(1), 7)], timeout, soon), live(&[1]));
+        assert_eq!(
+            sessions.heard_within(BrokerId(1), 7, timeout, soon),
+            Some(Duration::from_millis(300))
+        );
+        let late = t0 + Duration::from_secs(2);
+        assert_eq!(sessions.heard_within(BrokerId(1), 7, timeout, late), None);
     }
 }

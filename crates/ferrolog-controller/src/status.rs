@@ -29,7 +29,8 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::NotCoordinator
         | ErrorCode::UnknownMemberId
         | ErrorCode::StaleMemberEpoch
-        | ErrorCode::NonEmptyGroup => Code::FailedPrecondition,
+        | ErrorCode::NonEmptyGroup
+        | ErrorCode::DuplicateBrokerId => Code::FailedPrecondition,
         ErrorCode::NotEnoughReplicas | ErrorCode::BrokerShuttingDown => Code::Unavailable,
         ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
         ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,

@@ -470,10 +470,12 @@ impl GroupCoordinator {
     }
 
     /// How long a coordinator that just loaded its groups waits for their members to rejoin
-    /// before handing out partitions nobody reported owning: members find the new
-    /// coordinator within a few heartbeats of the offsets partition's failover.
+    /// before handing out partitions nobody reported owning: one session, the time any
+    /// live member has to reach it (members find the new coordinator only after the
+    /// offsets partition's own failover, and at their own pace). A member not back by then
+    /// would have been expired anyway.
     fn rejoin_hold(&self) -> Duration {
-        (self.config.heartbeat_interval * 3).min(self.config.session_timeout)
+        self.config.session_timeout
     }
 
     /// NOT_LEADER of an offsets partition, told to a group client, is NOT_COORDINATOR.
