@@ -197,3 +197,17 @@ pub fn parse_describe(out: &std::process::Output) -> anyhow::Result<serde_json::
     );
     serde_json::from_str(&stdout(out)).context("describe printed no JSON")
 }
+
+/// (leader, ISR size) of every partition in `ferrolog topic describe --json` output.
+pub fn leaders_and_isr_sizes(describe: &serde_json::Value) -> Option<Vec<(i64, usize)>> {
+    describe["partitions"].as_array().map(|ps| {
+        ps.iter()
+            .map(|p| {
+                (
+                    p["leader"].as_i64().unwrap_or(-1),
+                    p["isr"].as_array().map_or(0, Vec::len),
+                )
+            })
+            .collect()
+    })
+}

@@ -203,16 +203,7 @@ impl ComposeCluster {
             .cli(via, &["topic", "describe", TOPIC, "--json"])
             .ok()?;
         let json: Value = serde_json::from_str(&stdout(&out)).ok()?;
-        json["partitions"].as_array().map(|ps| {
-            ps.iter()
-                .map(|p| {
-                    (
-                        p["leader"].as_i64().unwrap_or(-1),
-                        p["isr"].as_array().map_or(0, Vec::len),
-                    )
-                })
-                .collect()
-        })
+        ferrolog_tests::workload::leaders_and_isr_sizes(&json)
     }
 
     /// Waits until every partition has a live leader and all three replicas in sync, and

@@ -418,16 +418,7 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
         )
         .ok()?;
         let json: Value = serde_json::from_str(&stdout(&out)).ok()?;
-        json["partitions"].as_array().map(|ps| {
-            ps.iter()
-                .map(|p| {
-                    (
-                        p["leader"].as_i64().unwrap_or(-1),
-                        p["isr"].as_array().map_or(0, Vec::len),
-                    )
-                })
-                .collect()
-        })
+        ferrolog_tests::workload::leaders_and_isr_sizes(&json)
     };
     let all_in_sync = |cluster: &Cluster, via: i32| {
         describe(cluster, via)

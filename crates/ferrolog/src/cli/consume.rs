@@ -111,16 +111,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     let config = args.client.config();
     let admin = Admin::connect(config.clone()).await?;
-    let metadata = admin
-        .metadata(&[args.topic.as_str()])
-        .await
-        .with_context(|| format!("look up topic '{}'", args.topic))?;
-    let topic = metadata
-        .topics
-        .iter()
-        .find(|t| t.name == args.topic)
-        .with_context(|| format!("unknown topic '{}'", args.topic))?;
-    let count = topic.partitions.len() as u32;
+    let count = super::partition_count(&admin, &args.topic).await?;
     let partitions: Vec<u32> = match args.partition {
         Some(p) if p < count => vec![p],
         Some(p) => bail!(

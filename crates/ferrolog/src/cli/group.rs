@@ -209,22 +209,14 @@ async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
 
 async fn reset(args: ResetArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(args.client.config()).await?;
-    let metadata = admin
-        .metadata(&[args.topic.as_str()])
-        .await
-        .with_context(|| format!("look up topic '{}'", args.topic))?;
-    let topic = metadata
-        .topics
-        .iter()
-        .find(|t| t.name == args.topic)
-        .with_context(|| format!("unknown topic '{}'", args.topic))?;
+    let partitions = super::partition_count(&admin, &args.topic).await?;
     let timestamp = args
         .to_datetime
         .as_deref()
         .map(parse_datetime_ms)
         .transpose()?;
     let mut offsets = Vec::new();
-    for partition in 0..topic.partitions.len() as u32 {
+    for partition in 0..partitions {
         let earliest = admin
             .list_offsets(&args.topic, partition, OffsetQuery::Earliest)
             .await?

@@ -10,8 +10,9 @@ pub mod partition;
 pub mod produce;
 pub mod topic;
 
+use anyhow::Context;
 use clap::Args;
-use ferrolog_client::{Acks, ClientConfig};
+use ferrolog_client::{Acks, Admin, ClientConfig};
 
 /// How to reach the cluster; shared by every client command.
 #[derive(Debug, Clone, Args)]
@@ -40,4 +41,18 @@ pub fn parse_acks(value: &str) -> Result<Acks, String> {
         "all" | "-1" => Ok(Acks::All),
         other => Err(format!("'{other}' is not one of 0, 1, all")),
     }
+}
+
+/// The number of partitions of `topic`, with an error naming it when it does not exist.
+pub async fn partition_count(admin: &Admin, topic: &str) -> anyhow::Result<u32> {
+    let metadata = admin
+        .metadata(&[topic])
+        .await
+        .with_context(|| format!("look up topic '{topic}'"))?;
+    let found = metadata
+        .topics
+        .iter()
+        .find(|t| t.name == topic)
+        .with_context(|| format!("unknown topic '{topic}'"))?;
+    Ok(found.partitions.len() as u32)
 }

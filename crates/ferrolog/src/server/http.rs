@@ -125,9 +125,8 @@ impl Readiness {
                         .join(", ")
                 ));
             }
-            // Not also "its partitions reflect the image" (Broker::wait_reconciled): the
-            // reconciled index can be left behind the image by two reconciles that finish
-            // out of order, and on an idle cluster nothing would move it on again.
+            // Being back in every ISR already shows the partitions are open and followed;
+            // waiting for the local reconcile as well would add nothing.
             summary.push_str(&format!(
                 "; broker registered and in sync, image at metadata record {}",
                 image.applied_index
