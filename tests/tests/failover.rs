@@ -26,14 +26,7 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Leader, leader epoch and ISR of partition 0, as node `via` describes it.
 fn partition_state(cluster: &Cluster, via: i32) -> anyhow::Result<(i64, i64, Vec<i64>)> {
-    let out = run_cli_within(
-        cluster.address(via),
-        &["topic", "describe", TOPIC, "--json"],
-        None,
-        CLI_LIMIT,
-    )?;
-    ensure!(out.status.success(), "describe via node {via} failed");
-    let json: Value = serde_json::from_str(&stdout(&out)).context("describe JSON")?;
+    let json = cluster.describe(via, TOPIC)?;
     let p = &json["partitions"][0];
     let isr = p["isr"]
         .as_array()

@@ -24,6 +24,8 @@ const TOPIC: &str = "events";
 const GROUP: &str = "billing";
 const PARTITIONS: u32 = 4;
 const DEADLINE: Duration = Duration::from_secs(40);
+/// How long the third member reads before it is SIGKILLed.
+const THIRD_MEMBER_RUNS_FOR: Duration = Duration::from_secs(2);
 /// Short group timings keep the test quick; the defaults are 10 s and 1 s.
 const SERVER_ARGS: &[&str] = &[
     "--offsets-topic-partitions",
@@ -241,7 +243,9 @@ fn a_group_shares_partitions_moves_only_what_it_must_and_reads_everything_at_lea
         a.assignment(),
         b.assignment()
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Let the third member read (and not yet commit: it commits every 5 s) before it dies,
+    // so its uncommitted window is not empty.
+    std::thread::sleep(THIRD_MEMBER_RUNS_FOR);
 
     // The third member is SIGKILLed: after the session timeout its partition returns.
     c.kill().context("SIGKILL the third member")?;

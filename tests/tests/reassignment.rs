@@ -61,7 +61,7 @@ fn a_partition_moves_to_a_new_broker_under_load_without_losing_a_record() -> any
         .map(|id| cluster.address(id).to_owned())
         .collect();
     let workload = Workload::start(brokers, TOPIC, 1);
-    std::thread::sleep(Duration::from_secs(1));
+    let before_move = workload.wait_progress(0, 100, DEADLINE, "before the move")?;
 
     // The leader leaves: the move must hand leadership over as well as data.
     let mut target: Vec<i64> = vec![i64::from(new_broker)];
@@ -92,7 +92,7 @@ fn a_partition_moves_to_a_new_broker_under_load_without_losing_a_record() -> any
     )?;
     eprintln!("reassign: {}{}", stdout(&out), stderr(&out));
     assert_ok(&out);
-    std::thread::sleep(Duration::from_secs(1));
+    workload.wait_progress(before_move, 100, DEADLINE, "after the move")?;
     let Outcome { acks, failed } = workload.stop()?;
 
     let after = cluster.describe(1, TOPIC)?;

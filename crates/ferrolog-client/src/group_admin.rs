@@ -17,11 +17,10 @@ impl Admin {
     /// Every group of the cluster, from every broker's coordinator.
     #[tracing::instrument(skip(self))]
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
-        self.cluster().invalidate();
-        self.metadata(&[]).await?;
+        let brokers = self.metadata(&[]).await?.brokers;
         let timeout = self.cluster().config().request_timeout();
         let mut groups = Vec::new();
-        for address in self.cluster().broker_addresses() {
+        for address in brokers.into_iter().map(|b| b.address) {
             let channel = self.cluster().channel(&address)?;
             let answer = call(
                 &address,

@@ -108,11 +108,6 @@ impl Cluster {
         self.inner.connections.channel(address)
     }
 
-    /// Addresses of every broker in the cached metadata.
-    pub(crate) fn broker_addresses(&self) -> Vec<String> {
-        self.read_cache().brokers.values().cloned().collect()
-    }
-
     /// Marks the cache stale: the next leader lookup refreshes it first.
     pub(crate) fn invalidate(&self) {
         self.write_cache().stale = true;

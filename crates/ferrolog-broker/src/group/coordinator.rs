@@ -616,7 +616,7 @@ fn from_wire(partitions: &[v1::TopicPartitions]) -> BTreeSet<TopicPartition> {
         .collect()
 }
 
-pub(crate) fn to_wire(partitions: &BTreeSet<TopicPartition>) -> Vec<v1::TopicPartitions> {
+fn to_wire(partitions: &BTreeSet<TopicPartition>) -> Vec<v1::TopicPartitions> {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for tp in partitions {
         by_topic
