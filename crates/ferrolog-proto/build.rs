@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptor)
         .bytes(".ferrolog.v1.ProduceRequest.record_batch")
         .bytes(".ferrolog.v1.FetchResponse.record_batches")
-        .bytes(".ferrolog.v1.ReplicaFetchResponse.record_batches")
+        .bytes(".ferrolog.v1.ReplicaFetchPartitionData.record_batches")
         .bytes(".ferrolog.v1.Record")
         .bytes(".ferrolog.v1.RecordHeader")
         .compile_protos(&files, &[root])?;

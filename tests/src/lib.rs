@@ -342,6 +342,50 @@ pub fn wait_until<T>(
     }
 }
 
+/// `GET path` on an HTTP/1.0 endpoint (a node's `/metrics`, `/ready`): the status code and
+/// the body. Bounded: 2 s to connect, 5 s to answer.
+pub fn http_get(address: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::Read;
+    let socket: std::net::SocketAddr = address
+        .parse()
+        .with_context(|| format!("HTTP address {address}"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(2))
+        .with_context(|| format!("connect {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")
+        .with_context(|| format!("send to {address}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .with_context(|| format!("read from {address}"))?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("{address} answered no HTTP status line"))?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_owned()))
+}
+
+/// The sum of every sample of `metric` whose labels include all of `labels` (each written
+/// as in the exposition, `rpc="replica_fetch"`), in Prometheus text from `/metrics`.
+pub fn metric_sum(exposition: &str, metric: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(metric)?;
+            let (label_set, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let wanted = labels
+                .iter()
+                .all(|l| label_set.split(',').any(|have| have == *l));
+            wanted.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// Ports handed out by [`free_ports`] in this process, never handed out twice.
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 

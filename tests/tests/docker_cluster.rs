@@ -15,8 +15,6 @@
 //! `FERROLOG_TEST_SUBNET_PREFIX` (three octets) picks the cluster's /24 when the default
 //! one, derived from the process id, collides with a network on the host.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -26,7 +24,7 @@ use anyhow::{Context, bail, ensure};
 use ferrolog_client::ClientConfig;
 use ferrolog_tests::history;
 use ferrolog_tests::workload::{Outcome, Workload, read_all};
-use ferrolog_tests::{init_logging, run_cli_within, stdout, wait_until};
+use ferrolog_tests::{http_get, init_logging, run_cli_within, stdout, wait_until};
 use serde_json::Value;
 
 const TOPIC: &str = "docker-faults";
@@ -170,26 +168,10 @@ impl ComposeCluster {
     /// `GET /ready` on the node's HTTP port: `Ok(body)` on 200, `Err(reason)` otherwise.
     fn ready(&self, node: i32) -> Result<String, String> {
         let address = format!("{}:9280", self.ip(node));
-        let socket: std::net::SocketAddr =
-            address.parse().map_err(|e| format!("{address}: {e}"))?;
-        let mut stream = TcpStream::connect_timeout(&socket, Duration::from_secs(2))
-            .map_err(|e| format!("connect {address}: {e}"))?;
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        write!(stream, "GET /ready HTTP/1.0\r\nHost: {address}\r\n\r\n")
-            .map_err(|e| format!("send to {address}: {e}"))?;
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .map_err(|e| format!("read from {address}: {e}"))?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .trim()
-            .to_owned();
-        if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
-            Ok(body)
-        } else {
-            Err(body)
+        match http_get(&address, "/ready") {
+            Ok((200, body)) => Ok(body.trim().to_owned()),
+            Ok((_, body)) => Err(body.trim().to_owned()),
+            Err(error) => Err(format!("{error:#}")),
         }
     }
 

@@ -26,7 +26,8 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use ferrolog_client::{Acks, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use ferrolog_tests::{
-    Cluster, assert_ok, init_logging, run_cli_within, stderr, stdout, wait_until,
+    Cluster, assert_ok, http_get, init_logging, metric_sum, run_cli_within, stderr, stdout,
+    wait_until,
 };
 use serde_json::Value;
 
@@ -1241,5 +1242,94 @@ fn a_restarted_follower_keeps_acknowledged_records_above_its_stale_high_watermar
         "the new leader must hold every acknowledged record: {state:?}"
     );
     ensure_leader_holds_exactly(&cluster, b, TOPIC, &records, "never-written")?;
+    Ok(())
+}
+
+/// Followers fetch per leader, not per partition (Kafka's replica fetchers): one request
+/// carries every partition a broker follows on a leader, and long-polls on all of them.
+/// Twelve idle partitions on three brokers are then six follower-leader pairs, each
+/// sending about one request per 500 ms long poll, where one fetcher per partition would
+/// send twenty-four. The bound below counts requests; a slower machine sends fewer.
+#[test]
+fn an_idle_cluster_sends_one_replica_fetch_per_leader_not_per_partition() -> anyhow::Result<()> {
+    init_logging();
+    const TOPIC: &str = "idle";
+    const PARTITIONS: u32 = 12;
+    const LONG_POLL: Duration = Duration::from_millis(500);
+    const WINDOW: Duration = Duration::from_secs(5);
+    let cluster = Cluster::start(3, &[])?;
+    let controller = cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    cluster.create_topic(controller, TOPIC, PARTITIONS, 3)?;
+    wait_until(
+        "every partition led and fully in sync",
+        ISR_DEADLINE,
+        || {
+            let described = cluster.describe(controller, TOPIC).ok()?;
+            let partitions = ferrolog_tests::workload::leaders_and_isr_sizes(&described)?;
+            (partitions.len() == PARTITIONS as usize
+                && partitions
+                    .iter()
+                    .all(|(leader, isr)| *leader > 0 && *isr == 3))
+            .then_some(())
+        },
+    )?;
+    let leaders = {
+        let described = cluster.describe(controller, TOPIC)?;
+        let partitions = ferrolog_tests::workload::leaders_and_isr_sizes(&described)
+            .context("describe lists no partitions")?;
+        partitions
+            .iter()
+            .map(|(leader, _)| *leader)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    ensure!(
+        leaders.len() == 3,
+        "every broker should lead some partitions: {leaders:?}"
+    );
+    // Answered replica fetches, counted by each leader.
+    let replica_fetches = |id: i32| -> anyhow::Result<f64> {
+        let (status, body) = http_get(&cluster.node(id).http_address, "/metrics")?;
+        ensure!(status == 200, "GET /metrics on node {id}: {status}");
+        Ok(metric_sum(
+            &body,
+            "ferrolog_requests_total",
+            &[r#"rpc="replica_fetch""#],
+        ))
+    };
+    // Replicas that just opened may still be joining their fetchers: let them settle.
+    std::thread::sleep(2 * LONG_POLL);
+    let before = cluster
+        .ids()
+        .into_iter()
+        .map(replica_fetches)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    std::thread::sleep(WINDOW);
+    let after = cluster
+        .ids()
+        .into_iter()
+        .map(replica_fetches)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let elapsed = started.elapsed();
+    let sent: f64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let pairs = 3.0 * 2.0;
+    let polls = elapsed.as_secs_f64() / LONG_POLL.as_secs_f64();
+    tracing::info!(
+        "{sent} replica fetches in {elapsed:?} from {pairs} follower-leader pairs \
+         ({:.2} per pair per long poll)",
+        sent / pairs / polls
+    );
+    ensure!(
+        sent > 0.0,
+        "no replica fetch at all: the followers are not following"
+    );
+    // One per pair per poll, with a little room for the polls cut by the window's edges.
+    let bound = pairs * (polls + 2.0);
+    ensure!(
+        sent <= bound,
+        "{sent} replica fetches in {elapsed:?}: more than one per follower-leader pair per \
+         long poll (bound {bound}); one fetcher per partition would send about {}",
+        f64::from(PARTITIONS) * 2.0 * polls
+    );
     Ok(())
 }

@@ -1,50 +1,132 @@
-//! The follower side of replication: one task per followed partition pulls batches from
-//! the leader, truncates a divergent suffix when the leader says where its log stops
-//! agreeing, and has what it appends fsynced by the partition's group-commit flusher while
-//! it fetches on. Each fetch reports both where its log ends (what to send next) and where
-//! its fsynced log ends (what the leader counts towards the high watermark).
+//! The follower side of replication. A broker runs one fetcher per leader it follows
+//! partitions of (Kafka's replica fetcher): each request carries all of those partitions,
+//! so a follower sends one request per leader however many partitions it follows there,
+//! and an idle cluster sends about one request per follower-leader pair per long poll.
+//!
+//! Per partition, the fetcher truncates a divergent suffix when the leader says where its
+//! log stops agreeing, restarts behind the leader's log start, and appends the batches it
+//! gets; the partition's group-commit flusher fsyncs them while the fetcher fetches on.
+//! Each request reports both where a log ends (what to send next) and where its fsynced
+//! log ends (what the leader counts towards the high watermark).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use ferrolog_log::Offset;
 use ferrolog_metadata::BrokerId;
 use ferrolog_proto::v1::replication_service_client::ReplicationServiceClient;
 use ferrolog_proto::v1::{self, ErrorCode};
+use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use crate::partition::{FollowerAssignment, Partition};
 
 /// How long a leader may hold a replica fetch when it has nothing new: bounds the traffic
-/// of an idle cluster to about one request per followed partition per wait.
+/// of an idle cluster to about one request per follower-leader pair per wait.
 pub const REPLICA_FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
-/// Bytes per replica fetch.
-const REPLICA_FETCH_MAX_BYTES: u32 = 8 * 1024 * 1024;
+/// Bytes of batches per partition per fetch.
+const PARTITION_FETCH_MAX_BYTES: u32 = 8 * 1024 * 1024;
+/// Bytes of batches per fetch over all its partitions. The leader may go one batch over
+/// (the batch that starts a partition's answer is always whole).
+const FETCH_MAX_BYTES: u32 = 16 * 1024 * 1024;
 /// Longest a follower waits for its own fsync before fetching again anyway.
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
 /// Pause after an error before fetching again (the leader may be down or changing).
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
-/// What every fetcher of this broker shares: the brokers' addresses (from the image) and
-/// one channel per leader.
-pub struct ReplicationContext {
-    pub me: BrokerId,
+/// This broker's replica fetchers, one per leader, with the brokers' addresses (from the
+/// image) and one channel per leader.
+pub struct ReplicaFetchers {
+    me: BrokerId,
     addresses: RwLock<HashMap<BrokerId, String>>,
     channels: Mutex<HashMap<String, Channel>>,
+    fetchers: Mutex<HashMap<BrokerId, Arc<LeaderFetcher>>>,
 }
 
-impl ReplicationContext {
+/// The partitions this broker follows on one leader.
+struct LeaderFetcher {
+    leader: BrokerId,
+    followed: Mutex<Vec<Followed>>,
+    /// Wakes the fetcher when a partition joins, so the partition does not wait out a long
+    /// poll before its first fetch.
+    joined: Notify,
+}
+
+struct Followed {
+    partition: Arc<Partition>,
+    assignment: FollowerAssignment,
+    /// After an error, the partition sits out of requests until then.
+    retry_at: Option<Instant>,
+}
+
+/// A followed partition as one request asks for it.
+struct Asked {
+    partition: Arc<Partition>,
+    assignment: FollowerAssignment,
+    fetch_offset: Offset,
+    last_fetched_epoch: i32,
+    durable: Offset,
+}
+
+/// What a fetcher does next.
+enum Next {
+    Fetch(Vec<Asked>),
+    /// Every partition is backing off after an error.
+    WaitUntil(Instant),
+    /// It follows nothing any more (it was removed from the fetchers).
+    Stop,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ReplicaFetchers {
     pub fn new(me: BrokerId) -> Self {
         Self {
             me,
             addresses: RwLock::default(),
             channels: Mutex::default(),
+            fetchers: Mutex::default(),
         }
     }
 
     pub fn set_addresses(&self, addresses: HashMap<BrokerId, String>) {
         *self.addresses.write().unwrap_or_else(|p| p.into_inner()) = addresses;
+    }
+
+    /// Follows the leader of `assignment` for `partition`, until the partition's role
+    /// changes (its generation moves on) or it closes.
+    pub fn follow(self: &Arc<Self>, partition: Arc<Partition>, assignment: FollowerAssignment) {
+        tracing::info!(topic = partition.topic(), partition = %partition.id(),
+            leader = %assignment.leader, leader_epoch = assignment.leader_epoch,
+            "following the leader");
+        let mut fetchers = lock(&self.fetchers);
+        let mut started = None;
+        let fetcher = fetchers.entry(assignment.leader).or_insert_with(|| {
+            let fetcher = Arc::new(LeaderFetcher {
+                leader: assignment.leader,
+                followed: Mutex::default(),
+                joined: Notify::new(),
+            });
+            started = Some(Arc::clone(&fetcher));
+            fetcher
+        });
+        {
+            let mut followed = lock(&fetcher.followed);
+            followed.retain(|f| !Arc::ptr_eq(&f.partition, &partition));
+            followed.push(Followed {
+                partition,
+                assignment,
+                retry_at: None,
+            });
+        }
+        fetcher.joined.notify_one();
+        drop(fetchers);
+        if let Some(fetcher) = started {
+            tokio::spawn(Arc::clone(self).run(fetcher));
+        }
     }
 
     fn client(&self, broker: BrokerId) -> Option<ReplicationServiceClient<Channel>> {
@@ -54,7 +136,7 @@ impl ReplicationContext {
             .unwrap_or_else(|p| p.into_inner())
             .get(&broker)
             .cloned()?;
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = lock(&self.channels);
         let channel = match channels.get(&address) {
             Some(channel) => channel.clone(),
             None => {
@@ -64,94 +146,210 @@ impl ReplicationContext {
                     .tcp_nodelay(true)
                     // A fetch response of megabytes must not trickle through HTTP/2's
                     // default 64 KiB window, a round trip per window.
-                    .initial_stream_window_size(REPLICA_FETCH_MAX_BYTES * 2)
-                    .initial_connection_window_size(REPLICA_FETCH_MAX_BYTES * 4)
+                    .initial_stream_window_size(FETCH_MAX_BYTES)
+                    .initial_connection_window_size(FETCH_MAX_BYTES * 2)
                     .connect_lazy();
                 channels.insert(address, channel.clone());
                 channel
             }
         };
         Some(
-            ReplicationServiceClient::new(channel)
-                .max_decoding_message_size(REPLICA_FETCH_MAX_BYTES as usize + 1024 * 1024),
+            ReplicationServiceClient::new(channel).max_decoding_message_size(
+                (FETCH_MAX_BYTES + PARTITION_FETCH_MAX_BYTES) as usize + 1024 * 1024,
+            ),
         )
     }
-}
 
-/// Follows the leader of `assignment` until this replica's role changes or it closes.
-#[tracing::instrument(skip_all, fields(topic = partition.topic(), partition = %partition.id(),
-    leader = %assignment.leader, leader_epoch = assignment.leader_epoch))]
-pub async fn follow(
-    partition: Arc<Partition>,
-    assignment: FollowerAssignment,
-    context: Arc<ReplicationContext>,
-) {
-    tracing::info!("following the leader");
-    while partition.generation() == assignment.generation && !partition.is_closed() {
-        if let Err(reason) = fetch_once(&partition, &assignment, &context).await {
-            tracing::debug!(%reason, "replica fetch failed; retrying");
-            tokio::time::sleep(RETRY_BACKOFF).await;
+    #[tracing::instrument(name = "replica_fetcher", skip_all, fields(leader = %fetcher.leader))]
+    async fn run(self: Arc<Self>, fetcher: Arc<LeaderFetcher>) {
+        tracing::info!("replica fetcher started");
+        let mut rotation = 0usize;
+        loop {
+            let asked = match self.next(&fetcher, rotation) {
+                Next::Fetch(asked) => asked,
+                Next::WaitUntil(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        () = fetcher.joined.notified() => {}
+                    }
+                    continue;
+                }
+                Next::Stop => break,
+            };
+            // Rotating where a request starts shares the byte budget among busy partitions.
+            rotation = rotation.wrapping_add(1);
+            let joined = fetcher.joined.notified();
+            tokio::pin!(joined);
+            let round = async {
+                match self.fetch(&fetcher, &asked).await {
+                    Ok(()) => {}
+                    Err(reason) => {
+                        tracing::debug!(%reason, "replica fetch failed; retrying");
+                        tokio::time::sleep(RETRY_BACKOFF).await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = round => {}
+                // A partition joined: ask again at once, for it too.
+                () = &mut joined => {}
+            }
         }
+        tracing::info!("replica fetcher stopped");
     }
-    tracing::info!("stopped following");
+
+    /// The partitions to ask for now, dropping those whose role changed since they joined.
+    fn next(&self, fetcher: &Arc<LeaderFetcher>, rotation: usize) -> Next {
+        // Lock order: the fetchers, then one fetcher's partitions (as in `follow`), so no
+        // partition can join a fetcher that has just decided to stop.
+        let mut fetchers = lock(&self.fetchers);
+        let mut followed = lock(&fetcher.followed);
+        followed.retain(|f| {
+            f.partition.generation() == f.assignment.generation && !f.partition.is_closed()
+        });
+        if followed.is_empty() {
+            if fetchers
+                .get(&fetcher.leader)
+                .is_some_and(|f| Arc::ptr_eq(f, fetcher))
+            {
+                fetchers.remove(&fetcher.leader);
+            }
+            return Next::Stop;
+        }
+        drop(fetchers);
+        let now = Instant::now();
+        let mut asked: Vec<Asked> = followed
+            .iter()
+            .filter(|f| f.retry_at.is_none_or(|at| at <= now))
+            .map(|f| {
+                let (fetch_offset, last_fetched_epoch) = f.partition.follower_position();
+                Asked {
+                    partition: Arc::clone(&f.partition),
+                    assignment: f.assignment,
+                    fetch_offset,
+                    last_fetched_epoch,
+                    durable: f.partition.durable_offset(),
+                }
+            })
+            .collect();
+        if asked.is_empty() {
+            let at = followed.iter().filter_map(|f| f.retry_at).min();
+            return Next::WaitUntil(at.unwrap_or(now + RETRY_BACKOFF));
+        }
+        let len = asked.len();
+        asked.rotate_left(rotation % len);
+        Next::Fetch(asked)
+    }
+
+    /// One request to the leader for `asked`, and what follows from its answer.
+    async fn fetch(&self, fetcher: &LeaderFetcher, asked: &[Asked]) -> Result<(), String> {
+        let mut client = self
+            .client(fetcher.leader)
+            .ok_or_else(|| format!("no address known for broker {}", fetcher.leader))?;
+        // While an fsync is pending, ask without waiting: the leader learns the durable end
+        // from the request after it, which must not sit in a long poll meanwhile.
+        let fsync_pending = asked.iter().any(|a| a.durable < a.fetch_offset);
+        let max_wait = if fsync_pending {
+            Duration::ZERO
+        } else {
+            REPLICA_FETCH_MAX_WAIT
+        };
+        let mut request = tonic::Request::new(v1::ReplicaFetchRequest {
+            replica_id: self.me.0,
+            max_wait_ms: max_wait.as_millis() as u32,
+            max_bytes: FETCH_MAX_BYTES,
+            partitions: asked
+                .iter()
+                .map(|a| v1::ReplicaFetchPartition {
+                    topic: a.partition.topic().to_owned(),
+                    partition: a.partition.id().0 as i32,
+                    leader_epoch: a.assignment.leader_epoch,
+                    fetch_offset: a.fetch_offset.0,
+                    last_fetched_epoch: a.last_fetched_epoch,
+                    durable_offset: a.durable.0,
+                    max_bytes: PARTITION_FETCH_MAX_BYTES,
+                })
+                .collect(),
+        });
+        request.set_timeout(REPLICA_FETCH_MAX_WAIT + Duration::from_secs(5));
+        let response = client
+            .replica_fetch(request)
+            .await
+            .map_err(|status| status.message().to_owned())?
+            .into_inner();
+        if response.partitions.len() != asked.len() {
+            return Err(format!(
+                "the leader answered for {} partitions, asked {}",
+                response.partitions.len(),
+                asked.len()
+            ));
+        }
+        let mut moved = false;
+        let mut failed = Vec::new();
+        for (a, data) in asked.iter().zip(response.partitions) {
+            match apply(a, data) {
+                Ok(progress) => moved |= progress,
+                Err(reason) => {
+                    tracing::debug!(topic = a.partition.topic(), partition = %a.partition.id(),
+                        %reason, "partition fetch failed; retrying it");
+                    failed.push(Arc::clone(&a.partition));
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let retry_at = Instant::now() + RETRY_BACKOFF;
+            for f in lock(&fetcher.followed).iter_mut() {
+                if failed.iter().any(|p| Arc::ptr_eq(p, &f.partition)) {
+                    f.retry_at = Some(retry_at);
+                }
+            }
+        }
+        if !moved && fsync_pending {
+            // Nothing new: the next request is worth sending once the fsyncs are done.
+            let deadline = tokio::time::Instant::now() + DURABLE_WAIT;
+            let _ = tokio::time::timeout_at(deadline, async {
+                for a in asked.iter().filter(|a| a.durable < a.fetch_offset) {
+                    a.partition.wait_durable(a.fetch_offset, DURABLE_WAIT).await;
+                }
+            })
+            .await;
+        }
+        Ok(())
+    }
 }
 
-async fn fetch_once(
-    partition: &Partition,
-    assignment: &FollowerAssignment,
-    context: &ReplicationContext,
-) -> Result<(), String> {
-    let mut client = context
-        .client(assignment.leader)
-        .ok_or_else(|| format!("no address known for broker {}", assignment.leader))?;
-    let (fetch_offset, last_fetched_epoch) = partition.follower_position();
-    let durable = partition.durable_offset();
-    // While an fsync is pending, ask without waiting: the leader learns the durable end
-    // from the fetch after it, which must not sit in a long poll meanwhile.
-    let max_wait = if durable < fetch_offset {
-        Duration::ZERO
-    } else {
-        REPLICA_FETCH_MAX_WAIT
-    };
-    let mut request = tonic::Request::new(v1::ReplicaFetchRequest {
-        topic: partition.topic().to_owned(),
-        partition: partition.id().0 as i32,
-        replica_id: context.me.0,
-        leader_epoch: assignment.leader_epoch,
-        fetch_offset: fetch_offset.0,
-        durable_offset: durable.0,
-        last_fetched_epoch,
-        max_bytes: REPLICA_FETCH_MAX_BYTES,
-        max_wait_ms: max_wait.as_millis() as u32,
-    });
-    request.set_timeout(REPLICA_FETCH_MAX_WAIT + Duration::from_secs(5));
-    let response = client
-        .replica_fetch(request)
-        .await
-        .map_err(|status| status.message().to_owned())?
-        .into_inner();
-    if response.error_code == ErrorCode::OffsetOutOfRange as i32
-        && fetch_offset.0 < response.log_start_offset
+/// Acts on one partition's answer. Returns whether its log changed (then the next request
+/// should go out at once).
+fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<bool, String> {
+    let partition = &asked.partition;
+    let generation = asked.assignment.generation;
+    let fetch_offset = asked.fetch_offset;
+    if data.error_code == ErrorCode::OffsetOutOfRange as i32
+        && fetch_offset.0 < data.log_start_offset
     {
         // Retention deleted what this replica lacks (a new replica of an old partition,
         // or one down for longer than the retention): start over at the leader's start.
-        tracing::warn!(fetch_offset = %fetch_offset, leader_log_start = response.log_start_offset,
+        tracing::warn!(topic = partition.topic(), partition = %partition.id(),
+            fetch_offset = %fetch_offset, leader_log_start = data.log_start_offset,
             "behind the leader's log start; restarting the log there");
         return partition
-            .restart_at(Offset(response.log_start_offset), assignment.generation)
+            .restart_at(Offset(data.log_start_offset), generation)
+            .map(|()| true)
             .map_err(|e| e.to_string());
     }
-    if response.error_code != ErrorCode::Unspecified as i32 {
-        return Err(response.error_message);
+    if data.error_code != ErrorCode::Unspecified as i32 {
+        return Err(data.error_message);
     }
-    if let Some(diverging) = response.diverging_epoch {
-        if diverging.epoch < 0 && fetch_offset.0 < response.log_start_offset {
+    if let Some(diverging) = data.diverging_epoch {
+        if diverging.epoch < 0 && fetch_offset.0 < data.log_start_offset {
             // The leader no longer has the epochs this log ends in: retention deleted
             // them, and with them everything this replica lacks. Start over at its start.
-            tracing::warn!(fetch_offset = %fetch_offset, leader_log_start = response.log_start_offset,
+            tracing::warn!(topic = partition.topic(), partition = %partition.id(),
+                fetch_offset = %fetch_offset, leader_log_start = data.log_start_offset,
                 "the leader's log starts after this one ends; restarting the log there");
             return partition
-                .restart_at(Offset(response.log_start_offset), assignment.generation)
+                .restart_at(Offset(data.log_start_offset), generation)
+                .map(|()| true)
                 .map_err(|e| e.to_string());
         }
         // Never below what this log itself says the diverging epoch covers.
@@ -159,27 +357,22 @@ async fn fetch_once(
             .end_offset_for_epoch(diverging.epoch)
             .unwrap_or(Offset(diverging.end_offset));
         let target = Offset(diverging.end_offset).min(own_end);
-        tracing::warn!(fetch_offset = %fetch_offset, last_fetched_epoch,
-            leader_epoch_end = diverging.end_offset, epoch = diverging.epoch, truncate_to = %target,
-            "log diverges from the leader's");
+        tracing::warn!(topic = partition.topic(), partition = %partition.id(),
+            fetch_offset = %fetch_offset, last_fetched_epoch = asked.last_fetched_epoch,
+            leader_epoch_end = diverging.end_offset, epoch = diverging.epoch,
+            truncate_to = %target, "log diverges from the leader's");
         return partition
-            .truncate_to(target, assignment.generation)
+            .truncate_to(target, generation)
+            .map(|()| true)
             .map_err(|e| e.to_string());
     }
-    let high_watermark = Offset(response.high_watermark);
-    if response.record_batches.is_empty() {
+    let high_watermark = Offset(data.high_watermark);
+    if data.record_batches.is_empty() {
         partition.learn_high_watermark(high_watermark);
-        if durable < fetch_offset {
-            // Nothing new: the next fetch is worth sending once the fsync is done.
-            partition.wait_durable(fetch_offset, DURABLE_WAIT).await;
-        }
-        return Ok(());
+        return Ok(false);
     }
     partition
-        .append_from_leader(
-            &response.record_batches,
-            high_watermark,
-            assignment.generation,
-        )
+        .append_from_leader(&data.record_batches, high_watermark, generation)
+        .map(|()| true)
         .map_err(|e| e.to_string())
 }

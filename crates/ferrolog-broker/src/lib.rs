@@ -18,5 +18,5 @@ pub mod service;
 pub use broker::{Broker, BrokerConfig};
 pub use error::BrokerError;
 pub use metrics::BrokerMetrics;
-pub use partition::{FetchOutcome, FollowerAssignment, Partition, Progress, ReplicaFetchOutcome};
+pub use partition::{Divergence, FetchOutcome, FollowerAssignment, Partition, Progress};
 pub use partition_manager::{PartitionManager, StorageSettings};

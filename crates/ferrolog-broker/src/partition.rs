@@ -46,16 +46,12 @@ pub struct FollowerAssignment {
     pub generation: u64,
 }
 
-/// A replica fetch as the leader answers it.
-#[derive(Debug)]
-pub enum ReplicaFetchOutcome {
-    Records {
-        read: ReadResult,
-        high_watermark: Offset,
-    },
-    /// The follower's log stops agreeing with ours at `end_offset` (the end of `epoch`
-    /// here): it must truncate there.
-    Diverging { epoch: i32, end_offset: Offset },
+/// Where a follower's log stops agreeing with the leader's: the end of `epoch` on the
+/// leader, `end_offset`, to which the follower truncates (KIP-320).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    pub epoch: i32,
+    pub end_offset: Offset,
 }
 
 const OPEN: u8 = 0;
@@ -472,20 +468,17 @@ impl Partition {
         }
     }
 
-    /// Answers a follower's fetch (leader side): checks that the follower's log agrees with
-    /// ours below `fetch_offset`, records its progress (which may move the high watermark),
-    /// and returns the batches after it as they lie on disk, long-polling at the log end.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn replica_fetch(
+    /// Starts answering a follower's fetch (leader side): checks that the follower's log
+    /// agrees with ours below `fetch_offset` and records its progress, which may move the
+    /// high watermark. Returns where the follower must truncate if it does not agree.
+    pub fn begin_replica_fetch(
         &self,
         follower: BrokerId,
         leader_epoch: i32,
         fetch_offset: Offset,
         durable_offset: Offset,
         last_fetched_epoch: i32,
-        max_bytes: u32,
-        max_wait: Duration,
-    ) -> Result<ReplicaFetchOutcome, BrokerError> {
+    ) -> Result<Option<Divergence>, BrokerError> {
         self.check_open()?;
         let state = self.leader_state(Some(leader_epoch))?;
         if !state.replicas.contains(&follower) || follower == self.me {
@@ -494,14 +487,13 @@ impl Partition {
                 self.topic, self.id
             )));
         }
-        let mut appended = self.appended.subscribe();
         {
             let log = self.log_read();
             let leader_end = log.log_end_offset();
             if let Some((epoch, end_offset)) =
                 divergence(&log, fetch_offset, last_fetched_epoch, leader_end)
             {
-                return Ok(ReplicaFetchOutcome::Diverging { epoch, end_offset });
+                return Ok(Some(Divergence { epoch, end_offset }));
             }
             let mut role = self.role();
             match &mut *role {
@@ -518,29 +510,35 @@ impl Partition {
             }
         }
         self.recompute_high_watermark();
-        let deadline = Instant::now() + max_wait;
-        loop {
-            self.check_open()?;
-            appended.borrow_and_update();
-            let read = {
-                let log = self.log_read();
-                let end = log.log_end_offset();
-                log.read(fetch_offset, max_bytes, end)?
-            };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if !read.batches.is_empty() || remaining.is_zero() {
-                return Ok(ReplicaFetchOutcome::Records {
-                    read,
-                    high_watermark: self.high_watermark(),
-                });
-            }
-            if self.leader_state(Some(leader_epoch)).is_err() {
-                return Err(self.not_leader());
-            }
-            // Wakes on an append or a role change; the high watermark the follower learns
-            // may lag by one wait, which only delays what it can serve after a failover.
-            let _ = tokio::time::timeout(remaining, appended.changed()).await;
-        }
+        Ok(None)
+    }
+
+    /// The batches a follower asked for, as they lie on disk, up to our log end (leader
+    /// side, after `begin_replica_fetch`). Empty at the log end: the caller long-polls on
+    /// `subscribe_appended`.
+    pub fn read_for_follower(
+        &self,
+        leader_epoch: i32,
+        fetch_offset: Offset,
+        max_bytes: u32,
+    ) -> Result<FetchOutcome, BrokerError> {
+        self.check_open()?;
+        self.leader_state(Some(leader_epoch))?;
+        let read = {
+            let log = self.log_read();
+            let end = log.log_end_offset();
+            log.read(fetch_offset, max_bytes, end)?
+        };
+        Ok(FetchOutcome {
+            read,
+            high_watermark: self.high_watermark(),
+        })
+    }
+
+    /// Changes on every append and every role change: what a replica fetch parked at the
+    /// log end waits for.
+    pub fn subscribe_appended(&self) -> watch::Receiver<Offset> {
+        self.appended.subscribe()
     }
 
     /// Where this replica's fsynced log ends.

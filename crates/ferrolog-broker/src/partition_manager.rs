@@ -13,7 +13,7 @@ use ferrolog_metadata::{BrokerId, ClusterImage, PartitionId, TopicConfig, TopicI
 use tokio::sync::watch;
 
 use crate::BrokerError;
-use crate::fetcher::{ReplicationContext, follow};
+use crate::fetcher::ReplicaFetchers;
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 
@@ -43,7 +43,7 @@ pub struct PartitionManager {
     image_is_current: std::sync::atomic::AtomicBool,
     metrics: Arc<BrokerMetrics>,
     /// Shared by the fetchers of the partitions this broker follows.
-    replication: Arc<ReplicationContext>,
+    replication: Arc<ReplicaFetchers>,
 }
 
 impl PartitionManager {
@@ -55,7 +55,7 @@ impl PartitionManager {
             reconciled: watch::Sender::new(0),
             image_is_current: std::sync::atomic::AtomicBool::new(false),
             metrics,
-            replication: Arc::new(ReplicationContext::new(node_id)),
+            replication: Arc::new(ReplicaFetchers::new(node_id)),
         }
     }
 
@@ -241,11 +241,7 @@ impl PartitionManager {
         min_insync: usize,
     ) -> Result<(), BrokerError> {
         if let Some(assignment) = partition.apply_assignment(image, min_insync)? {
-            tokio::spawn(follow(
-                Arc::clone(partition),
-                assignment,
-                Arc::clone(&self.replication),
-            ));
+            self.replication.follow(Arc::clone(partition), assignment);
         }
         Ok(())
     }

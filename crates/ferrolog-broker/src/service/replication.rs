@@ -1,15 +1,19 @@
-//! ReplicationService: followers' fetches, answered by the partition leader.
+//! ReplicationService: followers' fetches, answered by the partition leaders on this
+//! broker. One request carries every partition a follower follows here, and it long-polls
+//! on all of them at once: it answers as soon as any has batches or news.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferrolog_log::Offset;
 use ferrolog_metadata::BrokerId;
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::replication_service_server::ReplicationService;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
-use crate::partition::ReplicaFetchOutcome;
+use crate::partition::{Divergence, Partition};
 use crate::{Broker, BrokerError};
 
 /// Longest a replica fetch may be held, whatever it asks.
@@ -21,52 +25,84 @@ pub struct ReplicationApi {
     broker: Arc<Broker>,
 }
 
+/// One partition of a replica fetch while its answer takes shape.
+struct PartitionFetch {
+    asked: v1::ReplicaFetchPartition,
+    /// Where its batches come from, while the answer is still to be read.
+    pending: Option<Arc<Partition>>,
+    /// The answer when it was settled before any read: an error or a divergence.
+    settled: Option<v1::ReplicaFetchPartitionData>,
+}
+
 impl ReplicationApi {
     pub fn new(broker: Arc<Broker>) -> Self {
         Self { broker }
     }
 
-    #[tracing::instrument(name = "replica_fetch", skip_all, fields(topic = %request.topic,
-        partition = request.partition, replica = request.replica_id, offset = request.fetch_offset))]
+    #[tracing::instrument(name = "replica_fetch", skip_all, fields(replica = request.replica_id,
+        partitions = request.partitions.len()))]
     async fn replica_fetch_inner(
         &self,
         request: v1::ReplicaFetchRequest,
-    ) -> Result<v1::ReplicaFetchResponse, BrokerError> {
-        let partition = u32::try_from(request.partition)
-            .ok()
-            .and_then(|p| self.broker.partitions().get(&request.topic, p))
-            .ok_or_else(|| BrokerError::NotLeader {
-                topic: request.topic.clone(),
-                partition: request.partition.max(0) as u32,
-                leader: None,
-            })?;
-        let outcome = partition
-            .replica_fetch(
-                BrokerId(request.replica_id),
-                request.leader_epoch,
-                Offset(request.fetch_offset),
-                Offset(request.durable_offset),
-                request.last_fetched_epoch,
-                request.max_bytes,
-                Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_REPLICA_FETCH_WAIT),
-            )
-            .await?;
-        Ok(match outcome {
-            ReplicaFetchOutcome::Records {
-                read,
-                high_watermark,
-            } => {
-                let metrics = self.broker.metrics();
-                metrics.replicated_bytes.inc_by(read.batches.len() as u64);
-                v1::ReplicaFetchResponse {
-                    high_watermark: high_watermark.0,
-                    log_start_offset: read.log_start_offset.0,
-                    log_end_offset: read.log_end_offset.0,
-                    record_batches: read.batches,
-                    ..Default::default()
-                }
+    ) -> v1::ReplicaFetchResponse {
+        let follower = BrokerId(request.replica_id);
+        let max_wait =
+            Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_REPLICA_FETCH_WAIT);
+        let deadline = Instant::now() + max_wait;
+        let fetches: Vec<PartitionFetch> = request
+            .partitions
+            .into_iter()
+            .map(|asked| self.begin(follower, asked))
+            .collect();
+        // Subscribed before the first read: an append between a read and the wait still
+        // wakes the wait. A role change wakes it too, and the read after it fails.
+        let mut wakers = tokio_stream::StreamMap::new();
+        for (i, fetch) in fetches.iter().enumerate() {
+            if let Some(partition) = &fetch.pending {
+                wakers.insert(i, WatchStream::from_changes(partition.subscribe_appended()));
             }
-            ReplicaFetchOutcome::Diverging { epoch, end_offset } => v1::ReplicaFetchResponse {
+        }
+        loop {
+            let (response, news) = self.read_all(&fetches, request.max_bytes);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if news || remaining.is_zero() {
+                return response;
+            }
+            match tokio::time::timeout(remaining, wakers.next()).await {
+                Ok(Some(_)) => {}
+                // Out of time, or every partition is gone: answer with what there is.
+                Ok(None) | Err(_) => return self.read_all(&fetches, request.max_bytes).0,
+            }
+        }
+    }
+
+    /// Checks one requested partition and records the follower's progress in it.
+    fn begin(&self, follower: BrokerId, asked: v1::ReplicaFetchPartition) -> PartitionFetch {
+        let partition = u32::try_from(asked.partition)
+            .ok()
+            .and_then(|p| self.broker.partitions().get(&asked.topic, p));
+        let Some(partition) = partition else {
+            let error = BrokerError::NotLeader {
+                topic: asked.topic.clone(),
+                partition: asked.partition.max(0) as u32,
+                leader: None,
+            };
+            return PartitionFetch {
+                settled: Some(error_data(&error)),
+                pending: None,
+                asked,
+            };
+        };
+        let begun = partition.begin_replica_fetch(
+            follower,
+            asked.leader_epoch,
+            Offset(asked.fetch_offset),
+            Offset(asked.durable_offset),
+            asked.last_fetched_epoch,
+        );
+        let settled = match begun {
+            Ok(None) => None,
+            Ok(Some(Divergence { epoch, end_offset })) => Some(v1::ReplicaFetchPartitionData {
                 high_watermark: partition.high_watermark().0,
                 log_start_offset: partition.log_start_offset().0,
                 diverging_epoch: Some(v1::DivergingEpoch {
@@ -74,8 +110,93 @@ impl ReplicationApi {
                     end_offset: end_offset.0,
                 }),
                 ..Default::default()
-            },
-        })
+            }),
+            Err(error) => Some(error_data(&error)),
+        };
+        PartitionFetch {
+            pending: settled.is_none().then_some(partition),
+            settled,
+            asked,
+        }
+    }
+
+    /// Reads every pending partition within the request's byte budget. Returns the answer
+    /// and whether it says anything (batches, an error, a divergence) worth sending now.
+    fn read_all(
+        &self,
+        fetches: &[PartitionFetch],
+        max_bytes: u32,
+    ) -> (v1::ReplicaFetchResponse, bool) {
+        let mut budget = max_bytes;
+        let mut news = false;
+        let mut sent_bytes = 0u64;
+        let partitions = fetches
+            .iter()
+            .map(|fetch| {
+                if let Some(settled) = &fetch.settled {
+                    news = true;
+                    return settled.clone();
+                }
+                let Some(partition) = &fetch.pending else {
+                    return v1::ReplicaFetchPartitionData::default();
+                };
+                // Past the budget, a partition waits for the next request; the log's read
+                // still returns one whole batch to the first one that asks (KIP-74).
+                let limit = fetch.asked.max_bytes.min(budget);
+                if limit == 0 {
+                    return v1::ReplicaFetchPartitionData {
+                        high_watermark: partition.high_watermark().0,
+                        ..Default::default()
+                    };
+                }
+                let read = partition.read_for_follower(
+                    fetch.asked.leader_epoch,
+                    Offset(fetch.asked.fetch_offset),
+                    limit,
+                );
+                match read {
+                    Ok(outcome) => {
+                        let bytes = outcome.read.batches.len();
+                        budget = budget.saturating_sub(bytes as u32);
+                        sent_bytes += bytes as u64;
+                        news |= bytes > 0;
+                        v1::ReplicaFetchPartitionData {
+                            high_watermark: outcome.high_watermark.0,
+                            log_start_offset: outcome.read.log_start_offset.0,
+                            log_end_offset: outcome.read.log_end_offset.0,
+                            record_batches: outcome.read.batches,
+                            ..Default::default()
+                        }
+                    }
+                    Err(error) => {
+                        news = true;
+                        error_data(&error)
+                    }
+                }
+            })
+            .collect();
+        if news {
+            self.broker.metrics().replicated_bytes.inc_by(sent_bytes);
+        }
+        (v1::ReplicaFetchResponse { partitions }, news)
+    }
+}
+
+/// A partition's error as the follower acts on it. Errors travel in the answer: an
+/// expected NOT_LEADER during a leader change is not a transport failure, and it concerns
+/// one partition, not the others in the request.
+fn error_data(error: &BrokerError) -> v1::ReplicaFetchPartitionData {
+    v1::ReplicaFetchPartitionData {
+        error_code: error.code() as i32,
+        error_message: error.to_string(),
+        // A follower below our log start restarts there.
+        log_start_offset: match error {
+            BrokerError::Log(ferrolog_log::LogError::OffsetOutOfRange { log_start, .. }) => {
+                log_start.0
+            }
+            _ => 0,
+        },
+        ..Default::default()
     }
 }
 
@@ -85,26 +206,13 @@ impl ReplicationService for ReplicationApi {
         &self,
         request: Request<v1::ReplicaFetchRequest>,
     ) -> Result<Response<v1::ReplicaFetchResponse>, Status> {
-        let result = self.replica_fetch_inner(request.into_inner()).await;
-        let code = result.as_ref().err().map(BrokerError::code);
-        self.broker.metrics().count_request("replica_fetch", code);
-        // Errors travel in the response: a follower acts on the code, and an expected
-        // NOT_LEADER during a leader change is not a transport failure.
-        Ok(Response::new(match result {
-            Ok(response) => response,
-            Err(error) => v1::ReplicaFetchResponse {
-                error_code: error.code() as i32,
-                error_message: error.to_string(),
-                // A follower below our log start restarts there.
-                log_start_offset: match &error {
-                    BrokerError::Log(ferrolog_log::LogError::OffsetOutOfRange {
-                        log_start,
-                        ..
-                    }) => log_start.0,
-                    _ => 0,
-                },
-                ..Default::default()
-            },
-        }))
+        let response = self.replica_fetch_inner(request.into_inner()).await;
+        let error = response
+            .partitions
+            .iter()
+            .find(|p| p.error_code != v1::ErrorCode::Unspecified as i32)
+            .and_then(|p| v1::ErrorCode::try_from(p.error_code).ok());
+        self.broker.metrics().count_request("replica_fetch", error);
+        Ok(Response::new(response))
     }
 }
