@@ -667,6 +667,30 @@ impl Cluster {
             .unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
+    /// Waits until node `id` answers `GET /ready` with 200: its broker is registered by
+    /// this very process (after a restart, by the new one), unfenced and in every ISR it
+    /// belongs to. Fails after `deadline` with the last reason it gave.
+    pub fn wait_ready(&self, id: i32, deadline: Duration) -> anyhow::Result<()> {
+        let address = self.node(id).http_address.clone();
+        let mut last = String::new();
+        wait_until(
+            &format!("node {id} to be ready"),
+            deadline,
+            || match http_get(&address, "/ready") {
+                Ok((200, _)) => Some(()),
+                Ok((_, body)) => {
+                    last = body.trim().to_owned();
+                    None
+                }
+                Err(error) => {
+                    last = format!("{error:#}");
+                    None
+                }
+            },
+        )
+        .with_context(|| format!("last answer: {last}"))
+    }
+
     /// Whether node `id` has a running (possibly paused) process.
     pub fn is_running(&self, id: i32) -> bool {
         self.slot(id).server.is_some()

@@ -1226,6 +1226,10 @@ fn a_restarted_follower_keeps_acknowledged_records_above_its_stale_high_watermar
     cluster.kill(b)?;
     cluster.restart(b)?;
     wait_for_log_end_offsets(&cluster, TOPIC, &[b], end, CATCH_UP_DEADLINE)?;
+    // Until the restarted process's registration commits, the image lists b's previous
+    // process: a controller that takes over in that window (a may be the active one)
+    // fences b, and the leadership would go elsewhere.
+    cluster.wait_ready(b, ISR_DEADLINE)?;
 
     tracing::info!("leader {a} dies at once; {b}, still in the ISR, is elected");
     let epoch = describe_partition(&cluster, b, TOPIC)?.leader_epoch;

@@ -44,6 +44,8 @@ pub struct Broker {
     controller: Arc<Controller>,
     partitions: Arc<PartitionManager>,
     metrics: Arc<BrokerMetrics>,
+    /// This process's incarnation, registered with the controller.
+    incarnation_id: u64,
     shutting_down: AtomicBool,
 }
 
@@ -69,6 +71,7 @@ impl Broker {
             controller,
             partitions,
             metrics,
+            incarnation_id,
             shutting_down: AtomicBool::new(false),
         });
         // Subscribe before the first reconcile so no change committed in between is missed.
@@ -86,6 +89,12 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// Random per process start: the registration in the image that carries it is this
+    /// process's (a restart registers a new one).
+    pub fn incarnation_id(&self) -> u64 {
+        self.incarnation_id
     }
 
     /// The cluster image as this node has applied it.

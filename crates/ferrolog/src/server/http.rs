@@ -95,6 +95,14 @@ impl Readiness {
                         self.node_id
                     ));
                 }
+                // A restarted broker is listed under its previous process until its new
+                // registration commits; a controller failover meanwhile would fence it.
+                Some(b) if b.incarnation_id != broker.incarnation_id() => {
+                    return Err(format!(
+                        "the registration of this process of broker {} is not committed yet",
+                        self.node_id
+                    ));
+                }
                 Some(_) => {}
             }
             // A rolling restart must not take the next node down before this one holds
