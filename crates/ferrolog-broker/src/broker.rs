@@ -213,7 +213,13 @@ impl Broker {
             let id = self.config.node_id;
             let fenced = tokio::time::timeout(
                 self.config.heartbeat_interval * 4,
-                self.controller.broker_heartbeat(id, incarnation_id),
+                // Two intervals per controller: with one paused, the others still hear
+                // from this broker every other interval, well within its session.
+                self.controller.broker_heartbeat(
+                    id,
+                    incarnation_id,
+                    self.config.heartbeat_interval * 2,
+                ),
             )
             .await;
             match fenced {

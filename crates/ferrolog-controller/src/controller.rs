@@ -178,10 +178,13 @@ impl Controller {
 
     /// Sends a broker's heartbeat to every controller (see `broker_heartbeat_here`);
     /// whether it is fenced, as the local image (on a controller) or any controller says.
+    /// Each send gives up after `per_send`: a paused or unreachable controller must not
+    /// hold up the next heartbeat to the others, or the active one fences this broker.
     pub async fn broker_heartbeat(
         &self,
         broker: BrokerId,
         incarnation_id: u64,
+        per_send: Duration,
     ) -> Result<bool, ControllerError> {
         let (local, targets): (Option<bool>, Vec<String>) = match &self.quorum {
             Some(quorum) => (
@@ -201,11 +204,11 @@ impl Controller {
                 broker_id: broker.0,
                 incarnation_id,
             };
-            client
-                .broker_heartbeat(request)
-                .await
-                .map(|r| r.into_inner().fenced)
-                .map_err(|status| format!("{address}: {}", status.message()))
+            match tokio::time::timeout(per_send, client.broker_heartbeat(request)).await {
+                Ok(Ok(response)) => Ok(response.into_inner().fenced),
+                Ok(Err(status)) => Err(format!("{address}: {}", status.message())),
+                Err(_) => Err(format!("{address}: no answer within {per_send:?}")),
+            }
         });
         let answers = futures::future::join_all(sends).await;
         if let Some(fenced) = local {
