@@ -3,7 +3,9 @@
 # replication-factor-3 topic with acks=all beside a replication-factor-1 topic in the same
 # run, 1 KiB records, medians of RUNS alternating runs. All three nodes share this
 # machine's one disk and two cores, so RF=3 pays for three fsynced copies on one disk;
-# on separate machines each copy has its own. README.md's "Performance" section quotes it.
+# on separate machines each copy has its own. The last column is the CPU time the three
+# servers spent per MB produced (RF=3 does the work of three brokers, so about three
+# times RF=1 is the floor). README.md's "Performance" section quotes it.
 #
 #   scripts/bench-replication.sh        # RECORDS=200000 per run, RUNS=3
 #   MAX_IN_FLIGHT=5 scripts/bench-replication.sh   # requests in flight per partition
@@ -22,25 +24,37 @@ source scripts/lib/local-cluster.sh
 start_local_cluster "$BIN" "$DATA"
 sleep 2 # brokers register right after the controller is elected
 
-run() {  # $1 = replication factor, $2 = run; prints "records/s MB/s p50 p99"
+# CPU time (user + system, in clock ticks) of the three server processes so far: what a
+# run costs the brokers, whatever else the machine is doing meanwhile.
+server_ticks() { local p t=0; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+TICKS_PER_S=$(getconf CLK_TCK)
+
+run() {  # $1 = replication factor, $2 = run; prints "records/s MB/s p50 p99 server-CPU-ms-per-MB"
+    local before after
+    before=$(server_ticks)
     "$BIN" bench produce --topic "rf$1-run$2" --replication-factor "$1" --acks all \
         --records "$RECORDS" --record-size 1024 --max-in-flight "$MAX_IN_FLIGHT" \
         --brokers "$brokers" 2>/dev/null |
-        awk '/^throughput:/ {r=$2; m=$4} /^latency:/ {p50=$3; p99=$6} END {print r, m, p50, p99}'
+        awk '/^throughput:/ {r=$2; m=$4} /^latency:/ {p50=$3; p99=$6} END {print r, m, p50, p99}' |
+        { read -r a b c d; after=$(server_ticks)
+          awk -v a="$a" -v b="$b" -v c="$c" -v d="$d" -v t=$((after - before)) -v hz="$TICKS_PER_S" \
+              -v mb="$(awk -v n="$RECORDS" 'BEGIN { print n * 1024 / 1e6 }')" \
+              'BEGIN { printf "%s %s %s %s %.2f\n", a, b, c, d, t * 1000 / hz / mb }'; }
 }
-declare -A rec mb p50 p99
+declare -A rec mb p50 p99 cpu
 for r in $(seq 1 "$RUNS"); do
     for rf in 1 3; do
-        read -r a b c d < <(run "$rf" "$r")
-        echo "run $r RF=$rf: $a records/s, $b MB/s, p50 $c ms, p99 $d ms" >&2
+        read -r a b c d e < <(run "$rf" "$r")
+        echo "run $r RF=$rf: $a records/s, $b MB/s, p50 $c ms, p99 $d ms, servers' CPU $e ms/MB" >&2
         rec[$rf]+="$a"$'\n'; mb[$rf]+="$b"$'\n'; p50[$rf]+="$c"$'\n'; p99[$rf]+="$d"$'\n'
+        cpu[$rf]+="$e"$'\n'
     done
 done
 m() { printf '%s' "$1" | sed '/^$/d' | median; }
 r1=$(m "${rec[1]}"); r3=$(m "${rec[3]}")
 echo
-echo "| 1 KiB records, acks=all, $MAX_IN_FLIGHT in flight, 3 local nodes (median of $RUNS) | records/s | MB/s | p50 ms | p99 ms |"
-echo "|---|---|---|---|---|"
-echo "| replication factor 1 | $r1 | $(m "${mb[1]}") | $(m "${p50[1]}") | $(m "${p99[1]}") |"
-echo "| replication factor 3 | $r3 | $(m "${mb[3]}") | $(m "${p50[3]}") | $(m "${p99[3]}") |"
+echo "| 1 KiB records, acks=all, $MAX_IN_FLIGHT in flight, 3 local nodes (median of $RUNS) | records/s | MB/s | p50 ms | p99 ms | servers' CPU ms/MB |"
+echo "|---|---|---|---|---|---|"
+echo "| replication factor 1 | $r1 | $(m "${mb[1]}") | $(m "${p50[1]}") | $(m "${p99[1]}") | $(m "${cpu[1]}") |"
+echo "| replication factor 3 | $r3 | $(m "${mb[3]}") | $(m "${p50[3]}") | $(m "${p99[3]}") | $(m "${cpu[3]}") |"
 awk -v a="$r3" -v b="$r1" 'BEGIN { printf "\nRF=3 / RF=1 throughput: %.2f\n", a / b }'
