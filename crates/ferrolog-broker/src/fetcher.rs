@@ -27,11 +27,15 @@ use crate::partition::{FollowerAssignment, Partition};
 pub const REPLICA_FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// Bytes of batches per partition per fetch.
 const PARTITION_FETCH_MAX_BYTES: u32 = 8 * 1024 * 1024;
-/// Bytes of batches per fetch over all its partitions. The leader may go one batch over
-/// (the batch that starts a partition's answer is always whole).
+/// Bytes of batches per fetch over all its partitions. The first partition with batches
+/// gets at least one whole batch, however large (KIP-74).
 const FETCH_MAX_BYTES: u32 = 16 * 1024 * 1024;
-/// Longest a follower waits for its own fsync before fetching again anyway.
-const DURABLE_WAIT: Duration = Duration::from_secs(5);
+/// Above the largest batch a broker accepts (its gRPC messages stop at 100 MiB), so a
+/// fetch that carries one can always be decoded.
+const LARGEST_BATCH_BYTES: usize = 128 * 1024 * 1024;
+/// Longest a follower waits for its own fsyncs before fetching again anyway: the
+/// partitions fetched from one leader share the wait.
+const DURABLE_WAIT: Duration = Duration::from_secs(1);
 /// Pause after an error before fetching again (the leader may be down or changing).
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -154,9 +158,8 @@ impl ReplicaFetchers {
             }
         };
         Some(
-            ReplicationServiceClient::new(channel).max_decoding_message_size(
-                (FETCH_MAX_BYTES + PARTITION_FETCH_MAX_BYTES) as usize + 1024 * 1024,
-            ),
+            ReplicationServiceClient::new(channel)
+                .max_decoding_message_size(FETCH_MAX_BYTES as usize + LARGEST_BATCH_BYTES),
         )
     }
 
@@ -204,8 +207,11 @@ impl ReplicaFetchers {
         // partition can join a fetcher that has just decided to stop.
         let mut fetchers = lock(&self.fetchers);
         let mut followed = lock(&fetcher.followed);
+        // A replica whose fsync failed replicates nothing more (its log is offline).
         followed.retain(|f| {
-            f.partition.generation() == f.assignment.generation && !f.partition.is_closed()
+            f.partition.generation() == f.assignment.generation
+                && !f.partition.is_closed()
+                && !f.partition.storage_failed()
         });
         if followed.is_empty() {
             if fetchers
@@ -292,14 +298,18 @@ impl ReplicaFetchers {
                 Err(reason) => {
                     tracing::debug!(topic = a.partition.topic(), partition = %a.partition.id(),
                         %reason, "partition fetch failed; retrying it");
-                    failed.push(Arc::clone(&a.partition));
+                    failed.push((Arc::clone(&a.partition), a.assignment.generation));
                 }
             }
         }
         if !failed.is_empty() {
             let retry_at = Instant::now() + RETRY_BACKOFF;
             for f in lock(&fetcher.followed).iter_mut() {
-                if failed.iter().any(|p| Arc::ptr_eq(p, &f.partition)) {
+                // Only the entry the request was for: one that re-joined since (a new
+                // role) starts afresh.
+                if failed.iter().any(|(p, generation)| {
+                    Arc::ptr_eq(p, &f.partition) && *generation == f.assignment.generation
+                }) {
                     f.retry_at = Some(retry_at);
                 }
             }
@@ -368,7 +378,7 @@ fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<bool, Str
     }
     let high_watermark = Offset(data.high_watermark);
     if data.record_batches.is_empty() {
-        partition.learn_high_watermark(high_watermark);
+        partition.learn_high_watermark(high_watermark, generation);
         return Ok(false);
     }
     partition

@@ -597,9 +597,21 @@ impl Partition {
     }
 
     /// Takes the leader's high watermark when a fetch brought no batches.
-    pub fn learn_high_watermark(&self, leader_high_watermark: Offset) {
-        let end = self.log_end_offset();
+    pub fn learn_high_watermark(&self, leader_high_watermark: Offset, generation: u64) {
+        let log = self.log_read();
+        // Under the log lock, like every follower change: a role change takes it too, so
+        // an answer from a leadership that has ended is never applied.
+        if self.generation() != generation {
+            return;
+        }
+        let end = log.log_end_offset();
+        drop(log);
         self.advance_high_watermark(leader_high_watermark.min(end));
+    }
+
+    /// Whether an fsync failed here: the replica acknowledges and replicates nothing more.
+    pub fn storage_failed(&self) -> bool {
+        self.progress.borrow().storage_failed
     }
 
     /// Removes this follower's divergent suffix: everything at and above `offset`.
@@ -793,6 +805,11 @@ impl Partition {
                     // then not covered and the next round syncs again.
                     if self.log_write().mark_synced(&handle) {
                         self.on_durable(end);
+                    } else {
+                        // What the log holds now is not covered (a follower truncated and
+                        // may have appended again): sync once more rather than wait for
+                        // an append that may not come.
+                        self.dirty.notify_one();
                     }
                 }
                 Ok(Err(error)) => {

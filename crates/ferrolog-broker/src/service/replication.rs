@@ -140,8 +140,8 @@ impl ReplicationApi {
                 let Some(partition) = &fetch.pending else {
                     return v1::ReplicaFetchPartitionData::default();
                 };
-                // Past the budget, a partition waits for the next request; the log's read
-                // still returns one whole batch to the first one that asks (KIP-74).
+                // Past the budget, a partition waits for the next request; the first one
+                // with batches gets at least one whole batch (KIP-74).
                 let limit = fetch.asked.max_bytes.min(budget);
                 if limit == 0 {
                     return v1::ReplicaFetchPartitionData {
@@ -155,6 +155,18 @@ impl ReplicationApi {
                     limit,
                 );
                 match read {
+                    // Only the first partition with batches may go over the budget (by its
+                    // first batch); any other waits for the next request.
+                    Ok(outcome)
+                        if sent_bytes > 0 && outcome.read.batches.len() > limit as usize =>
+                    {
+                        v1::ReplicaFetchPartitionData {
+                            high_watermark: outcome.high_watermark.0,
+                            log_start_offset: outcome.read.log_start_offset.0,
+                            log_end_offset: outcome.read.log_end_offset.0,
+                            ..Default::default()
+                        }
+                    }
                     Ok(outcome) => {
                         let bytes = outcome.read.batches.len();
                         budget = budget.saturating_sub(bytes as u32);
