@@ -613,31 +613,32 @@ fn pausing_a_node_moves_its_own_leaderships_and_no_other() -> anyhow::Result<()>
     let mut cluster = Cluster::start(3, &["--broker-heartbeat-interval-ms", "400"])?;
     let controller = cluster.wait_for_leader(ELECTION_DEADLINE)?;
     cluster.create_topic(controller, TOPIC, PARTITIONS as u32, 3)?;
-    // (leader, leader epoch) of every partition, once each broker leads one, all in sync.
-    let leaders = |cluster: &Cluster, via: i32| -> Option<Vec<(i64, i64)>> {
-        let json = cluster.describe(via, TOPIC).ok()?;
-        let partitions = json["partitions"].as_array()?;
-        let all_in_sync = partitions
-            .iter()
-            .all(|p| p["isr"].as_array().is_some_and(|isr| isr.len() == 3));
-        let leaders: Vec<(i64, i64)> = partitions
+    // (leader, leader epoch) and ISR size of every partition, as the controller node says.
+    let describe = |cluster: &Cluster| -> anyhow::Result<Vec<((i64, i64), usize)>> {
+        let json = cluster.describe(controller, TOPIC)?;
+        let partitions = json["partitions"]
+            .as_array()
+            .context("describe lists no partitions")?;
+        Ok(partitions
             .iter()
             .map(|p| {
                 let leader = p["leader"].as_i64().unwrap_or(-1);
-                (leader, p["leader_epoch"].as_i64().unwrap_or(-1))
+                let epoch = p["leader_epoch"].as_i64().unwrap_or(-1);
+                ((leader, epoch), p["isr"].as_array().map_or(0, Vec::len))
             })
-            .collect();
-        (all_in_sync && leaders.len() == PARTITIONS).then_some(leaders)
+            .collect())
     };
-    let before = wait_until(
-        "each broker leading one partition",
+    let before: Vec<(i64, i64)> = wait_until(
+        "each broker leading one partition, all in sync",
         ELECTION_DEADLINE,
         || {
-            leaders(&cluster, controller).filter(|ls| {
-                let distinct: std::collections::BTreeSet<i64> =
-                    ls.iter().map(|(l, _)| *l).collect();
-                distinct.len() == PARTITIONS && !distinct.contains(&-1)
-            })
+            let partitions = describe(&cluster).ok()?;
+            let distinct: std::collections::BTreeSet<i64> =
+                partitions.iter().map(|((l, _), _)| *l).collect();
+            (distinct.len() == PARTITIONS
+                && !distinct.contains(&-1)
+                && partitions.iter().all(|(_, isr)| *isr == 3))
+            .then(|| partitions.into_iter().map(|(leader, _)| leader).collect())
         },
     )?;
     // Not the active controller: no controller election, only heartbeats, in play.
@@ -649,20 +650,9 @@ fn pausing_a_node_moves_its_own_leaderships_and_no_other() -> anyhow::Result<()>
     tracing::info!("before: {before:?}; pausing node {victim} for {PAUSE:?}");
     cluster.pause(victim);
     std::thread::sleep(PAUSE);
-    let during = cluster.describe(controller, TOPIC);
+    let during = describe(&cluster);
     cluster.resume(victim);
-    let during = during?;
-    let during: Vec<(i64, i64)> = during["partitions"]
-        .as_array()
-        .context("describe lists no partitions")?
-        .iter()
-        .map(|p| {
-            (
-                p["leader"].as_i64().unwrap_or(-1),
-                p["leader_epoch"].as_i64().unwrap_or(-1),
-            )
-        })
-        .collect();
+    let during: Vec<(i64, i64)> = during?.into_iter().map(|(leader, _)| leader).collect();
     tracing::info!("during the pause: {during:?}");
     for ((leader, epoch), now) in before.iter().zip(&during) {
         if *leader == i64::from(victim) {

@@ -1264,7 +1264,7 @@ fn an_idle_cluster_sends_one_replica_fetch_per_leader_not_per_partition() -> any
     let cluster = Cluster::start(3, &[])?;
     let controller = cluster.wait_for_leader(ELECTION_DEADLINE)?;
     cluster.create_topic(controller, TOPIC, PARTITIONS, 3)?;
-    wait_until(
+    let leaders = wait_until(
         "every partition led and fully in sync",
         ISR_DEADLINE,
         || {
@@ -1274,48 +1274,40 @@ fn an_idle_cluster_sends_one_replica_fetch_per_leader_not_per_partition() -> any
                 && partitions
                     .iter()
                     .all(|(leader, isr)| *leader > 0 && *isr == 3))
-            .then_some(())
+            .then(|| {
+                partitions
+                    .iter()
+                    .map(|(leader, _)| *leader)
+                    .collect::<std::collections::BTreeSet<_>>()
+            })
         },
     )?;
-    let leaders = {
-        let described = cluster.describe(controller, TOPIC)?;
-        let partitions = ferrolog_tests::workload::leaders_and_isr_sizes(&described)
-            .context("describe lists no partitions")?;
-        partitions
-            .iter()
-            .map(|(leader, _)| *leader)
-            .collect::<std::collections::BTreeSet<_>>()
-    };
     ensure!(
         leaders.len() == 3,
         "every broker should lead some partitions: {leaders:?}"
     );
-    // Answered replica fetches, counted by each leader.
-    let replica_fetches = |id: i32| -> anyhow::Result<f64> {
-        let (status, body) = http_get(&cluster.node(id).http_address, "/metrics")?;
-        ensure!(status == 200, "GET /metrics on node {id}: {status}");
-        Ok(metric_sum(
-            &body,
-            "ferrolog_requests_total",
-            &[r#"rpc="replica_fetch""#],
-        ))
+    // Answered replica fetches, counted by the leaders, over the whole cluster.
+    let replica_fetches = || -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for id in cluster.ids() {
+            let (status, body) = http_get(&cluster.node(id).http_address, "/metrics")?;
+            ensure!(status == 200, "GET /metrics on node {id}: {status}");
+            total += metric_sum(
+                &body,
+                "ferrolog_requests_total",
+                &[r#"rpc="replica_fetch""#],
+            );
+        }
+        Ok(total)
     };
     // Replicas that just opened may still be joining their fetchers: let them settle.
     std::thread::sleep(2 * LONG_POLL);
-    let before = cluster
-        .ids()
-        .into_iter()
-        .map(replica_fetches)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let before = replica_fetches()?;
     let started = Instant::now();
     std::thread::sleep(WINDOW);
-    let after = cluster
-        .ids()
-        .into_iter()
-        .map(replica_fetches)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let after = replica_fetches()?;
     let elapsed = started.elapsed();
-    let sent: f64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let sent = after - before;
     let pairs = 3.0 * 2.0;
     let polls = elapsed.as_secs_f64() / LONG_POLL.as_secs_f64();
     tracing::info!(
