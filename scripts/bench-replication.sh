@@ -9,6 +9,7 @@
 #
 #   scripts/bench-replication.sh        # RECORDS=200000 per run, RUNS=3
 #   MAX_IN_FLIGHT=5 scripts/bench-replication.sh   # requests in flight per partition
+#   FERROLOG_BIN=/tmp/ferrolog-old scripts/bench-replication.sh   # another build (A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +17,11 @@ RECORDS="${RECORDS:-200000}"
 RUNS="${RUNS:-3}"
 MAX_IN_FLIGHT="${MAX_IN_FLIGHT:-1}"
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/ferrolog-replication-bench.XXXXXX")"
-cargo build --release --locked --bin ferrolog >&2
-BIN="$PWD/target/release/ferrolog"
+BIN="${FERROLOG_BIN:-}"
+if [[ -z "$BIN" ]]; then
+    cargo build --release --locked --bin ferrolog >&2
+    BIN="$PWD/target/release/ferrolog"
+fi
 
 # shellcheck source=lib/local-cluster.sh
 source scripts/lib/local-cluster.sh

@@ -1329,3 +1329,35 @@ fn an_idle_cluster_sends_one_replica_fetch_per_leader_not_per_partition() -> any
     );
     Ok(())
 }
+
+/// In-sync followers fetch what the leader just appended, and the leader answers them
+/// from the batches it keeps in memory rather than reading them back from its log: every
+/// replicated byte of an acks=all workload with healthy followers comes from memory.
+#[test]
+fn in_sync_followers_are_served_from_memory_not_read_back_from_disk() -> anyhow::Result<()> {
+    init_logging();
+    const TOPIC: &str = "from-memory";
+    let cluster = Cluster::start(3, &[])?;
+    let controller = cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    let created = create_replicated_topic(&cluster, controller, TOPIC, 2)?;
+    let leader = created.leader;
+    for round in 0..5 {
+        let lines = numbered(&format!("memory-{round}"), 0..200);
+        assert_ok(&produce_lines(&cluster, leader, TOPIC, "all", &lines)?);
+    }
+    let (status, body) = http_get(&cluster.node(leader).http_address, "/metrics")?;
+    ensure!(status == 200, "GET /metrics on node {leader}: {status}");
+    let replicated = metric_sum(&body, "ferrolog_replicated_bytes_total", &[]);
+    let from_memory = metric_sum(&body, "ferrolog_replicated_from_memory_bytes_total", &[]);
+    tracing::info!("leader {leader} replicated {replicated} bytes, {from_memory} from memory");
+    ensure!(
+        replicated > 0.0,
+        "leader {leader} replicated nothing: {body}"
+    );
+    ensure!(
+        from_memory == replicated,
+        "leader {leader} read {} of {replicated} replicated bytes back from disk",
+        replicated - from_memory
+    );
+    Ok(())
+}

@@ -31,6 +31,8 @@ pub struct BrokerMetrics {
     pub fetched_bytes: Counter,
     /// Batch bytes this broker sent to followers.
     pub replicated_bytes: Counter,
+    /// The part of `replicated_bytes` answered from the newest batches kept in memory.
+    pub replicated_from_memory_bytes: Counter,
     /// ISR changes this broker asked the controller for, and those refused.
     pub isr_changes: Counter,
     pub isr_change_failures: Counter,
@@ -54,6 +56,7 @@ impl BrokerMetrics {
             produced_bytes: Counter::default(),
             fetched_bytes: Counter::default(),
             replicated_bytes: Counter::default(),
+            replicated_from_memory_bytes: Counter::default(),
             isr_changes: Counter::default(),
             isr_change_failures: Counter::default(),
             produce_seconds: latency(),
@@ -87,6 +90,11 @@ impl BrokerMetrics {
             "replicated_bytes",
             "Record batch bytes sent to followers by this broker as leader",
             metrics.replicated_bytes.clone(),
+        );
+        r.register(
+            "replicated_from_memory_bytes",
+            "Of replicated_bytes, those sent from the newest batches kept in memory, not read back from disk",
+            metrics.replicated_from_memory_bytes.clone(),
         );
         r.register(
             "isr_changes",

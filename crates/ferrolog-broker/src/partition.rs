@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferrolog_log::{
     AppendInfo, BatchIter, FlushPolicy, LeaderEpoch, Log, LogConfig, Offset, ReadResult,
+    RecentBatchBudget,
 };
 use ferrolog_metadata::{BrokerId, PartitionId, PartitionImage};
 use ferrolog_proto::v1::Acks;
@@ -81,6 +82,16 @@ pub struct Partition {
     /// no append or upkeep that saw `OPEN` can still be writing after `close`/`delete`.
     state: AtomicU8,
     metrics: Arc<BrokerMetrics>,
+    /// What the broker's partitions may keep of their newest batches for followers.
+    recent_budget: Arc<RecentBatchBudget>,
+}
+
+/// What every partition of a broker shares.
+#[derive(Clone)]
+pub struct PartitionShared {
+    pub metrics: Arc<BrokerMetrics>,
+    /// What the partitions may keep of their newest batches for followers, together.
+    pub recent_budget: Arc<RecentBatchBudget>,
 }
 
 /// The result of a fetch: whole record batches below the high watermark.
@@ -99,7 +110,7 @@ impl Partition {
         me: BrokerId,
         dir: &std::path::Path,
         config: LogConfig,
-        metrics: Arc<BrokerMetrics>,
+        shared: PartitionShared,
     ) -> Result<Arc<Self>, BrokerError> {
         let log = Log::open(dir, config)?;
         // Everything that survived recovery is on disk; what is committed is what the last
@@ -126,7 +137,8 @@ impl Partition {
             min_insync: AtomicUsize::new(1),
             dirty: Notify::new(),
             state: AtomicU8::new(OPEN),
-            metrics,
+            metrics: shared.metrics,
+            recent_budget: shared.recent_budget,
         });
         tokio::spawn(Arc::clone(&partition).run_flusher());
         Ok(partition)
@@ -196,6 +208,10 @@ impl Partition {
             return Ok(None);
         }
         let next = role_from_image(self.me, image, now);
+        // A leader's followers fetch what it just appended: keep that in memory for them.
+        log.keep_recent_batches(
+            matches!(next, Role::Leader(_)).then(|| Arc::clone(&self.recent_budget)),
+        );
         if let Role::Leader(state) = &next {
             // Our own epoch starts at our log end: batches appended from here carry it, and
             // a follower asking where an older epoch ends is told where it stopped.
@@ -329,7 +345,7 @@ impl Partition {
     /// and may then duplicate, never lose.
     pub async fn append(
         &self,
-        batch: &mut [u8],
+        batch: BytesMut,
         acks: Acks,
         timeout: Duration,
     ) -> Result<AppendInfo, BrokerError> {
@@ -349,7 +365,7 @@ impl Partition {
                     min_insync,
                 });
             }
-            let info = log.append_batch(batch, LeaderEpoch(state.leader_epoch), now_ms())?;
+            let info = log.append_owned_batch(batch, LeaderEpoch(state.leader_epoch), now_ms())?;
             (info, log.config().flush_policy, self.generation())
         };
         let end = info.last_offset.next();
@@ -423,14 +439,19 @@ impl Partition {
         }
     }
 
+    /// Callers hold neither the log's lock nor the role's.
     fn advance_high_watermark(&self, to: Offset) {
-        self.progress.send_if_modified(|p| {
+        let moved = self.progress.send_if_modified(|p| {
             let moved = to > p.high_watermark;
             if moved {
                 p.high_watermark = to;
             }
             moved
         });
+        if moved {
+            // Every in-sync follower has what lies below: nobody fetches it from memory.
+            self.log_read().release_recent_below(to);
+        }
     }
 
     /// Reads batches at `offset` below the high watermark, long-polling up to `max_wait`

@@ -8,14 +8,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use ferrolog_log::{FlushPolicy, LogConfig};
+use ferrolog_log::{FlushPolicy, LogConfig, RecentBatchBudget};
 use ferrolog_metadata::{BrokerId, ClusterImage, PartitionId, TopicConfig, TopicImage};
 use tokio::sync::watch;
 
 use crate::BrokerError;
 use crate::fetcher::ReplicaFetchers;
 use crate::metrics::BrokerMetrics;
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionShared};
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
@@ -44,7 +44,15 @@ pub struct PartitionManager {
     metrics: Arc<BrokerMetrics>,
     /// Shared by the fetchers of the partitions this broker follows.
     replication: Arc<ReplicaFetchers>,
+    /// Memory for the newest batches of the partitions this broker leads, which their
+    /// followers fetch without a disk read.
+    recent_budget: Arc<RecentBatchBudget>,
 }
+
+/// What all led partitions together may keep in memory for their followers. A partition
+/// releases its batches as soon as every in-sync follower has them, so this fills only
+/// when followers lag; past it, followers read from disk as before.
+const RECENT_BATCHES_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 
 impl PartitionManager {
     pub fn new(node_id: BrokerId, settings: StorageSettings, metrics: Arc<BrokerMetrics>) -> Self {
@@ -56,6 +64,7 @@ impl PartitionManager {
             image_is_current: std::sync::atomic::AtomicBool::new(false),
             metrics,
             replication: Arc::new(ReplicaFetchers::new(node_id)),
+            recent_budget: RecentBatchBudget::new(RECENT_BATCHES_BUDGET_BYTES),
         }
     }
 
@@ -223,7 +232,10 @@ impl PartitionManager {
             self.node_id,
             &dir,
             config,
-            self.metrics.clone(),
+            PartitionShared {
+                metrics: Arc::clone(&self.metrics),
+                recent_budget: Arc::clone(&self.recent_budget),
+            },
         )?;
         self.take_role(&partition, image, min_insync)?;
         tracing::info!(topic = %topic.name, partition = %id,

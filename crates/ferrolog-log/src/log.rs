@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 
@@ -15,6 +15,7 @@ use crate::config::LogConfig;
 use crate::epoch_cache::LeaderEpochCache;
 use crate::error::{IoContext, LogError};
 use crate::fsutil::{TEMP_SUFFIX, remove_if_exists, sync_dir};
+use crate::recent::{RecentBatchBudget, RecentBatches};
 use crate::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, ReadProgress, Segment, TIME_INDEX_SUFFIX, parse_segment_file_name,
     segment_file_name,
@@ -39,6 +40,8 @@ pub struct ReadResult {
     pub batches: Bytes,
     pub log_start_offset: Offset,
     pub log_end_offset: Offset,
+    /// The batches came from the kept recent batches, not the segment files.
+    pub from_memory: bool,
 }
 
 /// A handle to fsync the active segment outside the Log's lock (group commit: the broker
@@ -88,6 +91,9 @@ pub struct Log {
     /// Counts `truncate_to` calls, so that a sync handle taken before a truncation cannot
     /// vouch for data appended after it.
     truncations: u64,
+    /// The newest batches in memory, for followers (see `keep_recent_batches`). Behind a
+    /// mutex so readers holding `&self` can release them.
+    recent: Mutex<RecentBatches>,
 }
 
 /// Lists the segment base offsets in `dir`, removing leftovers of interrupted writes and
@@ -195,6 +201,7 @@ impl Log {
             checkpointed_high_watermark,
             epochs,
             truncations: 0,
+            recent: Mutex::default(),
         };
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
         log.flushed_offset = end;
@@ -251,6 +258,25 @@ impl Log {
         epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        let header = self.prepare_batch(batch, epoch)?;
+        self.append_validated(batch, &header, now_ms, None)
+    }
+
+    /// `append_batch` for a batch the caller gives up: if the log keeps recent batches
+    /// (`keep_recent_batches`), it keeps these very bytes for followers.
+    pub fn append_owned_batch(
+        &mut self,
+        mut batch: BytesMut,
+        epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let header = self.prepare_batch(&mut batch, epoch)?;
+        let batch = batch.freeze();
+        self.append_validated(&batch, &header, now_ms, Some(batch.clone()))
+    }
+
+    /// Checks a producer's batch and gives it its offsets, from the log end, and `epoch`.
+    fn prepare_batch(&self, batch: &mut [u8], epoch: LeaderEpoch) -> Result<BatchHeader, LogError> {
         if batch.len() > self.config.max_message_bytes as usize {
             return Err(LogError::RecordTooLarge {
                 size_bytes: batch.len(),
@@ -260,12 +286,31 @@ impl Log {
         let header = validate_batch(batch)?;
         let base_offset = self.log_end_offset();
         assign_offsets(batch, base_offset, epoch);
-        let header = BatchHeader {
+        Ok(BatchHeader {
             base_offset,
             partition_leader_epoch: epoch,
             ..header
-        };
-        self.append_validated(batch, &header, now_ms)
+        })
+    }
+
+    /// Keeps the newest batches appended with `append_owned_batch` in memory, charged to
+    /// `budget`, so that `read` answers followers at the log end without the disk; `None`
+    /// stops and drops them. For a leader with followers.
+    pub fn keep_recent_batches(&mut self, budget: Option<Arc<RecentBatchBudget>>) {
+        self.recent_mut().set_budget(budget);
+    }
+
+    /// Drops kept batches that end below `offset`: every in-sync follower has them.
+    pub fn release_recent_below(&self, offset: Offset) {
+        self.recent().release_below(offset);
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentBatches> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recent_mut(&mut self) -> &mut RecentBatches {
+        self.recent.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends a batch as-is keeping its offsets (follower path): base_offset must equal
@@ -280,14 +325,17 @@ impl Log {
                 actual: header.base_offset,
             });
         }
-        self.append_validated(batch, &header, now_ms)
+        self.append_validated(batch, &header, now_ms, None)
     }
 
+    /// Appends a checked batch, and keeps `kept` (its bytes) in memory if given; an append
+    /// without drops what is kept, which must stay a suffix of the log.
     fn append_validated(
         &mut self,
         batch: &[u8],
         header: &BatchHeader,
         now_ms: i64,
+        kept: Option<Bytes>,
     ) -> Result<AppendInfo, LogError> {
         self.maybe_roll(batch.len(), header.last_offset(), now_ms)?;
         let epoch = header.partition_leader_epoch;
@@ -300,8 +348,18 @@ impl Log {
             self.epochs.assign(epoch, header.base_offset)?;
         }
         let index_interval_bytes = self.config.index_interval_bytes;
-        self.active_mut()
-            .append(batch, header, index_interval_bytes, now_ms)?;
+        let appended = self
+            .active_mut()
+            .append(batch, header, index_interval_bytes, now_ms);
+        let recent = self.recent_mut();
+        match (appended, kept) {
+            (Ok(()), Some(bytes)) => recent.push(header.base_offset, header.last_offset(), bytes),
+            (Ok(()), None) => recent.clear(),
+            (Err(error), _) => {
+                recent.clear();
+                return Err(error);
+            }
+        }
         Ok(AppendInfo {
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
@@ -372,6 +430,16 @@ impl Log {
                 log_end,
             });
         }
+        if from < log_end
+            && let Some(batches) = self.recent().read(from, max_bytes as usize, upper_bound)
+        {
+            return Ok(ReadResult {
+                batches,
+                log_start_offset: log_start,
+                log_end_offset: log_end,
+                from_memory: true,
+            });
+        }
         let mut out = BytesMut::new();
         if from < log_end && from < upper_bound {
             let floor = self
@@ -398,6 +466,7 @@ impl Log {
             batches: out.freeze(),
             log_start_offset: log_start,
             log_end_offset: log_end,
+            from_memory: false,
         })
     }
 
@@ -580,6 +649,7 @@ impl Log {
             }
         }
         self.truncations += 1;
+        self.recent_mut().clear();
         self.active_mut().truncate_to(offset)?;
         sync_dir(&self.dir)?;
         let end = self.log_end_offset();
@@ -596,6 +666,7 @@ impl Log {
     /// lacks) cannot catch up batch by batch, so it starts over where the leader's log
     /// starts. A crash midway leaves an empty log at 0, which asks for the same again.
     pub fn truncate_fully_and_start_at(&mut self, offset: Offset) -> Result<(), LogError> {
+        self.recent_mut().clear();
         let bases: Vec<Offset> = self.segments.keys().copied().collect();
         for base in bases {
             if let Some(segment) = self.segments.remove(&base) {

@@ -4,9 +4,11 @@
 mod common;
 
 use common::{append_batches, batch, read_all, read_records, small_config};
+use std::sync::Arc;
+
 use ferrolog_log::{
-    BatchIter, LeaderEpoch, Log, LogConfig, LogError, Offset, RecordBatchBuilder, decode_records,
-    validate_batch,
+    BatchIter, LeaderEpoch, Log, LogConfig, LogError, Offset, RecentBatchBudget,
+    RecordBatchBuilder, decode_records, validate_batch,
 };
 
 const T0_MS: i64 = 1_700_000_000_000;
@@ -659,6 +661,72 @@ fn an_epoch_begun_without_a_batch_is_not_the_last_batch_epoch_and_truncation_dro
         log.leader_epoch(),
         LeaderEpoch(1),
         "the empty epoch is gone"
+    );
+    Ok(())
+}
+
+/// The newest batches a leader keeps in memory for its followers answer reads exactly as
+/// the segment files do, and stop answering once they might not.
+#[test]
+fn kept_recent_batches_answer_reads_byte_for_byte_like_the_disk() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = open(dir.path(), small_config());
+    append_batches(&mut log, 3, 2, T0_MS)?;
+    let budget = RecentBatchBudget::new(1 << 20);
+    log.keep_recent_batches(Some(Arc::clone(&budget)));
+    for i in 0..6 {
+        log.append_owned_batch(batch(10 + i, 3, T0_MS), LeaderEpoch(2), T0_MS)?;
+    }
+    let (kept_from, end) = (Offset(6), log.log_end_offset());
+    assert_eq!(end, Offset(24));
+    let cases: Vec<(Offset, u32, Offset)> = (0..end.0)
+        .flat_map(|from| {
+            [(1, end), (10_000, end), (300, end), (10_000, Offset(15))]
+                .map(|(max, bound)| (Offset(from), max, bound))
+        })
+        .collect();
+    let from_memory: Vec<_> = cases
+        .iter()
+        .map(|&(from, max, bound)| log.read(from, max, bound))
+        .collect::<Result<_, _>>()?;
+    for (&(from, ..), read) in cases.iter().zip(&from_memory) {
+        assert_eq!(read.from_memory, from >= kept_from, "read at {from}");
+    }
+    assert!(budget.used() > 0);
+
+    // Released below the high watermark, and dropped when keeping stops.
+    log.release_recent_below(Offset(12));
+    assert!(!log.read(Offset(11), 10_000, end)?.from_memory);
+    assert!(log.read(Offset(12), 10_000, end)?.from_memory);
+    log.keep_recent_batches(None);
+    assert_eq!(budget.used(), 0);
+    for (&(from, max, bound), memory) in cases.iter().zip(&from_memory) {
+        let disk = log.read(from, max, bound)?;
+        assert!(!disk.from_memory);
+        assert_eq!(
+            disk.batches, memory.batches,
+            "read at {from}, {max} bytes, below {bound}"
+        );
+    }
+
+    // An append that is not kept, or a truncation, leaves nothing kept (never a gap).
+    log.keep_recent_batches(Some(Arc::clone(&budget)));
+    log.append_owned_batch(batch(20, 2, T0_MS), LeaderEpoch(2), T0_MS)?;
+    assert!(log.read(end, 10_000, Offset(100))?.from_memory);
+    log.append_batch(&mut batch(21, 2, T0_MS), LeaderEpoch(2), T0_MS)?;
+    assert!(!log.read(end, 10_000, Offset(100))?.from_memory);
+    assert_eq!(budget.used(), 0);
+    let before_truncation = log.log_end_offset();
+    log.append_owned_batch(batch(22, 2, T0_MS), LeaderEpoch(2), T0_MS)?;
+    log.truncate_to(before_truncation)?;
+    log.append_owned_batch(batch(23, 5, T0_MS), LeaderEpoch(3), T0_MS)?;
+    let read = log.read(before_truncation, 10_000, Offset(100))?;
+    assert!(read.from_memory);
+    let records = decode_records(&read.batches)?;
+    assert_eq!(
+        records.len(),
+        5,
+        "the batch after the truncation, not the one before"
     );
     Ok(())
 }

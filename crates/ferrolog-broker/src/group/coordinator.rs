@@ -226,9 +226,9 @@ impl GroupCoordinator {
         let loaded_at = shard.loaded_at;
         drop(shard);
         let _serial = serial.lock().await;
-        let mut batch = commit_batch(group_id, &offsets, now);
+        let batch = commit_batch(group_id, &offsets, now);
         partition
-            .append(&mut batch, Acks::All, COMMIT_TIMEOUT)
+            .append(batch, Acks::All, COMMIT_TIMEOUT)
             .await
             .map_err(|e| self.not_coordinator_if_moved(group_id, e))?;
         // Durable now. If the shard was reloaded meanwhile, the replay included it.
@@ -345,9 +345,9 @@ impl GroupCoordinator {
             }
             .into());
         }
-        let mut batch = delete_batch(group_id, now_ms());
+        let batch = delete_batch(group_id, now_ms());
         partition
-            .append(&mut batch, Acks::All, COMMIT_TIMEOUT)
+            .append(batch, Acks::All, COMMIT_TIMEOUT)
             .await
             .map_err(|e| self.not_coordinator_if_moved(group_id, e))?;
         if let Some(group) = shard.groups.remove(group_id) {

@@ -62,7 +62,7 @@ impl ClientApi {
         let partition = self
             .broker
             .leader_partition(&request.topic, i64::from(request.partition))?;
-        let mut batch = match (request.records.is_empty(), request.record_batch.is_empty()) {
+        let batch = match (request.records.is_empty(), request.record_batch.is_empty()) {
             (false, true) => records_to_batch(&request.records, now_ms())?,
             (true, false) => request
                 .record_batch
@@ -86,7 +86,7 @@ impl ClientApi {
         }
         .min(self.broker.config().max_produce_timeout);
         let info = partition
-            .append(&mut batch, acks, timeout)
+            .append(batch, acks, timeout)
             .await
             .map_err(|e| self.broker.with_leader_hint(e))?;
         let metrics = self.broker.metrics();

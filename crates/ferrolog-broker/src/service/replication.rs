@@ -130,6 +130,7 @@ impl ReplicationApi {
         let mut budget = max_bytes;
         let mut news = false;
         let mut sent_bytes = 0u64;
+        let mut from_memory_bytes = 0u64;
         let partitions = fetches
             .iter()
             .map(|fetch| {
@@ -171,6 +172,9 @@ impl ReplicationApi {
                         let bytes = outcome.read.batches.len();
                         budget = budget.saturating_sub(bytes as u32);
                         sent_bytes += bytes as u64;
+                        if outcome.read.from_memory {
+                            from_memory_bytes += bytes as u64;
+                        }
                         news |= bytes > 0;
                         v1::ReplicaFetchPartitionData {
                             high_watermark: outcome.high_watermark.0,
@@ -188,7 +192,11 @@ impl ReplicationApi {
             })
             .collect();
         if news {
-            self.broker.metrics().replicated_bytes.inc_by(sent_bytes);
+            let metrics = self.broker.metrics();
+            metrics.replicated_bytes.inc_by(sent_bytes);
+            metrics
+                .replicated_from_memory_bytes
+                .inc_by(from_memory_bytes);
         }
         (v1::ReplicaFetchResponse { partitions }, news)
     }
