@@ -2,7 +2,8 @@
 # controller) on free loopback ports with their data under "$DATA", stops them and removes
 # "$DATA" on exit, and waits for a controller leader.
 #
-#   start_local_cluster BIN DATA    sets: brokers (comma-separated), client[1..3], leader
+#   start_local_cluster BIN DATA    sets: brokers (comma-separated), client[1..3], leader,
+#                                   bounded_bytes (each node's memory bound, 0 if none)
 #   median                          the median of numbers on standard input
 #
 # Each node runs in its own memory cgroup (SERVER_MEMORY_LIMIT, default 512M; "none" turns it
@@ -57,11 +58,14 @@ start_local_cluster() {
     local voters="1@127.0.0.1:${ctrl[1]},2@127.0.0.1:${ctrl[2]},3@127.0.0.1:${ctrl[3]}"
     local limit="${SERVER_MEMORY_LIMIT:-512M}" procs
     [[ "$(stat -f -c %T "$DATA")" == tmpfs ]] && limit=none
+    bounded_bytes=0
     for i in 1 2 3; do
         procs=""
         if [[ "$limit" != none ]]; then
             procs=$(memory_cgroup "ferrolog-bench-$$-n$i" "$limit")
-            if [[ -n "$procs" ]]; then cgroups+=("$(dirname "$procs")")
+            if [[ -n "$procs" ]]; then
+                cgroups+=("$(dirname "$procs")")
+                bounded_bytes=$(numfmt --from=iec "$limit")
             else echo "no memory cgroup for node $i: its page cache is unbounded" >&2; fi
         fi
         # The subshell joins the cgroup, then becomes the server.

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferrolog_log::{
-    AppendInfo, BatchIter, FlushPolicy, LeaderEpoch, Log, LogConfig, Offset, ReadResult,
-    RecentBatchBudget,
+    AppendInfo, FlushPolicy, LeaderEpoch, Log, LogConfig, Offset, ReadResult, RecentBatchBudget,
 };
 use ferrolog_metadata::{BrokerId, PartitionId, PartitionImage};
 use ferrolog_proto::v1::Acks;
@@ -602,11 +601,8 @@ impl Partition {
             if self.generation() != generation {
                 return Err(self.not_leader());
             }
-            for batch in BatchIter::new(batches) {
-                let (_, batch) = batch?;
-                log.append_replicated(batch, now_ms())?;
-            }
-            (log.log_end_offset(), log.config().flush_policy)
+            let end = log.append_replicated_batches(batches, now_ms())?;
+            (end, log.config().flush_policy)
         };
         self.appended.send_replace(end);
         match policy {

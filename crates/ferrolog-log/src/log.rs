@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{BatchHeader, assign_offsets, validate_batch, verify_crc};
+use crate::batch::{BatchHeader, BatchIter, assign_offsets, validate_batch, verify_crc};
 use crate::checkpoint::{read_high_watermark, write_high_watermark};
 use crate::config::LogConfig;
 use crate::epoch_cache::LeaderEpochCache;
@@ -319,13 +319,37 @@ impl Log {
     /// decodes records.
     pub fn append_replicated(&mut self, batch: &[u8], now_ms: i64) -> Result<AppendInfo, LogError> {
         let header = verify_crc(batch)?;
+        self.append_replicated_verified(batch, &header, now_ms)
+    }
+
+    /// `append_replicated` for every batch of a fetch response (whole batches, back to
+    /// back), checking each CRC once. Stops at the first batch that fails, after appending
+    /// those before it; returns the new log end.
+    pub fn append_replicated_batches(
+        &mut self,
+        batches: &[u8],
+        now_ms: i64,
+    ) -> Result<Offset, LogError> {
+        for batch in BatchIter::new(batches) {
+            let (header, batch) = batch?;
+            self.append_replicated_verified(batch, &header, now_ms)?;
+        }
+        Ok(self.log_end_offset())
+    }
+
+    fn append_replicated_verified(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
         if header.base_offset != self.log_end_offset() {
             return Err(LogError::NonContiguousAppend {
                 expected: self.log_end_offset(),
                 actual: header.base_offset,
             });
         }
-        self.append_validated(batch, &header, now_ms, None)
+        self.append_validated(batch, header, now_ms, None)
     }
 
     /// Appends a checked batch, and keeps `kept` (its bytes) in memory if given; an append

@@ -730,3 +730,39 @@ fn kept_recent_batches_answer_reads_byte_for_byte_like_the_disk() -> Result<(), 
     );
     Ok(())
 }
+
+/// A fetch response appends in one call, each CRC checked once; a corrupt batch stops it
+/// after the intact batches before it, which stay.
+#[test]
+fn a_fetched_run_of_batches_appends_up_to_the_first_corrupt_one() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut leader = open(&dir.path().join("leader"), small_config());
+    append_batches(&mut leader, 6, 2, T0_MS)?;
+    let fetched = leader.read(Offset(0), u32::MAX, leader.log_end_offset())?;
+
+    let mut follower = open(&dir.path().join("follower"), small_config());
+    assert_eq!(
+        follower.append_replicated_batches(&fetched.batches, T0_MS)?,
+        leader.log_end_offset()
+    );
+    assert_eq!(read_all(&follower)?, read_all(&leader)?);
+
+    let mut corrupt = fetched.batches.to_vec();
+    let third = BatchIter::new(&fetched.batches)
+        .take(2)
+        .map(|item| item.map(|(_, bytes)| bytes.len()))
+        .sum::<Result<usize, _>>()?;
+    // A byte in the third batch's records, which its CRC covers.
+    corrupt[third + 70] ^= 0xff;
+    let mut damaged = open(&dir.path().join("damaged"), small_config());
+    assert!(matches!(
+        damaged.append_replicated_batches(&corrupt, T0_MS),
+        Err(LogError::CorruptBatch { .. })
+    ));
+    assert_eq!(
+        damaged.log_end_offset(),
+        Offset(4),
+        "the two batches before it"
+    );
+    Ok(())
+}
