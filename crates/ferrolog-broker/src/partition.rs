@@ -207,10 +207,6 @@ impl Partition {
             return Ok(None);
         }
         let next = role_from_image(self.me, image, now);
-        // A leader's followers fetch what it just appended: keep that in memory for them.
-        log.keep_recent_batches(
-            matches!(next, Role::Leader(_)).then(|| Arc::clone(&self.recent_budget)),
-        );
         if let Role::Leader(state) = &next {
             // Our own epoch starts at our log end: batches appended from here carry it, and
             // a follower asking where an older epoch ends is told where it stopped.
@@ -219,6 +215,9 @@ impl Partition {
                 log.assign_leader_epoch(LeaderEpoch(state.leader_epoch), end)?;
             }
         }
+        // A leader's followers fetch what it just appended: keep that in memory for them.
+        let has_followers = matches!(next, Role::Leader(_)) && image.replicas.len() > 1;
+        log.keep_recent_batches(has_followers.then(|| Arc::clone(&self.recent_budget)));
         let assignment = match &next {
             Role::Follower {
                 leader: Some(leader),
@@ -736,6 +735,7 @@ impl Partition {
         let flushed = {
             let mut log = self.log_write();
             self.state.store(SHUT_DOWN, Ordering::Release);
+            log.keep_recent_batches(None);
             log.flush().map(|()| log.log_end_offset())
         };
         if let Ok(end) = flushed {
@@ -764,8 +764,9 @@ impl Partition {
 
     fn delete_as(self: Arc<Self>, state: u8) -> Result<(), BrokerError> {
         let dir = {
-            let log = self.log_write();
+            let mut log = self.log_write();
             self.state.store(state, Ordering::Release);
+            log.keep_recent_batches(None);
             log.dir().to_path_buf()
         };
         self.wake_all();
@@ -835,6 +836,8 @@ impl Partition {
                     tracing::error!(topic = %self.topic, partition = %self.id, %error,
                         "fsync failed; partition goes offline");
                     self.progress.send_modify(|p| p.storage_failed = true);
+                    // Its high watermark never moves again: nothing kept would be released.
+                    self.log_write().keep_recent_batches(None);
                     return;
                 }
                 Err(join_error) => {

@@ -271,8 +271,9 @@ impl Log {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         let header = self.prepare_batch(&mut batch, epoch)?;
+        let footprint = batch.capacity();
         let batch = batch.freeze();
-        self.append_validated(&batch, &header, now_ms, Some(batch.clone()))
+        self.append_validated(&batch, &header, now_ms, Some((batch.clone(), footprint)))
     }
 
     /// Checks a producer's batch and gives it its offsets, from the log end, and `epoch`.
@@ -352,14 +353,15 @@ impl Log {
         self.append_validated(batch, header, now_ms, None)
     }
 
-    /// Appends a checked batch, and keeps `kept` (its bytes) in memory if given; an append
-    /// without drops what is kept, which must stay a suffix of the log.
+    /// Appends a checked batch, and keeps `kept` (its bytes, and the memory they pin) in
+    /// memory if given; an append without drops what is kept, which must stay a suffix of
+    /// the log.
     fn append_validated(
         &mut self,
         batch: &[u8],
         header: &BatchHeader,
         now_ms: i64,
-        kept: Option<Bytes>,
+        kept: Option<(Bytes, usize)>,
     ) -> Result<AppendInfo, LogError> {
         self.maybe_roll(batch.len(), header.last_offset(), now_ms)?;
         let epoch = header.partition_leader_epoch;
@@ -377,7 +379,9 @@ impl Log {
             .append(batch, header, index_interval_bytes, now_ms);
         let recent = self.recent_mut();
         match (appended, kept) {
-            (Ok(()), Some(bytes)) => recent.push(header.base_offset, header.last_offset(), bytes),
+            (Ok(()), Some((bytes, footprint))) => {
+                recent.push(header.base_offset, header.last_offset(), bytes, footprint)
+            }
             (Ok(()), None) => recent.clear(),
             (Err(error), _) => {
                 recent.clear();
@@ -662,6 +666,8 @@ impl Log {
                 log_end,
             });
         }
+        // First: whatever fails below, nothing kept may outlive the batches it mirrors.
+        self.recent_mut().clear();
         let doomed: Vec<Offset> = self
             .segments
             .range((Bound::Excluded(offset), Bound::Unbounded))
@@ -673,7 +679,6 @@ impl Log {
             }
         }
         self.truncations += 1;
-        self.recent_mut().clear();
         self.active_mut().truncate_to(offset)?;
         sync_dir(&self.dir)?;
         let end = self.log_end_offset();

@@ -58,6 +58,9 @@ struct Kept {
     base_offset: Offset,
     last_offset: Offset,
     bytes: Bytes,
+    /// The memory the bytes pin, charged to the budgets: a batch sliced out of a larger
+    /// buffer (a request's decode buffer, a builder's spare capacity) keeps all of it.
+    footprint: usize,
 }
 
 /// A log's kept batches: contiguous, ending at the log end when not empty.
@@ -75,13 +78,20 @@ impl RecentBatches {
         self.budget = budget;
     }
 
-    /// Keeps a batch just appended at the log end. A batch that does not follow the kept
-    /// ones, or does not fit the budgets, leaves nothing kept (they must stay a suffix).
-    pub(crate) fn push(&mut self, base_offset: Offset, last_offset: Offset, bytes: Bytes) {
+    /// Keeps a batch just appended at the log end, pinning `footprint` bytes (at least its
+    /// length). A batch that does not follow the kept ones, or does not fit the budgets,
+    /// leaves nothing kept (they must stay a suffix).
+    pub(crate) fn push(
+        &mut self,
+        base_offset: Offset,
+        last_offset: Offset,
+        bytes: Bytes,
+        footprint: usize,
+    ) {
         if self.budget.is_none() {
             return;
         }
-        let size = bytes.len();
+        let size = footprint.max(bytes.len());
         let follows = self
             .batches
             .back()
@@ -102,6 +112,7 @@ impl RecentBatches {
             base_offset,
             last_offset,
             bytes,
+            footprint: size,
         });
     }
 
@@ -120,9 +131,9 @@ impl RecentBatches {
 
     fn pop_front(&mut self) {
         if let Some(kept) = self.batches.pop_front() {
-            self.held_bytes -= kept.bytes.len();
+            self.held_bytes -= kept.footprint;
             if let Some(budget) = &self.budget {
-                budget.give_back(kept.bytes.len());
+                budget.give_back(kept.footprint);
             }
         }
     }
@@ -136,8 +147,8 @@ impl RecentBatches {
         max_bytes: usize,
         upper_bound: Offset,
     ) -> Option<Bytes> {
-        let first = self.batches.iter().position(|b| b.last_offset >= from)?;
-        if self.batches[first].base_offset > from {
+        let first = self.batches.partition_point(|b| b.last_offset < from);
+        if self.batches.get(first)?.base_offset > from {
             return None;
         }
         let mut taken = 0;
@@ -191,7 +202,8 @@ mod tests {
     }
 
     fn push(recent: &mut RecentBatches, (base, last, bytes): (Offset, Offset, Bytes)) {
-        recent.push(base, last, bytes);
+        let len = bytes.len();
+        recent.push(base, last, bytes, len);
     }
 
     #[test]
@@ -261,6 +273,16 @@ mod tests {
         assert_eq!(budget.used(), 0);
         push(&mut recent, batch(50, 59, 100));
         assert!(recent.read(Offset(50), 1000, Offset(100)).is_none());
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_batch_is_charged_for_the_buffer_it_pins_not_its_length() {
+        let (mut recent, budget) = keeping(1 << 20);
+        let (base, last, bytes) = batch(0, 9, 100);
+        recent.push(base, last, bytes, 4096);
+        assert_eq!(budget.used(), 4096);
+        recent.release_below(Offset(10));
         assert_eq!(budget.used(), 0);
     }
 
