@@ -378,16 +378,13 @@ impl Log {
             .active_mut()
             .append(batch, header, index_interval_bytes, now_ms);
         let recent = self.recent_mut();
-        match (appended, kept) {
-            (Ok(()), Some((bytes, footprint))) => {
+        match kept {
+            Some((bytes, footprint)) if appended.is_ok() => {
                 recent.push(header.base_offset, header.last_offset(), bytes, footprint)
             }
-            (Ok(()), None) => recent.clear(),
-            (Err(error), _) => {
-                recent.clear();
-                return Err(error);
-            }
+            _ => recent.clear(),
         }
+        appended?;
         Ok(AppendInfo {
             base_offset: header.base_offset,
             last_offset: header.last_offset(),

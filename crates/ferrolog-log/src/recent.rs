@@ -206,42 +206,31 @@ mod tests {
         recent.push(base, last, bytes, len);
     }
 
+    /// How many bytes a read answers with; `None` when the disk must answer.
+    fn read_len(recent: &RecentBatches, from: i64, max_bytes: usize, bound: i64) -> Option<usize> {
+        recent
+            .read(Offset(from), max_bytes, Offset(bound))
+            .map(|b| b.len())
+    }
+
     #[test]
     fn answers_from_the_batch_containing_the_offset_within_the_limits() {
         let (mut recent, _) = keeping(1 << 20);
         push(&mut recent, batch(10, 19, 100));
         push(&mut recent, batch(20, 29, 100));
         push(&mut recent, batch(30, 39, 100));
-        assert_eq!(
-            recent.read(Offset(20), 1000, Offset(100)).map(|b| b.len()),
-            Some(200)
-        );
+        assert_eq!(read_len(&recent, 20, 1000, 100), Some(200));
         // Mid-batch: the whole batch that holds it.
-        assert_eq!(
-            recent.read(Offset(15), 1000, Offset(100)).map(|b| b.len()),
-            Some(300)
-        );
+        assert_eq!(read_len(&recent, 15, 1000, 100), Some(300));
         // The first batch always, then only what fits.
-        assert_eq!(
-            recent.read(Offset(10), 150, Offset(100)).map(|b| b.len()),
-            Some(100)
-        );
-        assert_eq!(
-            recent.read(Offset(10), 50, Offset(100)).map(|b| b.len()),
-            Some(100)
-        );
+        assert_eq!(read_len(&recent, 10, 150, 100), Some(100));
+        assert_eq!(read_len(&recent, 10, 50, 100), Some(100));
         // Never a batch reaching the upper bound.
-        assert_eq!(
-            recent.read(Offset(10), 1000, Offset(25)).map(|b| b.len()),
-            Some(100)
-        );
-        assert_eq!(
-            recent.read(Offset(10), 1000, Offset(19)).map(|b| b.len()),
-            Some(0)
-        );
+        assert_eq!(read_len(&recent, 10, 1000, 25), Some(100));
+        assert_eq!(read_len(&recent, 10, 1000, 19), Some(0));
         // Below what is kept: the disk answers.
-        assert!(recent.read(Offset(9), 1000, Offset(100)).is_none());
-        assert!(recent.read(Offset(40), 1000, Offset(100)).is_none());
+        assert_eq!(read_len(&recent, 9, 1000, 100), None);
+        assert_eq!(read_len(&recent, 40, 1000, 100), None);
     }
 
     #[test]
@@ -249,8 +238,8 @@ mod tests {
         let (mut recent, budget) = keeping(1 << 20);
         push(&mut recent, batch(10, 19, 100));
         push(&mut recent, batch(25, 29, 100));
-        assert!(recent.read(Offset(10), 1000, Offset(100)).is_none());
-        assert!(recent.read(Offset(25), 1000, Offset(100)).is_none());
+        assert_eq!(read_len(&recent, 10, 1000, 100), None);
+        assert_eq!(read_len(&recent, 25, 1000, 100), None);
         assert_eq!(budget.used(), 0);
     }
 
@@ -262,17 +251,17 @@ mod tests {
         assert_eq!(budget.used(), 200);
         recent.release_below(Offset(20));
         assert_eq!(budget.used(), 100);
-        assert!(recent.read(Offset(10), 1000, Offset(100)).is_none());
+        assert_eq!(read_len(&recent, 10, 1000, 100), None);
         // Over the broker's budget: nothing is kept rather than a gap.
         push(&mut recent, batch(30, 39, 200));
         assert_eq!(budget.used(), 0);
-        assert!(recent.read(Offset(20), 1000, Offset(100)).is_none());
+        assert_eq!(read_len(&recent, 20, 1000, 100), None);
         push(&mut recent, batch(40, 49, 100));
         assert_eq!(budget.used(), 100);
         recent.set_budget(None);
         assert_eq!(budget.used(), 0);
         push(&mut recent, batch(50, 59, 100));
-        assert!(recent.read(Offset(50), 1000, Offset(100)).is_none());
+        assert_eq!(read_len(&recent, 50, 1000, 100), None);
         assert_eq!(budget.used(), 0);
     }
 
@@ -294,13 +283,8 @@ mod tests {
         push(&mut recent, batch(10, 19, size));
         push(&mut recent, batch(20, 29, size));
         assert_eq!(budget.used(), 2 * size);
-        assert!(recent.read(Offset(5), usize::MAX, Offset(100)).is_none());
-        assert_eq!(
-            recent
-                .read(Offset(10), usize::MAX, Offset(100))
-                .map(|b| b.len()),
-            Some(2 * size)
-        );
+        assert_eq!(read_len(&recent, 5, usize::MAX, 100), None);
+        assert_eq!(read_len(&recent, 10, usize::MAX, 100), Some(2 * size));
         drop(recent);
         assert_eq!(budget.used(), 0);
     }
