@@ -3,41 +3,62 @@
 # sequential-write-with-fsync limit (dd ... conv=fdatasync) measured in the same run, and
 # prints the medians of RUNS runs. README.md's "Performance" section quotes its output.
 #
+# The server runs in a memory cgroup (SERVER_MEMORY_LIMIT, default 512M; "none" turns it
+# off) and a warm-up fills it before the measured runs, so its page cache recycles as on a
+# long-running broker; dd runs in a cgroup of the same size. Why: scripts/lib/local-cluster.sh.
+# One server serves every run (each run writes new topics): a restart on a fresh data
+# directory would free the warmed pages and hand them back to this VM's host.
+#
 #   scripts/bench.sh            # RUNS=3, release build
 #   RUNS=5 DATA=/mnt/fast scripts/bench.sh
+#   FERROLOG_BIN=/tmp/ferrolog-old scripts/bench.sh   # another build (A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS="${RUNS:-3}"
 DATA="${DATA:-$(mktemp -d "${TMPDIR:-/tmp}/ferrolog-bench.XXXXXX")}"
-cargo build --release --locked --bin ferrolog >&2
-BIN="$PWD/target/release/ferrolog"
+BIN="${FERROLOG_BIN:-}"
+if [[ -z "$BIN" ]]; then
+    cargo build --release --locked --bin ferrolog >&2
+    BIN="$PWD/target/release/ferrolog"
+fi
+
+# shellcheck source=lib/local-cluster.sh
+source scripts/lib/local-cluster.sh # memory_cgroup, median
 
 server_pid=""
+cgroup_procs=""
 cleanup() {
     [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [[ -n "$cgroup_procs" ]] && rmdir "$(dirname "$cgroup_procs")" 2>/dev/null
     rm -rf "$DATA"
 }
 trap cleanup EXIT
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+limit="${SERVER_MEMORY_LIMIT:-512M}"
+[[ "$(stat -f -c %T "$DATA")" == tmpfs ]] && limit=none # tmpfs pages cannot be reclaimed
+bounded_bytes=0
+if [[ "$limit" != none ]]; then
+    cgroup_procs=$(memory_cgroup "ferrolog-bench-$$" "$limit")
+    if [[ -n "$cgroup_procs" ]]; then
+        bounded_bytes=$(numfmt --from=iec "$limit")
+    else
+        echo "no memory cgroup: the server's page cache is unbounded" >&2
+    fi
+fi
+# Runs a command inside the cgroup, if there is one.
+bounded() { ( [[ -z "$cgroup_procs" ]] || echo "$BASHPID" >"$cgroup_procs"; exec "$@" ); }
 
 start_server() {
-    rm -rf "$DATA/server"
     mkdir -p "$DATA/server"
-    coproc SERVER { RUST_LOG=warn exec "$BIN" server --data-dir "$DATA/server" \
+    coproc SERVER { [[ -z "$cgroup_procs" ]] || echo "$BASHPID" >"$cgroup_procs"
+        RUST_LOG=warn exec "$BIN" server --data-dir "$DATA/server" \
         --listen 127.0.0.1:0 --http-listen 127.0.0.1:0; }
     server_pid=$SERVER_PID
     local line
     read -r -t 30 line <&"${SERVER[0]}"
     BROKER=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' <<<"$line")
     export FERROLOG_BROKERS="$BROKER"
-}
-
-stop_server() {
-    kill "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    server_pid=""
 }
 
 # One produce benchmark; prints "records/s MB/s p50 p99 p99.9". Extra args go to the bench.
@@ -50,17 +71,24 @@ produce_once() {
 }
 
 dd_once() {
-    dd if=/dev/zero of="$DATA/dd.tmp" bs=1M count=2048 conv=fdatasync 2>&1 |
+    bounded dd if=/dev/zero of="$DATA/dd.tmp" bs=1M count=2048 conv=fdatasync 2>&1 |
         awk '/copied/ {for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/ && $(i+1) ~ /B\/s/) {v=$i; u=$(i+1)}}
              END { if (u=="GB/s") v*=1000; if (u=="kB/s") v/=1000; print v }'
     rm -f "$DATA/dd.tmp"
 }
 
 declare -A results
+# The disk's own limit first: deleting dd's file frees its pages, which must not happen
+# between the warm-up and the measured runs.
+for run in $(seq 1 "$RUNS"); do results[dd]+="$(dd_once)"$'\n'; done
+start_server
+if [[ "$bounded_bytes" -gt 0 ]]; then
+    warmup=$((bounded_bytes * 5 / 4 / 1024))
+    echo "warm-up: $warmup records of 1 KiB to fill the server's ${bounded_bytes}-byte bound" >&2
+    "$BIN" bench produce --topic warmup --records "$warmup" --record-size 1024 >/dev/null 2>&1
+fi
 for run in $(seq 1 "$RUNS"); do
     echo "run $run/$RUNS" >&2
-    results[dd]+="$(dd_once)"$'\n'
-    start_server
     read -r rps mbs p50 p99 p999 < <(produce_once 100 2000000 "small$run")
     results[small_rps]+="$rps"$'\n'; results[small_mbs]+="$mbs"$'\n'
     results[small_p50]+="$p50"$'\n'; results[small_p99]+="$p99"$'\n'; results[small_p999]+="$p999"$'\n'
@@ -75,7 +103,6 @@ for run in $(seq 1 "$RUNS"); do
     results[paced_p50]+="$p50"$'\n'; results[paced_p99]+="$p99"$'\n'; results[paced_p999]+="$p999"$'\n'
     consume=$("$BIN" bench consume --topic "small$run" | awk '/^throughput:/ {print $2, $4}')
     results[consume_rps]+="${consume% *}"$'\n'; results[consume_mbs]+="${consume#* }"$'\n'
-    stop_server
 done
 
 m() { printf '%s' "${results[$1]}" | sed '/^$/d' | median; }
