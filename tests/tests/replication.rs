@@ -1361,3 +1361,76 @@ fn in_sync_followers_are_served_from_memory_not_read_back_from_disk() -> anyhow:
     );
     Ok(())
 }
+
+/// A follower that has everything the leader has waits for its own fsync and then sends
+/// one long poll, which reports the fsync: one replica fetch per follower per acks=all
+/// produce in steady state, not an extra immediate fetch that comes back empty.
+#[test]
+fn followers_send_one_fetch_per_produce_when_caught_up() -> anyhow::Result<()> {
+    init_logging();
+    const TOPIC: &str = "one-fetch-per-produce";
+    const RECORDS: &str = "100";
+    let cluster = Cluster::start(3, &[])?;
+    let controller = cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    let created = create_replicated_topic(&cluster, controller, TOPIC, 2)?;
+    let leader = created.leader;
+    // The first produce waits out the followers' first fetches; counting starts after it.
+    assert_ok(&produce_lines(
+        &cluster,
+        leader,
+        TOPIC,
+        "all",
+        &numbered("first", 0..1),
+    )?);
+    let requests = |rpc: &str| -> anyhow::Result<f64> {
+        let (status, body) = http_get(&cluster.node(leader).http_address, "/metrics")?;
+        ensure!(status == 200, "GET /metrics on node {leader}: {status}");
+        Ok(metric_sum(
+            &body,
+            "ferrolog_requests_total",
+            &[&format!("rpc=\"{rpc}\"")],
+        ))
+    };
+    let (produces_before, fetches_before) = (requests("produce")?, requests("replica_fetch")?);
+    let started = Instant::now();
+    // One 1 KiB record per batch and one request in flight: sequential acks=all produces.
+    let out = cluster.cli(
+        leader,
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            TOPIC,
+            "--records",
+            RECORDS,
+            "--record-size",
+            "1024",
+            "--batch-size",
+            "1500",
+            "--linger-ms",
+            "0",
+            "--acks",
+            "all",
+        ],
+        None,
+    )?;
+    assert_ok(&out);
+    let elapsed = started.elapsed();
+    let produces = requests("produce")? - produces_before;
+    let fetches = requests("replica_fetch")? - fetches_before;
+    let followers = (REPLICATION_FACTOR - 1) as f64;
+    // Besides the fetches that bring a produce's batch (and report the one before), each
+    // follower's long poll expires every 500 ms while nothing comes.
+    let idle_polls = followers * (elapsed.as_secs_f64() / 0.5 + 2.0);
+    tracing::info!(produces, fetches, ?elapsed, "sequential acks=all produces");
+    ensure!(
+        produces >= 50.0,
+        "only {produces} produce requests: batches were not small"
+    );
+    ensure!(
+        fetches <= 1.5 * followers * produces + idle_polls,
+        "{fetches} replica fetches for {produces} produces and {followers} followers in \
+         {elapsed:?}: followers fetch again before their fsync is done"
+    );
+    Ok(())
+}

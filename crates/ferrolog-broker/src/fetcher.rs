@@ -5,9 +5,11 @@
 //!
 //! Per partition, the fetcher truncates a divergent suffix when the leader says where its
 //! log stops agreeing, restarts behind the leader's log start, and appends the batches it
-//! gets; the partition's group-commit flusher fsyncs them while the fetcher fetches on.
-//! Each request reports both where a log ends (what to send next) and where its fsynced
-//! log ends (what the leader counts towards the high watermark).
+//! gets; the partition's group-commit flusher fsyncs them. Each request reports both where
+//! a log ends (what to send next) and where its fsynced log ends (what the leader counts
+//! towards the high watermark). While the leader has more to send, the fetcher fetches on
+//! during the fsyncs; once it has everything, it waits for them, so that its next request
+//! (a long poll) reports them instead of an immediate one coming back empty.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -252,7 +254,8 @@ impl ReplicaFetchers {
         let mut client = self
             .client(fetcher.leader)
             .ok_or_else(|| format!("no address known for broker {}", fetcher.leader))?;
-        // While an fsync is pending, ask without waiting: the leader learns the durable end
+        // While an fsync is still pending (the leader had more to send, or the bounded wait
+        // for it below ran out), ask without waiting: the leader learns the durable end
         // from the request after it, which must not sit in a long poll meanwhile.
         let fsync_pending = asked.iter().any(|a| a.durable < a.fetch_offset);
         let max_wait = if fsync_pending {
@@ -291,10 +294,14 @@ impl ReplicaFetchers {
             ));
         }
         let mut moved = false;
+        let mut leader_has_more = false;
         let mut failed = Vec::new();
         for (a, data) in asked.iter().zip(response.partitions) {
             match apply(a, data) {
-                Ok(progress) => moved |= progress,
+                Ok(applied) => {
+                    moved |= applied.moved;
+                    leader_has_more |= applied.leader_has_more;
+                }
                 Err(reason) => {
                     tracing::debug!(topic = a.partition.topic(), partition = %a.partition.id(),
                         %reason, "partition fetch failed; retrying it");
@@ -314,12 +321,16 @@ impl ReplicaFetchers {
                 }
             }
         }
-        if !moved && fsync_pending {
-            // Nothing new: the next request is worth sending once the fsyncs are done.
+        // The next request is worth sending at once only if it can bring something: more
+        // batches. Otherwise it is worth sending once the fsyncs of what this one brought
+        // (or of what an earlier one did) are done, as it then moves the high watermark.
+        let wait_for_fsyncs = !leader_has_more && (moved || fsync_pending);
+        if wait_for_fsyncs {
             let deadline = tokio::time::Instant::now() + DURABLE_WAIT;
             let _ = tokio::time::timeout_at(deadline, async {
-                for a in asked.iter().filter(|a| a.durable < a.fetch_offset) {
-                    a.partition.wait_durable(a.fetch_offset, DURABLE_WAIT).await;
+                for a in asked {
+                    let (end, _) = a.partition.follower_position();
+                    a.partition.wait_durable(end, DURABLE_WAIT).await;
                 }
             })
             .await;
@@ -328,9 +339,24 @@ impl ReplicaFetchers {
     }
 }
 
-/// Acts on one partition's answer. Returns whether its log changed (then the next request
-/// should go out at once).
-fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<bool, String> {
+/// What one partition's answer did to its log.
+struct Applied {
+    /// Its log changed: appended, truncated or restarted.
+    moved: bool,
+    /// The leader has more for it right now: the next request should go out at once.
+    leader_has_more: bool,
+}
+
+impl Applied {
+    /// A truncation or restart: fetch again at once from the new position.
+    const RESET: Self = Self {
+        moved: true,
+        leader_has_more: true,
+    };
+}
+
+/// Acts on one partition's answer.
+fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<Applied, String> {
     let partition = &asked.partition;
     let generation = asked.assignment.generation;
     let fetch_offset = asked.fetch_offset;
@@ -344,7 +370,7 @@ fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<bool, Str
             "behind the leader's log start; restarting the log there");
         return partition
             .restart_at(Offset(data.log_start_offset), generation)
-            .map(|()| true)
+            .map(|()| Applied::RESET)
             .map_err(|e| e.to_string());
     }
     if data.error_code != ErrorCode::Unspecified as i32 {
@@ -359,7 +385,7 @@ fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<bool, Str
                 "the leader's log starts after this one ends; restarting the log there");
             return partition
                 .restart_at(Offset(data.log_start_offset), generation)
-                .map(|()| true)
+                .map(|()| Applied::RESET)
                 .map_err(|e| e.to_string());
         }
         // Never below what this log itself says the diverging epoch covers.
@@ -373,16 +399,23 @@ fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<bool, Str
             truncate_to = %target, "log diverges from the leader's");
         return partition
             .truncate_to(target, generation)
-            .map(|()| true)
+            .map(|()| Applied::RESET)
             .map_err(|e| e.to_string());
     }
     let high_watermark = Offset(data.high_watermark);
     if data.record_batches.is_empty() {
         partition.learn_high_watermark(high_watermark, generation);
-        return Ok(false);
+        // No batches though the leader has more: it held them back for the byte budget.
+        return Ok(Applied {
+            moved: false,
+            leader_has_more: data.log_end_offset > fetch_offset.0,
+        });
     }
     partition
         .append_from_leader(&data.record_batches, high_watermark, generation)
-        .map(|()| true)
+        .map(|end| Applied {
+            moved: true,
+            leader_has_more: data.log_end_offset > end.0,
+        })
         .map_err(|e| e.to_string())
 }

@@ -583,16 +583,16 @@ impl Partition {
     }
 
     /// Appends batches fetched from the leader, keeping their offsets and epochs, starts
-    /// making them durable (the flusher's next group commit; the follower fetches on
-    /// meanwhile and reports the durable end with each fetch), and takes the leader's high
-    /// watermark as far as this log reaches. `generation` guards against a role change
+    /// making them durable (the flusher's next group commit; the follower reports the
+    /// durable end with its next fetch), and takes the leader's high watermark as far as
+    /// this log reaches. Returns the new log end. `generation` guards against a role change
     /// during the fetch.
     pub fn append_from_leader(
         &self,
         batches: &Bytes,
         leader_high_watermark: Offset,
         generation: u64,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Offset, BrokerError> {
         self.check_open()?;
         let (end, policy) = {
             let mut log = self.log_write();
@@ -609,7 +609,7 @@ impl Partition {
             FlushPolicy::Interval { .. } | FlushPolicy::Os => self.on_durable(end),
         }
         self.advance_high_watermark(leader_high_watermark.min(end));
-        Ok(())
+        Ok(end)
     }
 
     /// Takes the leader's high watermark when a fetch brought no batches.

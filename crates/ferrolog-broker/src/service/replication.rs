@@ -147,6 +147,8 @@ impl ReplicationApi {
                 if limit == 0 {
                     return v1::ReplicaFetchPartitionData {
                         high_watermark: partition.high_watermark().0,
+                        // Tells the follower there is more here: it asks again at once.
+                        log_end_offset: partition.log_end_offset().0,
                         ..Default::default()
                     };
                 }
