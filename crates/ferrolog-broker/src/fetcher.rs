@@ -77,7 +77,12 @@ struct Asked {
 
 /// What a fetcher does next.
 enum Next {
-    Fetch(Vec<Asked>),
+    /// Ask for these; `next_retry` is when the first partition left out (backing off after
+    /// an error) may be asked again.
+    Fetch {
+        asked: Vec<Asked>,
+        next_retry: Option<Instant>,
+    },
     /// Every partition is backing off after an error.
     WaitUntil(Instant),
     /// It follows nothing any more (it was removed from the fetchers).
@@ -170,8 +175,8 @@ impl ReplicaFetchers {
         tracing::info!("replica fetcher started");
         let mut rotation = 0usize;
         loop {
-            let asked = match self.next(&fetcher, rotation) {
-                Next::Fetch(asked) => asked,
+            let (asked, next_retry) = match self.next(&fetcher, rotation) {
+                Next::Fetch { asked, next_retry } => (asked, next_retry),
                 Next::WaitUntil(at) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(at.into()) => {}
@@ -186,7 +191,7 @@ impl ReplicaFetchers {
             let joined = fetcher.joined.notified();
             tokio::pin!(joined);
             let round = async {
-                match self.fetch(&fetcher, &asked).await {
+                match self.fetch(&fetcher, &asked, next_retry).await {
                     Ok(()) => {}
                     Err(reason) => {
                         tracing::debug!(%reason, "replica fetch failed; retrying");
@@ -246,23 +251,26 @@ impl ReplicaFetchers {
         }
         let len = asked.len();
         asked.rotate_left(rotation % len);
-        Next::Fetch(asked)
+        let next_retry = followed
+            .iter()
+            .filter_map(|f| f.retry_at)
+            .filter(|at| *at > now)
+            .min();
+        Next::Fetch { asked, next_retry }
     }
 
     /// One request to the leader for `asked`, and what follows from its answer.
-    async fn fetch(&self, fetcher: &LeaderFetcher, asked: &[Asked]) -> Result<(), String> {
+    async fn fetch(
+        &self,
+        fetcher: &LeaderFetcher,
+        asked: &[Asked],
+        next_retry: Option<Instant>,
+    ) -> Result<(), String> {
         let mut client = self
             .client(fetcher.leader)
             .ok_or_else(|| format!("no address known for broker {}", fetcher.leader))?;
-        // While an fsync is still pending (the leader had more to send, or the bounded wait
-        // for it below ran out), ask without waiting: the leader learns the durable end
-        // from the request after it, which must not sit in a long poll meanwhile.
         let fsync_pending = asked.iter().any(|a| a.durable < a.fetch_offset);
-        let max_wait = if fsync_pending {
-            Duration::ZERO
-        } else {
-            REPLICA_FETCH_MAX_WAIT
-        };
+        let max_wait = long_poll_wait(Instant::now(), fsync_pending, next_retry);
         let mut request = tonic::Request::new(v1::ReplicaFetchRequest {
             replica_id: self.me.0,
             max_wait_ms: max_wait.as_millis() as u32,
@@ -337,6 +345,23 @@ impl ReplicaFetchers {
         }
         Ok(())
     }
+}
+
+/// How long the leader may hold a request that finds nothing new.
+///
+/// Not at all while an fsync is pending (the leader had more to send, or the bounded wait
+/// for the fsync ran out): the leader learns the durable end from the request after it,
+/// which must not sit in a long poll meanwhile. And not past `next_retry`, when a partition
+/// left out of the request after an error (often a new partition whose leader has not
+/// opened it yet) may be asked again: it would otherwise wait out the whole poll.
+fn long_poll_wait(now: Instant, fsync_pending: bool, next_retry: Option<Instant>) -> Duration {
+    if fsync_pending {
+        return Duration::ZERO;
+    }
+    next_retry.map_or(REPLICA_FETCH_MAX_WAIT, |at| {
+        at.saturating_duration_since(now)
+            .min(REPLICA_FETCH_MAX_WAIT)
+    })
 }
 
 /// What one partition's answer did to its log.
@@ -418,4 +443,30 @@ fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<Applied, 
             leader_has_more: data.log_end_offset > end.0,
         })
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_poll_ends_when_a_partition_left_out_may_be_asked_again() {
+        let now = Instant::now();
+        let in_100ms = Some(now + Duration::from_millis(100));
+        assert_eq!(long_poll_wait(now, false, None), REPLICA_FETCH_MAX_WAIT);
+        assert_eq!(
+            long_poll_wait(now, false, in_100ms),
+            Duration::from_millis(100)
+        );
+        // A retry further off than a whole poll does not lengthen it.
+        let in_a_minute = Some(now + Duration::from_secs(60));
+        assert_eq!(
+            long_poll_wait(now, false, in_a_minute),
+            REPLICA_FETCH_MAX_WAIT
+        );
+        // Already due: ask without waiting.
+        assert_eq!(long_poll_wait(now, false, Some(now)), Duration::ZERO);
+        // A pending fsync wins: its report must not sit in a poll.
+        assert_eq!(long_poll_wait(now, true, None), Duration::ZERO);
+    }
 }
