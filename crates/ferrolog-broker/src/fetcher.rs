@@ -9,7 +9,10 @@
 //! a log ends (what to send next) and where its fsynced log ends (what the leader counts
 //! towards the high watermark). While the leader has more to send, the fetcher fetches on
 //! during the fsyncs; once it has everything, it waits for them, so that its next request
-//! (a long poll) reports them instead of an immediate one coming back empty.
+//! (a long poll) reports them instead of an immediate one coming back empty. The wait
+//! covers every partition of the request: a batch that reaches the leader meanwhile is
+//! fetched once the fsyncs are done (at most `DURABLE_WAIT` later), in the request that
+//! reports them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -273,7 +276,8 @@ impl ReplicaFetchers {
         let max_wait = long_poll_wait(Instant::now(), fsync_pending, next_retry);
         let mut request = tonic::Request::new(v1::ReplicaFetchRequest {
             replica_id: self.me.0,
-            max_wait_ms: max_wait.as_millis() as u32,
+            // Rounded up: a retry due in under a millisecond is not asked for early.
+            max_wait_ms: max_wait.as_micros().div_ceil(1000) as u32,
             max_bytes: FETCH_MAX_BYTES,
             partitions: asked
                 .iter()
@@ -336,9 +340,16 @@ impl ReplicaFetchers {
         if wait_for_fsyncs {
             let deadline = tokio::time::Instant::now() + DURABLE_WAIT;
             let _ = tokio::time::timeout_at(deadline, async {
-                for a in asked {
+                // A partition whose role changed meanwhile is another fetcher's now.
+                for a in asked
+                    .iter()
+                    .filter(|a| a.partition.generation() == a.assignment.generation)
+                {
                     let (end, _) = a.partition.follower_position();
-                    a.partition.wait_durable(end, DURABLE_WAIT).await;
+                    let generation = a.assignment.generation;
+                    a.partition
+                        .wait_durable(end, generation, DURABLE_WAIT)
+                        .await;
                 }
             })
             .await;

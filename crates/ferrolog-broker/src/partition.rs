@@ -565,12 +565,18 @@ impl Partition {
         self.progress.borrow().durable
     }
 
-    /// Waits (bounded) until everything below `target` is fsynced here.
-    pub async fn wait_durable(&self, target: Offset, timeout: Duration) {
+    /// Waits (bounded) until everything below `target` is fsynced here, or the role of
+    /// `generation` ends (a truncation may then leave `target` beyond the log).
+    pub async fn wait_durable(&self, target: Offset, generation: u64, timeout: Duration) {
         let mut progress = self.progress.subscribe();
         let _ = tokio::time::timeout(
             timeout,
-            progress.wait_for(|p| p.durable >= target || p.storage_failed || self.is_closed()),
+            progress.wait_for(|p| {
+                p.durable >= target
+                    || p.generation != generation
+                    || p.storage_failed
+                    || self.is_closed()
+            }),
         )
         .await;
     }
