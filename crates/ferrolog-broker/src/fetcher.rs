@@ -248,17 +248,17 @@ impl ReplicaFetchers {
                 }
             })
             .collect();
-        if asked.is_empty() {
-            let at = followed.iter().filter_map(|f| f.retry_at).min();
-            return Next::WaitUntil(at.unwrap_or(now + RETRY_BACKOFF));
-        }
-        let len = asked.len();
-        asked.rotate_left(rotation % len);
+        // When the first partition left out (backing off after an error) may be asked again.
         let next_retry = followed
             .iter()
             .filter_map(|f| f.retry_at)
             .filter(|at| *at > now)
             .min();
+        if asked.is_empty() {
+            return Next::WaitUntil(next_retry.unwrap_or(now + RETRY_BACKOFF));
+        }
+        let len = asked.len();
+        asked.rotate_left(rotation % len);
         Next::Fetch { asked, next_retry }
     }
 
@@ -340,11 +340,9 @@ impl ReplicaFetchers {
         if wait_for_fsyncs {
             let deadline = tokio::time::Instant::now() + DURABLE_WAIT;
             let _ = tokio::time::timeout_at(deadline, async {
-                // A partition whose role changed meanwhile is another fetcher's now.
-                for a in asked
-                    .iter()
-                    .filter(|a| a.partition.generation() == a.assignment.generation)
-                {
+                // A partition whose role changed meanwhile (another fetcher's now) returns
+                // at once.
+                for a in asked {
                     let (end, _) = a.partition.follower_position();
                     let generation = a.assignment.generation;
                     a.partition
