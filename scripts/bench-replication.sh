@@ -10,12 +10,16 @@
 #   scripts/bench-replication.sh        # RECORDS=200000 per run, RUNS=3
 #   MAX_IN_FLIGHT=5 scripts/bench-replication.sh   # requests in flight per partition
 #   FERROLOG_BIN=/tmp/ferrolog-old scripts/bench-replication.sh   # another build (A/B)
+#   PARTITIONS=3 scripts/bench-replication.sh      # partitions per topic (leaders spread)
+#   NODE_DISKS="/mnt/n1 /mnt/n2 /mnt/n3" scripts/bench-replication.sh   # a disk per node
+#                                                  # (see scripts/lib/local-cluster.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RECORDS="${RECORDS:-200000}"
 RUNS="${RUNS:-3}"
 MAX_IN_FLIGHT="${MAX_IN_FLIGHT:-1}"
+PARTITIONS="${PARTITIONS:-1}"
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/ferrolog-replication-bench.XXXXXX")"
 BIN="${FERROLOG_BIN:-}"
 if [[ -z "$BIN" ]]; then
@@ -46,7 +50,7 @@ run() {  # $1 = replication factor, $2 = run; prints "records/s MB/s p50 p99 ser
     before=$(server_ticks)
     "$BIN" bench produce --topic "rf$1-run$2" --replication-factor "$1" --acks all \
         --records "$RECORDS" --record-size 1024 --max-in-flight "$MAX_IN_FLIGHT" \
-        --brokers "$brokers" 2>/dev/null |
+        --partitions "$PARTITIONS" --brokers "$brokers" 2>/dev/null |
         awk '/^throughput:/ {r=$2; m=$4} /^latency:/ {p50=$3; p99=$6} END {print r, m, p50, p99}' |
         { read -r a b c d; after=$(server_ticks)
           awk -v a="$a" -v b="$b" -v c="$c" -v d="$d" -v t=$((after - before)) -v hz="$TICKS_PER_S" \

@@ -15,9 +15,18 @@
 # the host's memory provisioning, and RF=3, which writes three copies, pays it three times.
 # Data on tmpfs cannot be bounded this way (its pages are not reclaimable): the limit
 # applies only to data on a disk.
+#
+# NODE_DISKS="/mnt/n1 /mnt/n2 /mnt/n3" puts each node's data on its own file system (say, a
+# loop device each), so that three copies do not share one disk's bandwidth as they do
+# under "$DATA". For example, with memory-backed disks (as root):
+#   for i in 1 2 3; do
+#     dd if=/dev/zero of=/dev/shm/d$i bs=1M count=3072 && dev=$(losetup -f --show /dev/shm/d$i)
+#     mkfs.ext4 -q "$dev" && mkdir -p /mnt/n$i && mount "$dev" /mnt/n$i
+#   done
 
 pids=()
 cgroups=()
+node_dirs=()
 cleanup_local_cluster() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do
@@ -25,7 +34,7 @@ cleanup_local_cluster() {
     done
     local cg
     for cg in "${cgroups[@]}"; do rmdir "$cg" 2>/dev/null || true; done
-    rm -rf "$DATA"
+    rm -rf "$DATA" "${node_dirs[@]}"
 }
 
 # Creates a memory cgroup limited to $2 (cgroup v2, else v1's memory controller) and prints
@@ -52,6 +61,14 @@ start_local_cluster() {
     local bin="$1"
     DATA="$2"
     trap cleanup_local_cluster EXIT
+    if [[ -n "${NODE_DISKS:-}" ]]; then
+        local n=1 d
+        for d in $NODE_DISKS; do
+            node_dirs+=("$d/ferrolog-$$-n$n")
+            mkdir -p "$d/ferrolog-$$-n$n" && ln -s "$d/ferrolog-$$-n$n" "$DATA/n$n"
+            n=$((n + 1))
+        done
+    fi
     declare -ga client ctrl
     local i
     for i in 1 2 3; do client[$i]=$(free_port); ctrl[$i]=$(free_port); done

@@ -25,6 +25,7 @@ use ferrolog_proto::v1::{self, ErrorCode};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
+use crate::HTTP2_MAX_FRAME_BYTES;
 use crate::partition::{FollowerAssignment, Partition};
 
 /// How long a leader may hold a replica fetch when it has nothing new: bounds the traffic
@@ -162,6 +163,7 @@ impl ReplicaFetchers {
                     // default 64 KiB window, a round trip per window.
                     .initial_stream_window_size(FETCH_MAX_BYTES)
                     .initial_connection_window_size(FETCH_MAX_BYTES * 2)
+                    .max_frame_size(HTTP2_MAX_FRAME_BYTES)
                     .connect_lazy();
                 channels.insert(address, channel.clone());
                 channel

@@ -16,7 +16,15 @@ pub mod replica;
 pub mod service;
 
 pub use broker::{Broker, BrokerConfig};
+
 pub use error::BrokerError;
 pub use metrics::BrokerMetrics;
 pub use partition::{Divergence, FetchOutcome, FollowerAssignment, Partition, Progress};
 pub use partition_manager::{PartitionManager, StorageSettings};
+
+/// The largest HTTP/2 frame a broker accepts, on its server and on its replica fetchers'
+/// connections. At HTTP/2's default of 16 KiB, each megabyte of a produce request or a
+/// replica fetch response is 64 frames, each its own write and TCP segment; 1 MiB frames
+/// let the kernel move it in 64 KiB segments. A frame is the unit of multiplexing, so this
+/// also bounds how long one message holds a connection.
+pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;

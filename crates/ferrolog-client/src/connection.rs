@@ -15,6 +15,10 @@ use crate::error::{ClientError, Result};
 /// per connection. Large enough for a whole produce or fetch of several megabytes.
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// The largest HTTP/2 frame this client accepts, as the broker does for requests (see
+/// `ferrolog_broker::HTTP2_MAX_FRAME_BYTES`): a fetch response of megabytes then comes in a
+/// few frames, not 64 per MiB, each a separate write on the broker.
+pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
 /// Lazily connected channels keyed by `host:port`.
 #[derive(Debug)]
@@ -50,6 +54,7 @@ impl Connections {
             // response; batches of a megabyte and more want the whole message in flight.
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
             // Detects a dead peer on an idle connection instead of waiting for the OS.
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))

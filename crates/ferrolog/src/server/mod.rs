@@ -523,6 +523,7 @@ async fn client_server(
         // window, a round trip per window.
         .initial_stream_window_size(8 * 1024 * 1024)
         .initial_connection_window_size(32 * 1024 * 1024)
+        .max_frame_size(ferrolog_broker::HTTP2_MAX_FRAME_BYTES)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(client)
