@@ -42,8 +42,13 @@ const LARGEST_BATCH_BYTES: usize = 128 * 1024 * 1024;
 /// Longest a follower waits for its own fsyncs before fetching again anyway: the
 /// partitions fetched from one leader share the wait.
 const DURABLE_WAIT: Duration = Duration::from_secs(1);
-/// Pause after an error before fetching again (the leader may be down or changing).
+/// Pause after a failed request before fetching again (the leader may be down or changing).
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// First pause of a partition the leader answered with an error for, doubling with each
+/// failure in a row up to `RETRY_BACKOFF`. The usual error is transient: a new partition
+/// whose leader has not opened it yet (both brokers apply the same metadata record, a few
+/// milliseconds apart), and every acks=all produce to it waits for this retry.
+const PARTITION_RETRY_FIRST: Duration = Duration::from_millis(10);
 
 /// This broker's replica fetchers, one per leader, with the brokers' addresses (from the
 /// image) and one channel per leader.
@@ -68,6 +73,8 @@ struct Followed {
     assignment: FollowerAssignment,
     /// After an error, the partition sits out of requests until then.
     retry_at: Option<Instant>,
+    /// Errors in a row for this partition (sets the next pause).
+    failures: u32,
 }
 
 /// A followed partition as one request asks for it.
@@ -77,6 +84,8 @@ struct Asked {
     fetch_offset: Offset,
     last_fetched_epoch: i32,
     durable: Offset,
+    /// Its errors in a row so far.
+    failures: u32,
 }
 
 /// What a fetcher does next.
@@ -135,6 +144,7 @@ impl ReplicaFetchers {
                 partition,
                 assignment,
                 retry_at: None,
+                failures: 0,
             });
         }
         fetcher.joined.notify_one();
@@ -247,6 +257,7 @@ impl ReplicaFetchers {
                     fetch_offset,
                     last_fetched_epoch,
                     durable: f.partition.durable_offset(),
+                    failures: f.failures,
                 }
             })
             .collect();
@@ -309,29 +320,36 @@ impl ReplicaFetchers {
         }
         let mut moved = false;
         let mut leader_has_more = false;
-        let mut failed = Vec::new();
+        // Partitions whose count of errors in a row changes, with the new count.
+        let mut outcomes = Vec::new();
         for (a, data) in asked.iter().zip(response.partitions) {
             match apply(a, data) {
                 Ok(applied) => {
                     moved |= applied.moved;
                     leader_has_more |= applied.leader_has_more;
+                    if a.failures > 0 {
+                        outcomes.push((a, 0));
+                    }
                 }
                 Err(reason) => {
                     tracing::debug!(topic = a.partition.topic(), partition = %a.partition.id(),
                         %reason, "partition fetch failed; retrying it");
-                    failed.push((Arc::clone(&a.partition), a.assignment.generation));
+                    outcomes.push((a, a.failures.saturating_add(1)));
                 }
             }
         }
-        if !failed.is_empty() {
-            let retry_at = Instant::now() + RETRY_BACKOFF;
+        if !outcomes.is_empty() {
+            let now = Instant::now();
             for f in lock(&fetcher.followed).iter_mut() {
                 // Only the entry the request was for: one that re-joined since (a new
                 // role) starts afresh.
-                if failed.iter().any(|(p, generation)| {
-                    Arc::ptr_eq(p, &f.partition) && *generation == f.assignment.generation
-                }) {
-                    f.retry_at = Some(retry_at);
+                let outcome = outcomes.iter().find(|(a, _)| {
+                    Arc::ptr_eq(&a.partition, &f.partition)
+                        && a.assignment.generation == f.assignment.generation
+                });
+                if let Some((_, failures)) = outcome {
+                    f.failures = *failures;
+                    f.retry_at = (*failures > 0).then(|| now + partition_retry_backoff(*failures));
                 }
             }
         }
@@ -373,6 +391,14 @@ fn long_poll_wait(now: Instant, fsync_pending: bool, next_retry: Option<Instant>
         at.saturating_duration_since(now)
             .min(REPLICA_FETCH_MAX_WAIT)
     })
+}
+
+/// The pause before asking again for a partition after `failures` errors in a row.
+fn partition_retry_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    PARTITION_RETRY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(RETRY_BACKOFF)
 }
 
 /// What one partition's answer did to its log.
@@ -459,6 +485,15 @@ fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<Applied, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_partition_is_asked_again_soon_then_less_and_less_often() {
+        let pauses: Vec<u64> = (1..=7)
+            .map(|failures| partition_retry_backoff(failures).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 200, 200]);
+        assert_eq!(partition_retry_backoff(u32::MAX), RETRY_BACKOFF);
+    }
 
     #[test]
     fn a_long_poll_ends_when_a_partition_left_out_may_be_asked_again() {
