@@ -167,6 +167,7 @@ impl MetadataQuorum {
                 Err(e) => return Err(MetadataError::Raft(format!("initialize: {e}"))),
             }
         }
+        tokio::spawn(log_leadership_changes(raft.metrics()));
         Ok(Arc::new(Self {
             config,
             raft,
@@ -354,6 +355,35 @@ fn majority_index(matched: &[Option<u64>]) -> u64 {
     indexes.sort_unstable_by(|a, b| b.cmp(a));
     // Sorted high to low, the majority-th entry is held by a majority.
     indexes.get(matched.len() / 2).copied().unwrap_or(0)
+}
+
+/// Logs each change of the quorum's leader or term, as this node sees it. Operators need
+/// these lines; openraft's own info-level logs (state dumps, every vote step) are filtered
+/// out by the server's default log filter, so this is where elections show up. Ends when
+/// the Raft instance shuts down.
+async fn log_leadership_changes(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+) {
+    let mut seen = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term, m.state)
+        };
+        if seen != Some(now) {
+            let (leader, term, state) = now;
+            match leader {
+                Some(leader) => tracing::info!(leader, term, this_node = ?state,
+                    "metadata quorum leader"),
+                None => tracing::info!(term, this_node = ?state,
+                    "metadata quorum has no leader; electing"),
+            }
+            seen = Some(now);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,9 @@ fn init_tracing(default_filter: &str) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Server(_) => "info",
+        // openraft logs its internal state machine at info (whole-state dumps, every vote
+        // step); the quorum logs leader changes itself (`metadata quorum leader`).
+        Command::Server(_) => "info,openraft=warn",
         _ => "warn",
     };
     init_tracing(default_filter);
