@@ -1072,8 +1072,20 @@ fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyh
     // Time for a resumed follower to process whatever was waiting in its sockets.
     const RESUME_SETTLE: Duration = Duration::from_millis(500);
 
-    // A generous lag time: no replica may leave the ISR while the scenario pauses nodes.
-    let mut cluster = Cluster::start(3, &["--replica-lag-time-max-ms", "10000"])?;
+    // No replica may leave the ISR while the scenario pauses nodes: a generous lag time,
+    // and a broker session the pauses cannot outlast. A controller that resumes from a
+    // pause finds every session it tracks 3.5 s old; at the default 1.2 s it could fence
+    // B or C (taking them out of the ISR) before their next heartbeats arrive. The leader
+    // moves by an admin election, not by fencing.
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--replica-lag-time-max-ms",
+            "10000",
+            "--broker-session-timeout-ms",
+            "30000",
+        ],
+    )?;
     let controller = cluster.wait_for_leader(ELECTION_DEADLINE)?;
     let created = create_replicated_topic(&cluster, controller, TOPIC, 1)?;
     let a = created.leader;
