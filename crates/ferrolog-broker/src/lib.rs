@@ -25,6 +25,7 @@ pub use partition_manager::{PartitionManager, StorageSettings};
 /// The largest HTTP/2 frame a broker accepts, on its server and on its replica fetchers'
 /// connections. At HTTP/2's default of 16 KiB, each megabyte of a produce request or a
 /// replica fetch response is 64 frames, each its own write and TCP segment; 1 MiB frames
-/// let the kernel move it in 64 KiB segments. A frame is the unit of multiplexing, so this
-/// also bounds how long one message holds a connection.
+/// let the kernel move it in 64 KiB segments. A frame is HTTP/2's unit of multiplexing:
+/// a small reply on the same connection may wait behind one 1 MiB frame (about 1 ms at
+/// 10 Gbit/s) instead of one of 16 KiB.
 pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;

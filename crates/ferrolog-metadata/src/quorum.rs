@@ -372,11 +372,15 @@ async fn log_leadership_changes(
         };
         if seen != Some(now) {
             let (leader, term, state) = now;
-            match leader {
-                Some(leader) => tracing::info!(leader, term, this_node = ?state,
+            match (state, leader) {
+                (ServerState::Shutdown, _) => {
+                    tracing::info!(term, "metadata quorum member stopped");
+                    return;
+                }
+                (_, Some(leader)) => tracing::info!(leader, term, this_node = ?state,
                     "metadata quorum leader"),
-                None => tracing::info!(term, this_node = ?state,
-                    "metadata quorum has no leader; electing"),
+                (_, None) => tracing::info!(term, this_node = ?state,
+                    "metadata quorum has no leader"),
             }
             seen = Some(now);
         }
