@@ -13,14 +13,9 @@ cd "$(dirname "$0")/.."
 
 TOPICS="${TOPICS:-16}"
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/ferrolog-new-topics-bench.XXXXXX")"
-BIN="${FERROLOG_BIN:-}"
-if [[ -z "$BIN" ]]; then
-    cargo build --release --locked --bin ferrolog >&2
-    BIN="$PWD/target/release/ferrolog"
-fi
-
 # shellcheck source=lib/local-cluster.sh
 source scripts/lib/local-cluster.sh
+BIN="$(ferrolog_binary)"
 start_local_cluster "$BIN" "$DATA"
 sleep 2 # brokers register right after the controller is elected
 

@@ -21,14 +21,9 @@ RUNS="${RUNS:-3}"
 MAX_IN_FLIGHT="${MAX_IN_FLIGHT:-1}"
 PARTITIONS="${PARTITIONS:-1}"
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/ferrolog-replication-bench.XXXXXX")"
-BIN="${FERROLOG_BIN:-}"
-if [[ -z "$BIN" ]]; then
-    cargo build --release --locked --bin ferrolog >&2
-    BIN="$PWD/target/release/ferrolog"
-fi
-
 # shellcheck source=lib/local-cluster.sh
 source scripts/lib/local-cluster.sh
+BIN="$(ferrolog_binary)"
 start_local_cluster "$BIN" "$DATA"
 sleep 2 # brokers register right after the controller is elected
 if [[ "$bounded_bytes" -gt 0 ]]; then

@@ -5,6 +5,8 @@
 #   start_local_cluster BIN DATA    sets: brokers (comma-separated), client[1..3], leader,
 #                                   bounded_bytes (each node's memory bound, 0 if none)
 #   median                          the median of numbers on standard input
+#   ferrolog_binary                 prints $FERROLOG_BIN, or builds the release binary and
+#                                   prints its path
 #
 # Each node runs in its own memory cgroup (SERVER_MEMORY_LIMIT, default 512M; "none" turns it
 # off) when this user may create one, so its page cache stays bounded and recycles the way a
@@ -53,6 +55,12 @@ memory_cgroup() {
         return 0
     fi
     echo "$dir/cgroup.procs"
+}
+
+ferrolog_binary() {
+    if [[ -n "${FERROLOG_BIN:-}" ]]; then echo "$FERROLOG_BIN"; return; fi
+    cargo build --release --locked --bin ferrolog >&2
+    echo "$PWD/target/release/ferrolog"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
