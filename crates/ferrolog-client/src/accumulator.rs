@@ -25,7 +25,9 @@ use crate::partitioner::{StickyPartitioner, partition_for_key};
 const RECORD_OVERHEAD_BYTES: usize = 40;
 /// Upper bound on one header's framing (key and value length varints).
 const HEADER_OVERHEAD_BYTES: usize = 10;
-/// Initial buffer of a new batch; it grows as records arrive, up to `batch_size_bytes`.
+/// Initial buffer of a partition's first batch; it grows as records arrive, up to
+/// `batch_size_bytes`. Later batches start at the size the one before reached (see
+/// `batch_capacity`).
 const INITIAL_BATCH_CAPACITY_BYTES: usize = 16 * 1024;
 
 /// Bytes a record takes in a batch, rounded up; also what it holds of `buffer_memory_bytes`.
@@ -101,6 +103,21 @@ struct TopicBatches {
     metadata_generation: u64,
     sticky: StickyPartitioner,
     open: Vec<Option<OpenBatch>>,
+    /// Per partition, the size its last sealed batch reached: where the next one's buffer
+    /// starts, so that a busy partition's batches do not grow by doubling, each doubling a
+    /// copy of everything so far (about one extra copy of every full batch).
+    last_sealed_bytes: Vec<usize>,
+}
+
+impl TopicBatches {
+    /// Takes the open batch of `partition` (which must hold one) and seals it.
+    fn seal_open(&mut self, partition: u32) -> ReadyBatch {
+        let batch = self.open[partition as usize]
+            .take()
+            .expect("the caller saw the slot holding a batch");
+        self.last_sealed_bytes[partition as usize] = batch.builder.size_bytes();
+        seal(Arc::clone(&self.name), partition, batch)
+    }
 }
 
 /// What `append` did, so the caller knows whether to wake the sender.
@@ -156,6 +173,7 @@ impl Accumulator {
             if let Some(count) = refreshed().filter(|c| *c > state.partition_count) {
                 state.partition_count = count;
                 state.open.resize_with(count as usize, || None);
+                state.last_sealed_bytes.resize(count as usize, 0);
             }
         }
         Some(state.partition_count)
@@ -177,6 +195,7 @@ impl Accumulator {
                 metadata_generation: generation,
                 sticky: StickyPartitioner::default(),
                 open,
+                last_sealed_bytes: vec![0; partition_count as usize],
             },
         );
     }
@@ -213,15 +232,12 @@ impl Accumulator {
             return Ok(partition_for_key(key, count));
         }
         let sticky = state.sticky.partition(count, rng);
-        let slot = &mut state.open[sticky as usize];
-        match slot {
+        match &state.open[sticky as usize] {
             Some(open) if fits(&open.builder, estimate_bytes, batch_size_bytes) => Ok(sticky),
             Some(_) => {
                 // The sticky batch is as full as it gets: send it now rather than at linger
                 // expiry, and move on.
-                let full = slot.take().expect("slot was just matched holding a batch");
-                self.ready
-                    .push_back(seal(Arc::clone(&state.name), sticky, full));
+                self.ready.push_back(state.seal_open(sticky));
                 self.open_batch_count -= 1;
                 Ok(state.sticky.on_new_batch(sticky, count, rng))
             }
@@ -244,33 +260,33 @@ impl Accumulator {
                 crate::metadata::unknown_topic(topic),
             ));
         };
-        let Some(slot) = state.open.get_mut(partition as usize) else {
+        let Some(slot) = state.open.get(partition as usize) else {
             return Err(unknown_partition(topic, partition, state.partition_count));
         };
         let mut sealed_batch = false;
-        if let Some(open) = slot.as_ref()
-            && !fits(&open.builder, record.estimate_bytes, batch_size_bytes)
+        if slot
+            .as_ref()
+            .is_some_and(|open| !fits(&open.builder, record.estimate_bytes, batch_size_bytes))
         {
-            let full = slot.take().expect("slot was just seen holding a batch");
-            self.ready
-                .push_back(seal(Arc::clone(&state.name), partition, full));
+            self.ready.push_back(state.seal_open(partition));
             self.open_batch_count -= 1;
             sealed_batch = true;
         }
+        let capacity = batch_capacity(
+            state.last_sealed_bytes[partition as usize],
+            batch_size_bytes,
+        );
         let mut opened_batch = false;
-        let open = match slot {
+        let open = match &mut state.open[partition as usize] {
             Some(open) => open,
-            None => {
+            slot @ None => {
                 let seq = self.next_batch_seq;
                 self.next_batch_seq += 1;
                 self.incomplete.insert(seq);
                 self.open_batch_count += 1;
                 opened_batch = true;
                 slot.insert(OpenBatch {
-                    builder: RecordBatchBuilder::with_capacity(
-                        record.timestamp_ms,
-                        INITIAL_BATCH_CAPACITY_BYTES.min(batch_size_bytes),
-                    ),
+                    builder: RecordBatchBuilder::with_capacity(record.timestamp_ms, capacity),
                     completion: BatchCompletion::new(Arc::clone(&state.name), partition),
                     seq,
                     created_at: Instant::now(),
@@ -289,9 +305,7 @@ impl Accumulator {
         let future =
             DeliveryFuture::pending(Arc::clone(&open.completion), index, record.timestamp_ms);
         if open.builder.size_bytes() >= batch_size_bytes {
-            let full = slot.take().expect("slot holds the batch just appended to");
-            self.ready
-                .push_back(seal(Arc::clone(&state.name), partition, full));
+            self.ready.push_back(state.seal_open(partition));
             self.open_batch_count -= 1;
             sealed_batch = true;
         }
@@ -311,13 +325,13 @@ impl Accumulator {
         }
         let mut next_deadline: Option<Instant> = None;
         for state in self.topics.values_mut() {
-            for (partition, slot) in state.open.iter_mut().enumerate() {
-                let Some(open) = slot else { continue };
+            for partition in 0..state.open.len() {
+                let Some(open) = &state.open[partition] else {
+                    continue;
+                };
                 let deadline = open.created_at + self.linger;
                 if deadline <= now {
-                    let batch = slot.take().expect("slot was just seen holding a batch");
-                    self.ready
-                        .push_back(seal(Arc::clone(&state.name), partition as u32, batch));
+                    self.ready.push_back(state.seal_open(partition as u32));
                     self.open_batch_count -= 1;
                 } else {
                     next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
@@ -333,10 +347,9 @@ impl Accumulator {
             return;
         }
         for state in self.topics.values_mut() {
-            for (partition, slot) in state.open.iter_mut().enumerate() {
-                if let Some(batch) = slot.take() {
-                    self.ready
-                        .push_back(seal(Arc::clone(&state.name), partition as u32, batch));
+            for partition in 0..state.open.len() {
+                if state.open[partition].is_some() {
+                    self.ready.push_back(state.seal_open(partition as u32));
                 }
             }
         }
@@ -379,6 +392,21 @@ fn fits(builder: &RecordBatchBuilder, estimate_bytes: usize, batch_size_bytes: u
     builder.is_empty() || builder.size_bytes() + estimate_bytes <= batch_size_bytes
 }
 
+/// The buffer a partition's new batch starts with, from the size its last batch reached
+/// (0 for none yet). A partition that filled half a batch or more last time most likely
+/// fills this one too: its buffer starts whole and never reallocates. Buffer memory is
+/// accounted by record (`reserved_bytes`), not by capacity, and pages of a buffer are
+/// only backed once written.
+fn batch_capacity(last_sealed_bytes: usize, batch_size_bytes: usize) -> usize {
+    if last_sealed_bytes.saturating_mul(2) >= batch_size_bytes {
+        batch_size_bytes
+    } else {
+        last_sealed_bytes
+            .max(INITIAL_BATCH_CAPACITY_BYTES)
+            .min(batch_size_bytes)
+    }
+}
+
 fn seal(topic: Arc<str>, partition: u32, batch: OpenBatch) -> ReadyBatch {
     let record_count = batch.builder.record_count();
     ReadyBatch {
@@ -415,6 +443,31 @@ mod tests {
         let mut acc = Accumulator::new(Duration::from_millis(linger_ms), batch_size_bytes);
         acc.add_topic("t", 4, 0);
         acc
+    }
+
+    #[test]
+    fn a_partition_that_filled_its_last_batch_starts_the_next_one_whole() {
+        let batch_size = 64 * 1024;
+        // First batch of a partition, or one that stayed small: a small buffer.
+        assert_eq!(batch_capacity(0, batch_size), INITIAL_BATCH_CAPACITY_BYTES);
+        assert_eq!(batch_capacity(20_000, batch_size), 20_000);
+        // Half full or more last time: the whole batch size at once.
+        assert_eq!(batch_capacity(batch_size / 2, batch_size), batch_size);
+        assert_eq!(batch_capacity(batch_size, batch_size), batch_size);
+        // Never above the batch size, even after a lone oversized record.
+        assert_eq!(batch_capacity(10 * batch_size, batch_size), batch_size);
+        assert_eq!(batch_capacity(0, 1000), 1000);
+
+        let mut acc = accumulator(5, batch_size);
+        let mut sealed = 0;
+        while sealed == 0 {
+            acc.append("t", 2, record(&[7; 1000]))
+                .expect("topic exists");
+            sealed = acc.drain_ready().count();
+        }
+        let remembered = acc.topics["t"].last_sealed_bytes[2];
+        assert!(remembered >= batch_size - 1100 && remembered <= batch_size);
+        assert_eq!(acc.topics["t"].last_sealed_bytes[1], 0);
     }
 
     #[test]
