@@ -5,7 +5,9 @@
 # machine's one disk and two cores, so RF=3 pays for three fsynced copies on one disk;
 # on separate machines each copy has its own. The last column is the CPU time the three
 # servers spent per MB produced (RF=3 does the work of three brokers, so about three
-# times RF=1 is the floor). README.md's "Performance" section quotes it.
+# times RF=1 is the floor). With one request in flight, it ends with what the disk alone
+# allows: `ferrolog bench fsync` on the same disk, and the ratio that leaves room for.
+# README.md's "Performance" section quotes it.
 #
 #   scripts/bench-replication.sh        # RECORDS=200000 per run, RUNS=3
 #   MAX_IN_FLIGHT=5 scripts/bench-replication.sh   # requests in flight per partition
@@ -69,3 +71,20 @@ echo "|---|---|---|---|---|---|"
 echo "| replication factor 1 | $r1 | $(m "${mb[1]}") | $(m "${p50[1]}") | $(m "${p99[1]}") | $(m "${cpu[1]}") |"
 echo "| replication factor 3 | $r3 | $(m "${mb[3]}") | $(m "${p50[3]}") | $(m "${p99[3]}") | $(m "${cpu[3]}") |"
 awk -v a="$r3" -v b="$r1" 'BEGIN { printf "\nRF=3 / RF=1 throughput: %.2f\n", a / b }'
+
+# What the disk alone allows (one request in flight, the three nodes on one disk): an RF=1
+# request waits for one fsync; an RF=3 request waits for its followers' fsyncs, which run
+# while the other replicas' do. Giving RF=3 the fsync of two or three writers at once, and
+# adding nothing else (no transfer to the followers, no follower write), bounds its speed.
+if [[ "$MAX_IN_FLIGHT" == 1 && -z "${NODE_DISKS:-}" ]]; then
+    disk=$("$BIN" bench fsync --dir "$DATA" --writers 1,2,3 --writes 300)
+    fsync_p50() { awk -v w="$1" '$1 == "writers:" && $2 == w { print $5 }' <<<"$disk"; }
+    f1=$(fsync_p50 1); f2=$(fsync_p50 2); f3=$(fsync_p50 3)
+    echo
+    echo "The disk alone (ferrolog bench fsync, 1 MiB appends, p50): fdatasync $f1 ms with one writer, $f2 ms with two at once, $f3 ms with three."
+    awk -v mb="$(m "${mb[1]}")" -v f1="$f1" -v f2="$f2" -v f3="$f3" 'BEGIN {
+        t1 = 1.048576 / mb * 1000
+        printf "An RF=1 request of 1 MiB takes %.2f ms. With the fsync of two or three writers in place of one and nothing else added, RF=3 would take %.2f-%.2f ms: at most %.2f-%.2f of RF=1 on this disk.\n",
+            t1, t1 - f1 + f2, t1 - f1 + f3, t1 / (t1 - f1 + f3), t1 / (t1 - f1 + f2)
+    }'
+fi

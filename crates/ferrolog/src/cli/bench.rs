@@ -1,4 +1,4 @@
-//! `ferrolog bench produce|consume`: throughput and latency through the real client, as an
+//! `ferrolog bench produce|consume|create-topics`: throughput and latency through the real client, as an
 //! application sees them.
 
 use std::sync::Arc;
@@ -30,6 +30,9 @@ pub enum BenchCommand {
     Consume(ConsumeBench),
     /// Create N topics one after another and report the latency of each commit
     CreateTopics(CreateTopicsBench),
+    /// Measure how long this disk takes to fsync an append, with one writer and several at
+    /// once (no server needed)
+    Fsync(super::fsync_bench::FsyncBench),
 }
 
 #[derive(Debug, Args)]
@@ -403,5 +406,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::CreateTopics(args) => run_create_topics(args).await,
         BenchCommand::Produce(args) => run_produce(args).await,
         BenchCommand::Consume(args) => run_consume(args).await,
+        BenchCommand::Fsync(args) => {
+            tokio::task::spawn_blocking(move || super::fsync_bench::run(args))
+                .await
+                .context("the fsync benchmark stopped")?
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! The client-side commands. Each talks to a cluster through `ferrolog-client`, exactly as
-//! an application would.
+//! an application would, except `bench fsync`, which measures the disk alone.
 
 pub mod bench;
 pub mod cluster;
 pub mod consume;
+mod fsync_bench;
 pub mod group;
 pub mod health;
 pub mod partition;
