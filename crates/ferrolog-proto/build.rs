@@ -26,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("ferrolog_descriptor.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)
+        // tonic's prost codec with a decode buffer sized for batches (src/codec.rs).
+        .codec_path("crate::codec::FerrologCodec")
         .bytes(".ferrolog.v1.ProduceRequest.record_batch")
         .bytes(".ferrolog.v1.FetchResponse.record_batches")
         .bytes(".ferrolog.v1.ReplicaFetchPartitionData.record_batches")

@@ -1,7 +1,10 @@
-//! Ferrolog's wire types: the generated code of `proto/ferrolog/v1`, nothing hand-written.
+//! Ferrolog's wire types: the generated code of `proto/ferrolog/v1`, and the codec its
+//! services use.
 //!
 //! A client depends on this crate and never on a server crate, so the wire contract is the
 //! only thing the two sides share.
+
+pub mod codec;
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
