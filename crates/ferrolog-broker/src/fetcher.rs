@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use ferrolog_log::Offset;
 use ferrolog_metadata::BrokerId;
-use ferrolog_proto::v1::replication_service_client::ReplicationServiceClient;
 use ferrolog_proto::v1::{self, ErrorCode};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use crate::HTTP2_MAX_FRAME_BYTES;
 use crate::partition::{FollowerAssignment, Partition};
+use crate::replica_fetch_call::replica_fetch;
 
 /// How long a leader may hold a replica fetch when it has nothing new: bounds the traffic
 /// of an idle cluster to about one request per follower-leader pair per wait.
@@ -154,7 +154,7 @@ impl ReplicaFetchers {
         }
     }
 
-    fn client(&self, broker: BrokerId) -> Option<ReplicationServiceClient<Channel>> {
+    fn channel(&self, broker: BrokerId) -> Option<Channel> {
         let address = self
             .addresses
             .read()
@@ -179,10 +179,7 @@ impl ReplicaFetchers {
                 channel
             }
         };
-        Some(
-            ReplicationServiceClient::new(channel)
-                .max_decoding_message_size(FETCH_MAX_BYTES as usize + LARGEST_BATCH_BYTES),
-        )
+        Some(channel)
     }
 
     #[tracing::instrument(name = "replica_fetcher", skip_all, fields(leader = %fetcher.leader))]
@@ -282,12 +279,12 @@ impl ReplicaFetchers {
         asked: &[Asked],
         next_retry: Option<Instant>,
     ) -> Result<(), String> {
-        let mut client = self
-            .client(fetcher.leader)
+        let channel = self
+            .channel(fetcher.leader)
             .ok_or_else(|| format!("no address known for broker {}", fetcher.leader))?;
         let fsync_pending = asked.iter().any(|a| a.durable < a.fetch_offset);
         let max_wait = long_poll_wait(Instant::now(), fsync_pending, next_retry);
-        let mut request = tonic::Request::new(v1::ReplicaFetchRequest {
+        let request = v1::ReplicaFetchRequest {
             replica_id: self.me.0,
             // Rounded up: a retry due in under a millisecond is not asked for early.
             max_wait_ms: max_wait.as_micros().div_ceil(1000) as u32,
@@ -304,13 +301,15 @@ impl ReplicaFetchers {
                     max_bytes: PARTITION_FETCH_MAX_BYTES,
                 })
                 .collect(),
-        });
-        request.set_timeout(REPLICA_FETCH_MAX_WAIT + Duration::from_secs(5));
-        let response = client
-            .replica_fetch(request)
-            .await
-            .map_err(|status| status.message().to_owned())?
-            .into_inner();
+        };
+        let response = replica_fetch(
+            &channel,
+            &request,
+            REPLICA_FETCH_MAX_WAIT + Duration::from_secs(5),
+            FETCH_MAX_BYTES as usize + LARGEST_BATCH_BYTES,
+        )
+        .await
+        .map_err(|status| status.message().to_owned())?;
         if response.partitions.len() != asked.len() {
             return Err(format!(
                 "the leader answered for {} partitions, asked {}",

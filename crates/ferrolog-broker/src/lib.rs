@@ -13,6 +13,7 @@ pub mod metrics;
 mod partition;
 mod partition_manager;
 pub mod replica;
+mod replica_fetch_call;
 pub mod service;
 
 pub use broker::{Broker, BrokerConfig};

@@ -5,6 +5,7 @@ mod client;
 mod convert;
 mod group;
 mod replication;
+mod replication_server;
 mod status;
 
 pub use admin::AdminApi;
@@ -12,3 +13,4 @@ pub use client::ClientApi;
 pub(crate) use convert::next_offset;
 pub use group::GroupApi;
 pub use replication::ReplicationApi;
+pub use replication_server::ReplicationServer;

@@ -1,6 +1,7 @@
 //! ReplicationService: followers' fetches, answered by the partition leaders on this
 //! broker. One request carries every partition a follower follows here, and it long-polls
-//! on all of them at once: it answers as soon as any has batches or news.
+//! on all of them at once: it answers as soon as any has batches or news. The answer goes
+//! out through `replication_server`, which sends the batches without copying them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,10 +9,8 @@ use std::time::{Duration, Instant};
 use ferrolog_log::Offset;
 use ferrolog_metadata::BrokerId;
 use ferrolog_proto::v1;
-use ferrolog_proto::v1::replication_service_server::ReplicationService;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
-use tonic::{Request, Response, Status};
 
 use crate::partition::{Divergence, Partition};
 use crate::{Broker, BrokerError};
@@ -37,6 +36,21 @@ struct PartitionFetch {
 impl ReplicationApi {
     pub fn new(broker: Arc<Broker>) -> Self {
         Self { broker }
+    }
+
+    /// Answers one replica fetch (see `replication_server` for how it travels).
+    pub(crate) async fn replica_fetch(
+        &self,
+        request: v1::ReplicaFetchRequest,
+    ) -> v1::ReplicaFetchResponse {
+        let response = self.replica_fetch_inner(request).await;
+        let error = response
+            .partitions
+            .iter()
+            .find(|p| p.error_code != v1::ErrorCode::Unspecified as i32)
+            .and_then(|p| v1::ErrorCode::try_from(p.error_code).ok());
+        self.broker.metrics().count_request("replica_fetch", error);
+        response
     }
 
     #[tracing::instrument(name = "replica_fetch", skip_all, fields(replica = request.replica_id,
@@ -219,22 +233,5 @@ fn error_data(error: &BrokerError) -> v1::ReplicaFetchPartitionData {
             _ => 0,
         },
         ..Default::default()
-    }
-}
-
-#[tonic::async_trait]
-impl ReplicationService for ReplicationApi {
-    async fn replica_fetch(
-        &self,
-        request: Request<v1::ReplicaFetchRequest>,
-    ) -> Result<Response<v1::ReplicaFetchResponse>, Status> {
-        let response = self.replica_fetch_inner(request.into_inner()).await;
-        let error = response
-            .partitions
-            .iter()
-            .find(|p| p.error_code != v1::ErrorCode::Unspecified as i32)
-            .and_then(|p| v1::ErrorCode::try_from(p.error_code).ok());
-        self.broker.metrics().count_request("replica_fetch", error);
-        Ok(Response::new(response))
     }
 }
