@@ -72,14 +72,15 @@ echo "| replication factor 1 | $r1 | $(m "${mb[1]}") | $(m "${p50[1]}") | $(m "$
 echo "| replication factor 3 | $r3 | $(m "${mb[3]}") | $(m "${p50[3]}") | $(m "${p99[3]}") | $(m "${cpu[3]}") |"
 awk -v a="$r3" -v b="$r1" 'BEGIN { printf "\nRF=3 / RF=1 throughput: %.2f\n", a / b }'
 
-# What the disk alone allows (one request in flight, the three nodes on one disk): an RF=1
-# request waits for one fsync; an RF=3 request waits for its followers' fsyncs, which run
-# while the other replicas' do. Giving RF=3 the fsync of two or three writers at once, and
+# What the disk alone allows (one request in flight to one partition, the three nodes on one
+# disk): an RF=1 request waits for one fsync; an RF=3 request waits for its followers'
+# fsyncs, which run while the other replicas' do. Giving RF=3 the fsync of two or three writers at once, and
 # adding nothing else (no transfer to the followers, no follower write), bounds its speed.
-if [[ "$MAX_IN_FLIGHT" == 1 && -z "${NODE_DISKS:-}" ]]; then
+if [[ "$MAX_IN_FLIGHT" == 1 && "$PARTITIONS" == 1 && -z "${NODE_DISKS:-}" ]]; then
     disk=$("$BIN" bench fsync --dir "$DATA" --writers 1,2,3 --writes 300)
     fsync_p50() { awk -v w="$1" '$1 == "writers:" && $2 == w { print $5 }' <<<"$disk"; }
     f1=$(fsync_p50 1); f2=$(fsync_p50 2); f3=$(fsync_p50 3)
+    [[ -n "$f1" && -n "$f2" && -n "$f3" ]] || { echo "ferrolog bench fsync printed no figures: $disk" >&2; exit 1; }
     echo
     echo "The disk alone (ferrolog bench fsync, 1 MiB appends, p50): fdatasync $f1 ms with one writer, $f2 ms with two at once, $f3 ms with three."
     awk -v mb="$(m "${mb[1]}")" -v f1="$f1" -v f2="$f2" -v f3="$f3" 'BEGIN {

@@ -3,10 +3,12 @@
 //!
 //! tonic's client copies every DATA frame of a response into its own decode buffer before
 //! it decodes the message. A replica fetch response is almost all batch bytes, and the
-//! leader sends each partition's batches as a DATA frame of their own (see
+//! leader sends each partition's batches as DATA frames of their own (see
 //! `service::replication_server`; frames go up to 1 MiB). Decoding from the frames as
-//! received makes each `record_batches` a slice of the buffer h2 received it into. Only a
-//! batch split across frames (over 1 MiB) is copied, once.
+//! received makes a partition's `record_batches` a slice of the buffer h2 received it
+//! into, when they fit in one frame: up to 1 MiB, what one produce request brings. More
+//! (a follower catching up gets up to 8 MiB per partition) spans frames and is joined:
+//! one copy, as tonic makes.
 //!
 //! On the wire it is the call tonic makes: the same path and headers, gRPC's 5-byte message
 //! prefix, and the status in the trailers (or alone in the headers, for an error).
@@ -64,19 +66,20 @@ async fn call(
         .call(http_request)
         .await
         .map_err(|e| Status::unavailable(format!("replica fetch: {e}")))?;
-    if response.status() != http::StatusCode::OK {
-        return Err(Status::internal(format!(
-            "the leader answered the replica fetch with HTTP status {}",
-            response.status()
-        )));
-    }
     // An error the server raised before any message comes alone, in the headers.
-    if let Some(status) = Status::from_header_map(response.headers()) {
+    if let Some(status) = grpc_status(response.headers()) {
         return Err(if status.code() == Code::Ok {
             Status::internal("the leader answered the replica fetch with no message")
         } else {
             status
         });
+    }
+    if response.status() != http::StatusCode::OK {
+        // Not a gRPC answer (a proxy's, say): gRPC's mapping, roughly, all retried anyway.
+        return Err(Status::unavailable(format!(
+            "the leader answered the replica fetch with HTTP status {}",
+            response.status()
+        )));
     }
     let mut body = response.into_body();
     let mut chunks = Vec::new();
@@ -96,7 +99,7 @@ async fn call(
             }
             Err(frame) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    status = Status::from_header_map(trailers);
+                    status = grpc_status(trailers);
                 }
             }
         }
@@ -108,6 +111,23 @@ async fn call(
             "the replica fetch response ended without a gRPC status",
         )),
     }
+}
+
+/// The gRPC status in `headers`, if any. Read here rather than by
+/// `Status::from_header_map`, which panics on a malformed `grpc-status-details-bin`: a
+/// leader's answer must not be able to stop this fetcher.
+fn grpc_status(headers: &http::HeaderMap) -> Option<Status> {
+    let code = headers.get("grpc-status")?;
+    let code = code
+        .to_str()
+        .ok()
+        .and_then(|c| c.trim().parse::<i32>().ok())
+        .map_or(Code::Unknown, Code::from);
+    let message = headers
+        .get("grpc-message")
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+        .unwrap_or_default();
+    Some(Status::new(code, message))
 }
 
 /// `request` with gRPC's message prefix, uncompressed.
@@ -292,6 +312,29 @@ mod tests {
             garbage
                 .message()
                 .contains("decode the replica fetch response")
+        );
+    }
+
+    #[test]
+    fn a_status_is_read_from_headers_even_with_malformed_details() {
+        let mut headers = http::HeaderMap::new();
+        assert!(grpc_status(&headers).is_none());
+        headers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("leader moved"),
+        );
+        headers.insert(
+            "grpc-status-details-bin",
+            http::HeaderValue::from_static("%%% not base64 %%%"),
+        );
+        let status = grpc_status(&headers).expect("a status");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "leader moved");
+        headers.insert("grpc-status", http::HeaderValue::from_static("banana"));
+        assert_eq!(
+            grpc_status(&headers).expect("a status").code(),
+            Code::Unknown
         );
     }
 

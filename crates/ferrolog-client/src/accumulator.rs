@@ -394,9 +394,8 @@ fn fits(builder: &RecordBatchBuilder, estimate_bytes: usize, batch_size_bytes: u
 
 /// The buffer a partition's new batch starts with, from the size its last batch reached
 /// (0 for none yet). A partition that filled half a batch or more last time most likely
-/// fills this one too: its buffer starts whole and never reallocates. Buffer memory is
-/// accounted by record (`reserved_bytes`), not by capacity, and pages of a buffer are
-/// only backed once written.
+/// fills this one too: its buffer starts whole and never reallocates. One that is sealed
+/// small after all is copied out (`shrunk`), so it does not keep the whole buffer.
 fn batch_capacity(last_sealed_bytes: usize, batch_size_bytes: usize) -> usize {
     if last_sealed_bytes.saturating_mul(2) >= batch_size_bytes {
         batch_size_bytes
@@ -407,13 +406,24 @@ fn batch_capacity(last_sealed_bytes: usize, batch_size_bytes: usize) -> usize {
     }
 }
 
+/// A sealed batch's bytes. A buffer far larger than what it holds (a batch that started
+/// whole and was sealed early by linger or flush) is copied out, so the batch does not
+/// hold a full batch's memory until it is acknowledged.
+fn shrunk(records: bytes::BytesMut) -> Bytes {
+    if records.capacity() > 4 * records.len() {
+        Bytes::copy_from_slice(&records)
+    } else {
+        records.freeze()
+    }
+}
+
 fn seal(topic: Arc<str>, partition: u32, batch: OpenBatch) -> ReadyBatch {
     let record_count = batch.builder.record_count();
     ReadyBatch {
         topic,
         partition,
         seq: batch.seq,
-        records: batch.builder.build().freeze(),
+        records: shrunk(batch.builder.build()),
         record_count,
         completion: batch.completion,
         created_at: batch.created_at,

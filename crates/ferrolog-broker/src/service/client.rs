@@ -64,10 +64,7 @@ impl ClientApi {
             .leader_partition(&request.topic, i64::from(request.partition))?;
         let batch = match (request.records.is_empty(), request.record_batch.is_empty()) {
             (false, true) => records_to_batch(&request.records, now_ms())?,
-            (true, false) => request
-                .record_batch
-                .try_into_mut()
-                .unwrap_or_else(|b| BytesMut::from(&b[..])),
+            (true, false) => owned_batch(request.record_batch),
             (true, true) => {
                 return Err(BrokerError::InvalidRequest(
                     "produce request has no records".into(),
@@ -395,5 +392,18 @@ impl ClientService for ClientApi {
         let result = self.metadata_inner(request.into_inner());
         self.count("metadata", &result);
         result.map(Response::new).map_err(Status::from)
+    }
+}
+
+/// The produce request's batch as a buffer the log may rewrite in place (offsets, epoch).
+/// It is a slice of the request's decode buffer, sized for a whole 1 MiB batch
+/// (`ferrolog_proto::codec`), and the leader keeps it in memory for its followers, charged
+/// at its capacity: a batch much smaller than that buffer is copied out, so that it does
+/// not hold (and get charged for) megabytes.
+fn owned_batch(batch: bytes::Bytes) -> BytesMut {
+    match batch.try_into_mut() {
+        Ok(owned) if owned.capacity() <= 4 * owned.len() => owned,
+        Ok(owned) => BytesMut::from(&owned[..]),
+        Err(shared) => BytesMut::from(&shared[..]),
     }
 }

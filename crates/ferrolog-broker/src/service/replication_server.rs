@@ -4,10 +4,10 @@
 //! tonic's server encodes a response into one buffer, which copies every batch once per
 //! follower. Here a response body is a list of chunks: the protobuf framing, made small,
 //! around each batch's own `Bytes` (what the leader keeps in memory, or read from its
-//! log), which h2 then writes to the socket from where it is. The bytes on the wire are
-//! the ones tonic would send (gRPC's 5-byte prefix, a protobuf message, `grpc-status` in
-//! the trailers), so any gRPC client can call it; prost decodes them to the same message
-//! (tested below).
+//! log), which h2 then writes to the socket from where it is. On the wire it is what tonic
+//! would send (gRPC's 5-byte prefix, a protobuf message with the batches field last, which
+//! protobuf allows, `grpc-status` in the trailers), so any gRPC client can call it; prost
+//! decodes it to the same message (tested below).
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -29,6 +29,13 @@ const FETCH_PATH: &str = "/ferrolog.v1.ReplicationService/ReplicaFetch";
 const MESSAGE_PREFIX_BYTES: usize = 5;
 /// The largest replica fetch request read: it names partitions, about 50 bytes each.
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// The most a request may ask for, in all and per partition: a follower asks for 16 MiB
+/// and 8 MiB (`fetcher`). The first partition with batches still gets one whole batch,
+/// however large (KIP-74), which a produce request bounds at 100 MiB.
+const MAX_ASKED_BYTES: u32 = 64 * 1024 * 1024;
+/// The largest answer sent; above it the call fails rather than send megabytes nobody
+/// asked for (and its length must fit gRPC's 32-bit prefix).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 /// Field numbers in replication.proto.
 const PARTITIONS_FIELD: u32 = 1;
 const RECORD_BATCHES_FIELD: u32 = 6;
@@ -79,10 +86,14 @@ async fn answer(
         )));
     }
     let message = read_message(request.into_body()).await?;
-    let fetch = v1::ReplicaFetchRequest::decode(message)
+    let mut fetch = v1::ReplicaFetchRequest::decode(message)
         .map_err(|e| Status::invalid_argument(format!("decode the replica fetch request: {e}")))?;
+    fetch.max_bytes = fetch.max_bytes.min(MAX_ASKED_BYTES);
+    for partition in &mut fetch.partitions {
+        partition.max_bytes = partition.max_bytes.min(MAX_ASKED_BYTES);
+    }
     let response = api.replica_fetch(fetch).await;
-    let mut frames: Vec<Result<Frame<Bytes>, Status>> = encode_chunks(&response)
+    let mut frames: Vec<Result<Frame<Bytes>, Status>> = encode_chunks(&response)?
         .into_iter()
         .map(|chunk| Ok(Frame::data(chunk)))
         .collect();
@@ -117,8 +128,9 @@ async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
         ));
     }
     if message.get_u8() != 0 {
-        return Err(Status::unimplemented(
-            "compressed replica fetch requests are not supported",
+        // Compressed, though the request named no grpc-encoding this server accepts.
+        return Err(Status::internal(
+            "the replica fetch request is compressed; this server accepts no compression",
         ));
     }
     let len = message.get_u32() as usize;
@@ -134,12 +146,21 @@ async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
 /// `response` as gRPC sends it, prefix included, in chunks: each partition's batches are
 /// a chunk of their own (the same `Bytes`, not a copy), everything else is encoded into
 /// the small chunks between them.
-fn encode_chunks(response: &v1::ReplicaFetchResponse) -> Vec<Bytes> {
+fn encode_chunks(response: &v1::ReplicaFetchResponse) -> Result<Vec<Bytes>, Status> {
+    let message_len: usize = response.partitions.iter().map(partition_field_len).sum();
+    let prefix_len = u32::try_from(message_len)
+        .ok()
+        .filter(|_| message_len <= MAX_RESPONSE_BYTES)
+        .ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "the replica fetch answer would be {message_len} bytes, over the \
+                 {MAX_RESPONSE_BYTES}-byte limit; ask for fewer bytes"
+            ))
+        })?;
     let mut chunks = Vec::with_capacity(2 * response.partitions.len() + 1);
     let mut framing = BytesMut::new();
-    let message_len: usize = response.partitions.iter().map(partition_field_len).sum();
     framing.extend_from_slice(&[0]);
-    framing.extend_from_slice(&u32::try_from(message_len).unwrap_or(u32::MAX).to_be_bytes());
+    framing.extend_from_slice(&prefix_len.to_be_bytes());
     for partition in &response.partitions {
         let batches = &partition.record_batches;
         let others = without_batches(partition);
@@ -160,7 +181,7 @@ fn encode_chunks(response: &v1::ReplicaFetchResponse) -> Vec<Bytes> {
     if !framing.is_empty() {
         chunks.push(framing.freeze());
     }
-    chunks
+    Ok(chunks)
 }
 
 /// The partition's fields other than its batches (a cheap clone: `Bytes` and small
@@ -230,7 +251,7 @@ mod tests {
                 v1::ReplicaFetchPartitionData::default(),
             ],
         };
-        let chunks = encode_chunks(&response);
+        let chunks = encode_chunks(&response).expect("under the limit");
         // As tonic would send it: prefix, then prost's encoding of the message (the
         // batches field moves after the others, which protobuf allows).
         let mut wire = joined(&chunks);
@@ -252,7 +273,7 @@ mod tests {
 
     #[test]
     fn an_empty_response_is_a_prefix_alone() {
-        let chunks = encode_chunks(&v1::ReplicaFetchResponse::default());
+        let chunks = encode_chunks(&v1::ReplicaFetchResponse::default()).expect("empty");
         assert_eq!(joined(&chunks), Bytes::from_static(&[0, 0, 0, 0, 0]));
     }
 
@@ -287,7 +308,7 @@ mod tests {
         let compressed = read_message(body(compressed))
             .await
             .expect_err("compressed");
-        assert_eq!(compressed.code(), tonic::Code::Unimplemented);
+        assert_eq!(compressed.code(), tonic::Code::Internal);
         let truncated = read_message(body(framed[..framed.len() - 1].to_vec()))
             .await
             .expect_err("truncated");
