@@ -9,6 +9,7 @@ mod broker;
 mod error;
 mod fetcher;
 pub mod group;
+mod grpc_wire;
 pub mod metrics;
 mod partition;
 mod partition_manager;

@@ -24,9 +24,9 @@ use tonic::codegen::{Service, http};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::grpc_wire::{MESSAGE_PREFIX_BYTES, message_prefix, strip_message_prefix};
+
 const PATH: &str = "/ferrolog.v1.ReplicationService/ReplicaFetch";
-/// gRPC's prefix of each message: a compressed flag and a big-endian length.
-const MESSAGE_PREFIX_BYTES: usize = 5;
 
 /// Sends `request` to the leader behind `channel` and decodes its answer. The call fails
 /// after `timeout`, and when the answer is longer than `max_response_bytes`.
@@ -134,8 +134,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Status> {
 fn prefixed(request: &v1::ReplicaFetchRequest) -> Bytes {
     let len = request.encoded_len();
     let mut framed = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + len);
-    framed.put_u8(0);
-    framed.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    framed.put_slice(&message_prefix(u32::try_from(len).unwrap_or(u32::MAX)));
     request.encode_raw(&mut framed);
     framed.freeze()
 }
@@ -208,23 +207,7 @@ impl Buf for Frames {
 /// Decodes the one message of a unary response body. Its `record_batches` are slices of
 /// the frames, not copies, unless a batch spans frames.
 fn decode(mut body: Frames) -> Result<v1::ReplicaFetchResponse, Status> {
-    if body.remaining() < MESSAGE_PREFIX_BYTES {
-        return Err(Status::internal(
-            "the replica fetch response holds no message",
-        ));
-    }
-    if body.get_u8() != 0 {
-        return Err(Status::internal(
-            "the replica fetch response is compressed, which this follower did not ask for",
-        ));
-    }
-    let len = body.get_u32() as usize;
-    if body.remaining() != len {
-        return Err(Status::internal(format!(
-            "the replica fetch response announces a message of {len} bytes and holds {}",
-            body.remaining()
-        )));
-    }
+    strip_message_prefix(&mut body, "the replica fetch response", Code::Internal)?;
     v1::ReplicaFetchResponse::decode(body)
         .map_err(|e| Status::internal(format!("decode the replica fetch response: {e}")))
 }

@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use ferrolog_proto::v1;
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -23,10 +23,9 @@ use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
 
 use super::replication::ReplicationApi;
+use crate::grpc_wire::{MESSAGE_PREFIX_BYTES, message_prefix, strip_message_prefix};
 
 const FETCH_PATH: &str = "/ferrolog.v1.ReplicationService/ReplicaFetch";
-/// gRPC's prefix of each message: a compressed flag and a big-endian length.
-const MESSAGE_PREFIX_BYTES: usize = 5;
 /// The largest replica fetch request read: it names partitions, about 50 bytes each.
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// The most a request may ask for, in all and per partition: a follower asks for 16 MiB
@@ -122,24 +121,11 @@ async fn read_message(mut body: tonic::body::Body) -> Result<Bytes, Status> {
         }
     }
     let mut message = received.freeze();
-    if message.len() < MESSAGE_PREFIX_BYTES {
-        return Err(Status::invalid_argument(
-            "the replica fetch request holds no message",
-        ));
-    }
-    if message.get_u8() != 0 {
-        // Compressed, though the request named no grpc-encoding this server accepts.
-        return Err(Status::internal(
-            "the replica fetch request is compressed; this server accepts no compression",
-        ));
-    }
-    let len = message.get_u32() as usize;
-    if message.len() != len {
-        return Err(Status::invalid_argument(format!(
-            "the replica fetch request announces a message of {len} bytes and holds {}",
-            message.len()
-        )));
-    }
+    strip_message_prefix(
+        &mut message,
+        "the replica fetch request",
+        tonic::Code::InvalidArgument,
+    )?;
     Ok(message)
 }
 
@@ -159,8 +145,7 @@ fn encode_chunks(response: &v1::ReplicaFetchResponse) -> Result<Vec<Bytes>, Stat
         })?;
     let mut chunks = Vec::with_capacity(2 * response.partitions.len() + 1);
     let mut framing = BytesMut::new();
-    framing.extend_from_slice(&[0]);
-    framing.extend_from_slice(&prefix_len.to_be_bytes());
+    framing.extend_from_slice(&message_prefix(prefix_len));
     for partition in &response.partitions {
         let batches = &partition.record_batches;
         let others = without_batches(partition);
@@ -212,6 +197,8 @@ fn partition_field_len(partition: &v1::ReplicaFetchPartitionData) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Buf;
+
     use super::*;
 
     fn partition(batches: &'static [u8], error_code: i32) -> v1::ReplicaFetchPartitionData {
