@@ -1,6 +1,7 @@
 //! `ferrolog`: the server and every command-line tool, in one binary.
 
 mod cli;
+mod logging;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -47,15 +48,6 @@ enum Command {
     Health(cli::health::HealthArgs),
 }
 
-fn init_tracing(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
@@ -64,7 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Server(_) => "info,openraft=warn",
         _ => "warn",
     };
-    init_tracing(default_filter);
+    logging::init(default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

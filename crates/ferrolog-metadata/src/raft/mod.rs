@@ -8,6 +8,7 @@ mod incarnations;
 #[allow(clippy::result_large_err)]
 mod log_store;
 mod network;
+mod peer_reachability;
 mod runtime;
 mod service;
 #[allow(clippy::result_large_err)]

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ferrolog_proto::v1::RaftPayload;
 use ferrolog_proto::v1::raft_service_client::RaftServiceClient;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
+use super::peer_reachability::PeerReachability;
 use super::{IncarnationTracker, NodeId, TypeConfig, decode, encode};
 
 /// Who this node is on the wire: sent with every RPC so receivers can refuse a wrong
@@ -39,6 +41,8 @@ pub struct GrpcNetwork {
     /// Peers' incarnations, as their replies name them (shared with this node's
     /// RaftService, which sees their requests).
     incarnations: Arc<IncarnationTracker>,
+    /// Which peers fail to answer: reported here once per change, not by openraft per RPC.
+    reachability: Arc<PeerReachability>,
 }
 
 impl GrpcNetwork {
@@ -47,6 +51,7 @@ impl GrpcNetwork {
             sender,
             channels: Arc::default(),
             incarnations,
+            reachability: Arc::default(),
         }
     }
 
@@ -91,6 +96,28 @@ enum Rpc {
 }
 
 impl RaftClient {
+    /// Notes a failed RPC; warns when the peer has failed for a while (and again every
+    /// minute while it stays down), in place of openraft's line per RPC.
+    fn report_failure(&self, status: &tonic::Status) {
+        let Some(failing) = self
+            .network
+            .reachability
+            .failed(self.target, Instant::now())
+        else {
+            return;
+        };
+        tracing::warn!(
+            peer = self.target,
+            address = %self.address,
+            failing_for_s = failing.failing_for.as_secs(),
+            failed_rpcs = failing.failed_rpcs,
+            code = ?status.code(),
+            error = %status.message(),
+            "controller peer does not answer Raft RPCs; the quorum goes on while a majority \
+             answers"
+        );
+    }
+
     async fn call<Req, Resp, E>(
         &self,
         rpc: Rpc,
@@ -129,9 +156,23 @@ impl RaftClient {
                 &std::io::Error::other(status.message().to_owned()),
             )),
             _ => {
+                self.report_failure(&status);
                 RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))
             }
         })?;
+        if let Some(recovered) = self
+            .network
+            .reachability
+            .answered(self.target, Instant::now())
+        {
+            tracing::info!(
+                peer = self.target,
+                address = %self.address,
+                down_for_s = recovered.was_down_for.as_secs(),
+                failed_rpcs = recovered.failed_rpcs,
+                "controller peer answers Raft RPCs again"
+            );
+        }
         let reply = response.into_inner();
         // A follower only ever answers, so its incarnation is seen in replies: that is how
         // a second process using its id is noticed while it never sends a request itself.
