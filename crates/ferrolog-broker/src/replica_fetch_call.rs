@@ -277,6 +277,7 @@ mod tests {
         let one = |bytes: Bytes| Frames::new(vec![bytes]);
         let no_message = decode(one(Bytes::from_static(&[0, 0]))).expect_err("too short");
         assert!(no_message.message().contains("holds no message"));
+        assert_eq!(no_message.code(), Code::Internal);
 
         let mut compressed = BytesMut::from(&frame[..]);
         compressed[0] = 1;

@@ -133,7 +133,9 @@ impl RaftClient {
         let channel = self
             .network
             .channel(&self.address)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            // A malformed peer address is a configuration error, not a peer that is down:
+            // openraft's own error line for it stays visible.
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let sender = &self.network.sender;
         let mut request = tonic::Request::new(RaftPayload {
             payload,
@@ -155,8 +157,16 @@ impl RaftClient {
             tonic::Code::FailedPrecondition => RPCError::Network(NetworkError::new(
                 &std::io::Error::other(status.message().to_owned()),
             )),
-            _ => {
+            // No answer: the peer is down, cut off or too slow. Reported once per change.
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 self.report_failure(&status);
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))
+            }
+            // The peer answered with an error: a bug or a misconfiguration, said each time
+            // (openraft backs off after an Unreachable error, so at most a few a second).
+            code => {
+                tracing::warn!(peer = self.target, address = %self.address, ?code,
+                    error = %status.message(), "controller peer rejects a Raft RPC");
                 RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))
             }
         })?;

@@ -20,6 +20,11 @@ use super::NodeId;
 pub const WARN_AFTER: Duration = Duration::from_secs(3);
 /// How often a peer that stays unreachable is reported again.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
+/// A failure this long after the previous one starts a new episode. Only a leader or a
+/// candidate sends RPCs, so a node that stops sending (it became a follower) never sees
+/// the answer that would end an episode; without this, its next failure, hours later,
+/// would be reported at once as hours long.
+pub const EPISODE_GAP: Duration = Duration::from_secs(10);
 
 /// What to tell about a peer after a failed RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +43,20 @@ pub struct Recovered {
 #[derive(Debug)]
 struct Failing {
     since: Instant,
+    last_failed: Instant,
     failed_rpcs: u64,
     reported_at: Option<Instant>,
+}
+
+impl Failing {
+    fn starting(now: Instant) -> Self {
+        Self {
+            since: now,
+            last_failed: now,
+            failed_rpcs: 0,
+            reported_at: None,
+        }
+    }
 }
 
 /// Peers whose last RPC failed; a peer that answers is forgotten.
@@ -52,11 +69,13 @@ impl PeerReachability {
     /// Notes a failed RPC to `peer` at `now`; says what to report, if anything is due.
     pub fn failed(&self, peer: NodeId, now: Instant) -> Option<StillFailing> {
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        let state = failing.entry(peer).or_insert(Failing {
-            since: now,
-            failed_rpcs: 0,
-            reported_at: None,
-        });
+        let state = failing
+            .entry(peer)
+            .or_insert_with(|| Failing::starting(now));
+        if now.saturating_duration_since(state.last_failed) > EPISODE_GAP {
+            *state = Failing::starting(now);
+        }
+        state.last_failed = now;
         state.failed_rpcs += 1;
         let failing_for = now.saturating_duration_since(state.since);
         let due = match state.reported_at {
@@ -104,13 +123,14 @@ mod tests {
                 failed_rpcs: 3
             })
         );
-        assert_eq!(peers.failed(PEER, at(3_500)), None);
-        assert_eq!(peers.failed(PEER, at(62_999)), None);
+        for ms in (3_500..63_000).step_by(500) {
+            assert_eq!(peers.failed(PEER, at(ms)), None, "at {ms} ms");
+        }
         assert_eq!(
             peers.failed(PEER, at(63_000)),
             Some(StillFailing {
                 failing_for: Duration::from_secs(63),
-                failed_rpcs: 6
+                failed_rpcs: 3 + 119 + 1
             })
         );
         // Other peers are tracked apart.
@@ -136,5 +156,17 @@ mod tests {
             })
         );
         assert_eq!(peers.answered(PEER, at(15_000)), None);
+    }
+
+    #[test]
+    fn a_failure_long_after_the_last_starts_a_new_episode() {
+        let peers = PeerReachability::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A candidate's vote fails, then the node stops sending (it became a follower).
+        assert_eq!(peers.failed(PEER, at(0)), None);
+        // An hour later it leads, and the peer is restarting: not reported at once.
+        assert_eq!(peers.failed(PEER, at(3_600_000)), None);
+        assert_eq!(peers.answered(PEER, at(3_601_000)), None);
     }
 }
