@@ -13,6 +13,14 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "crate layering: the broker never depends on the controller"
+# DESIGN's rule: log <- broker; metadata <- controller; both <- the binary. The broker reaches
+# the control plane only through its own ControlPlane trait.
+if cargo tree --locked -p ferrolog-broker -e normal --prefix none | grep -q '^ferrolog-controller '; then
+    echo "ferrolog-broker depends on ferrolog-controller; route the call through ControlPlane" >&2
+    exit 1
+fi
+
 step "build the ferrolog binary the cluster tests start"
 cargo build --locked --bin ferrolog
 export FERROLOG_BIN="$PWD/target/debug/ferrolog"

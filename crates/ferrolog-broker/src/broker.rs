@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferrolog_controller::Controller;
 use ferrolog_metadata::{BrokerId, ClusterImage, MetadataView, PartitionId};
 use ferrolog_proto::v1::ErrorCode;
 
 use crate::BrokerError;
+use crate::control_plane::{AlterIsrRequest, ControlPlane};
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 use crate::partition_manager::{PartitionManager, StorageSettings};
@@ -41,7 +41,7 @@ pub struct BrokerConfig {
 pub struct Broker {
     config: BrokerConfig,
     metadata: MetadataView,
-    controller: Arc<Controller>,
+    control_plane: Arc<dyn ControlPlane>,
     partitions: Arc<PartitionManager>,
     metrics: Arc<BrokerMetrics>,
     /// This process's incarnation, registered with the controller.
@@ -55,7 +55,7 @@ impl Broker {
     pub async fn start(
         config: BrokerConfig,
         metadata: MetadataView,
-        controller: Arc<Controller>,
+        control_plane: Arc<dyn ControlPlane>,
         metrics: Arc<BrokerMetrics>,
     ) -> Result<Arc<Self>, BrokerError> {
         let partitions = Arc::new(PartitionManager::new(
@@ -63,12 +63,11 @@ impl Broker {
             config.storage.clone(),
             Arc::clone(&metrics),
         ));
-        let incarnation_id = ferrolog_metadata::random_id();
-        let incarnation_id = u64::from_str_radix(&incarnation_id[..16], 16).unwrap_or_default();
+        let incarnation_id = ferrolog_metadata::new_incarnation_id();
         let broker = Arc::new(Self {
             config,
             metadata,
-            controller,
+            control_plane,
             partitions,
             metrics,
             incarnation_id,
@@ -117,7 +116,7 @@ impl Broker {
         let mut backoff = Duration::from_millis(100);
         while !self.shutting_down.load(Ordering::Acquire) {
             match self
-                .controller
+                .control_plane
                 .register_broker(id, &address, incarnation_id)
                 .await
             {
@@ -170,7 +169,7 @@ impl Broker {
         let started = std::time::Instant::now();
         let index = match tokio::time::timeout(
             CONTROLLED_SHUTDOWN_TIMEOUT,
-            self.controller.controlled_shutdown(id),
+            self.control_plane.controlled_shutdown(id),
         )
         .await
         {
@@ -215,7 +214,7 @@ impl Broker {
                 self.config.heartbeat_interval * 4,
                 // Two intervals per controller: with one paused, the others still hear
                 // from this broker every other interval, well within its session.
-                self.controller.broker_heartbeat(
+                self.control_plane.broker_heartbeat(
                     id,
                     incarnation_id,
                     self.config.heartbeat_interval * 2,
@@ -229,7 +228,7 @@ impl Broker {
                         "the active controller has this broker fenced or not yet registered; registering");
                     let address = self.config.advertised_address.clone();
                     if let Err(error) = self
-                        .controller
+                        .control_plane
                         .register_broker(id, &address, incarnation_id)
                         .await
                     {
@@ -242,8 +241,9 @@ impl Broker {
         }
     }
 
-    pub fn controller(&self) -> &Arc<Controller> {
-        &self.controller
+    /// The control plane this broker registers with and asks for metadata changes.
+    pub fn control_plane(&self) -> &Arc<dyn ControlPlane> {
+        &self.control_plane
     }
 
     pub fn partitions(&self) -> &Arc<PartitionManager> {
@@ -333,7 +333,7 @@ impl Broker {
                 let Some((state, new_isr)) = partition.wanted_isr_change(lag) else {
                     continue;
                 };
-                let request = ferrolog_controller::AlterPartitionRequest {
+                let request = AlterIsrRequest {
                     topic: partition.topic().to_owned(),
                     partition: partition.id().0 as i32,
                     leader: self.config.node_id,
@@ -346,7 +346,7 @@ impl Broker {
                 self.metrics.isr_changes.inc();
                 let broker = Arc::clone(&self);
                 tokio::spawn(async move {
-                    if let Err(error) = broker.controller.alter_partition(request).await {
+                    if let Err(error) = broker.control_plane.alter_isr(request).await {
                         broker.metrics.isr_change_failures.inc();
                         tracing::warn!(%error, "ISR change refused");
                     }

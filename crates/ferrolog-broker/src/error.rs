@@ -1,7 +1,9 @@
-use ferrolog_controller::ControllerError;
 use ferrolog_log::LogError;
+use ferrolog_metadata::ConfigError;
 use ferrolog_proto::v1::ErrorCode;
 use thiserror::Error;
+
+use crate::control_plane::ControlPlaneError;
 
 /// Why a data-plane request failed. Each variant maps to a stable [`ErrorCode`] and a gRPC
 /// status (see `service::status`).
@@ -60,8 +62,12 @@ pub enum BrokerError {
     Group(#[from] crate::group::GroupError),
     #[error(transparent)]
     Log(#[from] LogError),
+    /// A topic configuration that does not parse or is out of range.
     #[error(transparent)]
-    Controller(#[from] ControllerError),
+    Config(#[from] ConfigError),
+    /// The control plane refused or failed a change; its code is kept.
+    #[error(transparent)]
+    ControlPlane(#[from] ControlPlaneError),
 }
 
 fn leader_hint(leader: &Option<(i32, String)>) -> String {
@@ -89,7 +95,8 @@ impl BrokerError {
             Self::Timeout { .. } => ErrorCode::RequestTimedOut,
             Self::StorageOffline { .. } => ErrorCode::StorageError,
             Self::ShuttingDown => ErrorCode::BrokerShuttingDown,
-            Self::Internal(_) => ErrorCode::StorageError,
+            // Not STORAGE_ERROR: clients retry that, and a bug does not go away on retry.
+            Self::Internal(_) => ErrorCode::InternalError,
             Self::Log(e) => match e {
                 LogError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
                 LogError::CorruptBatch { .. } | LogError::UnsupportedCompression { .. } => {
@@ -98,7 +105,8 @@ impl BrokerError {
                 LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
                 _ => ErrorCode::StorageError,
             },
-            Self::Controller(e) => e.code(),
+            Self::Config(_) => ErrorCode::InvalidConfig,
+            Self::ControlPlane(e) => e.code,
             Self::NotCoordinator { .. } => ErrorCode::NotCoordinator,
             Self::GroupNotFound(_) => ErrorCode::GroupIdNotFound,
             Self::Group(e) => match e {

@@ -2,10 +2,13 @@
 //! their durability rules (group commit, high watermark), and the gRPC services clients
 //! call.
 //!
-//! The broker reads the cluster image and asks the controller for changes; it never
-//! writes metadata records itself. It also coordinates consumer groups (see `group`).
+//! The broker reads the cluster image and asks the control plane for changes through its
+//! own [`ControlPlane`] trait; it never writes metadata records itself, and it must never
+//! depend on the controller crate (`scripts/test.sh` checks): the binary wires the
+//! controller in. It also coordinates consumer groups (see `group`).
 
 mod broker;
+pub mod control_plane;
 mod error;
 mod fetcher;
 pub mod group;
@@ -18,6 +21,9 @@ mod replica_fetch_call;
 pub mod service;
 
 pub use broker::{Broker, BrokerConfig};
+pub use control_plane::{
+    AdminChange, AlterIsrRequest, ControlPlane, ControlPlaneError, InternalTopic,
+};
 
 pub use error::BrokerError;
 pub use metrics::BrokerMetrics;

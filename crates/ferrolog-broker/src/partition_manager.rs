@@ -97,8 +97,7 @@ impl PartitionManager {
         let config = self
             .settings
             .topic_defaults
-            .with_overrides(&topic.configs)
-            .map_err(ferrolog_controller::ControllerError::from)?;
+            .with_overrides(&topic.configs)?;
         Ok(LogConfig {
             segment_bytes: config.segment_bytes,
             segment_ms: config.segment_ms,
@@ -212,8 +211,7 @@ impl PartitionManager {
         let min_insync = self
             .settings
             .topic_defaults
-            .with_overrides(&topic.configs)
-            .map_err(ferrolog_controller::ControllerError::from)?
+            .with_overrides(&topic.configs)?
             .min_insync_replicas as usize;
         let image = topic.partitions.get(id.0 as usize).ok_or_else(|| {
             BrokerError::Internal(format!("{}-{id} is not in the image", topic.name))

@@ -74,6 +74,7 @@ impl ClientError {
     /// `STORAGE_ERROR` counts as retriable, as Kafka's `KAFKA_STORAGE_ERROR` does: the broker
     /// takes the failed log directory offline and leadership moves elsewhere.
     /// `UNKNOWN_TOPIC` does not: a typo should fail fast rather than retry for two minutes.
+    /// Nor does `INTERNAL_ERROR`: it is a bug on the server, which a retry does not fix.
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Server { code, .. } => matches!(
@@ -83,6 +84,7 @@ impl ClientError {
                     | ErrorCode::RequestTimedOut
                     | ErrorCode::BrokerShuttingDown
                     | ErrorCode::StorageError
+                    | ErrorCode::BrokerNotAvailable
             ),
             ClientError::Unreachable { .. } | ClientError::Timeout { .. } => true,
             ClientError::InvalidArgument(_) | ClientError::Corrupt(_) | ClientError::Closed => {
@@ -113,11 +115,7 @@ impl ClientError {
     /// server, a plain TCP listener, another gRPC service): those become `Unreachable`, with the
     /// gRPC code and the underlying cause in the reason so the user can see which it was.
     pub fn from_status(status: &Status, address: &str) -> Self {
-        if let Some(value) = status
-            .metadata()
-            .get(ferrolog_proto::ERROR_CODE_METADATA_KEY)
-        {
-            let name = value.to_str().unwrap_or("");
+        if let Some(name) = ferrolog_proto::status::code_name_of(status) {
             return match ErrorCode::from_str_name(name) {
                 Some(code) => ClientError::Server {
                     code,
@@ -274,8 +272,10 @@ mod tests {
             ErrorCode::NotEnoughReplicas,
             ErrorCode::RequestTimedOut,
             ErrorCode::BrokerShuttingDown,
+            ErrorCode::BrokerNotAvailable,
         ];
         let fatal = [
+            ErrorCode::InternalError,
             ErrorCode::UnknownTopic,
             ErrorCode::UnknownPartition,
             ErrorCode::RecordTooLarge,

@@ -117,9 +117,9 @@ impl ControllerError {
             Self::InvalidReplicaAssignment { .. } => ErrorCode::InvalidReplicaAssignment,
             Self::ReassignmentInProgress { .. } => ErrorCode::ReassignmentInProgress,
             Self::DuplicateBrokerId { .. } => ErrorCode::DuplicateBrokerId,
-            Self::InvalidReplicationFactor { .. } | Self::NoBrokersRegistered => {
-                ErrorCode::InvalidReplicationFactor
-            }
+            Self::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
+            // Its text tells the user to retry, so its code must be one clients retry.
+            Self::NoBrokersRegistered => ErrorCode::BrokerNotAvailable,
             Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             Self::FencedEpoch { .. } => ErrorCode::FencedEpoch,
             Self::IneligibleReplica { .. } => ErrorCode::IneligibleReplica,

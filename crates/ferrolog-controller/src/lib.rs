@@ -12,7 +12,6 @@ pub mod liveness;
 mod partition_change;
 mod placement;
 mod service;
-mod status;
 mod topic_name;
 
 pub use controller::{
@@ -24,5 +23,6 @@ pub use controller::{
 pub use error::ControllerError;
 pub use placement::assign_replicas;
 pub use service::ControllerApi;
-pub use status::{code_of, status_with, status_with_code};
+// The gRPC status mapping lives once, in ferrolog-proto; imported here for the crate's modules.
+use ferrolog_proto::status::{code_of, status_with_code};
 pub use topic_name::{MAX_TOPIC_NAME_CHARS, validate_topic_name};

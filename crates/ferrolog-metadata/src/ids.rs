@@ -22,18 +22,27 @@ impl fmt::Display for PartitionId {
     }
 }
 
-/// A fresh 128-bit id in hex (cluster ids, topic ids). The standard library's randomly
-/// keyed hasher plus the clock is enough for identity and spares a dependency.
+/// A fresh 128-bit id in hex (cluster ids, topic ids), from the thread-local CSPRNG.
 pub fn random_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let half = || {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}", half(), half())
+    format!("{:032x}", rand08::random::<u128>())
+}
+
+/// A fresh random process incarnation: a broker registers with one per start, so the
+/// controller tells a restart from a second process that claims the same broker id.
+pub fn new_incarnation_id() -> u64 {
+    rand08::random::<u64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (random_id(), random_id());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_ne!(new_incarnation_id(), new_incarnation_id());
+    }
 }

@@ -11,13 +11,14 @@ mod follower;
 mod ids;
 mod image;
 mod quorum;
+mod quorum_wire;
 pub mod raft;
 mod topic_config;
 mod view;
 
 pub use error::MetadataError;
 pub use follower::MetadataFollower;
-pub use ids::{BrokerId, PartitionId, random_id};
+pub use ids::{BrokerId, PartitionId, new_incarnation_id, random_id};
 pub use image::{BrokerImage, ClusterImage, PartitionImage, TopicImage};
 pub use quorum::{MetadataQuorum, QuorumConfig, QuorumStatus};
 pub use topic_config::{CleanupPolicy, ConfigError, TopicConfig};

@@ -13,8 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferrolog_controller::{ControllerError, CreateTopicRequest};
-use ferrolog_proto::v1::{self, Acks};
+use ferrolog_proto::v1::Acks;
 use tokio::sync::OwnedMutexGuard;
 
 use super::assignor::{Assignor, TopicPartition};
@@ -22,10 +21,14 @@ use super::log::{
     DEFAULT_OFFSETS_PARTITIONS, LoadedOffsets, OFFSETS_TOPIC, commit_batch, delete_batch,
     partition_for, replay,
 };
+use super::requests::{
+    CommittedOffset, CoordinatorLocation, GroupDescription, GroupSummary, HeartbeatRequest,
+    HeartbeatResponse, MemberDescription, OffsetCommitRequest,
+};
 use super::state::{Committed, GroupState, Heartbeat};
 use crate::partition::now_ms;
 use crate::replica::Role;
-use crate::{Broker, BrokerError, Partition};
+use crate::{Broker, BrokerError, InternalTopic, Partition};
 
 /// How long a member may stay silent before it leaves the group. Kafka's KIP-848 default is
 /// 45 s; 10 s hands a crashed member's partitions over sooner while still allowing nine
@@ -41,6 +44,8 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expired members are removed and lag gauges refreshed.
 const TICK: Duration = Duration::from_millis(500);
+/// How long the broker that creates `__consumer_offsets` waits for its partitions to open.
+const CREATE_OFFSETS_TOPIC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read per step while replaying a partition.
 const LOAD_READ_BYTES: u32 = 4 * 1024 * 1024;
 
@@ -112,10 +117,7 @@ impl GroupCoordinator {
 
     /// Where `group` is coordinated, creating `__consumer_offsets` on first use.
     #[tracing::instrument(skip(self))]
-    pub async fn find_coordinator(
-        &self,
-        group: &str,
-    ) -> Result<v1::FindCoordinatorResponse, BrokerError> {
+    pub async fn find_coordinator(&self, group: &str) -> Result<CoordinatorLocation, BrokerError> {
         validate_group_id(group)?;
         let partitions = self.offsets_partitions(true).await?;
         let partition = partition_for(group, partitions);
@@ -131,10 +133,10 @@ impl GroupCoordinator {
                 coordinator: None,
             });
         };
-        Ok(v1::FindCoordinatorResponse {
-            coordinator_id: id.0,
+        Ok(CoordinatorLocation {
+            coordinator: id,
             address,
-            partition: partition as i32,
+            offsets_partition: partition,
         })
     }
 
@@ -142,8 +144,8 @@ impl GroupCoordinator {
         epoch = request.member_epoch))]
     pub async fn heartbeat(
         &self,
-        request: v1::ConsumerGroupHeartbeatRequest,
-    ) -> Result<v1::ConsumerGroupHeartbeatResponse, BrokerError> {
+        request: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, BrokerError> {
         validate_group_id(&request.group_id)?;
         let assignor = match request.assignor.as_str() {
             "" => None,
@@ -169,30 +171,27 @@ impl GroupCoordinator {
                 client_id: request.client_id,
                 topics: request.subscribed_topics,
                 assignor,
-                owned: from_wire(&request.owned_partitions),
+                owned: request.owned,
             },
             &counts,
             Instant::now(),
             || ferrolog_metadata::random_id()[..16].to_owned(),
         )?;
-        Ok(v1::ConsumerGroupHeartbeatResponse {
+        Ok(HeartbeatResponse {
             member_id: answer.member_id,
             member_epoch: answer.member_epoch,
-            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as i32,
-            assignment: to_wire(&answer.assignment),
+            heartbeat_interval: self.config.heartbeat_interval,
+            assignment: answer.assignment,
         })
     }
 
     #[tracing::instrument(skip_all, fields(group = %request.group_id, member = %request.member_id,
         offsets = request.offsets.len()))]
-    pub async fn commit(&self, request: v1::OffsetCommitRequest) -> Result<(), BrokerError> {
+    pub async fn commit(&self, request: OffsetCommitRequest) -> Result<(), BrokerError> {
         validate_group_id(&request.group_id)?;
         let mut offsets = Vec::with_capacity(request.offsets.len());
         let now = now_ms();
         for o in &request.offsets {
-            let partition = u32::try_from(o.partition).map_err(|_| {
-                BrokerError::InvalidRequest(format!("partition {} is negative", o.partition))
-            })?;
             if o.offset < 0 {
                 return Err(BrokerError::InvalidRequest(format!(
                     "offset {} for {}-{} is negative",
@@ -202,7 +201,7 @@ impl GroupCoordinator {
             offsets.push((
                 TopicPartition {
                     topic: o.topic.clone(),
-                    partition,
+                    partition: o.partition,
                 },
                 Committed {
                     offset: o.offset,
@@ -240,30 +239,32 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all, fields(group = %request.group_id))]
+    /// The group's committed offsets of `topics` (all topics when empty); none for a group
+    /// that does not exist.
+    #[tracing::instrument(skip(self, topics))]
     pub async fn fetch_offsets(
         &self,
-        request: v1::OffsetFetchRequest,
-    ) -> Result<v1::OffsetFetchResponse, BrokerError> {
-        validate_group_id(&request.group_id)?;
-        let (_, shard) = match self.shard_for(&request.group_id, false).await {
+        group_id: &str,
+        topics: &[String],
+    ) -> Result<Vec<CommittedOffset>, BrokerError> {
+        validate_group_id(group_id)?;
+        let (_, shard) = match self.shard_for(group_id, false).await {
             Ok(found) => found,
-            Err(BrokerError::GroupNotFound(_)) => return Ok(v1::OffsetFetchResponse::default()),
+            Err(BrokerError::GroupNotFound(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let topics: BTreeSet<&String> = request.topics.iter().collect();
-        let offsets = shard
+        let topics: BTreeSet<&String> = topics.iter().collect();
+        Ok(shard
             .groups
-            .get(&request.group_id)
-            .map(|g| committed_to_wire(g, |tp| topics.is_empty() || topics.contains(&tp.topic)))
-            .unwrap_or_default();
-        Ok(v1::OffsetFetchResponse { offsets })
+            .get(group_id)
+            .map(|g| committed(g, |tp| topics.is_empty() || topics.contains(&tp.topic)))
+            .unwrap_or_default())
     }
 
     /// The groups of every offsets partition this broker leads.
-    pub async fn list_groups(&self) -> Result<v1::ListGroupsResponse, BrokerError> {
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, BrokerError> {
         let Ok(partitions) = self.offsets_partitions(false).await else {
-            return Ok(v1::ListGroupsResponse::default());
+            return Ok(Vec::new());
         };
         let me = self.broker.config().node_id;
         let image = self.broker.image();
@@ -282,18 +283,18 @@ impl GroupCoordinator {
             let Ok((_, shard)) = self.shard_at(p, &format!("partition {p}")).await else {
                 continue;
             };
-            groups.extend(shard.groups.values().map(|g| v1::GroupSummary {
+            groups.extend(shard.groups.values().map(|g| GroupSummary {
                 group_id: g.group_id.clone(),
-                state: g.state_name().to_owned(),
-                members: g.members.len() as i32,
-                coordinator_id: me.0,
+                state: g.state_name(),
+                members: g.members.len(),
+                coordinator: me,
             }));
         }
-        Ok(v1::ListGroupsResponse { groups })
+        Ok(groups)
     }
 
     #[tracing::instrument(skip_all, fields(group = %group_id))]
-    pub async fn describe(&self, group_id: &str) -> Result<v1::DescribeGroupResponse, BrokerError> {
+    pub async fn describe(&self, group_id: &str) -> Result<GroupDescription, BrokerError> {
         validate_group_id(group_id)?;
         let (_, shard) = self.shard_for(group_id, false).await?;
         let group = shard
@@ -303,23 +304,23 @@ impl GroupCoordinator {
         let members = group
             .members
             .iter()
-            .map(|(id, m)| v1::GroupMember {
+            .map(|(id, m)| MemberDescription {
                 member_id: id.clone(),
                 member_epoch: m.epoch,
                 client_id: m.client_id.clone(),
                 subscribed_topics: m.topics.iter().cloned().collect(),
-                assignment: to_wire(&m.assigned),
-                target_assignment: to_wire(&group.target.get(id).cloned().unwrap_or_default()),
+                assignment: m.assigned.clone(),
+                target_assignment: group.target.get(id).cloned().unwrap_or_default(),
             })
             .collect();
-        Ok(v1::DescribeGroupResponse {
+        Ok(GroupDescription {
             group_id: group_id.to_owned(),
-            state: group.state_name().to_owned(),
+            state: group.state_name(),
             group_epoch: group.group_epoch,
-            assignor: group.assignor.name().to_owned(),
+            assignor: group.assignor.name(),
             members,
-            offsets: committed_to_wire(group, |_| true),
-            coordinator_id: self.broker.config().node_id.0,
+            offsets: committed(group, |_| true),
+            coordinator: self.broker.config().node_id,
         })
     }
 
@@ -365,30 +366,23 @@ impl GroupCoordinator {
         if !create {
             return Err(BrokerError::GroupNotFound(String::new()));
         }
-        let request = CreateTopicRequest {
+        let topic = InternalTopic {
             name: OFFSETS_TOPIC.to_owned(),
-            partitions: i64::from(self.config.offsets_partitions),
+            partitions: self.config.offsets_partitions,
             // min(3, live brokers), as for any topic.
             replication_factor: 0,
             configs: BTreeMap::new(),
         };
-        match self.broker.controller().create_topic(request).await {
-            Ok(index) => {
-                tracing::info!(
-                    partitions = self.config.offsets_partitions,
-                    "created {OFFSETS_TOPIC}"
-                );
-                self.broker
-                    .wait_reconciled(index, Duration::from_secs(30))
-                    .await?;
-            }
-            // Another broker created it first.
-            Err(ControllerError::TopicAlreadyExists(_)) => {}
-            Err(ControllerError::Remote {
-                code: v1::ErrorCode::TopicAlreadyExists,
-                ..
-            }) => {}
-            Err(e) => return Err(e.into()),
+        // `None`: another broker created it first.
+        let created = self.broker.control_plane().create_internal_topic(topic);
+        if let Some(index) = created.await? {
+            tracing::info!(
+                partitions = self.config.offsets_partitions,
+                "created {OFFSETS_TOPIC}"
+            );
+            self.broker
+                .wait_reconciled(index, CREATE_OFFSETS_TOPIC_TIMEOUT)
+                .await?;
         }
         self.broker
             .image()
@@ -601,52 +595,12 @@ fn validate_group_id(group: &str) -> Result<(), BrokerError> {
     Ok(())
 }
 
-fn from_wire(partitions: &[v1::TopicPartitions]) -> BTreeSet<TopicPartition> {
-    partitions
-        .iter()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .filter_map(|p| u32::try_from(*p).ok())
-                .map(|partition| TopicPartition {
-                    topic: t.topic.clone(),
-                    partition,
-                })
-        })
-        .collect()
-}
-
-fn to_wire(partitions: &BTreeSet<TopicPartition>) -> Vec<v1::TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for tp in partitions {
-        by_topic
-            .entry(&tp.topic)
-            .or_default()
-            .push(tp.partition as i32);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| v1::TopicPartitions {
-            topic: topic.to_owned(),
-            partitions,
-        })
-        .collect()
-}
-
-fn committed_to_wire(
-    group: &GroupState,
-    wanted: impl Fn(&TopicPartition) -> bool,
-) -> Vec<v1::CommittedOffset> {
+/// The group's committed offsets of the partitions `wanted` picks.
+fn committed(group: &GroupState, wanted: impl Fn(&TopicPartition) -> bool) -> Vec<CommittedOffset> {
     group
         .offsets
         .iter()
         .filter(|(tp, _)| wanted(tp))
-        .map(|(tp, c)| v1::CommittedOffset {
-            topic: tp.topic.clone(),
-            partition: tp.partition as i32,
-            offset: c.offset,
-            metadata: c.metadata.clone(),
-            commit_timestamp_ms: c.commit_timestamp_ms,
-        })
+        .map(|(tp, c)| (tp.clone(), c.clone()))
         .collect()
 }

@@ -4,10 +4,16 @@
 pub mod assignor;
 mod coordinator;
 mod log;
+mod requests;
 mod state;
 
+pub use assignor::TopicPartition;
 pub use coordinator::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_SESSION_TIMEOUT, GroupConfig, GroupCoordinator,
 };
 pub use log::{DEFAULT_OFFSETS_PARTITIONS, OFFSETS_TOPIC, partition_for};
-pub use state::GroupError;
+pub use requests::{
+    CommittedOffset, CoordinatorLocation, GroupDescription, GroupSummary, HeartbeatRequest,
+    HeartbeatResponse, MemberDescription, OffsetCommitRequest, OffsetToCommit,
+};
+pub use state::{Committed, GroupError};

@@ -1,15 +1,16 @@
-//! Topic administration. A change is acknowledged only once it is committed to the
-//! metadata log and this node's partitions reflect it, so the topic is usable at once.
+//! Topic administration. A change goes to the control plane (which forwards it to the
+//! active controller) and is acknowledged only once it is committed to the metadata log and
+//! this node's partitions reflect it, so the topic is usable at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrolog_controller::{ControllerError, CreateTopicRequest};
+use ferrolog_metadata::BrokerId;
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
-use crate::{Broker, BrokerError};
+use crate::{AdminChange, Broker, BrokerError};
 
 /// How long an admin call waits for local partitions to open after its commit.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,20 +38,27 @@ impl AdminApi {
         self.broker.wait_reconciled(index, RECONCILE_TIMEOUT).await
     }
 
+    /// Submits `change` to the control plane and waits until this node reflects it.
+    async fn apply(&self, change: AdminChange) -> Result<u64, BrokerError> {
+        let index = self.broker.control_plane().submit_admin(change).await?;
+        self.caught_up(index).await?;
+        Ok(index)
+    }
+
     #[tracing::instrument(name = "create_topic", skip_all, fields(topic = %request.name))]
     async fn create_topic_inner(
         &self,
         request: v1::CreateTopicRequest,
     ) -> Result<v1::CreateTopicResponse, BrokerError> {
         let name = request.name.clone();
-        let request = CreateTopicRequest {
-            name: request.name,
-            partitions: i64::from(request.partitions),
-            replication_factor: i64::from(request.replication_factor),
-            configs: request.configs.into_iter().collect(),
-        };
-        let index = self.broker.controller().create_topic(request).await?;
-        self.caught_up(index).await?;
+        let index = self
+            .apply(AdminChange::CreateTopic {
+                name: request.name,
+                partitions: i64::from(request.partitions),
+                replication_factor: i64::from(request.replication_factor),
+                configs: request.configs.into_iter().collect(),
+            })
+            .await?;
         let image = self.broker.image();
         let topic = image
             .topic(&name)
@@ -70,15 +78,12 @@ impl AdminApi {
         request: v1::ElectLeaderRequest,
     ) -> Result<v1::ElectLeaderResponse, BrokerError> {
         let index = self
-            .broker
-            .controller()
-            .elect_leader(
-                &request.topic,
-                request.partition,
-                ferrolog_metadata::BrokerId(request.leader_id),
-            )
+            .apply(AdminChange::ElectLeader {
+                topic: request.topic,
+                partition: request.partition,
+                leader: BrokerId(request.leader_id),
+            })
             .await?;
-        self.caught_up(index).await?;
         Ok(v1::ElectLeaderResponse {
             metadata_index: index,
         })
@@ -91,11 +96,11 @@ impl AdminApi {
         request: v1::CreatePartitionsRequest,
     ) -> Result<v1::CreatePartitionsResponse, BrokerError> {
         let index = self
-            .broker
-            .controller()
-            .create_partitions(&request.topic, i64::from(request.partitions))
+            .apply(AdminChange::CreatePartitions {
+                topic: request.topic,
+                partitions: i64::from(request.partitions),
+            })
             .await?;
-        self.caught_up(index).await?;
         Ok(v1::CreatePartitionsResponse {
             metadata_index: index,
         })
@@ -107,17 +112,13 @@ impl AdminApi {
         &self,
         request: v1::ReassignPartitionRequest,
     ) -> Result<v1::ReassignPartitionResponse, BrokerError> {
-        let replicas = request
-            .replicas
-            .into_iter()
-            .map(ferrolog_metadata::BrokerId)
-            .collect();
         let index = self
-            .broker
-            .controller()
-            .reassign_partition(&request.topic, request.partition, replicas)
+            .apply(AdminChange::ReassignPartition {
+                topic: request.topic,
+                partition: request.partition,
+                replicas: request.replicas.into_iter().map(BrokerId).collect(),
+            })
             .await?;
-        self.caught_up(index).await?;
         Ok(v1::ReassignPartitionResponse {
             metadata_index: index,
         })
@@ -128,16 +129,16 @@ impl AdminApi {
         &self,
         request: v1::DeleteTopicRequest,
     ) -> Result<v1::DeleteTopicResponse, BrokerError> {
-        let index = self.broker.controller().delete_topic(&request.name).await?;
-        self.caught_up(index).await?;
+        let index = self
+            .apply(AdminChange::DeleteTopic { name: request.name })
+            .await?;
         Ok(v1::DeleteTopicResponse {
             metadata_index: index,
         })
     }
 
     async fn cluster_status_inner(&self) -> v1::ClusterStatusResponse {
-        let status = self.broker.controller().quorum_status().await;
-        let wire = ferrolog_controller::status_to_wire(&status);
+        let wire = self.broker.control_plane().quorum_status().await.to_wire();
         let image = self.broker.image();
         v1::ClusterStatusResponse {
             cluster_id: self.broker.cluster_id(),
@@ -202,8 +203,7 @@ impl AdminApi {
             .partitions()
             .settings()
             .topic_defaults
-            .with_overrides(&topic.configs)
-            .map_err(ControllerError::from)?
+            .with_overrides(&topic.configs)?
             .to_map();
         let partitions = topic
             .partitions

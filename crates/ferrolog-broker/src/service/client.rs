@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{batches_to_records, next_offset, records_to_batch};
 use crate::partition::{FetchOutcome, now_ms};
 use crate::{Broker, BrokerError};
-use ferrolog_controller::status_with;
+use ferrolog_proto::status::status_with;
 
 /// Kafka's `request.timeout.ms` default: how long a produce waits for its acknowledgement
 /// when the request does not say.

@@ -1,13 +1,18 @@
 //! GroupService: consumer-group membership and committed offsets, answered by the
-//! group's coordinator (see `crate::group`).
+//! group's coordinator (see `crate::group`). This module only converts between the gRPC
+//! messages and the coordinator's domain types.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::group_service_server::GroupService;
 use tonic::{Request, Response, Status};
 
-use crate::group::GroupCoordinator;
+use crate::group::{
+    CommittedOffset, GroupCoordinator, HeartbeatRequest, OffsetCommitRequest, OffsetToCommit,
+    TopicPartition,
+};
 use crate::{BrokerError, BrokerMetrics};
 
 /// The GroupService implementation.
@@ -43,7 +48,15 @@ impl GroupService for GroupApi {
         request: Request<v1::FindCoordinatorRequest>,
     ) -> Result<Response<v1::FindCoordinatorResponse>, Status> {
         let group = request.into_inner().group_id;
-        let result = self.coordinator.find_coordinator(&group).await;
+        let result = self
+            .coordinator
+            .find_coordinator(&group)
+            .await
+            .map(|found| v1::FindCoordinatorResponse {
+                coordinator_id: found.coordinator.0,
+                address: found.address,
+                partition: found.offsets_partition as i32,
+            });
         self.answer("find_coordinator", result)
     }
 
@@ -51,7 +64,25 @@ impl GroupService for GroupApi {
         &self,
         request: Request<v1::ConsumerGroupHeartbeatRequest>,
     ) -> Result<Response<v1::ConsumerGroupHeartbeatResponse>, Status> {
-        let result = self.coordinator.heartbeat(request.into_inner()).await;
+        let r = request.into_inner();
+        let request = HeartbeatRequest {
+            group_id: r.group_id,
+            member_id: r.member_id,
+            member_epoch: r.member_epoch,
+            client_id: r.client_id,
+            subscribed_topics: r.subscribed_topics,
+            assignor: r.assignor,
+            owned: partitions_from_wire(&r.owned_partitions),
+        };
+        let result = self.coordinator.heartbeat(request).await.map(|answer| {
+            v1::ConsumerGroupHeartbeatResponse {
+                member_id: answer.member_id,
+                member_epoch: answer.member_epoch,
+                heartbeat_interval_ms: i32::try_from(answer.heartbeat_interval.as_millis())
+                    .unwrap_or(i32::MAX),
+                assignment: partitions_to_wire(&answer.assignment),
+            }
+        });
         self.answer("consumer_group_heartbeat", result)
     }
 
@@ -59,19 +90,28 @@ impl GroupService for GroupApi {
         &self,
         request: Request<v1::OffsetCommitRequest>,
     ) -> Result<Response<v1::OffsetCommitResponse>, Status> {
-        let result = self
-            .coordinator
-            .commit(request.into_inner())
-            .await
-            .map(|()| v1::OffsetCommitResponse {});
-        self.answer("offset_commit", result)
+        let result = match commit_from_wire(request.into_inner()) {
+            Ok(request) => self.coordinator.commit(request).await,
+            Err(error) => Err(error),
+        };
+        self.answer(
+            "offset_commit",
+            result.map(|()| v1::OffsetCommitResponse {}),
+        )
     }
 
     async fn offset_fetch(
         &self,
         request: Request<v1::OffsetFetchRequest>,
     ) -> Result<Response<v1::OffsetFetchResponse>, Status> {
-        let result = self.coordinator.fetch_offsets(request.into_inner()).await;
+        let r = request.into_inner();
+        let result = self
+            .coordinator
+            .fetch_offsets(&r.group_id, &r.topics)
+            .await
+            .map(|offsets| v1::OffsetFetchResponse {
+                offsets: committed_to_wire(offsets),
+            });
         self.answer("offset_fetch", result)
     }
 
@@ -79,7 +119,21 @@ impl GroupService for GroupApi {
         &self,
         _request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
-        let result = self.coordinator.list_groups().await;
+        let result = self
+            .coordinator
+            .list_groups()
+            .await
+            .map(|groups| v1::ListGroupsResponse {
+                groups: groups
+                    .into_iter()
+                    .map(|g| v1::GroupSummary {
+                        group_id: g.group_id,
+                        state: g.state.to_owned(),
+                        members: i32::try_from(g.members).unwrap_or(i32::MAX),
+                        coordinator_id: g.coordinator.0,
+                    })
+                    .collect(),
+            });
         self.answer("list_groups", result)
     }
 
@@ -88,7 +142,30 @@ impl GroupService for GroupApi {
         request: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
         let group = request.into_inner().group_id;
-        let result = self.coordinator.describe(&group).await;
+        let result = self
+            .coordinator
+            .describe(&group)
+            .await
+            .map(|g| v1::DescribeGroupResponse {
+                group_id: g.group_id,
+                state: g.state.to_owned(),
+                group_epoch: g.group_epoch,
+                assignor: g.assignor.to_owned(),
+                members: g
+                    .members
+                    .into_iter()
+                    .map(|m| v1::GroupMember {
+                        member_id: m.member_id,
+                        member_epoch: m.member_epoch,
+                        client_id: m.client_id,
+                        subscribed_topics: m.subscribed_topics,
+                        assignment: partitions_to_wire(&m.assignment),
+                        target_assignment: partitions_to_wire(&m.target_assignment),
+                    })
+                    .collect(),
+                offsets: committed_to_wire(g.offsets),
+                coordinator_id: g.coordinator.0,
+            });
         self.answer("describe_group", result)
     }
 
@@ -103,5 +180,116 @@ impl GroupService for GroupApi {
             .await
             .map(|()| v1::DeleteGroupResponse {});
         self.answer("delete_group", result)
+    }
+}
+
+/// A member's owned partitions; negative partition numbers name nothing and are dropped.
+fn partitions_from_wire(partitions: &[v1::TopicPartitions]) -> BTreeSet<TopicPartition> {
+    partitions
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter_map(|p| u32::try_from(*p).ok())
+                .map(|partition| TopicPartition {
+                    topic: t.topic.clone(),
+                    partition,
+                })
+        })
+        .collect()
+}
+
+fn partitions_to_wire(partitions: &BTreeSet<TopicPartition>) -> Vec<v1::TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in partitions {
+        by_topic
+            .entry(&tp.topic)
+            .or_default()
+            .push(tp.partition as i32);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| v1::TopicPartitions {
+            topic: topic.to_owned(),
+            partitions,
+        })
+        .collect()
+}
+
+/// An offset commit; a negative partition number is refused, naming it.
+fn commit_from_wire(r: v1::OffsetCommitRequest) -> Result<OffsetCommitRequest, BrokerError> {
+    let offsets = r
+        .offsets
+        .into_iter()
+        .map(|o| {
+            let partition = u32::try_from(o.partition).map_err(|_| {
+                BrokerError::InvalidRequest(format!("partition {} is negative", o.partition))
+            })?;
+            Ok(OffsetToCommit {
+                topic: o.topic,
+                partition,
+                offset: o.offset,
+                metadata: o.metadata,
+            })
+        })
+        .collect::<Result<_, BrokerError>>()?;
+    Ok(OffsetCommitRequest {
+        group_id: r.group_id,
+        member_id: r.member_id,
+        member_epoch: r.member_epoch,
+        offsets,
+    })
+}
+
+fn committed_to_wire(offsets: Vec<CommittedOffset>) -> Vec<v1::CommittedOffset> {
+    offsets
+        .into_iter()
+        .map(|(tp, c)| v1::CommittedOffset {
+            topic: tp.topic,
+            partition: tp.partition as i32,
+            offset: c.offset,
+            metadata: c.metadata,
+            commit_timestamp_ms: c.commit_timestamp_ms,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_partitions_survive_the_round_trip_grouped_by_topic() {
+        let wire = vec![
+            v1::TopicPartitions {
+                topic: "a".to_owned(),
+                partitions: vec![2, 0],
+            },
+            v1::TopicPartitions {
+                topic: "b".to_owned(),
+                partitions: vec![1, -1],
+            },
+        ];
+        let owned = partitions_from_wire(&wire);
+        assert_eq!(owned.len(), 3, "the negative partition names nothing");
+        let back = partitions_to_wire(&owned);
+        assert_eq!(back[0].partitions, vec![0, 2]);
+        assert_eq!(back[1].partitions, vec![1]);
+    }
+
+    #[test]
+    fn a_commit_with_a_negative_partition_is_refused_with_its_number() {
+        let request = v1::OffsetCommitRequest {
+            group_id: "g".to_owned(),
+            offsets: vec![v1::CommittedOffset {
+                topic: "t".to_owned(),
+                partition: -3,
+                offset: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let error = commit_from_wire(request).expect_err("refused");
+        assert_eq!(error.to_string(), "partition -3 is negative");
     }
 }

@@ -1,6 +1,6 @@
 //! Broker errors as gRPC statuses that carry a stable domain code.
 
-use ferrolog_controller::status_with_code;
+use ferrolog_proto::status::status_with_code;
 use ferrolog_proto::v1::ErrorCode;
 use tonic::Status;
 
@@ -9,7 +9,7 @@ use crate::BrokerError;
 impl From<BrokerError> for Status {
     fn from(error: BrokerError) -> Self {
         let code = error.code();
-        if code == ErrorCode::StorageError {
+        if matches!(code, ErrorCode::StorageError | ErrorCode::InternalError) {
             tracing::error!(%error, "request failed on storage");
         }
         status_with_code(code, error.to_string())
@@ -26,7 +26,7 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::NotFound);
         assert_eq!(status.message(), "unknown topic 'orders'");
         assert_eq!(
-            ferrolog_controller::code_of(&status),
+            ferrolog_proto::status::code_of(&status),
             Some(ErrorCode::UnknownTopic)
         );
     }

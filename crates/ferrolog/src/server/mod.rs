@@ -2,6 +2,7 @@
 //! its HTTP port.
 
 mod config;
+mod control_plane;
 mod http;
 mod meta_properties;
 
@@ -271,6 +272,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // The broker role: partitions and the client API. On a controller it reads the local
     // quorum's image; otherwise it follows the controllers' metadata stream.
     let mut registry = Registry::default();
+    // The controller handle readiness asks: the quorum member, or on a broker-only node the
+    // forwarder the broker uses.
+    let mut node_controller = controller_role.as_ref().map(|(_, c)| Arc::clone(c));
     let broker = if config.roles.broker {
         let (metadata, controller) = match &controller_role {
             Some((quorum, controller)) => (
@@ -299,6 +303,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 )
             }
         };
+        node_controller = Some(Arc::clone(&controller));
         let (listener, addr) = bind(&config.listen, "gRPC").await?;
         let advertised_address = config
             .advertised_address
@@ -322,7 +327,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
             },
             metadata,
-            controller,
+            Arc::new(control_plane::ControllerPlane(Arc::clone(&controller))),
             metrics,
         )
         .await
@@ -345,11 +350,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let readiness = http::Readiness {
         node_id: config.node_id,
         quorum: quorum.clone(),
-        controller: match (&controller_role, &broker) {
-            (Some((_, controller)), _) => Arc::clone(controller),
-            (None, Some(broker)) => Arc::clone(broker.controller()),
-            (None, None) => unreachable!("a node has at least one role"),
-        },
+        controller: node_controller.context("a node runs at least one role")?,
         broker: broker.clone(),
         stopping: Arc::clone(&stopping),
     };

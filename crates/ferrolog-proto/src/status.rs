@@ -1,12 +1,18 @@
-//! Maps broker errors to gRPC statuses that carry a stable domain code.
+//! The one mapping between Ferrolog's domain error codes and gRPC statuses, used by every
+//! server crate to answer and by every client to read an answer.
+//!
+//! A status carries two codes: the gRPC code, which generic clients and their retry
+//! policies understand, and the domain [`ErrorCode`]'s name in the metadata key
+//! [`ERROR_CODE_METADATA_KEY`], which Ferrolog's clients act on.
 
-use ferrolog_proto::ERROR_CODE_METADATA_KEY;
-use ferrolog_proto::v1::ErrorCode;
 use tonic::{Code, Status};
+
+use crate::ERROR_CODE_METADATA_KEY;
+use crate::v1::ErrorCode;
 
 /// The gRPC code that generic clients (and their retry policies) should see for a domain
 /// code. NOT_LEADER is FAILED_PRECONDITION, not UNAVAILABLE: retrying the same node is wrong.
-fn grpc_code(code: ErrorCode) -> Code {
+pub fn grpc_code(code: ErrorCode) -> Code {
     match code {
         ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::GroupIdNotFound => {
             Code::NotFound
@@ -31,9 +37,13 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::StaleMemberEpoch
         | ErrorCode::NonEmptyGroup
         | ErrorCode::DuplicateBrokerId => Code::FailedPrecondition,
-        ErrorCode::NotEnoughReplicas | ErrorCode::BrokerShuttingDown => Code::Unavailable,
+        ErrorCode::NotEnoughReplicas
+        | ErrorCode::BrokerShuttingDown
+        | ErrorCode::BrokerNotAvailable => Code::Unavailable,
         ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
-        ErrorCode::StorageError | ErrorCode::Unspecified => Code::Internal,
+        ErrorCode::StorageError | ErrorCode::InternalError | ErrorCode::Unspecified => {
+            Code::Internal
+        }
     }
 }
 
@@ -53,14 +63,18 @@ pub fn status_with(grpc: Code, code: ErrorCode, message: String) -> Status {
     status
 }
 
-/// The domain code a status carries, if any (statuses from other Ferrolog nodes).
-pub fn code_of(status: &Status) -> Option<ErrorCode> {
-    let name = status
+/// The domain code's name a status carries, as sent: a newer server may send a name this
+/// build does not know.
+pub fn code_name_of(status: &Status) -> Option<&str> {
+    status
         .metadata()
-        .get(ERROR_CODE_METADATA_KEY)?
-        .to_str()
-        .ok()?;
-    ErrorCode::from_str_name(name)
+        .get(ERROR_CODE_METADATA_KEY)
+        .map(|value| value.to_str().unwrap_or(""))
+}
+
+/// The domain code a status carries, if any and if this build knows it.
+pub fn code_of(status: &Status) -> Option<ErrorCode> {
+    code_name_of(status).and_then(ErrorCode::from_str_name)
 }
 
 #[cfg(test)]
@@ -73,5 +87,25 @@ mod tests {
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(status.message(), "unknown topic 'orders'");
         assert_eq!(code_of(&status), Some(ErrorCode::UnknownTopic));
+    }
+
+    #[test]
+    fn a_name_this_build_does_not_know_is_kept_but_has_no_code() {
+        let mut status = Status::new(Code::Internal, "boom");
+        status.metadata_mut().insert(
+            ERROR_CODE_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static("SOMETHING_NEW"),
+        );
+        assert_eq!(code_name_of(&status), Some("SOMETHING_NEW"));
+        assert_eq!(code_of(&status), None);
+    }
+
+    #[test]
+    fn internal_errors_are_not_storage_errors() {
+        // Clients retry STORAGE_ERROR (a partition's log may recover or move); a bug does
+        // not go away on retry.
+        let status = status_with_code(ErrorCode::InternalError, "task died".into());
+        assert_eq!(code_of(&status), Some(ErrorCode::InternalError));
+        assert_eq!(status.code(), Code::Internal);
     }
 }
