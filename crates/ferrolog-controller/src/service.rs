@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ferrolog_metadata::{BrokerId, MetadataQuorum};
+use ferrolog_metadata::{BrokerId, MetadataChanges, MetadataQuorum};
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::ErrorCode;
 use ferrolog_proto::v1::controller_service_server::ControllerService;
@@ -46,6 +46,45 @@ impl ControllerApi {
 impl From<ControllerError> for Status {
     fn from(error: ControllerError) -> Self {
         status_with_code(error.code(), error.to_string())
+    }
+}
+
+/// The next message of a metadata stream to a follower whose image is at `from`: the
+/// entries after it when the follower applies entries and they are all kept, else the whole
+/// image. A follower without an image gets the image, which is smaller than the history.
+fn metadata_message(
+    incremental: bool,
+    cluster_id: &str,
+    from: u64,
+    changes: MetadataChanges,
+) -> v1::FetchMetadataResponse {
+    let index = changes.image.applied_index;
+    match changes.commands.filter(|_| incremental && from > 0) {
+        Some(commands) => v1::FetchMetadataResponse {
+            reset: false,
+            index: commands.last().map_or(from, |c| c.index),
+            records: Vec::new(),
+            cluster_id: cluster_id.to_owned(),
+            entries: commands
+                .into_iter()
+                .map(|c| v1::MetadataEntry {
+                    index: c.index,
+                    records: c.records,
+                })
+                .collect(),
+        },
+        None => v1::FetchMetadataResponse {
+            reset: true,
+            index,
+            records: changes
+                .image
+                .to_records()
+                .iter()
+                .map(Message::encode_to_vec)
+                .collect(),
+            cluster_id: cluster_id.to_owned(),
+            entries: Vec::new(),
+        },
     }
 }
 
@@ -195,26 +234,34 @@ impl ControllerService for ControllerApi {
     /// with a gap.
     async fn fetch_metadata(
         &self,
-        _request: Request<v1::FetchMetadataRequest>,
+        request: Request<v1::FetchMetadataRequest>,
     ) -> Result<Response<Self::FetchMetadataStream>, Status> {
-        let quorum = self.quorum()?;
+        let request = request.into_inner();
+        let quorum = Arc::clone(self.quorum()?);
         let mut images = quorum.subscribe();
         let cluster_id = quorum.cluster_id().to_owned();
         let (tx, rx) = tokio::sync::mpsc::channel(METADATA_STREAM_DEPTH);
         tokio::spawn(async move {
+            // The index the follower's image is at once it applied what was sent.
+            let mut sent = if request.incremental {
+                request.from_index
+            } else {
+                0
+            };
+            let mut first = true;
             loop {
-                let image = images.borrow_and_update().clone();
-                let response = v1::FetchMetadataResponse {
-                    reset: true,
-                    index: image.applied_index,
-                    records: image
-                        .to_records()
-                        .iter()
-                        .map(Message::encode_to_vec)
-                        .collect(),
-                    cluster_id: cluster_id.clone(),
-                };
-                if tx.send(Ok(response)).await.is_err() || images.changed().await.is_err() {
+                images.borrow_and_update();
+                let changes = quorum.changes_since(sent);
+                if first || changes.image.applied_index > sent {
+                    let response =
+                        metadata_message(request.incremental, &cluster_id, sent, changes);
+                    sent = sent.max(response.index);
+                    first = false;
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+                if images.changed().await.is_err() {
                     return;
                 }
             }

@@ -1,13 +1,19 @@
 //! A broker that is not a controller follows the committed metadata through a gRPC stream
-//! from the controllers (as KRaft's observers do) and keeps its own copy of the image.
+//! from the controllers (as KRaft's observers do) and keeps its own copy of the image. It
+//! asks for the entries after its image and applies them; the whole image comes only on
+//! the first connection or when the controller no longer keeps every entry it missed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferrolog_proto::v1::FetchMetadataRequest;
 use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
+use ferrolog_proto::v1::{FetchMetadataRequest, FetchMetadataResponse};
 use tokio::sync::watch;
 
+use prost::Message;
+
+use crate::records::MetadataRecord;
 use crate::{ClusterImage, MetadataError};
 
 /// Pause before trying the next controller after a stream ended or failed.
@@ -17,6 +23,8 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 pub struct MetadataFollower {
     image: watch::Sender<Arc<ClusterImage>>,
     cluster_id: Mutex<Option<String>>,
+    /// Encoded bytes of the metadata messages received, for operators and tests.
+    received_bytes: AtomicU64,
 }
 
 impl MetadataFollower {
@@ -25,6 +33,7 @@ impl MetadataFollower {
         let follower = Arc::new(Self {
             image: watch::Sender::new(Arc::new(ClusterImage::default())),
             cluster_id: Mutex::new(None),
+            received_bytes: AtomicU64::new(0),
         });
         tokio::spawn(Arc::clone(&follower).run(controllers));
         follower
@@ -46,6 +55,11 @@ impl MetadataFollower {
             .clone()
     }
 
+    /// Bytes of metadata received from the controllers since start (encoded messages).
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes.load(Ordering::Relaxed)
+    }
+
     async fn run(self: Arc<Self>, controllers: Vec<String>) {
         for address in controllers.iter().cycle() {
             if let Err(error) = self.follow(address).await {
@@ -63,23 +77,162 @@ impl MetadataFollower {
             .connect()
             .await
             .map_err(|e| fail(&e))?;
+        let from_index = self.image.borrow().applied_index;
         let mut stream = ControllerServiceClient::new(channel)
             .max_decoding_message_size(crate::raft::MAX_CONTROLLER_MESSAGE_BYTES)
-            .fetch_metadata(FetchMetadataRequest { from_index: 0 })
+            .fetch_metadata(FetchMetadataRequest {
+                from_index,
+                incremental: true,
+            })
             .await
             .map_err(|e| fail(&e))?
             .into_inner();
         while let Some(message) = stream.message().await.map_err(|e| fail(&e))? {
-            // A lagging controller must not move this node's image back in time: the broker
-            // deletes the partitions of topics its image lacks.
-            if message.index < self.image.borrow().applied_index {
-                continue;
+            self.received_bytes
+                .fetch_add(message.encoded_len() as u64, Ordering::Relaxed);
+            let current = self.image.borrow().clone();
+            if let Some(image) = next_image(&current, &message)? {
+                // The image first: whoever waits for the cluster id then finds the image too.
+                self.image.send_replace(Arc::new(image));
             }
-            let image = ClusterImage::from_records(message.index, &message.records)?;
-            // The image first: whoever waits for the cluster id then finds the image too.
-            self.image.send_replace(Arc::new(image));
             *self.cluster_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.cluster_id);
         }
         Ok(())
+    }
+}
+
+/// The image after applying `message` to `current`; `None` when it changes nothing. A
+/// lagging controller must not move this node's image back in time (the broker deletes the
+/// partitions of topics its image lacks), so an older whole image or entries already
+/// applied are skipped.
+fn next_image(
+    current: &ClusterImage,
+    message: &FetchMetadataResponse,
+) -> Result<Option<ClusterImage>, MetadataError> {
+    if message.reset {
+        if message.index < current.applied_index {
+            return Ok(None);
+        }
+        return ClusterImage::from_records(message.index, &message.records).map(Some);
+    }
+    let mut next: Option<ClusterImage> = None;
+    for entry in message
+        .entries
+        .iter()
+        .filter(|e| e.index > current.applied_index)
+    {
+        let image = next.get_or_insert_with(|| current.clone());
+        for bytes in &entry.records {
+            let record = MetadataRecord::decode(bytes.as_slice()).map_err(|source| {
+                MetadataError::Decode {
+                    index: entry.index,
+                    source,
+                }
+            })?;
+            image.apply(entry.index, &record)?;
+        }
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{CreateTopicRecord, PartitionAssignment, Record, RegisterBrokerRecord};
+    use ferrolog_proto::v1::MetadataEntry;
+
+    fn encoded(record: Record) -> Vec<u8> {
+        MetadataRecord {
+            record: Some(record),
+        }
+        .encode_to_vec()
+    }
+
+    fn register(id: i32) -> Vec<u8> {
+        encoded(Record::RegisterBroker(RegisterBrokerRecord {
+            broker_id: id,
+            address: format!("b{id}:9290"),
+            incarnation_id: 7,
+        }))
+    }
+
+    fn create(name: &str) -> Vec<u8> {
+        encoded(Record::CreateTopic(CreateTopicRecord {
+            name: name.to_owned(),
+            topic_id: format!("{name}-id"),
+            assignments: vec![PartitionAssignment {
+                partition: 0,
+                replicas: vec![1],
+            }],
+            configs: Default::default(),
+        }))
+    }
+
+    fn entries(entries: Vec<(u64, Vec<Vec<u8>>)>) -> FetchMetadataResponse {
+        FetchMetadataResponse {
+            index: entries.last().map_or(0, |e| e.0),
+            entries: entries
+                .into_iter()
+                .map(|(index, records)| MetadataEntry { index, records })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn entries_apply_on_top_of_the_image_and_a_whole_image_replaces_it() {
+        let whole = FetchMetadataResponse {
+            reset: true,
+            index: 3,
+            records: vec![register(1)],
+            ..Default::default()
+        };
+        let image = next_image(&ClusterImage::default(), &whole)
+            .expect("valid")
+            .expect("changed");
+        assert_eq!(image.applied_index, 3);
+
+        let image = next_image(
+            &image,
+            &entries(vec![(5, vec![create("a")]), (6, vec![create("b")])]),
+        )
+        .expect("valid")
+        .expect("changed");
+        assert_eq!(image.applied_index, 6);
+        assert!(image.topic("a").is_some() && image.topic("b").is_some());
+        assert_eq!(image.brokers.len(), 1, "kept from the whole image");
+    }
+
+    #[test]
+    fn nothing_older_than_the_image_is_applied() {
+        let mut image = ClusterImage::default();
+        image
+            .apply(
+                9,
+                &MetadataRecord::decode(register(1).as_slice()).expect("valid"),
+            )
+            .expect("applies");
+        let stale_whole = FetchMetadataResponse {
+            reset: true,
+            index: 4,
+            ..Default::default()
+        };
+        assert!(next_image(&image, &stale_whole).expect("valid").is_none());
+        // Entry 8 is already in the image; only 10 applies (a second create of "a" would
+        // fail if 8 were applied again).
+        let replayed = entries(vec![(8, vec![create("a")]), (10, vec![create("b")])]);
+        let mut with_a = image.clone();
+        with_a
+            .apply(
+                9,
+                &MetadataRecord::decode(create("a").as_slice()).expect("valid"),
+            )
+            .expect("applies");
+        let next = next_image(&with_a, &replayed)
+            .expect("valid")
+            .expect("changed");
+        assert_eq!(next.applied_index, 10);
+        assert!(next.topic("b").is_some());
+        assert!(next_image(&next, &replayed).expect("valid").is_none());
     }
 }

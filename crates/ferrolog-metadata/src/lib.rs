@@ -13,6 +13,7 @@ mod image;
 mod quorum;
 mod quorum_wire;
 pub mod raft;
+mod recent_commands;
 mod topic_config;
 mod view;
 
@@ -21,6 +22,9 @@ pub use follower::MetadataFollower;
 pub use ids::{BrokerId, PartitionId, new_incarnation_id, random_id};
 pub use image::{BrokerImage, ClusterImage, PartitionImage, TopicImage};
 pub use quorum::{MetadataQuorum, QuorumConfig, QuorumStatus};
+pub use recent_commands::{
+    AppliedCommand, MAX_RECENT_COMMAND_BYTES, MAX_RECENT_COMMANDS, MetadataChanges,
+};
 pub use topic_config::{CleanupPolicy, ConfigError, TopicConfig};
 pub use view::MetadataView;
 

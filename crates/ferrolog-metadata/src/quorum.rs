@@ -211,6 +211,12 @@ impl MetadataQuorum {
         self.state_machine.subscribe()
     }
 
+    /// What changed after the image at `from`: the commands since, when still kept (see
+    /// [`crate::MetadataChanges`]).
+    pub fn changes_since(&self, from: u64) -> crate::MetadataChanges {
+        self.state_machine.changes_since(from)
+    }
+
     /// Every configured voter and its controller address.
     pub fn voter_addresses(&self) -> Vec<(NodeId, String)> {
         self.config

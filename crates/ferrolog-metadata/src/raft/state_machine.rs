@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::flush::{FlushMode, flush};
 use super::{CommandOutcome, NodeId, StoreError, TypeConfig, decode, encode};
+use crate::recent_commands::{AppliedCommand, MetadataChanges, RecentCommands};
 use crate::records::MetadataRecord;
 use crate::{ClusterImage, MetadataError};
 
@@ -43,6 +44,8 @@ struct Applied {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, BasicNode>,
     image: Arc<ClusterImage>,
+    /// The commands applied after the last snapshot, for followers (bounded).
+    recent: RecentCommands,
 }
 
 /// The metadata state machine. Clones share state (openraft wants a separate snapshot
@@ -87,12 +90,14 @@ impl MetadataStateMachine {
                         payload.image_index,
                         &payload.records,
                     )?),
+                    recent: RecentCommands::starting_at(payload.image_index),
                 }
             }
             None => Applied {
                 last_applied: None,
                 last_membership: StoredMembership::default(),
                 image: Arc::new(ClusterImage::default()),
+                recent: RecentCommands::starting_at(0),
             },
         };
         let (published, _) = watch::channel(Arc::clone(&applied.image));
@@ -119,6 +124,16 @@ impl MetadataStateMachine {
 
     pub fn image(&self) -> Arc<ClusterImage> {
         Arc::clone(&lock(&self.applied).image)
+    }
+
+    /// The image and the commands applied after `from` (see [`MetadataChanges`]), read
+    /// together so that the commands end exactly at the image.
+    pub fn changes_since(&self, from: u64) -> MetadataChanges {
+        let applied = lock(&self.applied);
+        MetadataChanges {
+            image: Arc::clone(&applied.image),
+            commands: applied.recent.since(from),
+        }
     }
 
     /// Applies one command all-or-nothing to a copy of the image.
@@ -222,7 +237,13 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(command) => {
                         match Self::apply_command(&applied.image, index, &command.records) {
-                            Ok(next) => applied.image = Arc::new(next),
+                            Ok(next) => {
+                                applied.image = Arc::new(next);
+                                applied.recent.push(AppliedCommand {
+                                    index,
+                                    records: command.records,
+                                });
+                            }
                             Err(error) => {
                                 tracing::warn!(index, %error, "metadata command refused");
                                 outcome.error = Some(error);
@@ -275,6 +296,7 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
             let mut applied = lock(&self.applied);
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership.clone();
+            applied.recent.reset(image.applied_index);
             applied.image = Arc::clone(&image);
         }
         self.published.send_replace(image);
