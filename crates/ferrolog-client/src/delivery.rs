@@ -18,7 +18,7 @@ use crate::record::RecordMetadata;
 pub(crate) struct BatchCompletion {
     topic: Arc<str>,
     partition: u32,
-    /// Base offset on success (-1 with `Acks::None`).
+    /// Base offset on success (-1 when the broker reported none).
     result: OnceLock<Result<i64>>,
     wakers: Mutex<Vec<Waker>>,
 }
@@ -188,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn second_completion_is_ignored_and_no_offsets_with_acks_none() {
+    fn second_completion_is_ignored_and_a_missing_offset_stays_missing() {
         let completion = BatchCompletion::new(Arc::from("t"), 0);
         completion.complete(Ok(-1));
         completion.complete(Ok(5));

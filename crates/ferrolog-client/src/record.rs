@@ -71,7 +71,9 @@ impl ProducerRecord {
 pub struct RecordMetadata {
     pub topic: Arc<str>,
     pub partition: u32,
-    /// The record's offset; -1 with `Acks::None`, where the broker reports none.
+    /// The record's offset. With `Acks::None` it is the offset the leader assigned before
+    /// the record was durable (a leader crash may still lose it); -1 if the broker reported
+    /// none.
     pub offset: i64,
     pub timestamp_ms: i64,
 }

@@ -257,7 +257,7 @@ impl Sender {
 /// Asserts what the broker promised: consecutive offsets, one per record.
 fn check_offsets(batch: &ReadyBatch, response: &ProduceResponse) {
     if response.base_offset < 0 {
-        return; // acks=none: no offsets reported.
+        return; // The broker reported no offsets.
     }
     let expected_last = response.base_offset + i64::from(batch.record_count) - 1;
     if response.last_offset != expected_last {

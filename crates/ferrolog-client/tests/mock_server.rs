@@ -141,12 +141,13 @@ impl ClientService for FakeBroker {
         log.end_offset += records.len() as i64;
         let next = log.end_offset;
         log.batches.push((base_offset, next, batch.freeze()));
-        let acks_none = request.acks == ferrolog_proto::v1::Acks::None as i32;
+        // Every acks level reports the offsets the leader assigned, as the real broker does
+        // (client.proto: with ACKS_NONE they are assigned but not yet durable).
         Ok(Response::new(ProduceResponse {
             topic: request.topic,
             partition: request.partition,
-            base_offset: if acks_none { -1 } else { base_offset },
-            last_offset: if acks_none { -1 } else { next - 1 },
+            base_offset,
+            last_offset: next - 1,
             log_start_offset: 0,
         }))
     }
@@ -816,7 +817,7 @@ async fn admin_creates_lists_describes_and_deletes_topics() {
 }
 
 #[tokio::test]
-async fn acks_none_completes_with_unknown_offsets() {
+async fn acks_none_completes_with_the_offsets_the_leader_assigned() {
     let fake = start_fake(&[("orders", 1)]).await;
     let config = ProducerConfig {
         acks: Acks::None,
@@ -827,20 +828,9 @@ async fn acks_none_completes_with_unknown_offsets() {
         .expect("connect");
     let first = producer.send(ProducerRecord::new("orders", "a")).await;
     let second = producer.send(ProducerRecord::new("orders", "b")).await;
-    assert_eq!(
-        within("delivery", first)
-            .await
-            .expect("acknowledged")
-            .offset,
-        -1
-    );
-    assert_eq!(
-        within("delivery", second)
-            .await
-            .expect("acknowledged")
-            .offset,
-        -1
-    );
+    let first = within("delivery", first).await.expect("acknowledged");
+    let second = within("delivery", second).await.expect("acknowledged");
+    assert_eq!((first.offset, second.offset), (0, 1));
 }
 
 #[tokio::test]
