@@ -3,8 +3,8 @@
 # fresh replication-factor-3 topics one after another, 100 acks=all produces of 100 bytes
 # to each at 1,000 records/s, and prints the slowest produce of each topic. A follower
 # that asks the leader for a partition the leader has not opened yet gets an error and
-# asks again later; every acks=all produce to the topic waits for that retry. README.md's
-# "Replication" notes quote its output.
+# asks again later; every acks=all produce to the topic waits for that retry.
+# docs/performance.md ("First produces to a new topic") quotes its output.
 #
 #   scripts/bench-new-topics.sh                # TOPICS=16
 #   FERROLOG_BIN=/tmp/ferrolog-old scripts/bench-new-topics.sh   # another build (A/B)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Measures create-topic latency through a 3-voter metadata quorum on loopback (release
 # build): every create is forwarded to the active controller, committed by Raft (each
-# voter fsyncs its log), and answered once the receiving node has the topic. README.md's
-# "Performance" section quotes its output.
+# voter fsyncs its log), and answered once the receiving node has the topic.
+# docs/performance.md ("The metadata quorum") quotes its output.
 #
 #   scripts/bench-quorum.sh             # COUNT=300 topics per run, RUNS=3
 set -euo pipefail

@@ -7,7 +7,7 @@
 # servers spent per MB produced (RF=3 does the work of three brokers, so about three
 # times RF=1 is the floor). With one request in flight, it ends with what the disk alone
 # allows: `ferrolog bench fsync` on the same disk, and the ratio that leaves room for.
-# README.md's "Performance" section quotes it.
+# docs/performance.md ("Replication") quotes it.
 #
 #   scripts/bench-replication.sh        # RECORDS=200000 per run, RUNS=3
 #   MAX_IN_FLIGHT=5 scripts/bench-replication.sh   # requests in flight per partition

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures single-node throughput and latency with `ferrolog bench`, beside the disk's own
 # sequential-write-with-fsync limit (dd ... conv=fdatasync) measured in the same run, and
-# prints the medians of RUNS runs. README.md's "Performance" section quotes its output.
+# prints the medians of RUNS runs. docs/performance.md ("One node") quotes its output.
 #
 # The server runs in a memory cgroup (SERVER_MEMORY_LIMIT, default 512M; "none" turns it
 # off) and a warm-up fills it before the measured runs, so its page cache recycles as on a

@@ -7,6 +7,7 @@
 //! cargo target directory; `scripts/test.sh` builds it before the tests run.
 
 pub mod history;
+pub mod readme;
 pub mod workload;
 
 use std::collections::{BTreeSet, VecDeque};

@@ -19,117 +19,233 @@ fn assert_fails_with(o: &Output, needles: &[&str]) {
     }
 }
 
+/// Runs README.md's tour as written (its code blocks marked `sh tour`, read from the file)
+/// against a real server, and checks that what each command printed is what the tour did.
 #[test]
 fn the_readme_tour_works_end_to_end() -> anyhow::Result<()> {
+    use ferrolog_tests::readme::{self, TourRun};
+    use serde_json::{Value, json};
+
     init_logging();
-    let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path())?;
+    let data = tempfile::tempdir()?;
+    let work = tempfile::tempdir()?;
+    let server = Server::start(data.path())?;
+
+    tracing::info!("every command of README.md's tour succeeds against a real server");
+    let tour = readme::read_tour()?;
+    let ran = readme::run_tour(
+        &tour,
+        &server.grpc_address,
+        &server.http_address,
+        work.path(),
+        ferrolog_tests::CLI_DEADLINE,
+    )?;
+    let flag = |run: &TourRun, name: &str| -> anyhow::Result<String> {
+        run.command
+            .flag(name)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("README.md line {}: no {name}", run.command.line))
+    };
 
     tracing::info!("a topic is created and then listed and described");
-    assert_ok(&server.cli(
-        &[
-            "topic",
-            "create",
-            "orders",
-            "--partitions",
-            "3",
-            "--config",
-            "retention.ms=3600000",
-        ],
-        None,
-    )?);
-    let list = server.cli(&["topic", "list"], None)?;
-    assert_ok(&list);
-    assert_eq!(stdout(&list).lines().collect::<Vec<_>>(), vec!["orders"]);
+    let create = readme::find(&ran, &["topic", "create"], |_| true)?;
+    let topic = create.command.args.get(2).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "README.md line {}: `topic create` names no topic",
+            create.command.line
+        )
+    })?;
+    let partitions: usize = flag(create, "--partitions")?.parse()?;
+    let configs: Vec<(&str, &str)> = create
+        .command
+        .flags("--config")
+        .into_iter()
+        .filter_map(|c| c.split_once('='))
+        .collect();
+    let list = readme::find(&ran, &["topic", "list"], |_| true)?;
+    assert_eq!(
+        stdout(&list.output).lines().collect::<Vec<_>>(),
+        vec![topic.as_str()]
+    );
 
     tracing::info!("records produced from standard input are acknowledged");
-    let produced = server.cli(
-        &["produce", "orders", "--partition", "1"],
-        Some("first\nsecond\nthird\n"),
-    )?;
-    assert_ok(&produced);
-    let keyed = server.cli(
-        &["produce", "orders", "--key-separator", ":"],
-        Some("k1:v1\nk2:v2\n"),
-    )?;
-    assert_ok(&keyed);
+    let mut produced: Vec<(Option<String>, String, Option<u64>)> = Vec::new();
+    for run in ran
+        .iter()
+        .filter(|r| r.command.starts_with(&["produce", &topic]))
+    {
+        let records = readme::records_fed(&run.command);
+        let acknowledged = format!("produced {} record(s) to {topic}", records.len());
+        assert!(
+            stderr(&run.output).contains(&acknowledged),
+            "README.md line {}: stderr lacks {acknowledged:?}:\n{}",
+            run.command.line,
+            stderr(&run.output)
+        );
+        let partition = run
+            .command
+            .flag("--partition")
+            .map(str::parse)
+            .transpose()?;
+        produced.extend(records.into_iter().map(|(k, v)| (k, v, partition)));
+    }
+    assert!(
+        !produced.is_empty(),
+        "the tour produces no records to {topic}"
+    );
 
     tracing::info!("describe --json shows the partition layout and the offsets");
-    let describe = server.cli(&["topic", "describe", "orders", "--json"], None)?;
-    assert_ok(&describe);
-    let json: serde_json::Value = serde_json::from_str(&stdout(&describe))?;
-    let partitions = json["partitions"].as_array().expect("partitions array");
-    assert_eq!(partitions.len(), 3);
-    assert_eq!(partitions[1]["partition"], 1);
-    assert_eq!(partitions[1]["leader"], 1);
-    assert_eq!(partitions[1]["replicas"], serde_json::json!([1]));
-    assert_eq!(partitions[1]["isr"], serde_json::json!([1]));
-    let end_offsets: i64 = partitions
+    let describe = readme::find(&ran, &["topic", "describe", &topic], |c| {
+        c.has_flag("--json")
+    })?;
+    let json: Value = serde_json::from_str(&stdout(&describe.output))?;
+    let layout = json["partitions"].as_array().expect("partitions array");
+    assert_eq!(layout.len(), partitions);
+    for (index, partition) in layout.iter().enumerate() {
+        assert_eq!(partition["partition"], json!(index));
+        assert_eq!(partition["leader"], 1);
+        assert_eq!(partition["replicas"], json!([1]));
+        assert_eq!(partition["isr"], json!([1]));
+    }
+    let end_offsets: i64 = layout
         .iter()
         .map(|p| p["log_end_offset"].as_i64().unwrap_or(0))
         .sum();
-    assert_eq!(end_offsets, 5);
-    assert_eq!(json["configs"]["retention.ms"], "3600000");
+    assert_eq!(end_offsets, produced.len() as i64);
+    for (name, value) in &configs {
+        assert_eq!(json["configs"][name], *value, "config {name}");
+    }
 
-    tracing::info!("consume reads back exactly what was produced, in order, and exits");
-    let consumed = server.cli(
-        &[
-            "consume",
-            "orders",
-            "--partition",
-            "1",
-            "--from-beginning",
-            "--max-messages",
-            "3",
-            "--timeout-ms",
-            "10000",
-        ],
-        None,
-    )?;
-    assert_ok(&consumed);
-    assert_eq!(stdout(&consumed), "first\nsecond\nthird\n");
-
-    let from_offset = server.cli(
-        &[
-            "consume",
-            "orders",
-            "--partition",
-            "1",
-            "--offset",
-            "1",
-            "--timeout-ms",
-            "1000",
-            "--format",
-            "{offset}:{value}",
-        ],
-        None,
-    )?;
-    assert_ok(&from_offset);
-    assert_eq!(stdout(&from_offset), "1:second\n2:third\n");
-
-    let all = server.cli(
-        &[
-            "consume",
-            "orders",
-            "--from-beginning",
-            "--timeout-ms",
-            "1000",
-            "--format",
-            "json",
-        ],
-        None,
-    )?;
-    assert_ok(&all);
-    let lines: Vec<serde_json::Value> = stdout(&all)
+    tracing::info!("consume reads back exactly what was produced, where the tour put it");
+    let as_json = readme::find(&ran, &["consume", &topic], |c| {
+        c.flag("--format") == Some("json")
+    })?;
+    let records: Vec<Value> = stdout(&as_json.output)
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    assert_eq!(lines.len(), 5);
-    assert!(lines.iter().any(|r| r["key"] == "k2" && r["value"] == "v2"));
+    let key_value = |r: &Value| {
+        (
+            r["key"].as_str().map(str::to_owned),
+            r["value"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let mut read: Vec<_> = records.iter().map(key_value).collect();
+    let mut sent: Vec<_> = produced
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    read.sort();
+    sent.sort();
+    assert_eq!(
+        read, sent,
+        "consume --format json reads back what was produced"
+    );
+    for (key, value, partition) in &produced {
+        let record = records
+            .iter()
+            .find(|r| key_value(r) == (key.clone(), value.clone()))
+            .expect("every produced record was read");
+        let expected = match (partition, key) {
+            (Some(p), _) => Some(*p),
+            (None, Some(k)) => Some(u64::from(ferrolog_client::partition_for_key(
+                k.as_bytes(),
+                partitions as u32,
+            ))),
+            (None, None) => None,
+        };
+        if let Some(expected) = expected {
+            assert_eq!(
+                record["partition"], expected,
+                "{key:?}:{value} lands on its partition"
+            );
+        }
+    }
+    for partition in 0..partitions {
+        let offsets: Vec<i64> = records
+            .iter()
+            .filter(|r| r["partition"] == json!(partition))
+            .filter_map(|r| r["offset"].as_i64())
+            .collect();
+        let count = offsets.len() as i64;
+        assert_eq!(
+            offsets,
+            (0..count).collect::<Vec<_>>(),
+            "partition {partition} in order"
+        );
+    }
+
+    let plain = readme::find(&ran, &["consume", &topic], |c| !c.has_flag("--format"))?;
+    let mut values: Vec<String> = stdout(&plain.output).lines().map(str::to_owned).collect();
+    let mut sent_values: Vec<String> = produced.iter().map(|(_, v, _)| v.clone()).collect();
+    values.sort();
+    sent_values.sort();
+    assert_eq!(values, sent_values, "consume prints one value per line");
+
+    let templated = readme::find(&ran, &["consume", &topic], |c| {
+        c.has_flag("--offset") && c.flag("--format").is_some_and(|f| f.contains('{'))
+    })?;
+    let template = flag(templated, "--format")?;
+    let (partition, offset): (i64, i64) = (
+        flag(templated, "--partition")?.parse()?,
+        flag(templated, "--offset")?.parse()?,
+    );
+    let limit: usize = templated
+        .command
+        .flag("--max-messages")
+        .map_or(Ok(usize::MAX), str::parse)?;
+    let expected: String = records
+        .iter()
+        .filter(|r| r["partition"] == json!(partition))
+        .filter(|r| r["offset"].as_i64().is_some_and(|o| o >= offset))
+        .take(limit)
+        .map(|r| {
+            let (key, value) = key_value(r);
+            template
+                .replace("{topic}", &topic)
+                .replace("{partition}", &partition.to_string())
+                .replace("{offset}", &r["offset"].to_string())
+                .replace("{key}", &key.unwrap_or_default())
+                .replace("{value}", &value)
+                + "\n"
+        })
+        .collect();
+    assert!(!expected.is_empty(), "the templated consume reads a record");
+    assert_eq!(stdout(&templated.output), expected);
+
+    tracing::info!("the benchmarks report what they measured");
+    let bench = readme::find(&ran, &["bench", "produce"], |_| true)?;
+    let records_benched = flag(bench, "--records")?;
+    let bench_topic = flag(bench, "--topic")?;
+    assert!(
+        stdout(&bench.output).contains(&format!("produce: {records_benched} records")),
+        "{}",
+        stdout(&bench.output)
+    );
+    let bench_consume = readme::find(&ran, &["bench", "consume"], |c| {
+        c.flag("--topic") == Some(bench_topic.as_str())
+    })?;
+    assert!(
+        stdout(&bench_consume.output).contains(&format!("consume: {records_benched} records")),
+        "{}",
+        stdout(&bench_consume.output)
+    );
+    let fsync = readme::find(&ran, &["bench", "fsync"], |_| true)?;
+    assert!(
+        stdout(&fsync.output).contains("writers: 1 "),
+        "{}",
+        stdout(&fsync.output)
+    );
 
     tracing::info!("a deleted topic is gone");
-    assert_ok(&server.cli(&["topic", "delete", "orders"], None)?);
-    assert_eq!(stdout(&server.cli(&["topic", "list"], None)?), "");
+    readme::find(&ran, &["topic", "delete", &topic], |_| true)?;
+    let after = server.cli(&["topic", "list"], None)?;
+    assert_ok(&after);
+    assert!(
+        !stdout(&after).lines().any(|t| t == topic),
+        "{}",
+        stdout(&after)
+    );
     Ok(())
 }
 

@@ -16,7 +16,8 @@ use ferrolog_tests::{Cluster, init_logging, run_cli_within, stdout, wait_until};
 use serde_json::Value;
 
 const TOPIC: &str = "failover";
-/// Leader kills in the failover measurement; `FAILOVER_TRIALS=10` for the README's median.
+/// Leader kills in the failover measurement; `FAILOVER_TRIALS=10` for the median in
+/// docs/performance.md.
 const DEFAULT_TRIALS: usize = 3;
 const RECORDS_PER_TRIAL: usize = 50;
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
