@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferrolog_metadata::{BrokerId, ClusterImage, MetadataView, PartitionId};
+use ferrolog_proto::retry::Backoff;
 use ferrolog_proto::v1::ErrorCode;
 
 use crate::BrokerError;
@@ -14,6 +15,14 @@ use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 use crate::partition_manager::{PartitionManager, StorageSettings};
 
+/// Pause between registration attempts while no controller accepts it: a node may start
+/// before a quorum exists.
+const REGISTRATION_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// How long a registered broker waits for its image to include its own registration.
+const REGISTRATION_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest pause between ISR checks, whatever `replica.lag.time.max.ms` is.
+const MIN_ISR_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest a stopping broker waits for its leaderships to move.
 const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -113,7 +122,7 @@ impl Broker {
     /// before a quorum exists.
     async fn register(self: Arc<Self>, incarnation_id: u64) {
         let (id, address) = (self.config.node_id, self.config.advertised_address.clone());
-        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
         while !self.shutting_down.load(Ordering::Acquire) {
             match self
                 .control_plane
@@ -127,7 +136,7 @@ impl Broker {
                     let mut images = self.metadata.subscribe();
                     let caught_up = matches!(
                         tokio::time::timeout(
-                            Duration::from_secs(60),
+                            REGISTRATION_CATCH_UP_TIMEOUT,
                             images.wait_for(|image| image.applied_index >= index),
                         )
                         .await,
@@ -143,8 +152,8 @@ impl Broker {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "broker registration failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                    tokio::time::sleep(REGISTRATION_BACKOFF.delay(attempt)).await;
                 }
             }
         }
@@ -322,7 +331,7 @@ impl Broker {
     /// period, so a dead follower leaves the ISR within about 1.25 lag periods.
     async fn run_isr_updates(self: Arc<Self>) {
         let lag = self.config.replica_lag_time_max;
-        let mut tick = tokio::time::interval((lag / 4).max(Duration::from_millis(100)));
+        let mut tick = tokio::time::interval((lag / 4).max(MIN_ISR_CHECK_INTERVAL));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

@@ -19,12 +19,12 @@ use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::admin::{OffsetQuery, list_offsets};
-use crate::backoff::Backoff;
 use crate::config::ConsumerConfig;
 use crate::connection::call;
 use crate::error::{ClientError, Result};
 use crate::metadata::{Cluster, unknown_partition};
 use crate::record::{ConsumedRecord, Header};
+use ferrolog_proto::retry::Backoff;
 
 /// Where an assigned partition starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl Consumer {
     /// Connects to the cluster, fetching its metadata once so a bad address fails here.
     pub async fn connect(config: ConsumerConfig) -> Result<Consumer> {
         let cluster = Cluster::connect(config.client.clone()).await?;
-        let backoff = Backoff::new(
+        let backoff = Backoff::from_millis(
             config.client.retry_backoff_ms,
             config.client.retry_backoff_max_ms,
         );
@@ -253,7 +253,7 @@ impl Consumer {
                     return Err(error);
                 }
                 assignment.attempts += 1;
-                let delay = self.backoff.delay(assignment.attempts, &mut rand::rng());
+                let delay = self.backoff.jittered(assignment.attempts, rand::random());
                 assignment.retry_after = Some(Instant::now() + delay);
                 tracing::warn!(
                     topic = %assignment.topic,

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferrolog_proto::retry::Backoff;
 use ferrolog_proto::v1::group_service_client::GroupServiceClient;
 use ferrolog_proto::v1::{
     CommittedOffset, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, ErrorCode,
@@ -566,7 +567,11 @@ where
 {
     let timeout = cluster.config().request_timeout();
     let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(cluster.config().retry_backoff_ms.max(10));
+    let backoff = Backoff::from_millis(
+        cluster.config().retry_backoff_ms.max(10),
+        cluster.config().retry_backoff_max_ms.max(100),
+    );
+    let mut attempt = 0;
     loop {
         let known = shared
             .coordinator
@@ -602,13 +607,12 @@ where
             cluster.invalidate();
         }
         let retriable = moved || error.is_retriable();
+        attempt += 1;
+        let delay = backoff.delay(attempt);
         if !retriable || Instant::now() + delay >= deadline {
             return Err(error);
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(
-            cluster.config().retry_backoff_max_ms.max(100),
-        ));
     }
 }
 

@@ -11,7 +11,6 @@
 
 mod accumulator;
 mod admin;
-mod backoff;
 mod config;
 mod connection;
 mod consumer;

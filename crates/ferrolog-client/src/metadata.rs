@@ -16,10 +16,10 @@ use ferrolog_proto::v1::client_service_client::ClientServiceClient;
 use ferrolog_proto::v1::{ErrorCode, MetadataRequest, MetadataResponse};
 use tonic::transport::Channel;
 
-use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::connection::{Connections, call};
 use crate::error::{ClientError, Result};
+use ferrolog_proto::retry::Backoff;
 
 /// What the client knows about one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +179,7 @@ impl Cluster {
     {
         let config = self.config();
         let deadline = Instant::now() + config.request_timeout();
-        let backoff = Backoff::new(config.retry_backoff_ms, config.retry_backoff_max_ms);
+        let backoff = Backoff::from_millis(config.retry_backoff_ms, config.retry_backoff_max_ms);
         let mut attempt = 0u32;
         loop {
             let result = match self.leader_channel(topic, partition).await {
@@ -194,7 +194,7 @@ impl Cluster {
                 self.invalidate();
             }
             attempt += 1;
-            let delay = backoff.delay(attempt, &mut rand::rng());
+            let delay = backoff.jittered(attempt, rand::random());
             if !error.is_retriable() || Instant::now() + delay >= deadline {
                 return Err(error);
             }

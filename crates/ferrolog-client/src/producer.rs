@@ -18,13 +18,13 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::accumulator::{Accumulator, PendingRecord, estimate_record_bytes};
-use crate::backoff::Backoff;
 use crate::config::ProducerConfig;
 use crate::delivery::DeliveryFuture;
 use crate::error::{ClientError, Result};
 use crate::metadata::{Cluster, TopicInfo};
 use crate::record::ProducerRecord;
 use crate::sender;
+use ferrolog_proto::retry::Backoff;
 
 /// Room left in a produce request for everything but the record batch (topic name, fields,
 /// gRPC framing).
@@ -197,7 +197,7 @@ impl Producer {
     async fn wait_for_topic(&self, topic: &str) -> Result<Arc<TopicInfo>> {
         let shared = &self.handle.shared;
         let client = &shared.config.client;
-        let backoff = Backoff::new(client.retry_backoff_ms, client.retry_backoff_max_ms);
+        let backoff = Backoff::from_millis(client.retry_backoff_ms, client.retry_backoff_max_ms);
         let deadline = Instant::now() + Duration::from_millis(shared.config.max_block_ms);
         let mut attempt = 0;
         loop {
@@ -213,7 +213,7 @@ impl Producer {
                 }
             };
             attempt += 1;
-            let delay = backoff.delay(attempt, &mut rand::rng());
+            let delay = backoff.jittered(attempt, rand::random());
             if !error.is_retriable() || Instant::now() + delay >= deadline {
                 return Err(error);
             }

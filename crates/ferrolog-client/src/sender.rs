@@ -19,12 +19,12 @@ use ferrolog_proto::v1::{ErrorCode, ProduceRequest, ProduceResponse};
 use tokio::task::{Id, JoinError, JoinSet};
 
 use crate::accumulator::ReadyBatch;
-use crate::backoff::Backoff;
 use crate::config::Acks;
 use crate::connection::call;
 use crate::error::{ClientError, Result};
 use crate::metadata::Cluster;
 use crate::producer::Shared;
+use ferrolog_proto::retry::Backoff;
 
 /// Extra client-side patience beyond the broker's own `timeout_ms`, so that the broker's
 /// REQUEST_TIMED_OUT answer arrives before the client gives up on the request.
@@ -52,7 +52,7 @@ struct Sender {
 pub(crate) async fn run(shared: Arc<Shared>) {
     let config = &shared.config;
     let mut sender = Sender {
-        backoff: Backoff::new(
+        backoff: Backoff::from_millis(
             config.client.retry_backoff_ms,
             config.client.retry_backoff_max_ms,
         ),
@@ -196,7 +196,7 @@ impl Sender {
         }
         batch.attempts += 1;
         let now = Instant::now();
-        let delay = self.backoff.delay(batch.attempts, &mut rand::rng());
+        let delay = self.backoff.jittered(batch.attempts, rand::random());
         let deadline = batch.created_at + self.delivery_timeout;
         if !error.is_retriable() || now + delay >= deadline {
             self.finish(batch, Err(error));

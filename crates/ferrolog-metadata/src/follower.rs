@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferrolog_proto::retry::Backoff;
 use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
 use ferrolog_proto::v1::{FetchMetadataRequest, FetchMetadataResponse};
 use tokio::sync::watch;
@@ -16,8 +17,11 @@ use prost::Message;
 use crate::records::MetadataRecord;
 use crate::{ClusterImage, MetadataError};
 
-/// Pause before trying the next controller after a stream ended or failed.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// Pause before trying the next controller after a stream ended or failed: 500 ms, doubling
+/// while no controller answers, up to 5 s; a stream that delivered anything starts over.
+const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+/// How long connecting to one controller may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The image a broker-only node follows.
 pub struct MetadataFollower {
@@ -61,11 +65,18 @@ impl MetadataFollower {
     }
 
     async fn run(self: Arc<Self>, controllers: Vec<String>) {
+        let mut failures = 0;
         for address in controllers.iter().cycle() {
+            let received = self.received_bytes();
             if let Err(error) = self.follow(address).await {
                 tracing::warn!(controller = %address, %error, "metadata stream ended; trying the next controller");
             }
-            tokio::time::sleep(RECONNECT_BACKOFF).await;
+            failures = if self.received_bytes() > received {
+                1
+            } else {
+                failures + 1
+            };
+            tokio::time::sleep(RECONNECT_BACKOFF.delay(failures)).await;
         }
     }
 
@@ -73,7 +84,7 @@ impl MetadataFollower {
         let fail = |e: &dyn std::fmt::Display| MetadataError::Raft(format!("{address}: {e}"));
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| fail(&e))?
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await
             .map_err(|e| fail(&e))?;

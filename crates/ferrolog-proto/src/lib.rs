@@ -5,6 +5,7 @@
 //! only thing the two sides share.
 
 pub mod codec;
+pub mod retry;
 pub mod status;
 
 #[allow(clippy::all, missing_docs)]
