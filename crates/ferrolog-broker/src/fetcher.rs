@@ -49,6 +49,16 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// whose leader has not opened it yet (both brokers apply the same metadata record, a few
 /// milliseconds apart), and every acks=all produce to it waits for this retry.
 const PARTITION_RETRY_FIRST: Duration = Duration::from_millis(10);
+/// Longest a fetcher waits for a TCP connection to a leader before the request fails (and
+/// is retried after `RETRY_BACKOFF`). Brokers talk over a LAN, where a connection takes
+/// well under a millisecond: one that has not come up within a second is to a leader that
+/// is down or unreachable, and the next image may name another.
+const LEADER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time a replica fetch may take beyond the leader's long poll (`REPLICA_FETCH_MAX_WAIT`)
+/// before the follower gives up on it: room to send a full answer (`FETCH_MAX_BYTES` and a
+/// batch of up to `LARGEST_BATCH_BYTES`, about a second at 1 Gbit/s) on a busy network.
+/// The leader learns the whole deadline from the request and bounds its long poll by it.
+const REPLICA_FETCH_TRANSFER_TIME: Duration = Duration::from_secs(5);
 
 /// This broker's replica fetchers, one per leader, with the brokers' addresses (from the
 /// image) and one channel per leader.
@@ -167,7 +177,7 @@ impl ReplicaFetchers {
             None => {
                 let channel = Channel::from_shared(format!("http://{address}"))
                     .ok()?
-                    .connect_timeout(Duration::from_secs(1))
+                    .connect_timeout(LEADER_CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     // A fetch response of megabytes must not trickle through HTTP/2's
                     // default 64 KiB window, a round trip per window.
@@ -305,7 +315,7 @@ impl ReplicaFetchers {
         let response = replica_fetch(
             &channel,
             &request,
-            REPLICA_FETCH_MAX_WAIT + Duration::from_secs(5),
+            REPLICA_FETCH_MAX_WAIT + REPLICA_FETCH_TRANSFER_TIME,
             FETCH_MAX_BYTES as usize + LARGEST_BATCH_BYTES,
         )
         .await
