@@ -6,7 +6,9 @@
 //!
 //! It must never depend on the broker or the storage engine.
 
+mod change;
 mod controller;
+mod decide;
 mod error;
 pub mod liveness;
 mod partition_change;
@@ -15,12 +17,11 @@ mod service;
 mod status;
 mod topic_name;
 
+pub use change::{AlterPartitionRequest, CreateTopicRequest};
 pub use controller::{
-    AlterPartitionRequest, Controller, CreateTopicRequest, DEFAULT_FORWARD_TIMEOUT,
-    DEFAULT_LEADER_REBALANCE_INTERVAL, DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC,
-    decide_alter_partition, decide_create_partitions, decide_create_topic, decide_delete_topic,
-    decide_elect_leader, decide_reassign_partition, decide_register_broker, status_to_wire,
+    Controller, DEFAULT_FORWARD_TIMEOUT, DEFAULT_LEADER_REBALANCE_INTERVAL, status_to_wire,
 };
+pub use decide::{DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC};
 pub use error::ControllerError;
 pub use placement::assign_replicas;
 pub use service::ControllerApi;
