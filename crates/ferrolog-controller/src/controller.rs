@@ -22,6 +22,7 @@ use crate::liveness::{
     BrokerSessions, DEFAULT_SESSION_TIMEOUT, decide_elect_offline, decide_fence_broker,
     decide_preferred_leaders,
 };
+use crate::wire::{self, status_from_wire};
 use crate::{ControllerError, code_of};
 
 /// How long a request keeps looking for an active controller before it gives up.
@@ -582,105 +583,7 @@ impl Controller {
 
     async fn forward(&self, address: &str, change: &Change) -> Result<u64, tonic::Status> {
         let mut client = self.client(address)?;
-        Ok(match change {
-            Change::CreateTopic(r) => {
-                client
-                    .create_topic(v1::CreateTopicRequest {
-                        name: r.name.clone(),
-                        partitions: r.partitions as i32,
-                        replication_factor: r.replication_factor as i32,
-                        configs: r.configs.clone().into_iter().collect(),
-                    })
-                    .await?
-                    .into_inner()
-                    .metadata_index
-            }
-            Change::DeleteTopic(name) => {
-                client
-                    .delete_topic(v1::DeleteTopicRequest { name: name.clone() })
-                    .await?
-                    .into_inner()
-                    .metadata_index
-            }
-            Change::RegisterBroker {
-                id,
-                address,
-                incarnation_id,
-            } => {
-                client
-                    .register_broker(v1::RegisterBrokerRequest {
-                        broker_id: id.0,
-                        address: address.clone(),
-                        incarnation_id: *incarnation_id,
-                    })
-                    .await?
-                    .into_inner()
-                    .metadata_index
-            }
-            Change::AlterPartition(r) => {
-                client
-                    .alter_partition(v1::AlterPartitionRequest {
-                        topic: r.topic.clone(),
-                        partition: r.partition,
-                        leader_id: r.leader.0,
-                        leader_epoch: r.leader_epoch,
-                        partition_epoch: r.partition_epoch,
-                        new_isr: r.new_isr.iter().map(|b| b.0).collect(),
-                    })
-                    .await?
-                    .into_inner()
-                    .metadata_index
-            }
-            Change::ControlledShutdown(broker) => {
-                client
-                    .controlled_shutdown(v1::ControlledShutdownRequest {
-                        broker_id: broker.0,
-                    })
-                    .await?
-                    .into_inner()
-                    .metadata_index
-            }
-            Change::CreatePartitions { topic, partitions } => {
-                client
-                    .create_partitions(v1::CreatePartitionsRequest {
-                        topic: topic.clone(),
-                        partitions: i32::try_from(*partitions).unwrap_or(i32::MAX),
-                    })
-                    .await?
-                    .into_inner()
-                    .metadata_index
-            }
-            Change::ReassignPartition {
-                topic,
-                partition,
-                replicas,
-            } => {
-                client
-                    .reassign_partition(v1::ReassignPartitionRequest {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        replicas: replicas.iter().map(|b| b.0).collect(),
-                    })
-                    .await?
-                    .into_inner()
-                    .metadata_index
-            }
-            Change::ElectLeader {
-                topic,
-                partition,
-                leader,
-            } => {
-                client
-                    .elect_leader(v1::ElectLeaderRequest {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        leader_id: leader.0,
-                    })
-                    .await?
-                    .into_inner()
-                    .metadata_index
-            }
-        })
+        wire::send(&mut client, change).await
     }
 
     /// The quorum as the active controller sees it (replication progress is only known
@@ -739,59 +642,5 @@ fn is_retriable(status: &tonic::Status) -> bool {
     match code_of(status) {
         Some(code) => code == ErrorCode::NotController,
         None => status.code() == tonic::Code::Unavailable,
-    }
-}
-
-/// The wire form of a quorum status, and back.
-pub fn status_to_wire(status: &QuorumStatus) -> v1::QuorumStatusResponse {
-    v1::QuorumStatusResponse {
-        node_id: status.node_id as i32,
-        leader_id: status.leader.map_or(-1, |l| l as i32),
-        term: status.term,
-        commit_index: status.commit_index,
-        applied_index: status.applied_index,
-        snapshot_index: status.snapshot_index,
-        purged_index: status.purged_index,
-        last_log_index: status.last_log_index,
-        controllers: status
-            .members
-            .iter()
-            .map(|(id, address, voter, matched)| v1::ControllerStatus {
-                node_id: *id as i32,
-                address: address.clone(),
-                voter: *voter,
-                matched_index: matched.unwrap_or(0),
-                lag: matched.map_or(status.commit_index, |m| {
-                    status.commit_index.saturating_sub(m)
-                }),
-            })
-            .collect(),
-        state: status.state.clone(),
-    }
-}
-
-fn status_from_wire(wire: v1::QuorumStatusResponse) -> QuorumStatus {
-    QuorumStatus {
-        node_id: wire.node_id.max(0) as u64,
-        leader: (wire.leader_id >= 0).then_some(wire.leader_id as u64),
-        term: wire.term,
-        last_log_index: wire.last_log_index,
-        commit_index: wire.commit_index,
-        applied_index: wire.applied_index,
-        snapshot_index: wire.snapshot_index,
-        purged_index: wire.purged_index,
-        state: wire.state,
-        members: wire
-            .controllers
-            .into_iter()
-            .map(|c| {
-                (
-                    c.node_id.max(0) as u64,
-                    c.address,
-                    c.voter,
-                    Some(c.matched_index),
-                )
-            })
-            .collect(),
     }
 }

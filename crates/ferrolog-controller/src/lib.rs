@@ -16,14 +16,14 @@ mod placement;
 mod service;
 mod status;
 mod topic_name;
+mod wire;
 
 pub use change::{AlterPartitionRequest, CreateTopicRequest};
-pub use controller::{
-    Controller, DEFAULT_FORWARD_TIMEOUT, DEFAULT_LEADER_REBALANCE_INTERVAL, status_to_wire,
-};
+pub use controller::{Controller, DEFAULT_FORWARD_TIMEOUT, DEFAULT_LEADER_REBALANCE_INTERVAL};
 pub use decide::{DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC};
 pub use error::ControllerError;
 pub use placement::assign_replicas;
 pub use service::ControllerApi;
 pub use status::{code_of, status_with, status_with_code};
 pub use topic_name::{MAX_TOPIC_NAME_CHARS, validate_topic_name};
+pub use wire::status_to_wire;

@@ -14,10 +14,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::controller::status_to_wire;
-use crate::{
-    AlterPartitionRequest, Controller, ControllerError, CreateTopicRequest, status_with_code,
-};
+use crate::{Controller, ControllerError, status_to_wire, status_with_code};
 
 /// Images a metadata stream may have queued for a slow broker.
 const METADATA_STREAM_DEPTH: usize = 2;
@@ -57,18 +54,13 @@ impl ControllerService for ControllerApi {
         &self,
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
-        let r = request.into_inner();
-        let request = CreateTopicRequest {
-            name: r.name.clone(),
-            partitions: i64::from(r.partitions),
-            replication_factor: i64::from(r.replication_factor),
-            configs: r.configs.into_iter().collect(),
-        };
-        let index = self.controller.create_topic_here(request).await?;
+        let request = request.into_inner();
+        let name = request.name.clone();
+        let index = self.controller.create_topic_here(request.into()).await?;
         let image = self.quorum()?.image();
-        let topic = image.topic(&r.name);
+        let topic = image.topic(&name);
         Ok(Response::new(v1::CreateTopicResponse {
-            name: r.name.clone(),
+            name,
             partitions: topic.map_or(0, |t| t.partitions.len() as i32),
             replication_factor: topic.map_or(0, |t| t.replication_factor() as i32),
             metadata_index: index,
@@ -106,17 +98,9 @@ impl ControllerService for ControllerApi {
         &self,
         request: Request<v1::AlterPartitionRequest>,
     ) -> Result<Response<v1::AlterPartitionResponse>, Status> {
-        let r = request.into_inner();
         let index = self
             .controller
-            .alter_partition_here(AlterPartitionRequest {
-                topic: r.topic,
-                partition: r.partition,
-                leader: BrokerId(r.leader_id),
-                leader_epoch: r.leader_epoch,
-                partition_epoch: r.partition_epoch,
-                new_isr: r.new_isr.into_iter().map(BrokerId).collect(),
-            })
+            .alter_partition_here(request.into_inner().into())
             .await?;
         Ok(Response::new(v1::AlterPartitionResponse {
             metadata_index: index,
