@@ -15,27 +15,38 @@ pub struct CreateTopicRequest {
     pub configs: BTreeMap<String, String>,
 }
 
-/// A change the controller commits.
+/// A change to the cluster metadata: the unit a node submits
+/// ([`Controller::submit`](crate::Controller::submit)), forwards to the active controller,
+/// and the active controller decides on and commits. Each variant is one ControllerService
+/// write.
 #[derive(Clone, Debug)]
-pub(crate) enum Change {
+pub enum Change {
+    /// Creates a topic (validated before it leaves the node that received it).
     CreateTopic(CreateTopicRequest),
+    /// Deletes the named topic.
     DeleteTopic(String),
+    /// Registers (or re-registers, after a restart) process `incarnation_id` of broker `id`
+    /// at `address`; a registration unfences the broker.
     RegisterBroker {
         id: BrokerId,
         address: String,
         incarnation_id: u64,
     },
+    /// Changes a partition's ISR at its leader's request.
     AlterPartition(AlterPartitionRequest),
+    /// Makes `leader`, an ISR member, the partition's leader.
     ElectLeader {
         topic: String,
         partition: i32,
         leader: BrokerId,
     },
+    /// Moves the broker's leaderships to other live in-sync replicas and fences it, before
+    /// it stops.
     ControlledShutdown(BrokerId),
-    CreatePartitions {
-        topic: String,
-        partitions: i64,
-    },
+    /// Grows `topic` to `partitions` partitions (never fewer than it has).
+    CreatePartitions { topic: String, partitions: i64 },
+    /// Starts moving a partition to `replicas` (Kafka's KIP-455): the new replicas copy
+    /// the log and join the ISR before the leaving ones are removed.
     ReassignPartition {
         topic: String,
         partition: i32,

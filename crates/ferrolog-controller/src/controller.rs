@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use crate::change::{AlterPartitionRequest, Change, CreateTopicRequest};
 use crate::decide::{
     decide_alter_partition, decide_create_partitions, decide_create_topic, decide_delete_topic,
-    decide_elect_leader, decide_reassign_partition, decide_register_broker, validate_create,
+    decide_elect_leader, decide_reassign_partition, decide_register_broker, validate,
 };
 use crate::liveness::{
     BrokerSessions, DEFAULT_SESSION_TIMEOUT, decide_elect_offline, decide_fence_broker,
@@ -243,142 +243,75 @@ impl Controller {
         }
     }
 
-    /// Moves `broker`'s leaderships to other live in-sync replicas and fences it, before
-    /// it stops (controlled shutdown).
-    pub async fn controlled_shutdown(&self, broker: BrokerId) -> Result<u64, ControllerError> {
-        self.submit(Change::ControlledShutdown(broker)).await
+    /// Submits `change`: commits it here when this node is the active controller, or
+    /// forwards it to the one that is, retrying (bounded by the forward timeout) while none
+    /// is known. Returns the metadata log index the change committed at.
+    #[tracing::instrument(skip(self))]
+    pub async fn submit(&self, change: Change) -> Result<u64, ControllerError> {
+        validate(&change, &self.topic_defaults)?;
+        let deadline = Instant::now() + self.forward_timeout;
+        loop {
+            let last_error = match self.propose(&change).await {
+                Ok(index) => return Ok(index),
+                Err(ControllerError::Metadata(MetadataError::NotController { leader })) => {
+                    match leader {
+                        Some((id, address)) if Some(id) != self.node_id() => {
+                            match self.forward(&address, &change).await {
+                                Ok(index) => return Ok(index),
+                                Err(status) if is_retriable(&status) => {
+                                    format!("leader {id} at {address}: {}", status.message())
+                                }
+                                Err(status) => {
+                                    return Err(ControllerError::Remote {
+                                        code: code_of(&status).unwrap_or(ErrorCode::Unspecified),
+                                        message: status.message().to_owned(),
+                                    });
+                                }
+                            }
+                        }
+                        Some(_) => "no controller leader is known".to_owned(),
+                        None if self.quorum.is_none() => match self.forward_to_any(&change).await {
+                            Ok(index) => return Ok(index),
+                            Err(Some(fatal)) => return Err(fatal),
+                            Err(None) => "no controller accepted the request".to_owned(),
+                        },
+                        None => "no controller leader is known".to_owned(),
+                    }
+                }
+                Err(ControllerError::Metadata(e @ MetadataError::Timeout { .. })) => e.to_string(),
+                Err(e) => return Err(e),
+            };
+            if Instant::now() >= deadline {
+                return Err(ControllerError::NoQuorum {
+                    timeout_ms: self.forward_timeout.as_millis() as u64,
+                    last_error,
+                });
+            }
+            tracing::debug!(%last_error, "retrying at the active controller");
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
     }
 
-    pub async fn controlled_shutdown_here(&self, broker: BrokerId) -> Result<u64, ControllerError> {
-        self.commit_here(&Change::ControlledShutdown(broker)).await
+    /// Commits `change` if this node is the active controller, never forwarding: the
+    /// ControllerService calls this, so a request is forwarded at most once.
+    pub(crate) async fn commit_here(&self, change: &Change) -> Result<u64, ControllerError> {
+        validate(change, &self.topic_defaults)?;
+        let index = self.propose(change).await?;
+        if let Change::RegisterBroker {
+            id, incarnation_id, ..
+        } = change
+        {
+            // Registering is a sign of life: a restarted broker must not be fenced again for
+            // the silence before its restart.
+            self.sessions
+                .heartbeat(*id, *incarnation_id, Instant::now());
+        }
+        Ok(index)
     }
 
-    /// Creates a topic through the active controller; returns the metadata log index.
-    pub async fn create_topic(&self, request: CreateTopicRequest) -> Result<u64, ControllerError> {
-        validate_create(&request, &self.topic_defaults)?;
-        self.submit(Change::CreateTopic(request)).await
-    }
-
-    pub async fn delete_topic(&self, name: &str) -> Result<u64, ControllerError> {
-        self.submit(Change::DeleteTopic(name.to_owned())).await
-    }
-
-    /// Registers (or re-registers, after a restart) a broker at `address`.
-    pub async fn register_broker(
-        &self,
-        id: BrokerId,
-        address: &str,
-        incarnation_id: u64,
-    ) -> Result<u64, ControllerError> {
-        self.submit(Change::RegisterBroker {
-            id,
-            address: address.to_owned(),
-            incarnation_id,
-        })
-        .await
-    }
-
-    /// Changes a partition's ISR at its leader's request.
-    pub async fn alter_partition(
-        &self,
-        request: AlterPartitionRequest,
-    ) -> Result<u64, ControllerError> {
-        self.submit(Change::AlterPartition(request)).await
-    }
-
-    pub async fn alter_partition_here(
-        &self,
-        request: AlterPartitionRequest,
-    ) -> Result<u64, ControllerError> {
-        self.commit_here(&Change::AlterPartition(request)).await
-    }
-
-    /// Makes `leader` (an ISR member) the partition's leader.
-    pub async fn elect_leader(
-        &self,
-        topic: &str,
-        partition: i32,
-        leader: BrokerId,
-    ) -> Result<u64, ControllerError> {
-        self.submit(Change::ElectLeader {
-            topic: topic.to_owned(),
-            partition,
-            leader,
-        })
-        .await
-    }
-
-    pub async fn elect_leader_here(
-        &self,
-        topic: &str,
-        partition: i32,
-        leader: BrokerId,
-    ) -> Result<u64, ControllerError> {
-        self.commit_here(&Change::ElectLeader {
-            topic: topic.to_owned(),
-            partition,
-            leader,
-        })
-        .await
-    }
-
-    /// Grows `topic` to `partitions` partitions.
-    pub async fn create_partitions(
-        &self,
-        topic: &str,
-        partitions: i64,
-    ) -> Result<u64, ControllerError> {
-        self.submit(Change::CreatePartitions {
-            topic: topic.to_owned(),
-            partitions,
-        })
-        .await
-    }
-
-    pub async fn create_partitions_here(
-        &self,
-        topic: &str,
-        partitions: i64,
-    ) -> Result<u64, ControllerError> {
-        self.commit_here(&Change::CreatePartitions {
-            topic: topic.to_owned(),
-            partitions,
-        })
-        .await
-    }
-
-    /// Starts moving a partition to `replicas` (see [`decide_reassign_partition`]).
-    pub async fn reassign_partition(
-        &self,
-        topic: &str,
-        partition: i32,
-        replicas: Vec<BrokerId>,
-    ) -> Result<u64, ControllerError> {
-        self.submit(Change::ReassignPartition {
-            topic: topic.to_owned(),
-            partition,
-            replicas,
-        })
-        .await
-    }
-
-    pub async fn reassign_partition_here(
-        &self,
-        topic: &str,
-        partition: i32,
-        replicas: Vec<BrokerId>,
-    ) -> Result<u64, ControllerError> {
-        self.commit_here(&Change::ReassignPartition {
-            topic: topic.to_owned(),
-            partition,
-            replicas,
-        })
-        .await
-    }
-
-    /// Commits a change if this node is the active controller, never forwarding (the
-    /// ControllerService calls this, so a request is forwarded at most once).
-    async fn commit_here(&self, change: &Change) -> Result<u64, ControllerError> {
+    /// Proposes the records `change` decides on, if this node is the active controller; the
+    /// quorum runs the decision on a linearizable image.
+    async fn propose(&self, change: &Change) -> Result<u64, ControllerError> {
         let defaults = &self.topic_defaults;
         let Some(quorum) = &self.quorum else {
             return Err(MetadataError::NotController { leader: None }.into());
@@ -422,36 +355,88 @@ impl Controller {
             .await
     }
 
-    pub async fn create_topic_here(
-        &self,
-        request: CreateTopicRequest,
-    ) -> Result<u64, ControllerError> {
-        validate_create(&request, &self.topic_defaults)?;
-        self.commit_here(&Change::CreateTopic(request)).await
+    /// Creates a topic; returns the metadata log index. A thin [`Controller::submit`].
+    pub async fn create_topic(&self, request: CreateTopicRequest) -> Result<u64, ControllerError> {
+        self.submit(Change::CreateTopic(request)).await
     }
 
-    pub async fn delete_topic_here(&self, name: &str) -> Result<u64, ControllerError> {
-        self.commit_here(&Change::DeleteTopic(name.to_owned()))
-            .await
+    /// Deletes a topic. A thin [`Controller::submit`].
+    pub async fn delete_topic(&self, name: &str) -> Result<u64, ControllerError> {
+        self.submit(Change::DeleteTopic(name.to_owned())).await
     }
 
-    pub async fn register_broker_here(
+    /// Registers (or re-registers, after a restart) a broker at `address`. A thin
+    /// [`Controller::submit`].
+    pub async fn register_broker(
         &self,
         id: BrokerId,
         address: &str,
         incarnation_id: u64,
     ) -> Result<u64, ControllerError> {
-        let index = self
-            .commit_here(&Change::RegisterBroker {
-                id,
-                address: address.to_owned(),
-                incarnation_id,
-            })
-            .await?;
-        // Registering is a sign of life: a restarted broker must not be fenced again for
-        // the silence before its restart.
-        self.sessions.heartbeat(id, incarnation_id, Instant::now());
-        Ok(index)
+        self.submit(Change::RegisterBroker {
+            id,
+            address: address.to_owned(),
+            incarnation_id,
+        })
+        .await
+    }
+
+    /// Changes a partition's ISR at its leader's request. A thin [`Controller::submit`].
+    pub async fn alter_partition(
+        &self,
+        request: AlterPartitionRequest,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::AlterPartition(request)).await
+    }
+
+    /// Makes `leader` (an ISR member) the partition's leader. A thin [`Controller::submit`].
+    pub async fn elect_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader: BrokerId,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::ElectLeader {
+            topic: topic.to_owned(),
+            partition,
+            leader,
+        })
+        .await
+    }
+
+    /// Grows `topic` to `partitions` partitions. A thin [`Controller::submit`].
+    pub async fn create_partitions(
+        &self,
+        topic: &str,
+        partitions: i64,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::CreatePartitions {
+            topic: topic.to_owned(),
+            partitions,
+        })
+        .await
+    }
+
+    /// Starts moving a partition to `replicas` (see [`Change::ReassignPartition`]). A thin
+    /// [`Controller::submit`].
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: Vec<BrokerId>,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::ReassignPartition {
+            topic: topic.to_owned(),
+            partition,
+            replicas,
+        })
+        .await
+    }
+
+    /// Moves `broker`'s leaderships to other live in-sync replicas and fences it, before
+    /// it stops (controlled shutdown). A thin [`Controller::submit`].
+    pub async fn controlled_shutdown(&self, broker: BrokerId) -> Result<u64, ControllerError> {
+        self.submit(Change::ControlledShutdown(broker)).await
     }
 
     /// A registration by a new process (another incarnation, at another address) of a
@@ -491,52 +476,6 @@ impl Controller {
                 heard_ms: age.as_millis() as u64,
             }),
             None => Ok(()),
-        }
-    }
-
-    /// Commits here, or forwards to the leader; retries (bounded) while there is none.
-    #[tracing::instrument(skip(self))]
-    async fn submit(&self, change: Change) -> Result<u64, ControllerError> {
-        let deadline = Instant::now() + self.forward_timeout;
-        loop {
-            let last_error = match self.commit_here(&change).await {
-                Ok(index) => return Ok(index),
-                Err(ControllerError::Metadata(MetadataError::NotController { leader })) => {
-                    match leader {
-                        Some((id, address)) if Some(id) != self.node_id() => {
-                            match self.forward(&address, &change).await {
-                                Ok(index) => return Ok(index),
-                                Err(status) if is_retriable(&status) => {
-                                    format!("leader {id} at {address}: {}", status.message())
-                                }
-                                Err(status) => {
-                                    return Err(ControllerError::Remote {
-                                        code: code_of(&status).unwrap_or(ErrorCode::Unspecified),
-                                        message: status.message().to_owned(),
-                                    });
-                                }
-                            }
-                        }
-                        Some(_) => "no controller leader is known".to_owned(),
-                        None if self.quorum.is_none() => match self.forward_to_any(&change).await {
-                            Ok(index) => return Ok(index),
-                            Err(Some(fatal)) => return Err(fatal),
-                            Err(None) => "no controller accepted the request".to_owned(),
-                        },
-                        None => "no controller leader is known".to_owned(),
-                    }
-                }
-                Err(ControllerError::Metadata(e @ MetadataError::Timeout { .. })) => e.to_string(),
-                Err(e) => return Err(e),
-            };
-            if Instant::now() >= deadline {
-                return Err(ControllerError::NoQuorum {
-                    timeout_ms: self.forward_timeout.as_millis() as u64,
-                    last_error,
-                });
-            }
-            tracing::debug!(%last_error, "retrying at the active controller");
-            tokio::time::sleep(RETRY_BACKOFF).await;
         }
     }
 

@@ -10,7 +10,7 @@ use ferrolog_metadata::records::{
 };
 use ferrolog_metadata::{BrokerId, ClusterImage, PartitionImage, TopicConfig, random_id};
 
-use crate::change::{AlterPartitionRequest, CreateTopicRequest};
+use crate::change::{AlterPartitionRequest, Change, CreateTopicRequest};
 use crate::partition_change::NextPartition;
 use crate::{ControllerError, assign_replicas, validate_topic_name};
 
@@ -22,8 +22,23 @@ pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
 /// smallest that survives losing a broker while another is down for maintenance.
 pub const DEFAULT_REPLICATION_FACTOR: i64 = 3;
 
-/// Checks what can be checked without the image.
-pub(crate) fn validate_create(
+/// Checks what can be checked without the image, so a bad request is refused by the node
+/// that receives it, before it is forwarded or proposed.
+pub(crate) fn validate(change: &Change, defaults: &TopicConfig) -> Result<(), ControllerError> {
+    match change {
+        Change::CreateTopic(request) => validate_create(request, defaults),
+        Change::DeleteTopic(_)
+        | Change::RegisterBroker { .. }
+        | Change::AlterPartition(_)
+        | Change::ElectLeader { .. }
+        | Change::ControlledShutdown(_)
+        | Change::CreatePartitions { .. }
+        | Change::ReassignPartition { .. } => Ok(()),
+    }
+}
+
+/// Checks a create-topic request without the image.
+fn validate_create(
     request: &CreateTopicRequest,
     defaults: &TopicConfig,
 ) -> Result<(), ControllerError> {

@@ -18,7 +18,7 @@ mod status;
 mod topic_name;
 mod wire;
 
-pub use change::{AlterPartitionRequest, CreateTopicRequest};
+pub use change::{AlterPartitionRequest, Change, CreateTopicRequest};
 pub use controller::{Controller, DEFAULT_FORWARD_TIMEOUT, DEFAULT_LEADER_REBALANCE_INTERVAL};
 pub use decide::{DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC};
 pub use error::ControllerError;
