@@ -132,7 +132,7 @@ impl ControllerService for ControllerApi {
         let r = request.into_inner();
         let fenced = self
             .controller
-            .broker_heartbeat_here(BrokerId(r.broker_id), r.incarnation_id)?;
+            .record_heartbeat(BrokerId(r.broker_id), r.incarnation_id)?;
         Ok(Response::new(v1::BrokerHeartbeatResponse { fenced }))
     }
 
