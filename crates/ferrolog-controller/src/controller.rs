@@ -32,15 +32,19 @@ pub struct Controller {
     /// Clients of the other controllers, for changes this node cannot commit itself.
     pub(crate) forwarder: Forwarder,
     topic_defaults: TopicConfig,
+    /// How long a submitted change keeps looking for an active controller.
     forward_timeout: Duration,
     /// Brokers' heartbeats, as the active controller receives them.
     pub(crate) sessions: BrokerSessions,
+    /// How long a broker may go without a heartbeat before it is fenced.
     pub(crate) session_timeout: Duration,
     /// How often leaderships go back to preferred replicas; `None`: never.
     pub(crate) leader_rebalance_interval: Option<Duration>,
 }
 
 impl Controller {
+    /// The controller of a quorum member: it commits changes itself while its node is the
+    /// active controller, and forwards them to the one that is otherwise.
     pub fn new(quorum: Arc<MetadataQuorum>, topic_defaults: TopicConfig) -> Self {
         Self::build(Some(quorum), Vec::new(), topic_defaults)
     }
