@@ -1,28 +1,34 @@
-//! The active controller's logic: it validates admin requests against the cluster image,
-//! places replicas, and proposes metadata records through the quorum, forwarding to the
-//! active controller (the Raft leader) from any other node. It stores nothing itself:
-//! every change it decides on becomes a record in the metadata log, and only a committed
-//! record counts.
+//! The controller: it turns admin and broker requests into [`Change`]s, decides each one
+//! against the cluster image (validation, replica placement, ISR and leader changes, fencing
+//! brokers that went silent), and proposes the resulting records through the metadata
+//! quorum, forwarding to the active controller (the Raft leader) from any other node. It
+//! proposes records and stores nothing itself: every change it decides on becomes a record
+//! in the metadata log, and only a committed record counts.
 //!
 //! It must never depend on the broker or the storage engine.
 
+mod change;
 mod controller;
+mod decide;
 mod error;
+mod forward;
 pub mod liveness;
 mod partition_change;
 mod placement;
 mod service;
 mod topic_name;
+mod wire;
 
-pub use controller::{
-    AlterPartitionRequest, Controller, CreateTopicRequest, DEFAULT_FORWARD_TIMEOUT,
-    DEFAULT_LEADER_REBALANCE_INTERVAL, DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC,
-    decide_alter_partition, decide_create_partitions, decide_create_topic, decide_delete_topic,
-    decide_elect_leader, decide_reassign_partition, decide_register_broker, status_to_wire,
-};
+pub use change::{AlterPartitionRequest, Change, CreateTopicRequest};
+pub use controller::{Controller, DEFAULT_FORWARD_TIMEOUT};
+pub use decide::{DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC};
 pub use error::ControllerError;
+pub use liveness::{
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEADER_REBALANCE_INTERVAL, DEFAULT_SESSION_TIMEOUT,
+};
 pub use placement::assign_replicas;
 pub use service::ControllerApi;
 // The gRPC status mapping lives once, in ferrolog-proto; imported here for the crate's modules.
 use ferrolog_proto::status::{code_of, status_with_code};
 pub use topic_name::{MAX_TOPIC_NAME_CHARS, validate_topic_name};
+pub use wire::status_to_wire;

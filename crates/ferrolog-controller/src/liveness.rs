@@ -1,18 +1,23 @@
-//! Broker liveness: which brokers the active controller has heard from, and what to commit
-//! when one goes silent (fence it, move the leadership of its partitions to live in-sync
-//! replicas) or when an offline partition gets a live in-sync replica back.
+//! Broker liveness: which brokers the controllers have heard from, and what the active
+//! controller commits when one goes silent (fence it, move the leadership of its partitions
+//! to live in-sync replicas), when an offline partition gets a live in-sync replica back,
+//! and when a preferred replica can lead again. Also here: the heartbeats that feed it, on
+//! both sides, and the refusal of a second process with a live broker's id.
 //!
 //! The decisions are pure functions of the image and the set of live brokers, so they are
-//! tested here; the loop that applies them runs on the active controller only.
+//! tested here; the loop that applies them ([`Controller::run_liveness`]) runs on the active
+//! controller only.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrolog_metadata::records::{FenceBrokerRecord, MetadataRecord, Record};
-use ferrolog_metadata::{BrokerId, ClusterImage};
+use ferrolog_metadata::{BrokerId, ClusterImage, MetadataError};
+use ferrolog_proto::v1;
 
 use crate::partition_change::NextPartition;
+use crate::{Controller, ControllerError};
 
 /// How often brokers heartbeat. Four heartbeats fit in a session, so three in a row may be
 /// lost (a scheduling stall, a retransmit) before a live broker is fenced.
@@ -24,12 +29,17 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 /// backoff (a few hundred ms) fit inside it.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_millis(1200);
 
+/// How often leaderships move back to preferred replicas. Kafka checks every 5 minutes;
+/// 30 s keeps a restarted broker idle only briefly, and a move costs one metadata commit
+/// and a leader change per partition.
+pub const DEFAULT_LEADER_REBALANCE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Heartbeats older than this are forgotten (only when many have piled up).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 /// When the active controller last heard from each broker, since it became active.
 #[derive(Default)]
-pub struct BrokerSessions {
+pub(crate) struct BrokerSessions {
     inner: Mutex<Sessions>,
 }
 
@@ -47,7 +57,7 @@ struct Sessions {
 }
 
 impl BrokerSessions {
-    pub fn heartbeat(&self, broker: BrokerId, incarnation: u64, now: Instant) {
+    pub(crate) fn heartbeat(&self, broker: BrokerId, incarnation: u64, now: Instant) {
         let mut sessions = self.lock();
         sessions.last_heartbeat.insert((broker, incarnation), now);
         // Processes gone for long (restarts leave their old incarnation behind).
@@ -59,7 +69,7 @@ impl BrokerSessions {
     }
 
     /// How long ago process `incarnation` of `broker` last heartbeat, if within `timeout`.
-    pub fn heard_within(
+    pub(crate) fn heard_within(
         &self,
         broker: BrokerId,
         incarnation: u64,
@@ -73,7 +83,7 @@ impl BrokerSessions {
 
     /// Notes that this node is the active controller in `term` (a new term restarts the
     /// grace period); `None` when it is not active.
-    pub fn set_active(&self, term: Option<u64>, now: Instant) {
+    pub(crate) fn set_active(&self, term: Option<u64>, now: Instant) {
         let mut sessions = self.lock();
         match term {
             Some(term) if sessions.active_since.is_some_and(|(t, _)| t == term) => {}
@@ -84,7 +94,7 @@ impl BrokerSessions {
 
     /// Brokers whose registered process (id, incarnation) was heard from within `timeout`,
     /// counting the grace period as a heartbeat.
-    pub fn live(
+    pub(crate) fn live(
         &self,
         brokers: impl IntoIterator<Item = (BrokerId, u64)>,
         timeout: Duration,
@@ -111,6 +121,204 @@ impl BrokerSessions {
     }
 }
 
+impl Controller {
+    /// Records a heartbeat on this controller; whether the image has the broker fenced (or
+    /// unknown), in which case it must register again. Every controller records
+    /// heartbeats, not only the active one, so a newly elected controller already knows
+    /// who is alive and fences a dead broker without waiting out a grace period.
+    /// A process other than the registered one (another incarnation) is told it is fenced:
+    /// it must register, which is refused while the registered process is alive.
+    pub(crate) fn record_heartbeat(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<bool, ControllerError> {
+        let Some(quorum) = &self.quorum else {
+            return Err(MetadataError::NotController { leader: None }.into());
+        };
+        self.sessions
+            .heartbeat(broker, incarnation_id, Instant::now());
+        Ok(quorum
+            .image()
+            .brokers
+            .get(&broker)
+            .is_none_or(|b| b.fenced || b.incarnation_id != incarnation_id))
+    }
+
+    /// Sends a broker's heartbeat to every controller (each records it, see
+    /// `record_heartbeat`); whether it is fenced, as the local image (on a controller) or
+    /// any controller says. Each send gives up after `per_send`: a paused or unreachable
+    /// controller must not hold up the next heartbeat to the others, or the active one
+    /// fences this broker. The sends run together, so no answer within `per_send` means
+    /// none is coming.
+    pub async fn broker_heartbeat(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+        per_send: Duration,
+    ) -> Result<bool, ControllerError> {
+        let (local, targets): (Option<bool>, Vec<String>) = match &self.quorum {
+            Some(quorum) => (
+                Some(self.record_heartbeat(broker, incarnation_id)?),
+                quorum
+                    .voter_addresses()
+                    .into_iter()
+                    .filter(|(id, _)| *id != quorum.node_id())
+                    .map(|(_, address)| address)
+                    .collect(),
+            ),
+            None => (None, self.forwarder.voters().to_vec()),
+        };
+        let sends = targets.into_iter().map(|address| async move {
+            let mut client = self
+                .forwarder
+                .client(&address)
+                .map_err(|s| s.message().to_owned())?;
+            let request = v1::BrokerHeartbeatRequest {
+                broker_id: broker.0,
+                incarnation_id,
+            };
+            match tokio::time::timeout(per_send, client.broker_heartbeat(request)).await {
+                Ok(Ok(response)) => Ok(response.into_inner().fenced),
+                Ok(Err(status)) => Err(format!("{address}: {}", status.message())),
+                Err(_) => Err(format!("{address}: no answer within {per_send:?}")),
+            }
+        });
+        let answers = futures::future::join_all(sends).await;
+        if let Some(fenced) = local {
+            return Ok(fenced);
+        }
+        let mut last_error = "no controller answered".to_owned();
+        let mut fenced = None;
+        for answer in answers {
+            match answer {
+                Ok(f) => fenced = Some(fenced.unwrap_or(false) || f),
+                Err(error) => last_error = error,
+            }
+        }
+        fenced.ok_or(ControllerError::NoQuorum {
+            timeout_ms: per_send.as_millis() as u64,
+            last_error,
+        })
+    }
+
+    /// The brokers whose registered process this controller heard from within the session
+    /// timeout (or that are still in their grace period), as of `now`.
+    pub(crate) fn live_brokers(&self, image: &ClusterImage, now: Instant) -> BTreeSet<BrokerId> {
+        self.sessions.live(
+            image.brokers.values().map(|b| (b.id, b.incarnation_id)),
+            self.session_timeout,
+            now,
+        )
+    }
+
+    /// On the active controller: fences brokers that missed their session (moving their
+    /// leaderships to live in-sync replicas) and elects leaders for offline partitions
+    /// that have a live in-sync replica again. Runs for the life of the node.
+    pub async fn run_liveness(self: Arc<Self>) {
+        let Some(quorum) = self.quorum.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.session_timeout / 6);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rebalance = Instant::now();
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let status = quorum.status();
+            let active = status.leader == Some(quorum.node_id());
+            self.sessions.set_active(active.then_some(status.term), now);
+            if !active {
+                continue;
+            }
+            let image = quorum.image();
+            let live = self.live_brokers(&image, now);
+            for broker in image.brokers.values().filter(|b| !b.fenced) {
+                if live.contains(&broker.id) {
+                    continue;
+                }
+                let id = broker.id;
+                tracing::warn!(broker = %id, timeout_ms = self.session_timeout.as_millis() as u64,
+                    "broker missed its session; fencing it and moving its leaderships");
+                let result = quorum
+                    .propose_with(|image| {
+                        Ok::<_, ControllerError>(decide_fence_broker(image, id, &live))
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(broker = %id, %error, "cannot fence broker");
+                }
+            }
+            // Decided first on the image at hand, so an idle tick costs no Raft round trip;
+            // propose_with decides again on a linearizable image before committing.
+            if !decide_elect_offline(&image, &live).is_empty() {
+                let result = quorum
+                    .propose_with(|image| {
+                        Ok::<_, ControllerError>(decide_elect_offline(image, &live))
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "cannot elect leaders for offline partitions");
+                }
+            }
+            if let Some(interval) = self.leader_rebalance_interval
+                && last_rebalance.elapsed() >= interval
+                && !decide_preferred_leaders(&image, &live).is_empty()
+            {
+                last_rebalance = Instant::now();
+                let result = quorum
+                    .propose_with(|image| {
+                        Ok::<_, ControllerError>(decide_preferred_leaders(image, &live))
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "cannot move leaderships to preferred replicas");
+                }
+            }
+        }
+    }
+
+    /// A registration by a new process (another incarnation, at another address) of a
+    /// broker whose registered process is alive and unfenced is refused: two processes
+    /// with one broker id (a cloned data directory, a copy-pasted config) must not take
+    /// turns leading. Once the old process stops, it is fenced after its session, and the
+    /// new one registers.
+    pub(crate) fn refuse_duplicate_broker(
+        &self,
+        image: &ClusterImage,
+        id: BrokerId,
+        address: &str,
+        incarnation_id: u64,
+    ) -> Result<(), ControllerError> {
+        let Some(registered) = image.brokers.get(&id) else {
+            return Ok(());
+        };
+        // The same address is the same machine and port, which two live processes cannot
+        // share: a restart, not a duplicate, and it re-registers at once.
+        if registered.fenced
+            || registered.incarnation_id == incarnation_id
+            || registered.address == address
+        {
+            return Ok(());
+        }
+        let heard = self.sessions.heard_within(
+            id,
+            registered.incarnation_id,
+            self.session_timeout,
+            Instant::now(),
+        );
+        match heard {
+            Some(age) => Err(ControllerError::DuplicateBrokerId {
+                broker: id.0,
+                registered_address: registered.address.clone(),
+                address: address.to_owned(),
+                heard_ms: age.as_millis() as u64,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Fences `broker` (it missed its session) and, for each partition, takes it out of the
 /// ISR and moves its leaderships to the first live ISR member in replica order (the
 /// preferred replica when it is live), at the next leader epoch.
@@ -119,7 +327,7 @@ impl BrokerSessions {
 /// offline (leader -1) with the fenced broker still the only eligible leader, and it leads
 /// again when it returns. Electing an out-of-sync replica instead would silently drop
 /// acknowledged records; Kafka's KIP-966 keeps the same "last replica standing" rule.
-pub fn decide_fence_broker(
+pub(crate) fn decide_fence_broker(
     image: &ClusterImage,
     broker: BrokerId,
     live: &BTreeSet<BrokerId>,
@@ -164,7 +372,7 @@ pub fn decide_fence_broker(
 }
 
 /// Leaders for offline partitions (no leader) that have a live, unfenced ISR member again.
-pub fn decide_elect_offline(
+pub(crate) fn decide_elect_offline(
     image: &ClusterImage,
     live: &BTreeSet<BrokerId>,
 ) -> Vec<MetadataRecord> {
@@ -202,7 +410,7 @@ pub fn decide_elect_offline(
 /// where placement spreads leaders evenly) when that replica is live and in sync but
 /// another leads, e.g. after a failover: without this, leadership piles up on the
 /// brokers that stayed up.
-pub fn decide_preferred_leaders(
+pub(crate) fn decide_preferred_leaders(
     image: &ClusterImage,
     live: &BTreeSet<BrokerId>,
 ) -> Vec<MetadataRecord> {

@@ -14,10 +14,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::controller::status_to_wire;
-use crate::{
-    AlterPartitionRequest, Controller, ControllerError, CreateTopicRequest, status_with_code,
-};
+use crate::{Change, Controller, ControllerError, status_to_wire, status_with_code};
 
 /// Images a metadata stream may have queued for a slow broker.
 const METADATA_STREAM_DEPTH: usize = 2;
@@ -31,6 +28,12 @@ pub struct ControllerApi {
 impl ControllerApi {
     pub fn new(controller: Arc<Controller>) -> Self {
         Self { controller }
+    }
+
+    /// Commits the change a request carries on this node, never forwarding it again (see
+    /// [`Controller::commit_here`]); the metadata log index it committed at.
+    async fn commit(&self, request: impl Into<Change>) -> Result<u64, Status> {
+        Ok(self.controller.commit_here(&request.into()).await?)
     }
 
     fn quorum(&self) -> Result<&Arc<MetadataQuorum>, Status> {
@@ -96,18 +99,13 @@ impl ControllerService for ControllerApi {
         &self,
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
-        let r = request.into_inner();
-        let request = CreateTopicRequest {
-            name: r.name.clone(),
-            partitions: i64::from(r.partitions),
-            replication_factor: i64::from(r.replication_factor),
-            configs: r.configs.into_iter().collect(),
-        };
-        let index = self.controller.create_topic_here(request).await?;
+        let request = request.into_inner();
+        let name = request.name.clone();
+        let index = self.commit(request).await?;
         let image = self.quorum()?.image();
-        let topic = image.topic(&r.name);
+        let topic = image.topic(&name);
         Ok(Response::new(v1::CreateTopicResponse {
-            name: r.name.clone(),
+            name,
             partitions: topic.map_or(0, |t| t.partitions.len() as i32),
             replication_factor: topic.map_or(0, |t| t.replication_factor() as i32),
             metadata_index: index,
@@ -118,75 +116,41 @@ impl ControllerService for ControllerApi {
         &self,
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
-        let index = self
-            .controller
-            .delete_topic_here(&request.into_inner().name)
-            .await?;
-        Ok(Response::new(v1::DeleteTopicResponse {
-            metadata_index: index,
-        }))
+        let metadata_index = self.commit(request.into_inner()).await?;
+        Ok(Response::new(v1::DeleteTopicResponse { metadata_index }))
     }
 
     async fn register_broker(
         &self,
         request: Request<v1::RegisterBrokerRequest>,
     ) -> Result<Response<v1::RegisterBrokerResponse>, Status> {
-        let r = request.into_inner();
-        let index = self
-            .controller
-            .register_broker_here(BrokerId(r.broker_id), &r.address, r.incarnation_id)
-            .await?;
-        Ok(Response::new(v1::RegisterBrokerResponse {
-            metadata_index: index,
-        }))
+        let metadata_index = self.commit(request.into_inner()).await?;
+        Ok(Response::new(v1::RegisterBrokerResponse { metadata_index }))
     }
 
     async fn alter_partition(
         &self,
         request: Request<v1::AlterPartitionRequest>,
     ) -> Result<Response<v1::AlterPartitionResponse>, Status> {
-        let r = request.into_inner();
-        let index = self
-            .controller
-            .alter_partition_here(AlterPartitionRequest {
-                topic: r.topic,
-                partition: r.partition,
-                leader: BrokerId(r.leader_id),
-                leader_epoch: r.leader_epoch,
-                partition_epoch: r.partition_epoch,
-                new_isr: r.new_isr.into_iter().map(BrokerId).collect(),
-            })
-            .await?;
-        Ok(Response::new(v1::AlterPartitionResponse {
-            metadata_index: index,
-        }))
+        let metadata_index = self.commit(request.into_inner()).await?;
+        Ok(Response::new(v1::AlterPartitionResponse { metadata_index }))
     }
 
     async fn elect_leader(
         &self,
         request: Request<v1::ElectLeaderRequest>,
     ) -> Result<Response<v1::ElectLeaderResponse>, Status> {
-        let r = request.into_inner();
-        let index = self
-            .controller
-            .elect_leader_here(&r.topic, r.partition, BrokerId(r.leader_id))
-            .await?;
-        Ok(Response::new(v1::ElectLeaderResponse {
-            metadata_index: index,
-        }))
+        let metadata_index = self.commit(request.into_inner()).await?;
+        Ok(Response::new(v1::ElectLeaderResponse { metadata_index }))
     }
 
     async fn create_partitions(
         &self,
         request: Request<v1::CreatePartitionsRequest>,
     ) -> Result<Response<v1::CreatePartitionsResponse>, Status> {
-        let r = request.into_inner();
-        let index = self
-            .controller
-            .create_partitions_here(&r.topic, i64::from(r.partitions))
-            .await?;
+        let metadata_index = self.commit(request.into_inner()).await?;
         Ok(Response::new(v1::CreatePartitionsResponse {
-            metadata_index: index,
+            metadata_index,
         }))
     }
 
@@ -194,14 +158,9 @@ impl ControllerService for ControllerApi {
         &self,
         request: Request<v1::ReassignPartitionRequest>,
     ) -> Result<Response<v1::ReassignPartitionResponse>, Status> {
-        let r = request.into_inner();
-        let replicas = r.replicas.into_iter().map(BrokerId).collect();
-        let index = self
-            .controller
-            .reassign_partition_here(&r.topic, r.partition, replicas)
-            .await?;
+        let metadata_index = self.commit(request.into_inner()).await?;
         Ok(Response::new(v1::ReassignPartitionResponse {
-            metadata_index: index,
+            metadata_index,
         }))
     }
 
@@ -212,7 +171,7 @@ impl ControllerService for ControllerApi {
         let r = request.into_inner();
         let fenced = self
             .controller
-            .broker_heartbeat_here(BrokerId(r.broker_id), r.incarnation_id)?;
+            .record_heartbeat(BrokerId(r.broker_id), r.incarnation_id)?;
         Ok(Response::new(v1::BrokerHeartbeatResponse { fenced }))
     }
 
@@ -220,10 +179,9 @@ impl ControllerService for ControllerApi {
         &self,
         request: Request<v1::ControlledShutdownRequest>,
     ) -> Result<Response<v1::ControlledShutdownResponse>, Status> {
-        let broker = BrokerId(request.into_inner().broker_id);
-        let index = self.controller.controlled_shutdown_here(broker).await?;
+        let metadata_index = self.commit(request.into_inner()).await?;
         Ok(Response::new(v1::ControlledShutdownResponse {
-            metadata_index: index,
+            metadata_index,
         }))
     }
 

@@ -1,0 +1,712 @@
+//! The controller's decisions: pure functions from the cluster image and a request to the
+//! metadata records that carry it out, or the reason it is refused. They read nothing but
+//! their arguments and write nothing, so the same request on the same image always decides
+//! the same way; [`crate::Controller`] runs them inside the quorum's proposal, on a
+//! linearizable image. Broker liveness decides in [`crate::liveness`].
+
+use ferrolog_metadata::records::{
+    CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord, MetadataRecord,
+    PartitionAssignment, Record, RegisterBrokerRecord,
+};
+use ferrolog_metadata::{BrokerId, ClusterImage, PartitionImage, TopicConfig, random_id};
+
+use crate::change::{AlterPartitionRequest, Change, CreateTopicRequest};
+use crate::partition_change::NextPartition;
+use crate::{ControllerError, assign_replicas, validate_topic_name};
+
+/// Upper bound on partitions per topic. Each partition holds open files (log, index, time
+/// index per segment); an accidental `--partitions 1000000` must be refused, not exhaust
+/// the node's file descriptors.
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
+/// Replication factor when a request does not say: 3 (capped at the live brokers), the
+/// smallest that survives losing a broker while another is down for maintenance.
+pub const DEFAULT_REPLICATION_FACTOR: i64 = 3;
+
+/// Checks what can be checked without the image, so a bad request is refused by the node
+/// that receives it, before it is forwarded or proposed.
+pub(crate) fn validate(change: &Change, defaults: &TopicConfig) -> Result<(), ControllerError> {
+    match change {
+        Change::CreateTopic(request) => validate_create(request, defaults),
+        Change::DeleteTopic(_)
+        | Change::RegisterBroker { .. }
+        | Change::AlterPartition(_)
+        | Change::ElectLeader { .. }
+        | Change::ControlledShutdown(_)
+        | Change::CreatePartitions { .. }
+        | Change::ReassignPartition { .. } => Ok(()),
+    }
+}
+
+/// Checks a create-topic request without the image.
+fn validate_create(
+    request: &CreateTopicRequest,
+    defaults: &TopicConfig,
+) -> Result<(), ControllerError> {
+    validate_topic_name(&request.name)?;
+    if request.partitions < 1 || request.partitions > i64::from(MAX_PARTITIONS_PER_TOPIC) {
+        return Err(ControllerError::InvalidPartitions {
+            requested: request.partitions,
+            max: MAX_PARTITIONS_PER_TOPIC,
+        });
+    }
+    defaults.with_overrides(&request.configs)?;
+    Ok(())
+}
+
+/// The records that create a topic, decided from the current image.
+pub(crate) fn decide_create_topic(
+    image: &ClusterImage,
+    request: &CreateTopicRequest,
+    defaults: &TopicConfig,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    validate_create(request, defaults)?;
+    if image.topic(&request.name).is_some() {
+        return Err(ControllerError::TopicAlreadyExists(request.name.clone()));
+    }
+    // Replicas go to live brokers only.
+    let brokers = unfenced_brokers(image);
+    if brokers.is_empty() {
+        return Err(ControllerError::NoBrokersRegistered);
+    }
+    let replication_factor = match request.replication_factor {
+        0 => DEFAULT_REPLICATION_FACTOR.min(brokers.len() as i64),
+        rf => rf,
+    };
+    if replication_factor < 1 || replication_factor as usize > brokers.len() {
+        return Err(ControllerError::InvalidReplicationFactor {
+            requested: replication_factor,
+            brokers: brokers.len(),
+        });
+    }
+    let layout = assign_replicas(
+        &brokers,
+        request.partitions as u32,
+        replication_factor as u32,
+        image.topics.len(),
+    );
+    let record = CreateTopicRecord {
+        name: request.name.clone(),
+        topic_id: random_id(),
+        assignments: layout
+            .into_iter()
+            .enumerate()
+            .map(|(partition, replicas)| PartitionAssignment {
+                partition: partition as i32,
+                replicas: replicas.into_iter().map(|b| b.0).collect(),
+            })
+            .collect(),
+        configs: request.configs.clone().into_iter().collect(),
+    };
+    Ok(vec![MetadataRecord {
+        record: Some(Record::CreateTopic(record)),
+    }])
+}
+
+/// The record that deletes a topic, which must exist.
+pub(crate) fn decide_delete_topic(
+    image: &ClusterImage,
+    name: &str,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let topic = image
+        .topic(name)
+        .ok_or_else(|| ControllerError::UnknownTopic(name.to_owned()))?;
+    Ok(vec![MetadataRecord {
+        record: Some(Record::DeleteTopic(DeleteTopicRecord {
+            name: name.to_owned(),
+            topic_id: topic.topic_id.clone(),
+        })),
+    }])
+}
+
+/// The partition a request names, or why there is none.
+fn find_partition<'a>(
+    image: &'a ClusterImage,
+    topic: &str,
+    partition: i32,
+) -> Result<&'a PartitionImage, ControllerError> {
+    image
+        .topic(topic)
+        .and_then(|t| {
+            usize::try_from(partition)
+                .ok()
+                .and_then(|i| t.partitions.get(i))
+        })
+        .ok_or_else(|| ControllerError::UnknownPartition {
+            topic: topic.to_owned(),
+            partition,
+        })
+}
+
+/// An ISR change, if the request comes from the current leader at the current epochs (a
+/// deposed or partitioned-away leader's request is refused: it must not shrink the ISR to
+/// itself and go on acknowledging alone). The new ISR holds the leader and only replicas.
+pub(crate) fn decide_alter_partition(
+    image: &ClusterImage,
+    request: &AlterPartitionRequest,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let p = find_partition(image, &request.topic, request.partition)?;
+    if p.leader != Some(request.leader)
+        || p.leader_epoch != request.leader_epoch
+        || p.partition_epoch != request.partition_epoch
+    {
+        return Err(ControllerError::FencedEpoch {
+            topic: request.topic.clone(),
+            partition: request.partition,
+            leader: request.leader.0,
+            leader_epoch: request.leader_epoch,
+            partition_epoch: request.partition_epoch,
+            current_leader: p.leader.map(|l| l.0),
+            current_leader_epoch: p.leader_epoch,
+            current_partition_epoch: p.partition_epoch,
+        });
+    }
+    let invalid = |reason| ControllerError::InvalidIsr {
+        topic: request.topic.clone(),
+        partition: request.partition,
+        isr: request.new_isr.iter().map(|b| b.0).collect(),
+        reason,
+    };
+    if !request.new_isr.contains(&request.leader) {
+        return Err(invalid("the leader must stay in its ISR"));
+    }
+    if request.new_isr.iter().any(|b| !p.replicas.contains(b)) {
+        return Err(invalid("every ISR member must be a replica"));
+    }
+    let mut isr = request.new_isr.clone();
+    isr.sort_unstable();
+    isr.dedup();
+    let mut current = p.isr.clone();
+    current.sort_unstable();
+    if isr == current {
+        return Ok(Vec::new());
+    }
+    // Replica order, so the preferred replica reads first.
+    let isr: Vec<BrokerId> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| isr.contains(r))
+        .collect();
+    Ok(NextPartition::from(&request.topic, p)
+        .isr(isr)
+        .into_record()
+        .into_iter()
+        .collect())
+}
+
+/// A new leader from the ISR, at the next leader epoch. Electing the current leader is a
+/// no-op.
+pub(crate) fn decide_elect_leader(
+    image: &ClusterImage,
+    topic: &str,
+    partition: i32,
+    leader: BrokerId,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let p = find_partition(image, topic, partition)?;
+    if p.leader == Some(leader) {
+        return Ok(Vec::new());
+    }
+    if !p.isr.contains(&leader) {
+        return Err(ControllerError::IneligibleReplica {
+            topic: topic.to_owned(),
+            partition,
+            broker: leader.0,
+            isr: p.isr.iter().map(|b| b.0).collect(),
+        });
+    }
+    Ok(NextPartition::from(topic, p)
+        .leader(Some(leader))
+        .into_record()
+        .into_iter()
+        .collect())
+}
+
+/// Partitions numbered on from the topic's current count, placed on the unfenced brokers
+/// with the topic's replication factor, continuing the rotation of its existing leaders.
+pub(crate) fn decide_create_partitions(
+    image: &ClusterImage,
+    topic: &str,
+    partitions: i64,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let existing = image
+        .topic(topic)
+        .ok_or_else(|| ControllerError::UnknownTopic(topic.to_owned()))?;
+    let current = existing.partitions.len();
+    if partitions <= current as i64 || partitions > i64::from(MAX_PARTITIONS_PER_TOPIC) {
+        return Err(ControllerError::PartitionsMustGrow {
+            topic: topic.to_owned(),
+            current,
+            requested: partitions,
+            max: MAX_PARTITIONS_PER_TOPIC,
+        });
+    }
+    let brokers = unfenced_brokers(image);
+    let replication_factor = existing.replication_factor().max(1);
+    if replication_factor > brokers.len() {
+        return Err(ControllerError::InvalidReplicationFactor {
+            requested: replication_factor as i64,
+            brokers: brokers.len(),
+        });
+    }
+    let start = existing
+        .partitions
+        .first()
+        .and_then(|p| p.replicas.first())
+        .and_then(|leader| brokers.iter().position(|b| b == leader))
+        .unwrap_or(0);
+    let layout = assign_replicas(
+        &brokers,
+        partitions as u32,
+        replication_factor as u32,
+        start,
+    );
+    let record = CreatePartitionsRecord {
+        topic: topic.to_owned(),
+        topic_id: existing.topic_id.clone(),
+        assignments: layout
+            .into_iter()
+            .enumerate()
+            .skip(current)
+            .map(|(partition, replicas)| PartitionAssignment {
+                partition: partition as i32,
+                replicas: replicas.into_iter().map(|b| b.0).collect(),
+            })
+            .collect(),
+    };
+    Ok(vec![MetadataRecord {
+        record: Some(Record::CreatePartitions(record)),
+    }])
+}
+
+/// Starts moving a partition to `target` (Kafka's KIP-455): the replica list becomes the
+/// target followed by the replicas that leave; new replicas start copying the log from the
+/// leader and join the ISR through the leader's ordinary ISR expansion. The move completes
+/// (see `NextPartition`) in the change that puts the last target replica in sync, so the
+/// partition never has fewer in-sync copies than before. A target that is a reordering of
+/// the current replicas only changes the preferred leader.
+pub(crate) fn decide_reassign_partition(
+    image: &ClusterImage,
+    topic: &str,
+    partition: i32,
+    target: &[BrokerId],
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let p = find_partition(image, topic, partition)?;
+    let invalid = |reason: String| ControllerError::InvalidReplicaAssignment {
+        topic: topic.to_owned(),
+        partition,
+        replicas: target.iter().map(|b| b.0).collect(),
+        reason,
+    };
+    if target.is_empty() {
+        return Err(invalid("at least one replica is needed".to_owned()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for broker in target {
+        if !seen.insert(*broker) {
+            return Err(invalid(format!("broker {broker} appears twice")));
+        }
+        match image.brokers.get(broker) {
+            None => return Err(invalid(format!("broker {broker} is not registered"))),
+            // An existing replica may stay while fenced (it is down for a restart); a new
+            // one must be up to copy the log.
+            Some(b) if b.fenced && !p.replicas.contains(broker) => {
+                return Err(invalid(format!("broker {broker} is fenced")));
+            }
+            Some(_) => {}
+        }
+    }
+    if p.is_reassigning() {
+        if p.target_replicas() == target {
+            return Ok(Vec::new());
+        }
+        return Err(ControllerError::ReassignmentInProgress {
+            topic: topic.to_owned(),
+            partition,
+            adding: p.adding_replicas.iter().map(|b| b.0).collect(),
+            removing: p.removing_replicas.iter().map(|b| b.0).collect(),
+        });
+    }
+    let mut next = NextPartition::from(topic, p);
+    next.adding = target
+        .iter()
+        .copied()
+        .filter(|b| !p.replicas.contains(b))
+        .collect();
+    next.removing = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|b| !target.contains(b))
+        .collect();
+    next.replicas = target.iter().chain(&next.removing).copied().collect();
+    // The ISR in the new replica order, so the preferred replica reads first.
+    next.isr = next
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| p.isr.contains(r))
+        .collect();
+    Ok(next.into_record().into_iter().collect())
+}
+
+/// The brokers new replicas may be placed on.
+fn unfenced_brokers(image: &ClusterImage) -> Vec<BrokerId> {
+    image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| b.id)
+        .collect()
+}
+
+/// Nothing when this process (incarnation) is registered, unfenced, at that address
+/// already; a restarted process records its new incarnation, whose heartbeats are the ones
+/// that keep the broker alive from then on; registering again unfences it.
+pub(crate) fn decide_register_broker(
+    image: &ClusterImage,
+    id: BrokerId,
+    address: &str,
+    incarnation_id: u64,
+) -> Vec<MetadataRecord> {
+    if image
+        .brokers
+        .get(&id)
+        .is_some_and(|b| b.address == address && !b.fenced && b.incarnation_id == incarnation_id)
+    {
+        return Vec::new();
+    }
+    vec![MetadataRecord {
+        record: Some(Record::RegisterBroker(RegisterBrokerRecord {
+            broker_id: id.0,
+            address: address.to_owned(),
+            incarnation_id,
+        })),
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferrolog_proto::v1::ErrorCode;
+
+    use super::*;
+
+    fn image_with_broker() -> ClusterImage {
+        let mut image = ClusterImage::default();
+        for record in decide_register_broker(&image.clone(), BrokerId(1), "127.0.0.1:9290", 7) {
+            image.apply(1, &record).expect("apply");
+        }
+        image
+    }
+
+    fn request(name: &str, partitions: i64) -> CreateTopicRequest {
+        CreateTopicRequest {
+            name: name.to_owned(),
+            partitions,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn create_topic_defaults_replication_to_the_registered_brokers() {
+        let image = image_with_broker();
+        let records = decide_create_topic(&image, &request("orders", 3), &TopicConfig::default())
+            .expect("create");
+        let Some(Record::CreateTopic(topic)) = &records[0].record else {
+            panic!("{records:?}")
+        };
+        assert_eq!(topic.assignments.len(), 3);
+        assert!(topic.assignments.iter().all(|a| a.replicas == vec![1]));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_their_codes() {
+        let mut image = image_with_broker();
+        let defaults = TopicConfig::default();
+        for record in decide_create_topic(&image, &request("orders", 1), &defaults).expect("create")
+        {
+            image.apply(2, &record).expect("apply");
+        }
+        let cases = [
+            (request("orders", 1), ErrorCode::TopicAlreadyExists),
+            (request("bad name", 1), ErrorCode::InvalidTopicName),
+            (request("t", 0), ErrorCode::InvalidPartitions),
+            (request("t", -3), ErrorCode::InvalidPartitions),
+            (request("t", 1_000_000), ErrorCode::InvalidPartitions),
+            (
+                CreateTopicRequest {
+                    replication_factor: 2,
+                    ..request("t", 1)
+                },
+                ErrorCode::InvalidReplicationFactor,
+            ),
+            (
+                CreateTopicRequest {
+                    configs: BTreeMap::from([("retention.ms".into(), "soon".into())]),
+                    ..request("t", 1)
+                },
+                ErrorCode::InvalidConfig,
+            ),
+        ];
+        for (req, code) in cases {
+            let err = decide_create_topic(&image, &req, &defaults).expect_err(&req.name);
+            assert_eq!(err.code(), code, "{}: {err}", req.name);
+        }
+        assert!(matches!(
+            decide_delete_topic(&image, "nope"),
+            Err(ControllerError::UnknownTopic(_))
+        ));
+        // The registered process registering again changes nothing; a restarted one (a new
+        // incarnation) records itself.
+        assert!(decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 7).is_empty());
+        assert_eq!(
+            decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 8).len(),
+            1
+        );
+    }
+
+    /// Three brokers and an RF=3 topic "t" with one partition.
+    fn replicated_image() -> ClusterImage {
+        let mut image = ClusterImage::default();
+        let mut index = 0;
+        let mut apply = |image: &mut ClusterImage, records: Vec<MetadataRecord>| {
+            for record in records {
+                index += 1;
+                image.apply(index, &record).expect("apply");
+            }
+        };
+        for id in 1..=3 {
+            let records = decide_register_broker(&image, BrokerId(id), &format!("h{id}:1"), 1);
+            apply(&mut image, records);
+        }
+        let create = CreateTopicRequest {
+            replication_factor: 3,
+            ..request("t", 1)
+        };
+        let records =
+            decide_create_topic(&image, &create, &TopicConfig::default()).expect("create");
+        apply(&mut image, records);
+        image
+    }
+
+    fn alter(image: &ClusterImage, isr: &[i32]) -> AlterPartitionRequest {
+        let p = &image.topic("t").expect("topic").partitions[0];
+        AlterPartitionRequest {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader.expect("leader"),
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: isr.iter().copied().map(BrokerId).collect(),
+        }
+    }
+
+    #[test]
+    fn isr_changes_commit_only_from_the_current_leader_at_the_current_epochs() {
+        let mut image = replicated_image();
+        let leader = image.topic("t").expect("topic").partitions[0]
+            .leader
+            .expect("leader");
+        let follower = [1, 2, 3]
+            .into_iter()
+            .find(|b| *b != leader.0)
+            .expect("follower");
+        let shrunk: Vec<i32> = [1, 2, 3].into_iter().filter(|b| *b != follower).collect();
+
+        let request = alter(&image, &shrunk);
+        let records = decide_alter_partition(&image, &request).expect("shrink");
+        image.apply(100, &records[0]).expect("apply");
+        let p = &image.topic("t").expect("topic").partitions[0];
+        assert_eq!(p.isr.len(), 2);
+        assert_eq!(p.partition_epoch, 1);
+
+        // The same request again is at a stale partition epoch now.
+        let stale = decide_alter_partition(&image, &request).expect_err("stale");
+        assert_eq!(stale.code(), ErrorCode::FencedEpoch);
+        // A request from a broker that is not the leader is stale too.
+        let mut impostor = alter(&image, &[1, 2, 3]);
+        impostor.leader = BrokerId(follower);
+        assert_eq!(
+            decide_alter_partition(&image, &impostor)
+                .expect_err("not leader")
+                .code(),
+            ErrorCode::FencedEpoch
+        );
+        // The leader never drops itself, and only replicas may join.
+        let without_leader: Vec<i32> = shrunk.iter().copied().filter(|b| *b != leader.0).collect();
+        assert!(decide_alter_partition(&image, &alter(&image, &without_leader)).is_err());
+        assert!(decide_alter_partition(&image, &alter(&image, &[leader.0, 9])).is_err());
+        // Asking for the ISR it already has commits nothing.
+        assert!(
+            decide_alter_partition(&image, &alter(&image, &shrunk))
+                .expect("no-op")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn only_an_in_sync_replica_is_elected_and_the_leader_epoch_grows() {
+        let mut image = replicated_image();
+        let p = image.topic("t").expect("topic").partitions[0].clone();
+        let leader = p.leader.expect("leader");
+        let follower = [1, 2, 3]
+            .into_iter()
+            .find(|b| *b != leader.0)
+            .expect("follower");
+        let shrunk: Vec<i32> = [1, 2, 3].into_iter().filter(|b| *b != follower).collect();
+        let records = decide_alter_partition(&image, &alter(&image, &shrunk)).expect("shrink");
+        image.apply(100, &records[0]).expect("apply");
+
+        let refused =
+            decide_elect_leader(&image, "t", 0, BrokerId(follower)).expect_err("out of ISR");
+        assert_eq!(refused.code(), ErrorCode::IneligibleReplica);
+        let other = shrunk
+            .iter()
+            .copied()
+            .find(|b| *b != leader.0)
+            .expect("other ISR member");
+        let records = decide_elect_leader(&image, "t", 0, BrokerId(other)).expect("elect");
+        image.apply(101, &records[0]).expect("apply");
+        let after = &image.topic("t").expect("topic").partitions[0];
+        assert_eq!(after.leader, Some(BrokerId(other)));
+        assert_eq!(after.leader_epoch, p.leader_epoch + 1);
+        assert!(
+            decide_elect_leader(&image, "t", 0, BrokerId(other))
+                .expect("no-op")
+                .is_empty()
+        );
+        assert_eq!(
+            decide_elect_leader(&image, "t", 7, BrokerId(other))
+                .expect_err("no partition")
+                .code(),
+            ErrorCode::UnknownPartition
+        );
+    }
+
+    fn apply_all(image: &mut ClusterImage, records: Vec<MetadataRecord>) {
+        for record in records {
+            let index = image.applied_index + 1;
+            image.apply(index, &record).expect("apply");
+        }
+    }
+
+    #[test]
+    fn added_partitions_continue_the_layout_and_never_shrink_the_topic() {
+        let mut image = replicated_image();
+        let records = decide_create_partitions(&image, "t", 4).expect("grow");
+        apply_all(&mut image, records);
+        let topic = image.topic("t").expect("topic");
+        assert_eq!(topic.partitions.len(), 4);
+        let leaders: std::collections::BTreeSet<BrokerId> =
+            topic.partitions.iter().filter_map(|p| p.leader).collect();
+        assert_eq!(leaders.len(), 3, "new leaders are spread: {topic:?}");
+        for p in &topic.partitions {
+            assert_eq!(p.replicas.len(), 3, "the topic's replication factor");
+            assert_eq!(p.isr, p.replicas);
+        }
+        for (count, code) in [
+            (4, ErrorCode::InvalidPartitions),
+            (2, ErrorCode::InvalidPartitions),
+            (
+                i64::from(MAX_PARTITIONS_PER_TOPIC) + 1,
+                ErrorCode::InvalidPartitions,
+            ),
+        ] {
+            let refused = decide_create_partitions(&image, "t", count).expect_err("refused");
+            assert_eq!(refused.code(), code, "{count}: {refused}");
+        }
+        assert_eq!(
+            decide_create_partitions(&image, "nope", 9)
+                .expect_err("unknown")
+                .code(),
+            ErrorCode::UnknownTopic
+        );
+    }
+
+    #[test]
+    fn a_reassignment_adds_first_and_removes_only_once_the_new_replica_is_in_sync() {
+        let mut image = replicated_image();
+        let register = decide_register_broker(&image, BrokerId(4), "h4:1", 1);
+        apply_all(&mut image, register);
+        let before = image.topic("t").expect("topic").partitions[0].clone();
+        let leaving = before.leader.expect("leader");
+        let target: Vec<BrokerId> = before
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| *b != leaving)
+            .chain([BrokerId(4)])
+            .collect();
+        let records = decide_reassign_partition(&image, "t", 0, &target).expect("start");
+        apply_all(&mut image, records);
+        let moving = image.topic("t").expect("topic").partitions[0].clone();
+        assert_eq!(moving.adding_replicas, vec![BrokerId(4)]);
+        assert_eq!(moving.removing_replicas, vec![leaving]);
+        assert_eq!(moving.target_replicas(), target);
+        assert_eq!(
+            moving.leader,
+            Some(leaving),
+            "the old leader serves meanwhile"
+        );
+        assert_eq!(moving.leader_epoch, before.leader_epoch);
+        assert_eq!(moving.isr.len(), 3, "nobody leaves the ISR yet");
+
+        // A second move is refused until this one is done; repeating it is a no-op.
+        let other = [BrokerId(1)];
+        assert_eq!(
+            decide_reassign_partition(&image, "t", 0, &other)
+                .expect_err("busy")
+                .code(),
+            ErrorCode::ReassignmentInProgress
+        );
+        assert!(
+            decide_reassign_partition(&image, "t", 0, &target)
+                .expect("same move")
+                .is_empty()
+        );
+
+        // The leader adds broker 4 to the ISR: the move completes in the same change.
+        let mut isr: Vec<i32> = moving.isr.iter().map(|b| b.0).collect();
+        isr.push(4);
+        let records = decide_alter_partition(&image, &alter(&image, &isr)).expect("expand");
+        apply_all(&mut image, records);
+        let done = &image.topic("t").expect("topic").partitions[0];
+        assert_eq!(done.replicas, target);
+        assert!(!done.is_reassigning());
+        assert!(!done.isr.contains(&leaving));
+        assert_eq!(
+            done.leader,
+            Some(target[0]),
+            "the preferred target replica leads"
+        );
+        assert_eq!(done.leader_epoch, before.leader_epoch + 1);
+    }
+
+    #[test]
+    fn bad_reassignments_are_refused_with_a_reason() {
+        let image = replicated_image();
+        let ids = |v: &[i32]| v.iter().copied().map(BrokerId).collect::<Vec<_>>();
+        for (replicas, expected) in [
+            (ids(&[]), "at least one replica"),
+            (ids(&[1, 1]), "appears twice"),
+            (ids(&[1, 9]), "broker 9 is not registered"),
+        ] {
+            let refused =
+                decide_reassign_partition(&image, "t", 0, &replicas).expect_err("refused");
+            assert_eq!(refused.code(), ErrorCode::InvalidReplicaAssignment);
+            assert!(refused.to_string().contains(expected), "{refused}");
+        }
+        // Reordering the replicas only changes the preferred leader.
+        let p = &image.topic("t").expect("topic").partitions[0];
+        let mut reordered = p.replicas.clone();
+        reordered.reverse();
+        let records = decide_reassign_partition(&image, "t", 0, &reordered).expect("reorder");
+        let mut image = image.clone();
+        apply_all(&mut image, records);
+        let after = &image.topic("t").expect("topic").partitions[0];
+        assert_eq!(after.replicas, reordered);
+        assert!(!after.is_reassigning());
+        assert_eq!(after.leader, p.leader, "the leader stays until rebalancing");
+    }
+}

@@ -1,0 +1,275 @@
+//! The ControllerService wire forms of the controller's types, written once for both sides:
+//! a [`Change`] becomes one request when a node forwards it, and each request becomes that
+//! [`Change`] again at the active controller; a quorum status goes out and comes back.
+
+use ferrolog_metadata::{BrokerId, QuorumStatus};
+use ferrolog_proto::v1;
+use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
+use tonic::transport::Channel;
+
+use crate::change::{AlterPartitionRequest, Change, CreateTopicRequest};
+
+/// Sends `change` as its ControllerService request; the metadata log index it committed at.
+pub(crate) async fn send(
+    client: &mut ControllerServiceClient<Channel>,
+    change: &Change,
+) -> Result<u64, tonic::Status> {
+    // Every ControllerService write answers with the index it committed at.
+    macro_rules! call {
+        ($method:ident, $request:expr) => {
+            client.$method($request).await?.into_inner().metadata_index
+        };
+    }
+    Ok(match change {
+        Change::CreateTopic(r) => call!(
+            create_topic,
+            v1::CreateTopicRequest {
+                name: r.name.clone(),
+                partitions: r.partitions as i32,
+                replication_factor: r.replication_factor as i32,
+                configs: r.configs.clone().into_iter().collect(),
+            }
+        ),
+        Change::DeleteTopic(name) => {
+            call!(delete_topic, v1::DeleteTopicRequest { name: name.clone() })
+        }
+        Change::RegisterBroker {
+            id,
+            address,
+            incarnation_id,
+        } => call!(
+            register_broker,
+            v1::RegisterBrokerRequest {
+                broker_id: id.0,
+                address: address.clone(),
+                incarnation_id: *incarnation_id,
+            }
+        ),
+        Change::AlterPartition(r) => call!(
+            alter_partition,
+            v1::AlterPartitionRequest {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                leader_id: r.leader.0,
+                leader_epoch: r.leader_epoch,
+                partition_epoch: r.partition_epoch,
+                new_isr: r.new_isr.iter().map(|b| b.0).collect(),
+            }
+        ),
+        Change::ControlledShutdown(broker) => call!(
+            controlled_shutdown,
+            v1::ControlledShutdownRequest {
+                broker_id: broker.0,
+            }
+        ),
+        Change::CreatePartitions { topic, partitions } => call!(
+            create_partitions,
+            v1::CreatePartitionsRequest {
+                topic: topic.clone(),
+                partitions: i32::try_from(*partitions).unwrap_or(i32::MAX),
+            }
+        ),
+        Change::ReassignPartition {
+            topic,
+            partition,
+            replicas,
+        } => call!(
+            reassign_partition,
+            v1::ReassignPartitionRequest {
+                topic: topic.clone(),
+                partition: *partition,
+                replicas: replicas.iter().map(|b| b.0).collect(),
+            }
+        ),
+        Change::ElectLeader {
+            topic,
+            partition,
+            leader,
+        } => call!(
+            elect_leader,
+            v1::ElectLeaderRequest {
+                topic: topic.clone(),
+                partition: *partition,
+                leader_id: leader.0,
+            }
+        ),
+    })
+}
+
+impl From<v1::CreateTopicRequest> for CreateTopicRequest {
+    fn from(r: v1::CreateTopicRequest) -> Self {
+        Self {
+            name: r.name,
+            partitions: i64::from(r.partitions),
+            replication_factor: i64::from(r.replication_factor),
+            configs: r.configs.into_iter().collect(),
+        }
+    }
+}
+
+impl From<v1::AlterPartitionRequest> for AlterPartitionRequest {
+    fn from(r: v1::AlterPartitionRequest) -> Self {
+        Self {
+            topic: r.topic,
+            partition: r.partition,
+            leader: BrokerId(r.leader_id),
+            leader_epoch: r.leader_epoch,
+            partition_epoch: r.partition_epoch,
+            new_isr: r.new_isr.into_iter().map(BrokerId).collect(),
+        }
+    }
+}
+
+impl From<v1::CreateTopicRequest> for Change {
+    fn from(r: v1::CreateTopicRequest) -> Self {
+        Self::CreateTopic(r.into())
+    }
+}
+
+impl From<v1::DeleteTopicRequest> for Change {
+    fn from(r: v1::DeleteTopicRequest) -> Self {
+        Self::DeleteTopic(r.name)
+    }
+}
+
+impl From<v1::RegisterBrokerRequest> for Change {
+    fn from(r: v1::RegisterBrokerRequest) -> Self {
+        Self::RegisterBroker {
+            id: BrokerId(r.broker_id),
+            address: r.address,
+            incarnation_id: r.incarnation_id,
+        }
+    }
+}
+
+impl From<v1::AlterPartitionRequest> for Change {
+    fn from(r: v1::AlterPartitionRequest) -> Self {
+        Self::AlterPartition(r.into())
+    }
+}
+
+impl From<v1::ElectLeaderRequest> for Change {
+    fn from(r: v1::ElectLeaderRequest) -> Self {
+        Self::ElectLeader {
+            topic: r.topic,
+            partition: r.partition,
+            leader: BrokerId(r.leader_id),
+        }
+    }
+}
+
+impl From<v1::ControlledShutdownRequest> for Change {
+    fn from(r: v1::ControlledShutdownRequest) -> Self {
+        Self::ControlledShutdown(BrokerId(r.broker_id))
+    }
+}
+
+impl From<v1::CreatePartitionsRequest> for Change {
+    fn from(r: v1::CreatePartitionsRequest) -> Self {
+        Self::CreatePartitions {
+            topic: r.topic,
+            partitions: i64::from(r.partitions),
+        }
+    }
+}
+
+impl From<v1::ReassignPartitionRequest> for Change {
+    fn from(r: v1::ReassignPartitionRequest) -> Self {
+        Self::ReassignPartition {
+            topic: r.topic,
+            partition: r.partition,
+            replicas: r.replicas.into_iter().map(BrokerId).collect(),
+        }
+    }
+}
+
+/// The wire form of a quorum status, and back.
+pub fn status_to_wire(status: &QuorumStatus) -> v1::QuorumStatusResponse {
+    v1::QuorumStatusResponse {
+        node_id: status.node_id as i32,
+        leader_id: status.leader.map_or(-1, |l| l as i32),
+        term: status.term,
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        snapshot_index: status.snapshot_index,
+        purged_index: status.purged_index,
+        last_log_index: status.last_log_index,
+        controllers: status
+            .members
+            .iter()
+            .map(|(id, address, voter, matched)| v1::ControllerStatus {
+                node_id: *id as i32,
+                address: address.clone(),
+                voter: *voter,
+                matched_index: matched.unwrap_or(0),
+                lag: matched.map_or(status.commit_index, |m| {
+                    status.commit_index.saturating_sub(m)
+                }),
+            })
+            .collect(),
+        state: status.state.clone(),
+    }
+}
+
+pub(crate) fn status_from_wire(wire: v1::QuorumStatusResponse) -> QuorumStatus {
+    QuorumStatus {
+        node_id: wire.node_id.max(0) as u64,
+        leader: (wire.leader_id >= 0).then_some(wire.leader_id as u64),
+        term: wire.term,
+        last_log_index: wire.last_log_index,
+        commit_index: wire.commit_index,
+        applied_index: wire.applied_index,
+        snapshot_index: wire.snapshot_index,
+        purged_index: wire.purged_index,
+        state: wire.state,
+        members: wire
+            .controllers
+            .into_iter()
+            .map(|c| {
+                (
+                    c.node_id.max(0) as u64,
+                    c.address,
+                    c.voter,
+                    Some(c.matched_index),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quorum_status_survives_the_wire() {
+        let status = QuorumStatus {
+            node_id: 2,
+            leader: Some(1),
+            term: 7,
+            last_log_index: 40,
+            commit_index: 39,
+            applied_index: 38,
+            snapshot_index: 30,
+            purged_index: 20,
+            state: "Follower".to_owned(),
+            members: vec![
+                (1, "h1:1".to_owned(), true, Some(39)),
+                (2, "h2:1".to_owned(), true, Some(35)),
+            ],
+        };
+        let wire = status_to_wire(&status);
+        assert_eq!(wire.controllers[1].lag, 4);
+        // QuorumStatus has no PartialEq: its Debug form shows every field.
+        assert_eq!(
+            format!("{:?}", status_from_wire(wire)),
+            format!("{status:?}")
+        );
+        // No leader travels as -1 and comes back as none.
+        let leaderless = QuorumStatus {
+            leader: None,
+            ..status
+        };
+        assert_eq!(status_from_wire(status_to_wire(&leaderless)).leader, None);
+    }
+}
