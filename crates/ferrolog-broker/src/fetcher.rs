@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use ferrolog_log::Offset;
 use ferrolog_metadata::BrokerId;
+use ferrolog_proto::retry::Backoff;
 use ferrolog_proto::v1::{self, ErrorCode};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
@@ -48,7 +49,7 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// failure in a row up to `RETRY_BACKOFF`. The usual error is transient: a new partition
 /// whose leader has not opened it yet (both brokers apply the same metadata record, a few
 /// milliseconds apart), and every acks=all produce to it waits for this retry.
-const PARTITION_RETRY_FIRST: Duration = Duration::from_millis(10);
+const PARTITION_RETRY: Backoff = Backoff::new(Duration::from_millis(10), RETRY_BACKOFF);
 /// Longest a fetcher waits for a TCP connection to a leader before the request fails (and
 /// is retried after `RETRY_BACKOFF`). Brokers talk over a LAN, where a connection takes
 /// well under a millisecond: one that has not come up within a second is to a leader that
@@ -404,10 +405,7 @@ fn long_poll_wait(now: Instant, fsync_pending: bool, next_retry: Option<Instant>
 
 /// The pause before asking again for a partition after `failures` errors in a row.
 fn partition_retry_backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    PARTITION_RETRY_FIRST
-        .saturating_mul(1 << doublings)
-        .min(RETRY_BACKOFF)
+    PARTITION_RETRY.delay(failures)
 }
 
 /// What one partition's answer did to its log.

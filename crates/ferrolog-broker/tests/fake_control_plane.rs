@@ -278,6 +278,8 @@ async fn the_group_coordinator_creates_the_offsets_topic_through_the_control_pla
         offsets_partitions: 3,
         ..GroupConfig::default()
     };
+    // The coordinator's address comes from the broker's registration in the image.
+    eventually("registration", || broker.image().brokers.contains_key(&ME)).await;
     let coordinator = GroupCoordinator::start(Arc::clone(&broker), config);
 
     let found = coordinator

@@ -14,7 +14,7 @@ use ferrolog_proto::v1::{self, ErrorCode};
 use tonic::transport::Channel;
 
 use crate::change::Change;
-use crate::wire::{self, status_from_wire};
+use crate::wire;
 use crate::{ControllerError, code_of};
 
 /// How long connecting to another controller may take before the attempt fails (and a
@@ -100,7 +100,7 @@ impl Forwarder {
     ) -> Result<QuorumStatus, tonic::Status> {
         let mut client = self.client(address)?;
         let answer = client.quorum_status(v1::QuorumStatusRequest {}).await?;
-        Ok(status_from_wire(answer.into_inner()))
+        Ok(QuorumStatus::from_wire(answer.into_inner()))
     }
 
     /// A broker-only node asks the controllers: the first that knows a leader, then that

@@ -31,4 +31,3 @@ pub use service::ControllerApi;
 // The gRPC status mapping lives once, in ferrolog-proto; imported here for the crate's modules.
 use ferrolog_proto::status::{code_of, status_with_code};
 pub use topic_name::{MAX_TOPIC_NAME_CHARS, validate_topic_name};
-pub use wire::status_to_wire;

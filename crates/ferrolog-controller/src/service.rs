@@ -14,7 +14,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{Change, Controller, ControllerError, status_to_wire, status_with_code};
+use crate::{Change, Controller, ControllerError, status_with_code};
 
 /// Images a metadata stream may have queued for a slow broker.
 const METADATA_STREAM_DEPTH: usize = 2;
@@ -231,6 +231,6 @@ impl ControllerService for ControllerApi {
         &self,
         _request: Request<v1::QuorumStatusRequest>,
     ) -> Result<Response<v1::QuorumStatusResponse>, Status> {
-        Ok(Response::new(status_to_wire(&self.quorum()?.status())))
+        Ok(Response::new(self.quorum()?.status().to_wire()))
     }
 }

@@ -2,7 +2,7 @@
 //! a [`Change`] becomes one request when a node forwards it, and each request becomes that
 //! [`Change`] again at the active controller; a quorum status goes out and comes back.
 
-use ferrolog_metadata::{BrokerId, QuorumStatus};
+use ferrolog_metadata::BrokerId;
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
 use tonic::transport::Channel;
@@ -180,96 +180,5 @@ impl From<v1::ReassignPartitionRequest> for Change {
             partition: r.partition,
             replicas: r.replicas.into_iter().map(BrokerId).collect(),
         }
-    }
-}
-
-/// The wire form of a quorum status, and back.
-pub fn status_to_wire(status: &QuorumStatus) -> v1::QuorumStatusResponse {
-    v1::QuorumStatusResponse {
-        node_id: status.node_id as i32,
-        leader_id: status.leader.map_or(-1, |l| l as i32),
-        term: status.term,
-        commit_index: status.commit_index,
-        applied_index: status.applied_index,
-        snapshot_index: status.snapshot_index,
-        purged_index: status.purged_index,
-        last_log_index: status.last_log_index,
-        controllers: status
-            .members
-            .iter()
-            .map(|(id, address, voter, matched)| v1::ControllerStatus {
-                node_id: *id as i32,
-                address: address.clone(),
-                voter: *voter,
-                matched_index: matched.unwrap_or(0),
-                lag: matched.map_or(status.commit_index, |m| {
-                    status.commit_index.saturating_sub(m)
-                }),
-            })
-            .collect(),
-        state: status.state.clone(),
-    }
-}
-
-pub(crate) fn status_from_wire(wire: v1::QuorumStatusResponse) -> QuorumStatus {
-    QuorumStatus {
-        node_id: wire.node_id.max(0) as u64,
-        leader: (wire.leader_id >= 0).then_some(wire.leader_id as u64),
-        term: wire.term,
-        last_log_index: wire.last_log_index,
-        commit_index: wire.commit_index,
-        applied_index: wire.applied_index,
-        snapshot_index: wire.snapshot_index,
-        purged_index: wire.purged_index,
-        state: wire.state,
-        members: wire
-            .controllers
-            .into_iter()
-            .map(|c| {
-                (
-                    c.node_id.max(0) as u64,
-                    c.address,
-                    c.voter,
-                    Some(c.matched_index),
-                )
-            })
-            .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_quorum_status_survives_the_wire() {
-        let status = QuorumStatus {
-            node_id: 2,
-            leader: Some(1),
-            term: 7,
-            last_log_index: 40,
-            commit_index: 39,
-            applied_index: 38,
-            snapshot_index: 30,
-            purged_index: 20,
-            state: "Follower".to_owned(),
-            members: vec![
-                (1, "h1:1".to_owned(), true, Some(39)),
-                (2, "h2:1".to_owned(), true, Some(35)),
-            ],
-        };
-        let wire = status_to_wire(&status);
-        assert_eq!(wire.controllers[1].lag, 4);
-        // QuorumStatus has no PartialEq: its Debug form shows every field.
-        assert_eq!(
-            format!("{:?}", status_from_wire(wire)),
-            format!("{status:?}")
-        );
-        // No leader travels as -1 and comes back as none.
-        let leaderless = QuorumStatus {
-            leader: None,
-            ..status
-        };
-        assert_eq!(status_from_wire(status_to_wire(&leaderless)).leader, None);
     }
 }
