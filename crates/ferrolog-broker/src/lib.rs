@@ -27,7 +27,9 @@ pub use control_plane::{
 
 pub use error::BrokerError;
 pub use metrics::BrokerMetrics;
-pub use partition::{Divergence, FetchOutcome, FollowerAssignment, Partition, Progress};
+pub use partition::{
+    Divergence, FetchOutcome, FlushRound, FollowerAssignment, Partition, PartitionShared, Progress,
+};
 pub use partition_manager::{PartitionManager, StorageSettings};
 
 /// The largest HTTP/2 frame a broker accepts, on its server and on its replica fetchers'

@@ -4,10 +4,13 @@
 //! tested here directly.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferrolog_log::Offset;
 use ferrolog_metadata::{BrokerId, PartitionImage};
+// Tokio's clock, which is the system's except under a paused test runtime: there the
+// data-path simulation (`crates/ferrolog-sim`) moves it, so ISR lag follows simulated time.
+use tokio::time::Instant;
 
 /// Where one follower stands, as the leader has seen it through its fetches.
 #[derive(Clone, Copy, Debug)]

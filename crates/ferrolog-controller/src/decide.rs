@@ -54,7 +54,7 @@ fn validate_create(
 }
 
 /// The records that create a topic, decided from the current image.
-pub(crate) fn decide_create_topic(
+pub fn decide_create_topic(
     image: &ClusterImage,
     request: &CreateTopicRequest,
     defaults: &TopicConfig,
@@ -140,7 +140,7 @@ fn find_partition<'a>(
 /// An ISR change, if the request comes from the current leader at the current epochs (a
 /// deposed or partitioned-away leader's request is refused: it must not shrink the ISR to
 /// itself and go on acknowledging alone). The new ISR holds the leader and only replicas.
-pub(crate) fn decide_alter_partition(
+pub fn decide_alter_partition(
     image: &ClusterImage,
     request: &AlterPartitionRequest,
 ) -> Result<Vec<MetadataRecord>, ControllerError> {
@@ -362,7 +362,7 @@ fn unfenced_brokers(image: &ClusterImage) -> Vec<BrokerId> {
 /// Nothing when this process (incarnation) is registered, unfenced, at that address
 /// already; a restarted process records its new incarnation, whose heartbeats are the ones
 /// that keep the broker alive from then on; registering again unfences it.
-pub(crate) fn decide_register_broker(
+pub fn decide_register_broker(
     image: &ClusterImage,
     id: BrokerId,
     address: &str,

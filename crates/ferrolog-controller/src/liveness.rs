@@ -327,7 +327,7 @@ impl Controller {
 /// offline (leader -1) with the fenced broker still the only eligible leader, and it leads
 /// again when it returns. Electing an out-of-sync replica instead would silently drop
 /// acknowledged records; Kafka's KIP-966 keeps the same "last replica standing" rule.
-pub(crate) fn decide_fence_broker(
+pub fn decide_fence_broker(
     image: &ClusterImage,
     broker: BrokerId,
     live: &BTreeSet<BrokerId>,
@@ -372,7 +372,7 @@ pub(crate) fn decide_fence_broker(
 }
 
 /// Leaders for offline partitions (no leader) that have a live, unfenced ISR member again.
-pub(crate) fn decide_elect_offline(
+pub fn decide_elect_offline(
     image: &ClusterImage,
     live: &BTreeSet<BrokerId>,
 ) -> Vec<MetadataRecord> {
@@ -410,7 +410,7 @@ pub(crate) fn decide_elect_offline(
 /// where placement spreads leaders evenly) when that replica is live and in sync but
 /// another leads, e.g. after a failover: without this, leadership piles up on the
 /// brokers that stayed up.
-pub(crate) fn decide_preferred_leaders(
+pub fn decide_preferred_leaders(
     image: &ClusterImage,
     live: &BTreeSet<BrokerId>,
 ) -> Vec<MetadataRecord> {

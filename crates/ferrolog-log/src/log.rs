@@ -65,7 +65,9 @@ impl SyncHandle {
 
     /// Fsyncs the segment file's data (`File::sync_data`).
     pub fn sync(&self) -> Result<(), LogError> {
-        self.file.sync_data().context("fsync active segment")
+        self.file.sync_data().context("fsync active segment")?;
+        crate::sync_probe::synced(&self.file);
+        Ok(())
     }
 }
 

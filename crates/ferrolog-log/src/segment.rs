@@ -140,6 +140,7 @@ impl Segment {
             .truncate(true)
             .open(&log_path)
             .context("create segment file")?;
+        crate::sync_probe::created(&log);
         Ok(Segment {
             base_offset,
             next_offset: base_offset,
@@ -465,6 +466,7 @@ impl Segment {
             );
             self.log.set_len(pos).context("truncate segment")?;
             self.log.sync_all().context("fsync truncated segment")?;
+            crate::sync_probe::synced(&self.log);
         }
         Ok(file_len - pos)
     }
@@ -586,6 +588,7 @@ impl Segment {
     /// Fsyncs the log file and both indexes.
     pub(crate) fn sync_all(&self) -> Result<(), LogError> {
         self.log.sync_data().context("fsync segment")?;
+        crate::sync_probe::synced(&self.log);
         self.offset_index.sync()?;
         self.time_index.sync()
     }
@@ -598,6 +601,7 @@ impl Segment {
         };
         self.log.set_len(pos).context("truncate segment")?;
         self.log.sync_all().context("fsync truncated segment")?;
+        crate::sync_probe::synced(&self.log);
         self.size_bytes = pos;
         let new_end = self.relative(header.base_offset);
         let keep_offsets = self

@@ -1,12 +1,36 @@
 //! The flusher: one task per partition that makes appends durable, sharing each fsync
 //! among every append that arrived before it started (group commit).
+//!
+//! A round has two halves around its fsync, [`Partition::begin_flush`] and
+//! [`Partition::finish_flush`]; the task runs them with the fsync on a blocking thread in
+//! between. The data-path simulation (`crates/ferrolog-sim`) opens partitions without the
+//! task and runs the same halves itself, at moments its seed picks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrolog_log::FlushPolicy;
+use ferrolog_log::{FlushPolicy, LogError, Offset, SyncHandle};
 
 use super::Partition;
+
+/// One group-commit round between its two halves: what to fsync and where the log ended
+/// when the round began.
+pub struct FlushRound {
+    handle: SyncHandle,
+    end: Offset,
+}
+
+impl FlushRound {
+    /// The log end the round makes durable.
+    pub fn end(&self) -> Offset {
+        self.end
+    }
+
+    /// Fsyncs what the round covers; blocking, so the task runs it on a blocking thread.
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.handle.sync()
+    }
+}
 
 impl Partition {
     /// Group commit: each round fsyncs everything appended so far, outside the log lock, so
@@ -26,50 +50,68 @@ impl Partition {
             if self.is_closed() {
                 return;
             }
-            let (handle, flushed) = {
-                let log = self.log_read();
-                (log.sync_handle(), log.flushed_offset())
-            };
-            let end = handle.end_offset();
-            if end <= flushed {
-                // A segment roll already made it durable.
-                self.on_durable(flushed);
+            let Some(round) = self.begin_flush() else {
                 continue;
-            }
+            };
             let started = Instant::now();
-            let syncing = handle.clone();
+            let syncing = round.handle.clone();
             let synced = tokio::task::spawn_blocking(move || syncing.sync()).await;
             self.metrics
                 .flush_seconds
                 .observe(started.elapsed().as_secs_f64());
-            match synced {
-                Ok(Ok(())) => {
-                    // A truncation during the fsync makes the handle stale; its offsets are
-                    // then not covered and the next round syncs again.
-                    if self.log_write().mark_synced(&handle) {
-                        self.on_durable(end);
-                    } else {
-                        // What the log holds now is not covered (a follower truncated and
-                        // may have appended again): sync once more rather than wait for
-                        // an append that may not come.
-                        self.dirty.notify_one();
-                    }
+            let synced = synced.unwrap_or_else(|join_error| {
+                Err(LogError::Io {
+                    context: "join the fsync thread",
+                    source: std::io::Error::other(join_error.to_string()),
+                })
+            });
+            if !self.finish_flush(round, synced) {
+                return;
+            }
+        }
+    }
+
+    /// Starts a group-commit round: `None` when everything appended is durable already
+    /// (a segment roll may have synced it, which this records).
+    pub fn begin_flush(&self) -> Option<FlushRound> {
+        let (handle, flushed) = {
+            let log = self.log_read();
+            (log.sync_handle(), log.flushed_offset())
+        };
+        let end = handle.end_offset();
+        if end <= flushed {
+            self.on_durable(flushed);
+            return None;
+        }
+        Some(FlushRound { handle, end })
+    }
+
+    /// Ends a round whose fsync returned `synced`; whether the partition may flush again
+    /// (false once an fsync failed: the partition then acknowledges nothing more).
+    pub fn finish_flush(&self, round: FlushRound, synced: Result<(), LogError>) -> bool {
+        match synced {
+            Ok(()) => {
+                // A truncation during the fsync makes the handle stale; its offsets are
+                // then not covered and the next round syncs again.
+                if self.log_write().mark_synced(&round.handle) {
+                    self.on_durable(round.end);
+                } else {
+                    // What the log holds now is not covered (a follower truncated and
+                    // may have appended again): sync once more rather than wait for
+                    // an append that may not come.
+                    self.dirty.notify_one();
                 }
-                Ok(Err(error)) => {
-                    // After a failed fsync the page cache may have dropped the data: the only
-                    // safe answer is to stop acknowledging, as Kafka takes a log dir offline.
-                    tracing::error!(topic = %self.topic, partition = %self.id, %error,
-                        "fsync failed; partition goes offline");
-                    self.progress.send_modify(|p| p.storage_failed = true);
-                    // Its high watermark never moves again: nothing kept would be released.
-                    self.log_write().keep_recent_batches(None);
-                    return;
-                }
-                Err(join_error) => {
-                    tracing::error!(%join_error, "flusher task failed");
-                    self.progress.send_modify(|p| p.storage_failed = true);
-                    return;
-                }
+                true
+            }
+            Err(error) => {
+                // After a failed fsync the page cache may have dropped the data: the only
+                // safe answer is to stop acknowledging, as Kafka takes a log dir offline.
+                tracing::error!(topic = %self.topic, partition = %self.id, %error,
+                    "fsync failed; partition goes offline");
+                self.progress.send_modify(|p| p.storage_failed = true);
+                // Its high watermark never moves again: nothing kept would be released.
+                self.log_write().keep_recent_batches(None);
+                false
             }
         }
     }

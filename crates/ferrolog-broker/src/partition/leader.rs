@@ -2,13 +2,14 @@
 //! watermark, and the ISR changes the leader wants.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use ferrolog_log::{AppendInfo, FlushPolicy, LeaderEpoch, Offset};
 use ferrolog_metadata::BrokerId;
 use ferrolog_proto::v1::Acks;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::divergence::divergence;
 use super::{Divergence, FetchOutcome, Partition, Progress, now_ms};

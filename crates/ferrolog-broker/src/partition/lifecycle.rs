@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::Instant;
 
 use ferrolog_log::{FlushPolicy, LeaderEpoch, Log, LogConfig};
 use ferrolog_metadata::{BrokerId, PartitionId, PartitionImage};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use super::{FollowerAssignment, Partition, PartitionShared, PartitionState, Progress, now_ms};
 use crate::BrokerError;
@@ -18,6 +18,24 @@ impl Partition {
     /// Opens the partition's log (running recovery) and starts its flusher. It starts as a
     /// follower of no leader, until `apply_assignment` gives it its role.
     pub fn open(
+        topic: &str,
+        id: PartitionId,
+        topic_id: &str,
+        me: BrokerId,
+        dir: &std::path::Path,
+        config: LogConfig,
+        shared: PartitionShared,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let partition = Self::open_without_flusher(topic, id, topic_id, me, dir, config, shared)?;
+        tokio::spawn(Arc::clone(&partition).run_flusher());
+        Ok(partition)
+    }
+
+    /// `open` without the flusher task: nothing becomes durable until the caller runs
+    /// group-commit rounds itself (`begin_flush`, `FlushRound::sync`, `finish_flush`).
+    /// For the data-path simulation (`crates/ferrolog-sim`), which decides when each fsync
+    /// happens and what a crash loses, and needs no runtime to open a partition.
+    pub fn open_without_flusher(
         topic: &str,
         id: PartitionId,
         topic_id: &str,
@@ -54,7 +72,6 @@ impl Partition {
             metrics: shared.metrics,
             recent_budget: shared.recent_budget,
         });
-        tokio::spawn(Arc::clone(&partition).run_flusher());
         Ok(partition)
     }
 

@@ -20,6 +20,8 @@
 
 mod divergence;
 mod flusher;
+
+pub use flusher::FlushRound;
 mod follower;
 mod leader;
 mod lifecycle;
