@@ -409,11 +409,12 @@ fn partition_retry_backoff(failures: u32) -> Duration {
 }
 
 /// What one partition's answer did to its log.
-struct Applied {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
     /// Its log changed: appended, truncated or restarted.
-    moved: bool,
+    pub moved: bool,
     /// The leader has more for it right now: the next request should go out at once.
-    leader_has_more: bool,
+    pub leader_has_more: bool,
 }
 
 impl Applied {
@@ -426,9 +427,27 @@ impl Applied {
 
 /// Acts on one partition's answer.
 fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<Applied, String> {
-    let partition = &asked.partition;
-    let generation = asked.assignment.generation;
-    let fetch_offset = asked.fetch_offset;
+    apply_replica_fetch_answer(
+        &asked.partition,
+        asked.assignment.generation,
+        asked.fetch_offset,
+        asked.last_fetched_epoch,
+        data,
+    )
+}
+
+/// Acts on the leader's answer for one partition, fetched at `fetch_offset` with
+/// `last_fetched_epoch` under the follower role of `generation`: restarts the log behind
+/// the leader's log start, truncates where the leader says it diverges, or appends the
+/// batches and takes the leader's high watermark. Public for the data-path simulation
+/// (`crates/ferrolog-sim`), whose followers act on answers exactly as fetchers do.
+pub fn apply_replica_fetch_answer(
+    partition: &Partition,
+    generation: u64,
+    fetch_offset: Offset,
+    last_fetched_epoch: i32,
+    data: v1::ReplicaFetchPartitionData,
+) -> Result<Applied, String> {
     if data.error_code == ErrorCode::OffsetOutOfRange as i32
         && fetch_offset.0 < data.log_start_offset
     {
@@ -463,7 +482,7 @@ fn apply(asked: &Asked, data: v1::ReplicaFetchPartitionData) -> Result<Applied, 
             .unwrap_or(Offset(diverging.end_offset));
         let target = Offset(diverging.end_offset).min(own_end);
         tracing::warn!(topic = partition.topic(), partition = %partition.id(),
-            fetch_offset = %fetch_offset, last_fetched_epoch = asked.last_fetched_epoch,
+            fetch_offset = %fetch_offset, last_fetched_epoch,
             leader_epoch_end = diverging.end_offset, epoch = diverging.epoch,
             truncate_to = %target, "log diverges from the leader's");
         return partition

@@ -26,6 +26,7 @@ pub use control_plane::{
 };
 
 pub use error::BrokerError;
+pub use fetcher::{Applied as ReplicaFetchApplied, apply_replica_fetch_answer};
 pub use metrics::BrokerMetrics;
 pub use partition::{
     Divergence, FetchOutcome, FlushRound, FollowerAssignment, Partition, PartitionShared, Progress,
