@@ -68,6 +68,12 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Prints every step.
     pub trace: bool,
+    /// Models the fix proposed for the restart bug this simulation found (see the crate's
+    /// README in its lib.rs): a restarted broker takes no role until the image holds its
+    /// new registration, and the controller fences a broker's old process before it
+    /// registers a new one, so every leadership it had moves to a new leader epoch. Off by
+    /// default: the simulation runs the code as it is (`SIM_RESTART_FIX=1` turns it on).
+    pub restart_fix: bool,
 }
 
 impl Default for Settings {
@@ -87,6 +93,7 @@ impl Default for Settings {
             steps: 300,
             data_dir,
             trace: std::env::var_os("SIM_TRACE").is_some(),
+            restart_fix: std::env::var_os("SIM_RESTART_FIX").is_some(),
         }
     }
 }
@@ -580,6 +587,19 @@ impl<'a> Sim<'a> {
                 self.controller
                     .sessions
                     .insert(from, (incarnation, self.now_ms));
+                let replaced = self
+                    .controller
+                    .image
+                    .brokers
+                    .get(&from)
+                    .is_some_and(|b| !b.fenced && b.incarnation_id != incarnation);
+                if self.settings.restart_fix && replaced {
+                    let mut live = self.live_brokers();
+                    live.remove(&from);
+                    let records = decide_fence_broker(&self.controller.image, from, &live);
+                    self.trace(format!("controller: fence broker {from}'s old process"));
+                    self.commit(records);
+                }
                 let records = decide_register_broker(
                     &self.controller.image,
                     from,
@@ -698,7 +718,9 @@ impl<'a> Sim<'a> {
             last_isr_check_ms: self.now_ms,
         });
         let incarnation = broker.incarnations;
-        if let Some(image) = broker.image.clone() {
+        if let Some(image) = broker.image.clone()
+            && !self.settings.restart_fix
+        {
             self.open_assigned(id, &image)?;
         }
         self.send(id.0 as u32, CONTROLLER, None, Payload::Register { incarnation });
@@ -811,7 +833,20 @@ impl<'a> Sim<'a> {
             return Ok(());
         }
         broker.image = Some(Arc::clone(&image));
+        if self.settings.restart_fix && !self.registered_in(id, &image) {
+            return Ok(());
+        }
         self.open_assigned(id, &image)
+    }
+
+    /// Whether `image` holds this broker's running process (fenced or not): an image from
+    /// before its registration may hold roles of its previous process.
+    fn registered_in(&self, id: BrokerId, image: &ClusterImage) -> bool {
+        let incarnation = self.brokers[&id].process.as_ref().map(|p| p.incarnation);
+        image
+            .brokers
+            .get(&id)
+            .is_some_and(|b| Some(b.incarnation_id) == incarnation)
     }
 
     fn broker_receive(
@@ -945,6 +980,19 @@ impl<'a> Sim<'a> {
         let Some(partition) = process.partitions.get(tp).cloned() else {
             return;
         };
+        let (end_before, _) = partition.follower_position();
+        if let Some(diverging) = &data.diverging_epoch {
+            self.trace(format!(
+                "broker {id} {}-{}: fetched at {} (last epoch {}), told it diverges: epoch {} \
+                 ends at {}",
+                tp.0,
+                tp.1,
+                asked.fetch_offset,
+                asked.last_fetched_epoch,
+                diverging.epoch,
+                diverging.end_offset
+            ));
+        }
         let applied = apply_replica_fetch_answer(
             &partition,
             asked.generation,
@@ -954,6 +1002,16 @@ impl<'a> Sim<'a> {
         );
         if let Err(error) = applied {
             self.trace(format!("broker {id} {}-{}: fetch answer: {error}", tp.0, tp.1));
+        }
+        let (end_after, _) = partition.follower_position();
+        if end_after < end_before {
+            self.trace(format!(
+                "broker {id} {}-{}: truncated from {end_before} to {end_after} (high watermark \
+                 {})",
+                tp.0,
+                tp.1,
+                partition.high_watermark()
+            ));
         }
     }
 
