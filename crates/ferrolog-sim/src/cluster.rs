@@ -68,8 +68,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Prints every step.
     pub trace: bool,
-    /// Models the fix proposed for the restart bug this simulation found (see the crate's
-    /// README in its lib.rs): a restarted broker takes no role until the image holds its
+    /// Models the fix proposed for the restart bug this simulation found (see the crate
+    /// documentation): a restarted broker takes no role until the image holds its
     /// new registration, and the controller fences a broker's old process before it
     /// registers a new one, so every leadership it had moves to a new leader epoch. Off by
     /// default: the simulation runs the code as it is (`SIM_RESTART_FIX=1` turns it on).
@@ -93,7 +93,7 @@ impl Default for Settings {
             steps: 300,
             data_dir,
             trace: std::env::var_os("SIM_TRACE").is_some(),
-            restart_fix: std::env::var_os("SIM_RESTART_FIX").is_some(),
+            restart_fix: std::env::var("SIM_RESTART_FIX").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -312,11 +312,7 @@ fn value_of(record: &ferrolog_log::Record) -> Option<u64> {
 
 /// Reads the records of `partition` in `from..to`, below its high watermark, as a consumer
 /// would; each with the high watermark of the read that returned it.
-fn read_records(
-    partition: &Partition,
-    from: i64,
-    to: i64,
-) -> Result<Vec<(i64, u64, i64)>, String> {
+fn read_records(partition: &Partition, from: i64, to: i64) -> Result<Vec<(i64, u64, i64)>, String> {
     let mut out = Vec::new();
     let mut offset = from;
     // Bounded: each round moves on by at least one batch or stops.
@@ -324,11 +320,8 @@ fn read_records(
         if offset >= to {
             break;
         }
-        let mut fetch = std::pin::pin!(partition.fetch(
-            Offset(offset),
-            FETCH_MAX_BYTES,
-            Duration::ZERO
-        ));
+        let mut fetch =
+            std::pin::pin!(partition.fetch(Offset(offset), FETCH_MAX_BYTES, Duration::ZERO));
         let outcome = match poll_once(fetch.as_mut()) {
             Poll::Ready(Ok(outcome)) => outcome,
             Poll::Ready(Err(error)) => return Err(format!("read at {offset}: {error}")),
@@ -499,7 +492,12 @@ impl<'a> Sim<'a> {
         let image = Arc::new(self.controller.image.clone());
         let ids: Vec<BrokerId> = self.brokers.keys().copied().collect();
         for id in ids {
-            self.send(CONTROLLER, id.0 as u32, None, Payload::Image(Arc::clone(&image)));
+            self.send(
+                CONTROLLER,
+                id.0 as u32,
+                None,
+                Payload::Image(Arc::clone(&image)),
+            );
         }
         self.controller.last_publish_ms = self.now_ms;
     }
@@ -723,7 +721,12 @@ impl<'a> Sim<'a> {
         {
             self.open_assigned(id, &image)?;
         }
-        self.send(id.0 as u32, CONTROLLER, None, Payload::Register { incarnation });
+        self.send(
+            id.0 as u32,
+            CONTROLLER,
+            None,
+            Payload::Register { incarnation },
+        );
         Ok(())
     }
 
@@ -963,11 +966,7 @@ impl<'a> Sim<'a> {
         request: u64,
         data: v1::ReplicaFetchPartitionData,
     ) {
-        let Some(process) = self
-            .brokers
-            .get_mut(&id)
-            .and_then(|b| b.process.as_mut())
-        else {
+        let Some(process) = self.brokers.get_mut(&id).and_then(|b| b.process.as_mut()) else {
             return;
         };
         let Some(asked) = process.outstanding.get(tp) else {
@@ -1001,7 +1000,10 @@ impl<'a> Sim<'a> {
             data,
         );
         if let Err(error) = applied {
-            self.trace(format!("broker {id} {}-{}: fetch answer: {error}", tp.0, tp.1));
+            self.trace(format!(
+                "broker {id} {}-{}: fetch answer: {error}",
+                tp.0, tp.1
+            ));
         }
         let (end_after, _) = partition.follower_position();
         if end_after < end_before {
@@ -1128,10 +1130,7 @@ impl<'a> Sim<'a> {
         let first = poll_once(future.as_mut());
         self.trace(format!(
             "produce {:?} {}-{} to broker {leader}: {:?}",
-            acks,
-            tp.0,
-            tp.1,
-            values
+            acks, tp.0, tp.1, values
         ));
         let pending = PendingProduce {
             broker: leader,
@@ -1200,10 +1199,9 @@ impl<'a> Sim<'a> {
         let mut waiting = std::mem::take(&mut self.producing);
         let mut done = Vec::new();
         waiting.retain_mut(|pending| {
-            let paused = self
-                .brokers
-                .get(&pending.broker)
-                .is_none_or(|b| b.paused || b.process.as_ref().map(|p| p.incarnation) != Some(pending.incarnation));
+            let paused = self.brokers.get(&pending.broker).is_none_or(|b| {
+                b.paused || b.process.as_ref().map(|p| p.incarnation) != Some(pending.incarnation)
+            });
             if paused {
                 return true;
             }
@@ -1338,13 +1336,24 @@ impl<'a> Sim<'a> {
             let incarnation = process.incarnation;
             if now.saturating_sub(process.last_heartbeat_ms) >= HEARTBEAT_INTERVAL_MS {
                 let image = self.brokers[&id].image.clone();
-                let registered = image.as_ref().and_then(|i| i.brokers.get(&id)).is_some_and(
-                    |b| !b.fenced && b.incarnation_id == incarnation,
+                let registered = image
+                    .as_ref()
+                    .and_then(|i| i.brokers.get(&id))
+                    .is_some_and(|b| !b.fenced && b.incarnation_id == incarnation);
+                self.send(
+                    id.0 as u32,
+                    CONTROLLER,
+                    None,
+                    Payload::Heartbeat { incarnation },
                 );
-                self.send(id.0 as u32, CONTROLLER, None, Payload::Heartbeat { incarnation });
                 if !registered {
                     // Told it is fenced (or not this process), a broker registers again.
-                    self.send(id.0 as u32, CONTROLLER, None, Payload::Register { incarnation });
+                    self.send(
+                        id.0 as u32,
+                        CONTROLLER,
+                        None,
+                        Payload::Register { incarnation },
+                    );
                 }
                 if let Some(p) = self.brokers.get_mut(&id).and_then(|b| b.process.as_mut()) {
                     p.last_heartbeat_ms = now;
@@ -1395,7 +1404,11 @@ impl<'a> Sim<'a> {
     fn fault(&mut self) -> Result<(), Violation> {
         let id = self.any_broker();
         let node = id.0 as u32;
-        let down = self.brokers.values().filter(|b| b.process.is_none()).count();
+        let down = self
+            .brokers
+            .values()
+            .filter(|b| b.process.is_none())
+            .count();
         match self.rng.below(9) {
             0 if down == 0 => self.crash(id)?,
             1 | 2 if self.brokers[&id].process.is_none() => {
@@ -1462,16 +1475,8 @@ impl<'a> Sim<'a> {
                 }
             }
             25..=39 if faults => self.produce()?,
-            40..=51 => {
-                if self.brokers[&id].serving().is_some() {
-                    self.begin_flush(id);
-                }
-            }
-            52..=65 => {
-                if self.brokers[&id].serving().is_some() {
-                    self.finish_flush(id);
-                }
-            }
+            40..=51 if self.brokers[&id].serving().is_some() => self.begin_flush(id),
+            52..=65 if self.brokers[&id].serving().is_some() => self.finish_flush(id),
             66..=73 => self.consume()?,
             74..=76 => {
                 let partitions: Vec<Arc<Partition>> = self.brokers[&id]
@@ -1483,9 +1488,7 @@ impl<'a> Sim<'a> {
                     let _ = partition.maintain();
                 }
             }
-            77 if faults && self.topics_created < 3 && self.rng.chance(10) => {
-                self.create_topic(1)
-            }
+            77 if faults && self.topics_created < 3 && self.rng.chance(10) => self.create_topic(1),
             78..=84 if faults => self.fault()?,
             _ => {}
         }
@@ -1533,9 +1536,7 @@ impl<'a> Sim<'a> {
                     .map_err(|m| self.violation(format!("{name}: {m}")))?;
                 for (offset, value, _) in records {
                     self.committed
-                        .committed_prefix_is_identical_on_every_replica(
-                            &tp, offset, value, &name,
-                        )
+                        .committed_prefix_is_identical_on_every_replica(&tp, offset, value, &name)
                         .map_err(|m| self.violation(m))?;
                     self.report.records_checked += 1;
                 }
