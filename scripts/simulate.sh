@@ -4,8 +4,6 @@
 #   scripts/simulate.sh [SEEDS]      runs seeds 1..=SEEDS (default 1000)
 #   SIM_SEED=N scripts/simulate.sh   replays seed N exactly
 #   SIM_TRACE=1                      prints every step of every seed
-#   SIM_RESTART_FIX=1                models the proposed fix for the restart bug the
-#                                    simulation found (see crates/ferrolog-sim/src/cluster.rs)
 #
 # Prints each failing seed with its last steps and how to replay it, the simulated steps per
 # second, and ends with the line `N seeds passed`; exits non-zero if any seed failed.

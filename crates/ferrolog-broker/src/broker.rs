@@ -67,12 +67,13 @@ impl Broker {
         control_plane: Arc<dyn ControlPlane>,
         metrics: Arc<BrokerMetrics>,
     ) -> Result<Arc<Self>, BrokerError> {
+        let incarnation_id = ferrolog_metadata::new_incarnation_id();
         let partitions = Arc::new(PartitionManager::new(
             config.node_id,
+            incarnation_id,
             config.storage.clone(),
             Arc::clone(&metrics),
         ));
-        let incarnation_id = ferrolog_metadata::new_incarnation_id();
         let broker = Arc::new(Self {
             config,
             metadata,
@@ -354,10 +355,15 @@ impl Broker {
                     isr = ?state.isr, new_isr = ?request.new_isr, "requesting an ISR change");
                 self.metrics.isr_changes.inc();
                 let broker = Arc::clone(&self);
+                let partition_epoch = request.partition_epoch;
                 tokio::spawn(async move {
                     if let Err(error) = broker.control_plane.alter_isr(request).await {
                         broker.metrics.isr_change_failures.inc();
                         tracing::warn!(%error, "ISR change refused");
+                        // A timeout may still commit; anything else certainly did not.
+                        if error.code != ErrorCode::RequestTimedOut {
+                            partition.isr_change_refused(partition_epoch);
+                        }
                     }
                 });
             }

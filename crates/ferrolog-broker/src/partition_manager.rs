@@ -16,6 +16,7 @@ use crate::BrokerError;
 use crate::fetcher::ReplicaFetchers;
 use crate::metrics::BrokerMetrics;
 use crate::partition::{Partition, PartitionShared};
+use crate::replica::image_for_incarnation;
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
@@ -34,6 +35,9 @@ type PartitionKey = (String, u32);
 /// Opens, reconfigures and deletes partitions as the image says.
 pub struct PartitionManager {
     node_id: BrokerId,
+    /// This process's registration: leaderships of an image without it are a previous
+    /// process's (see `replica::image_for_incarnation`).
+    incarnation_id: u64,
     settings: StorageSettings,
     partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
     /// The image index the hosted partitions reflect; admin calls wait on it.
@@ -55,9 +59,16 @@ pub struct PartitionManager {
 const RECENT_BATCHES_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 
 impl PartitionManager {
-    pub fn new(node_id: BrokerId, settings: StorageSettings, metrics: Arc<BrokerMetrics>) -> Self {
+    /// Partitions of broker `node_id`, run by the process registered as `incarnation_id`.
+    pub fn new(
+        node_id: BrokerId,
+        incarnation_id: u64,
+        settings: StorageSettings,
+        metrics: Arc<BrokerMetrics>,
+    ) -> Self {
         Self {
             node_id,
+            incarnation_id,
             settings,
             partitions: RwLock::new(HashMap::new()),
             reconciled: watch::Sender::new(0),
@@ -113,6 +124,7 @@ impl PartitionManager {
     /// deleted topics, applies config changes. Runs on the blocking pool: opening a log
     /// reads and may truncate files.
     pub fn reconcile(&self, image: &ClusterImage) -> Result<(), BrokerError> {
+        let image = &*image_for_incarnation(image, self.node_id, self.incarnation_id);
         self.replication.set_addresses(
             image
                 .brokers

@@ -3,11 +3,12 @@
 //! follower, which leader and epoch it follows. Pure bookkeeping, no I/O, so the rules are
 //! tested here directly.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferrolog_log::Offset;
-use ferrolog_metadata::{BrokerId, PartitionImage};
+use ferrolog_metadata::{BrokerId, ClusterImage, PartitionImage};
 // Tokio's clock, which is the system's except under a paused test runtime: there the
 // data-path simulation (`crates/ferrolog-sim`) moves it, so ISR lag follows simulated time.
 use tokio::time::Instant;
@@ -50,6 +51,11 @@ pub struct LeaderState {
     /// The partition epoch at which an ISR change was last requested, and when: a change
     /// is not requested twice for one epoch unless the first request is long gone.
     pub isr_change_requested: Option<(i32, Instant)>,
+    /// The ISR last asked for. Until the image answers (a new partition epoch) or the
+    /// controller refuses it, the high watermark counts the members it adds too, as Kafka's
+    /// "maximal ISR" (KIP-497): the controller may already have committed the larger ISR,
+    /// and then elects a new leader from it, which must hold everything committed here.
+    pub requested_isr: Option<Vec<BrokerId>>,
 }
 
 /// This broker's role for one partition.
@@ -72,6 +78,37 @@ impl Role {
 }
 
 /// What the image says this broker's role is.
+/// The image as this process may act on it. Until the image holds this process's own
+/// registration (its incarnation), every leadership the image gives the broker belongs to
+/// its previous process: a restarted broker must not lead at that process's leader epoch,
+/// because its log may have lost an unsynced suffix that followers fetched in that epoch.
+/// The controller fences the previous process when this one registers, which moves those
+/// leaderships to a new epoch; until then the broker's partitions have no leader here.
+pub fn image_for_incarnation(
+    image: &ClusterImage,
+    me: BrokerId,
+    incarnation_id: u64,
+) -> Cow<'_, ClusterImage> {
+    let registered = image
+        .brokers
+        .get(&me)
+        .is_some_and(|b| b.incarnation_id == incarnation_id);
+    let leads_any = image
+        .topics
+        .values()
+        .any(|t| t.partitions.iter().any(|p| p.leader == Some(me)));
+    if registered || !leads_any {
+        return Cow::Borrowed(image);
+    }
+    let mut previous = image.clone();
+    for topic in previous.topics.values_mut() {
+        for p in topic.partitions.iter_mut().filter(|p| p.leader == Some(me)) {
+            p.leader = None;
+        }
+    }
+    Cow::Owned(previous)
+}
+
 pub fn role_from_image(me: BrokerId, image: &PartitionImage, now: Instant) -> Role {
     if image.leader == Some(me) {
         let followers = image
@@ -87,6 +124,7 @@ pub fn role_from_image(me: BrokerId, image: &PartitionImage, now: Instant) -> Ro
             isr: image.isr.clone(),
             followers,
             isr_change_requested: None,
+            requested_isr: None,
         })
     } else {
         Role::Follower {
@@ -102,6 +140,10 @@ impl LeaderState {
     /// replica added by a reassignment starts from nothing, like every follower of a new
     /// leader, and a removed one is forgotten.
     pub fn update_from(&mut self, me: BrokerId, image: &PartitionImage, now: Instant) {
+        if image.partition_epoch != self.partition_epoch {
+            // The image answered (or superseded) the last request.
+            self.requested_isr = None;
+        }
         self.partition_epoch = image.partition_epoch;
         self.replicas = image.replicas.clone();
         self.isr = image.isr.clone();
@@ -137,11 +179,18 @@ impl LeaderState {
         progress.last_fetch = now;
     }
 
-    /// The smallest log end offset in the ISR, counting the leader at `durable` (what it
-    /// has on disk). A member that has not fetched yet holds it at nothing.
+    /// The smallest log end offset in the maximal ISR (the ISR and the members a pending
+    /// request adds), counting the leader at `durable` (what it has on disk). A member that
+    /// has not fetched yet holds it at nothing.
     pub fn isr_end(&self, me: BrokerId, durable: Offset) -> Offset {
+        let joining = self
+            .requested_isr
+            .iter()
+            .flatten()
+            .filter(|member| !self.isr.contains(member));
         self.isr
             .iter()
+            .chain(joining)
             .map(|member| {
                 if *member == me {
                     durable
@@ -272,6 +321,24 @@ mod tests {
     }
 
     #[test]
+    fn an_isr_member_asked_for_holds_the_high_watermark_until_the_image_answers() {
+        let now = Instant::now();
+        let mut state = leader_state(&[1], now);
+        state.record_fetch(BrokerId(2), Offset(5), Offset(5), Offset(10), now);
+        assert_eq!(state.isr_end(BrokerId(1), Offset(10)), Offset(10));
+        // Asked to add broker 2: the controller may commit it and later elect broker 2, so
+        // nothing broker 2 lacks may count as committed meanwhile (maximal ISR, KIP-497).
+        state.requested_isr = Some(vec![BrokerId(1), BrokerId(2)]);
+        assert_eq!(state.isr_end(BrokerId(1), Offset(10)), Offset(5));
+        // The image answers with a new partition epoch; its ISR is the truth again.
+        let mut answered = image(1, &[1]);
+        answered.partition_epoch += 1;
+        state.update_from(BrokerId(1), &answered, now);
+        assert_eq!(state.requested_isr, None);
+        assert_eq!(state.isr_end(BrokerId(1), Offset(10)), Offset(10));
+    }
+
+    #[test]
     fn a_lagging_follower_leaves_the_isr_and_returns_once_caught_up() {
         let start = Instant::now();
         let lag = Duration::from_secs(10);
@@ -353,5 +420,49 @@ mod tests {
             }
         ));
         assert_eq!(leader_state(&[1, 2], now).followers.len(), 2);
+    }
+
+    #[test]
+    fn a_restarted_process_leads_nothing_until_the_image_holds_its_registration() {
+        use ferrolog_metadata::records::{
+            CreateTopicRecord, MetadataRecord, PartitionAssignment, Record, RegisterBrokerRecord,
+        };
+        let mut image = ClusterImage::default();
+        let records = [
+            Record::RegisterBroker(RegisterBrokerRecord {
+                broker_id: 1,
+                address: "b1:1".to_owned(),
+                incarnation_id: 7,
+            }),
+            Record::CreateTopic(CreateTopicRecord {
+                name: "t".to_owned(),
+                topic_id: "t-id".to_owned(),
+                assignments: vec![PartitionAssignment {
+                    partition: 0,
+                    replicas: vec![1],
+                }],
+                configs: Default::default(),
+            }),
+        ];
+        for (index, record) in records.into_iter().enumerate() {
+            let record = MetadataRecord {
+                record: Some(record),
+            };
+            image.apply(index as u64 + 1, &record).expect("applies");
+        }
+        let leader = |image: &ClusterImage| image.topics["t"].partitions[0].leader;
+        assert_eq!(leader(&image), Some(BrokerId(1)));
+        // The process that registered acts on the image as it is.
+        assert_eq!(
+            leader(&image_for_incarnation(&image, BrokerId(1), 7)),
+            Some(BrokerId(1))
+        );
+        // A new process of the same broker does not lead at its predecessor's epoch.
+        assert_eq!(leader(&image_for_incarnation(&image, BrokerId(1), 8)), None);
+        // Other brokers' leaderships are not its to judge.
+        assert_eq!(
+            leader(&image_for_incarnation(&image, BrokerId(2), 1)),
+            Some(BrokerId(1))
+        );
     }
 }

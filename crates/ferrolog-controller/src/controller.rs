@@ -171,7 +171,14 @@ impl Controller {
                     incarnation_id,
                 } => {
                     self.refuse_duplicate_broker(image, *id, address, *incarnation_id)?;
-                    Ok(decide_register_broker(image, *id, address, *incarnation_id))
+                    let live = self.live_brokers(image, Instant::now());
+                    Ok(decide_register_broker(
+                        image,
+                        *id,
+                        address,
+                        *incarnation_id,
+                        &live,
+                    ))
                 }
                 Change::AlterPartition(request) => decide_alter_partition(image, request),
                 Change::ElectLeader {

@@ -4,6 +4,8 @@
 //! the same way; [`crate::Controller`] runs them inside the quorum's proposal, on a
 //! linearizable image. Broker liveness decides in [`crate::liveness`].
 
+use std::collections::BTreeSet;
+
 use ferrolog_metadata::records::{
     CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord, MetadataRecord,
     PartitionAssignment, Record, RegisterBrokerRecord,
@@ -11,6 +13,7 @@ use ferrolog_metadata::records::{
 use ferrolog_metadata::{BrokerId, ClusterImage, PartitionImage, TopicConfig, random_id};
 
 use crate::change::{AlterPartitionRequest, Change, CreateTopicRequest};
+use crate::liveness::decide_fence_broker;
 use crate::partition_change::NextPartition;
 use crate::{ControllerError, assign_replicas, validate_topic_name};
 
@@ -361,27 +364,42 @@ fn unfenced_brokers(image: &ClusterImage) -> Vec<BrokerId> {
 
 /// Nothing when this process (incarnation) is registered, unfenced, at that address
 /// already; a restarted process records its new incarnation, whose heartbeats are the ones
-/// that keep the broker alive from then on; registering again unfences it.
+/// that keep the broker alive from then on; registering again unfences it. `live` is the
+/// brokers the controller hears from.
+///
+/// A new process of a broker whose old one was never fenced (a restart within its session)
+/// first fences the old one, in the same command: its leaderships move to another live
+/// in-sync replica, or wait offline for the next election, at a new leader epoch either way.
+/// The restarted log may have lost an unsynced suffix that followers already fetched in the
+/// old leader epoch; only a new epoch makes them truncate it (KIP-101), instead of keeping
+/// records the restarted broker would write again at the same offsets. Kafka fences a
+/// broker's old epoch on re-registration for the same reason.
 pub fn decide_register_broker(
     image: &ClusterImage,
     id: BrokerId,
     address: &str,
     incarnation_id: u64,
+    live: &BTreeSet<BrokerId>,
 ) -> Vec<MetadataRecord> {
-    if image
-        .brokers
-        .get(&id)
-        .is_some_and(|b| b.address == address && !b.fenced && b.incarnation_id == incarnation_id)
-    {
-        return Vec::new();
-    }
-    vec![MetadataRecord {
+    let mut records = match image.brokers.get(&id) {
+        Some(b) if b.address == address && !b.fenced && b.incarnation_id == incarnation_id => {
+            return Vec::new();
+        }
+        Some(b) if !b.fenced && b.incarnation_id != incarnation_id => {
+            let mut others = live.clone();
+            others.remove(&id);
+            decide_fence_broker(image, id, &others)
+        }
+        _ => Vec::new(),
+    };
+    records.push(MetadataRecord {
         record: Some(Record::RegisterBroker(RegisterBrokerRecord {
             broker_id: id.0,
             address: address.to_owned(),
             incarnation_id,
         })),
-    }]
+    });
+    records
 }
 
 #[cfg(test)]
@@ -394,7 +412,13 @@ mod tests {
 
     fn image_with_broker() -> ClusterImage {
         let mut image = ClusterImage::default();
-        for record in decide_register_broker(&image.clone(), BrokerId(1), "127.0.0.1:9290", 7) {
+        for record in decide_register_broker(
+            &image.clone(),
+            BrokerId(1),
+            "127.0.0.1:9290",
+            7,
+            &BTreeSet::new(),
+        ) {
             image.apply(1, &record).expect("apply");
         }
         image
@@ -458,12 +482,18 @@ mod tests {
             Err(ControllerError::UnknownTopic(_))
         ));
         // The registered process registering again changes nothing; a restarted one (a new
-        // incarnation) records itself.
-        assert!(decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 7).is_empty());
-        assert_eq!(
-            decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 8).len(),
-            1
-        );
+        // incarnation) fences the old process first, then records itself.
+        let none = BTreeSet::new();
+        assert!(decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 7, &none).is_empty());
+        let restarted = decide_register_broker(&image, BrokerId(1), "127.0.0.1:9290", 8, &none);
+        assert!(matches!(
+            restarted.first().and_then(|r| r.record.as_ref()),
+            Some(Record::FenceBroker(_))
+        ));
+        assert!(matches!(
+            restarted.last().and_then(|r| r.record.as_ref()),
+            Some(Record::RegisterBroker(r)) if r.incarnation_id == 8
+        ));
     }
 
     /// Three brokers and an RF=3 topic "t" with one partition.
@@ -477,7 +507,13 @@ mod tests {
             }
         };
         for id in 1..=3 {
-            let records = decide_register_broker(&image, BrokerId(id), &format!("h{id}:1"), 1);
+            let records = decide_register_broker(
+                &image,
+                BrokerId(id),
+                &format!("h{id}:1"),
+                1,
+                &BTreeSet::new(),
+            );
             apply(&mut image, records);
         }
         let create = CreateTopicRequest {
@@ -627,7 +663,7 @@ mod tests {
     #[test]
     fn a_reassignment_adds_first_and_removes_only_once_the_new_replica_is_in_sync() {
         let mut image = replicated_image();
-        let register = decide_register_broker(&image, BrokerId(4), "h4:1", 1);
+        let register = decide_register_broker(&image, BrokerId(4), "h4:1", 1, &BTreeSet::new());
         apply_all(&mut image, register);
         let before = image.topic("t").expect("topic").partitions[0].clone();
         let leaving = before.leader.expect("leader");

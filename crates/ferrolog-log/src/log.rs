@@ -367,11 +367,16 @@ impl Log {
     ) -> Result<AppendInfo, LogError> {
         self.maybe_roll(batch.len(), header.last_offset(), now_ms)?;
         let epoch = header.partition_leader_epoch;
+        // Every epoch change is recorded, a lower one too, as Kafka does for each appended
+        // batch: a replica that began an epoch without writing in it and then follows an
+        // older leader must not leave that epoch's entry in front of the batches it
+        // replicates (assign drops the superseded entry), or a later divergence check
+        // would attribute them to the wrong epoch and truncate committed records.
         if epoch.0 >= 0
             && self
                 .epochs
                 .latest()
-                .is_none_or(|latest| epoch > latest.epoch)
+                .is_none_or(|latest| epoch != latest.epoch)
         {
             self.epochs.assign(epoch, header.base_offset)?;
         }

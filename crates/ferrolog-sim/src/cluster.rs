@@ -68,12 +68,6 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Prints every step.
     pub trace: bool,
-    /// Models the fix proposed for the restart bug this simulation found (see the crate
-    /// documentation): a restarted broker takes no role until the image holds its
-    /// new registration, and the controller fences a broker's old process before it
-    /// registers a new one, so every leadership it had moves to a new leader epoch. Off by
-    /// default: the simulation runs the code as it is (`SIM_RESTART_FIX=1` turns it on).
-    pub restart_fix: bool,
 }
 
 impl Default for Settings {
@@ -93,7 +87,6 @@ impl Default for Settings {
             steps: 300,
             data_dir,
             trace: std::env::var_os("SIM_TRACE").is_some(),
-            restart_fix: std::env::var("SIM_RESTART_FIX").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -419,11 +412,13 @@ impl<'a> Sim<'a> {
         for id in &ids {
             sim.start(*id)?;
             let incarnation = sim.brokers[id].incarnations;
+            let live = sim.live_brokers();
             let records = decide_register_broker(
                 &sim.controller.image,
                 *id,
                 &format!("broker-{}", id.0),
                 incarnation,
+                &live,
             );
             sim.commit(records);
             sim.controller.sessions.insert(*id, (incarnation, 0));
@@ -585,24 +580,15 @@ impl<'a> Sim<'a> {
                 self.controller
                     .sessions
                     .insert(from, (incarnation, self.now_ms));
-                let replaced = self
-                    .controller
-                    .image
-                    .brokers
-                    .get(&from)
-                    .is_some_and(|b| !b.fenced && b.incarnation_id != incarnation);
-                if self.settings.restart_fix && replaced {
-                    let mut live = self.live_brokers();
-                    live.remove(&from);
-                    let records = decide_fence_broker(&self.controller.image, from, &live);
-                    self.trace(format!("controller: fence broker {from}'s old process"));
-                    self.commit(records);
-                }
+                // The real decision: a new process of an unfenced broker fences the old one
+                // (its leaderships move to a new epoch) and registers, in one command.
+                let live = self.live_brokers();
                 let records = decide_register_broker(
                     &self.controller.image,
                     from,
                     &format!("broker-{}", from.0),
                     incarnation,
+                    &live,
                 );
                 if !records.is_empty() {
                     self.trace(format!("controller: register broker {from} #{incarnation}"));
@@ -716,9 +702,7 @@ impl<'a> Sim<'a> {
             last_isr_check_ms: self.now_ms,
         });
         let incarnation = broker.incarnations;
-        if let Some(image) = broker.image.clone()
-            && !self.settings.restart_fix
-        {
+        if let Some(image) = broker.image.clone() {
             self.open_assigned(id, &image)?;
         }
         self.send(
@@ -768,6 +752,9 @@ impl<'a> Sim<'a> {
             return Ok(());
         };
         process.image_index = image.applied_index;
+        // The real broker's rule: an image without this process's registration holds its
+        // previous process's leaderships, which it must not take.
+        let image = ferrolog_broker::replica::image_for_incarnation(image, id, process.incarnation);
         let mut lines = Vec::new();
         for topic in image.topics.values() {
             for p in &topic.partitions {
@@ -836,20 +823,7 @@ impl<'a> Sim<'a> {
             return Ok(());
         }
         broker.image = Some(Arc::clone(&image));
-        if self.settings.restart_fix && !self.registered_in(id, &image) {
-            return Ok(());
-        }
         self.open_assigned(id, &image)
-    }
-
-    /// Whether `image` holds this broker's running process (fenced or not): an image from
-    /// before its registration may hold roles of its previous process.
-    fn registered_in(&self, id: BrokerId, image: &ClusterImage) -> bool {
-        let incarnation = self.brokers[&id].process.as_ref().map(|p| p.incarnation);
-        image
-            .brokers
-            .get(&id)
-            .is_some_and(|b| Some(b.incarnation_id) == incarnation)
     }
 
     fn broker_receive(

@@ -20,17 +20,17 @@
 //! shutdown, and the broker's own image-following and fetcher loops (the simulation drives
 //! the partitions and the fetch-answer code directly).
 //!
-//! Open bugs it found (seeds fail until they are fixed):
-//! - a broker restarted within its session (same address, so it re-registers at once)
-//!   leads again at the same leader epoch from the image it had, with a log that lost its
-//!   unsynced suffix, which followers had already fetched in that epoch: the same epoch then
-//!   names two different logs and two replicas commit different records at one offset
-//!   (seed 4). `Settings::restart_fix` models a fix (fence the old process on a new
-//!   registration, and take no role before the image holds the new one);
-//! - a replica that began a leader epoch without writing in it keeps that epoch's cache
-//!   entry when it becomes a follower, so the older-epoch batches it then replicates look
-//!   like that epoch's, and a later divergence check truncates committed records below its
-//!   high watermark (seed 282, with the restart fix modeled).
+//! Bugs it found, fixed in the code it runs:
+//! - a broker restarted within its session (same address, so it re-registers at once) led
+//!   again at the same leader epoch from the image it had, with a log that lost its unsynced
+//!   suffix, which followers had already fetched in that epoch: the same epoch named two
+//!   different logs and two replicas committed different records at one offset (seed 4).
+//!   Now the controller fences the old process when a new one registers (a new leader
+//!   epoch), and a broker takes no leadership from an image without its own registration;
+//! - a replica that began a leader epoch without writing in it kept that epoch's cache entry
+//!   when it became a follower, so the older-epoch batches it then replicated looked like
+//!   that epoch's, and a later divergence check truncated committed records below its high
+//!   watermark (seed 282). Now every epoch change of an appended batch is recorded.
 //!
 //! This crate is a test harness: nothing in the server depends on it.
 

@@ -6,14 +6,10 @@ use ferrolog_sim::{Settings, run_seed, run_seeds, seeds_from_env};
 /// Seeds a plain `cargo nextest run` checks: about 20 s in a debug build on two cores.
 const DEFAULT_SEEDS: u64 = 1000;
 
-// Ignored until two bugs the simulation found are fixed (seeds 4, 20, 282 and others fail):
-// a broker restarted within its session leads again at the same leader epoch with a log
-// that lost its unsynced suffix, which followers had fetched; and a replica that began a
-// leader epoch without writing in it keeps that epoch's cache entry when it then follows,
-// so replicated batches of an older epoch are attributed to it and a later divergence
-// check truncates committed records. Run it with `cargo test -p ferrolog-sim -- --ignored`.
+// Seeds 4, 282, 510 and 990 failed before three replication bugs this simulation found
+// were fixed (a restarted leader reusing its old leader epoch; a stale leader-epoch cache
+// entry; a high watermark that did not count an ISR member it had just asked to add).
 #[test]
-#[ignore = "fails on two open replication bugs the simulation found; see the comment above"]
 fn replication_invariants_hold_under_crashes_partitions_and_lossy_networks() {
     let seeds = seeds_from_env(DEFAULT_SEEDS);
     let totals = run_seeds(&seeds, &Settings::default(), 2);
@@ -42,7 +38,7 @@ fn outcome(seed: u64, settings: &Settings) -> String {
 #[test]
 fn a_seed_replays_exactly() {
     let settings = Settings::default();
-    // 4 and 20 fail on the open bugs: a failure must replay exactly too.
+    // 4 and 20 failed on bugs now fixed: their traces must replay exactly too.
     for seed in [3, 4, 17, 20, 42] {
         let first = outcome(seed, &settings);
         let again = outcome(seed, &settings);

@@ -270,7 +270,20 @@ impl Partition {
             return None;
         }
         state.isr_change_requested = Some((state.partition_epoch, now));
+        state.requested_isr = Some(wanted.clone());
         Some((state.clone(), wanted))
+    }
+
+    /// The controller refused the ISR change asked for at `partition_epoch` (it did not
+    /// and will not commit): the high watermark stops counting the members it would have
+    /// added. A request whose outcome is unknown (a timeout) must not be reported here.
+    pub fn isr_change_refused(&self, partition_epoch: i32) {
+        let mut role = self.role();
+        if let Role::Leader(state) = &mut *role
+            && state.partition_epoch == partition_epoch
+        {
+            state.requested_isr = None;
+        }
     }
 }
 
