@@ -200,6 +200,12 @@ impl Server {
         self.child.id() as i32
     }
 
+    /// The process's exit status if it has exited (a crash, a panic that took it down), or
+    /// `None` while it runs.
+    pub fn exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        self.child.try_wait().context("poll the server process")
+    }
+
     fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         #[allow(unsafe_code)]

@@ -23,6 +23,18 @@ pub enum BrokerError {
         partition: u32,
         leader: Option<(i32, String)>,
     },
+    /// A follower named another leader epoch than this leader's: one of the two has stale
+    /// metadata. The code is NOT_LEADER, on which a follower refreshes its metadata.
+    #[error(
+        "{topic}-{partition} is led by this broker at leader epoch {current}, not {asked}; \
+         refresh the partition's metadata"
+    )]
+    LeaderEpochMismatch {
+        topic: String,
+        partition: u32,
+        asked: i32,
+        current: i32,
+    },
     #[error(
         "not enough in-sync replicas for {topic}-{partition}: the ISR {isr:?} has fewer than \
          min.insync.replicas={min_insync}; acks=all writes are refused until a replica catches up"
@@ -89,7 +101,7 @@ impl BrokerError {
         match self {
             Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
             Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-            Self::NotLeader { .. } => ErrorCode::NotLeader,
+            Self::NotLeader { .. } | Self::LeaderEpochMismatch { .. } => ErrorCode::NotLeader,
             Self::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Self::Timeout { .. } => ErrorCode::RequestTimedOut,

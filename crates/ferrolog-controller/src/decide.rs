@@ -30,14 +30,34 @@ pub const DEFAULT_REPLICATION_FACTOR: i64 = 3;
 pub(crate) fn validate(change: &Change, defaults: &TopicConfig) -> Result<(), ControllerError> {
     match change {
         Change::CreateTopic(request) => validate_create(request, defaults),
+        Change::RegisterBroker { id, address, .. } => validate_registration(*id, address),
         Change::DeleteTopic(_)
-        | Change::RegisterBroker { .. }
         | Change::AlterPartition(_)
         | Change::ElectLeader { .. }
         | Change::ControlledShutdown(_)
         | Change::CreatePartitions { .. }
         | Change::ReassignPartition { .. } => Ok(()),
     }
+}
+
+/// Checks a broker registration: node ids are never negative, and the address is where
+/// clients and other brokers will connect, so it must at least name a host and a port.
+fn validate_registration(id: BrokerId, address: &str) -> Result<(), ControllerError> {
+    let invalid = |reason: &'static str| ControllerError::InvalidBrokerRegistration {
+        broker: id.0,
+        address: address.to_owned(),
+        reason,
+    };
+    if id.0 < 0 {
+        return Err(invalid("broker ids are never negative"));
+    }
+    let valid_address = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid_address {
+        return Err(invalid("the address must be host:port"));
+    }
+    Ok(())
 }
 
 /// Checks a create-topic request without the image.
@@ -127,13 +147,12 @@ fn find_partition<'a>(
     topic: &str,
     partition: i32,
 ) -> Result<&'a PartitionImage, ControllerError> {
-    image
+    let t = image
         .topic(topic)
-        .and_then(|t| {
-            usize::try_from(partition)
-                .ok()
-                .and_then(|i| t.partitions.get(i))
-        })
+        .ok_or_else(|| ControllerError::UnknownTopic(topic.to_owned()))?;
+    usize::try_from(partition)
+        .ok()
+        .and_then(|i| t.partitions.get(i))
         .ok_or_else(|| ControllerError::UnknownPartition {
             topic: topic.to_owned(),
             partition,
@@ -618,6 +637,24 @@ mod tests {
                 .code(),
             ErrorCode::UnknownPartition
         );
+    }
+
+    #[test]
+    fn registrations_with_a_negative_id_or_no_host_and_port_are_refused() {
+        for (id, address) in [(-1, "127.0.0.1:9290"), (1, ""), (1, "host"), (1, ":9290")] {
+            let refused = validate_registration(BrokerId(id), address).expect_err(address);
+            assert_eq!(refused.code(), ErrorCode::InvalidRequest, "{id} {address}");
+        }
+        for address in ["127.0.0.1:9290", "ferrolog-0.ferrolog:9292", "[::1]:9290"] {
+            validate_registration(BrokerId(0), address).expect(address);
+        }
+    }
+
+    #[test]
+    fn a_partition_of_an_unknown_topic_is_an_unknown_topic() {
+        let image = image_with_broker();
+        let refused = decide_elect_leader(&image, "nope", 0, BrokerId(1)).expect_err("refused");
+        assert_eq!(refused.code(), ErrorCode::UnknownTopic);
     }
 
     fn apply_all(image: &mut ClusterImage, records: Vec<MetadataRecord>) {

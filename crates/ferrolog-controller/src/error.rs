@@ -55,6 +55,12 @@ pub enum ControllerError {
         address: String,
         heard_ms: u64,
     },
+    #[error("invalid registration of broker id {broker} at '{address}': {reason}")]
+    InvalidBrokerRegistration {
+        broker: i32,
+        address: String,
+        reason: &'static str,
+    },
     #[error("unknown partition {topic}-{partition}")]
     UnknownPartition { topic: String, partition: i32 },
     #[error(
@@ -123,7 +129,9 @@ impl ControllerError {
             Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             Self::FencedEpoch { .. } => ErrorCode::FencedEpoch,
             Self::IneligibleReplica { .. } => ErrorCode::IneligibleReplica,
-            Self::InvalidIsr { .. } => ErrorCode::InvalidRequest,
+            Self::InvalidIsr { .. } | Self::InvalidBrokerRegistration { .. } => {
+                ErrorCode::InvalidRequest
+            }
             Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
             Self::Remote { code, .. } => *code,
             Self::NoQuorum { .. } => ErrorCode::NotController,

@@ -191,12 +191,25 @@ impl GroupCoordinator {
         validate_group_id(&request.group_id)?;
         let mut offsets = Vec::with_capacity(request.offsets.len());
         let now = now_ms();
+        let counts = self.partition_counts();
         for o in &request.offsets {
             if o.offset < 0 {
                 return Err(BrokerError::InvalidRequest(format!(
                     "offset {} for {}-{} is negative",
                     o.offset, o.topic, o.partition
                 )));
+            }
+            // As Kafka does (UNKNOWN_TOPIC_OR_PARTITION): an offset for a partition that does
+            // not exist is a client's mistake, and kept it would only show up as lag.
+            let Some(&count) = counts.get(&o.topic) else {
+                return Err(BrokerError::UnknownTopic(o.topic.clone()));
+            };
+            if o.partition >= count {
+                return Err(BrokerError::UnknownPartition {
+                    topic: o.topic.clone(),
+                    partition: i64::from(o.partition),
+                    count: count as usize,
+                });
             }
             offsets.push((
                 TopicPartition {

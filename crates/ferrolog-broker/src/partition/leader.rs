@@ -130,6 +130,12 @@ impl Partition {
             Role::Leader(state) if leader_epoch.is_none_or(|e| e == state.leader_epoch) => {
                 Ok(state.clone())
             }
+            Role::Leader(state) => Err(BrokerError::LeaderEpochMismatch {
+                topic: self.topic.clone(),
+                partition: self.id.0,
+                asked: leader_epoch.unwrap_or_default(),
+                current: state.leader_epoch,
+            }),
             _ => Err(self.not_leader()),
         }
     }

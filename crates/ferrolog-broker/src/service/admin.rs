@@ -10,6 +10,7 @@ use ferrolog_proto::v1;
 use ferrolog_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
+use crate::group::OFFSETS_TOPIC;
 use crate::{AdminChange, Broker, BrokerError};
 
 /// How long an admin call waits for local partitions to open after its commit.
@@ -95,6 +96,7 @@ impl AdminApi {
         &self,
         request: v1::CreatePartitionsRequest,
     ) -> Result<v1::CreatePartitionsResponse, BrokerError> {
+        refuse_internal_topic(&request.topic, "grow")?;
         let index = self
             .apply(AdminChange::CreatePartitions {
                 topic: request.topic,
@@ -129,6 +131,7 @@ impl AdminApi {
         &self,
         request: v1::DeleteTopicRequest,
     ) -> Result<v1::DeleteTopicResponse, BrokerError> {
+        refuse_internal_topic(&request.name, "delete")?;
         let index = self
             .apply(AdminChange::DeleteTopic { name: request.name })
             .await?;
@@ -240,6 +243,18 @@ impl AdminApi {
             configs: configs.into_iter().collect(),
         })
     }
+}
+
+/// Refuses to delete or grow an internal topic: either loses what it holds (growing
+/// `__consumer_offsets` moves groups to partitions that do not have their offsets).
+fn refuse_internal_topic(topic: &str, action: &str) -> Result<(), BrokerError> {
+    if topic == OFFSETS_TOPIC {
+        return Err(BrokerError::InvalidRequest(format!(
+            "cannot {action} internal topic {OFFSETS_TOPIC}: it holds the committed offsets of \
+             consumer groups"
+        )));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{batches_to_records, next_offset, records_to_batch};
+use crate::group::OFFSETS_TOPIC;
 use crate::partition::{FetchOutcome, now_ms};
 use crate::{Broker, BrokerError};
 use ferrolog_proto::status::status_with;
@@ -59,9 +60,19 @@ impl ClientApi {
         &self,
         request: v1::ProduceRequest,
     ) -> Result<v1::ProduceResponse, BrokerError> {
+        refuse_internal_topic(&request.topic)?;
         let partition = self
             .broker
             .leader_partition(&request.topic, i64::from(request.partition))?;
+        // An unknown value is refused rather than read as the default: a client that means
+        // Kafka's acks=-1 or a newer level must not silently get another guarantee.
+        let acks = Acks::try_from(request.acks).map_err(|_| {
+            BrokerError::InvalidRequest(format!(
+                "unknown acks {}: use 0 (unspecified, meaning all), 1 (none), 2 (leader) or 3 \
+                 (all)",
+                request.acks
+            ))
+        })?;
         let batch = match (request.records.is_empty(), request.record_batch.is_empty()) {
             (false, true) => records_to_batch(&request.records, now_ms())?,
             (true, false) => owned_batch(request.record_batch),
@@ -76,7 +87,6 @@ impl ClientApi {
                 ));
             }
         };
-        let acks = Acks::try_from(request.acks).unwrap_or(Acks::All);
         let timeout = match request.timeout_ms {
             0 => DEFAULT_PRODUCE_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
@@ -127,6 +137,7 @@ impl ClientApi {
         &self,
         request: v1::FetchRequest,
     ) -> Result<v1::FetchResponse, BrokerError> {
+        check_fetch_format(request.format)?;
         let outcome = self
             .fetch_once(
                 &request.topic,
@@ -256,6 +267,27 @@ fn fetch_response(
     })
 }
 
+/// Refuses a fetch format this build does not know, instead of answering in another one.
+fn check_fetch_format(format: i32) -> Result<(), BrokerError> {
+    FetchFormat::try_from(format).map(|_| ()).map_err(|_| {
+        BrokerError::InvalidRequest(format!(
+            "unknown fetch format {format}: use 0 (records) or 1 (batches)"
+        ))
+    })
+}
+
+/// Refuses records for an internal topic: only the node itself writes there, and a record
+/// it cannot decode would keep every group of that partition from loading.
+fn refuse_internal_topic(topic: &str) -> Result<(), BrokerError> {
+    if topic == OFFSETS_TOPIC {
+        return Err(BrokerError::InvalidRequest(format!(
+            "cannot produce to internal topic {OFFSETS_TOPIC}: it holds consumer-group offsets \
+             and only the group coordinator writes it"
+        )));
+    }
+    Ok(())
+}
+
 /// A corrupt batch found while reading is damage on this node's disk, not bad input.
 fn read_status(error: BrokerError) -> Status {
     match error {
@@ -311,9 +343,10 @@ impl ClientService for ClientApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
         // Refuse at once what can never succeed, instead of opening a stream that only fails.
-        let checked = self
-            .broker
-            .leader_partition(&request.topic, i64::from(request.partition));
+        let checked = check_fetch_format(request.format).and_then(|()| {
+            self.broker
+                .leader_partition(&request.topic, i64::from(request.partition))
+        });
         self.count("subscribe", &checked);
         checked?;
         let Ok(permit) = Arc::clone(&self.subscriptions).try_acquire_owned() else {

@@ -92,20 +92,31 @@ impl ReplicationApi {
 
     /// Checks one requested partition and records the follower's progress in it.
     fn begin(&self, follower: BrokerId, asked: v1::ReplicaFetchPartition) -> PartitionFetch {
-        let partition = u32::try_from(asked.partition)
-            .ok()
-            .and_then(|p| self.broker.partitions().get(&asked.topic, p));
-        let Some(partition) = partition else {
+        let settle = |error: BrokerError, asked| PartitionFetch {
+            settled: Some(error_data(&error)),
+            pending: None,
+            asked,
+        };
+        // A negative partition names nothing anywhere: no leader change makes it valid.
+        let Ok(id) = u32::try_from(asked.partition) else {
+            let error = BrokerError::UnknownPartition {
+                topic: asked.topic.clone(),
+                partition: i64::from(asked.partition),
+                count: self
+                    .broker
+                    .image()
+                    .topic(&asked.topic)
+                    .map_or(0, |t| t.partitions.len()),
+            };
+            return settle(error, asked);
+        };
+        let Some(partition) = self.broker.partitions().get(&asked.topic, id) else {
             let error = BrokerError::NotLeader {
                 topic: asked.topic.clone(),
-                partition: asked.partition.max(0) as u32,
+                partition: id,
                 leader: None,
             };
-            return PartitionFetch {
-                settled: Some(error_data(&error)),
-                pending: None,
-                asked,
-            };
+            return settle(error, asked);
         };
         let begun = partition.begin_replica_fetch(
             follower,
