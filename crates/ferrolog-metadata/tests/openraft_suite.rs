@@ -35,6 +35,8 @@ impl StoreBuilder<TypeConfig, SledLogStore, MetadataStateMachine, tempfile::Temp
 
 /// A plain test, not `#[tokio::test]`: the suite starts a tokio runtime per case itself.
 #[test]
+// openraft fixes the suite's error type; it is large, and not ours to box.
+#[allow(clippy::result_large_err)]
 fn the_sled_log_store_and_state_machine_pass_openraft_s_storage_suite()
 -> Result<(), StorageError<u64>> {
     Suite::test_all(SledStoreBuilder)
