@@ -7,6 +7,8 @@
 //! producer that retries:
 //!
 //! - **lost**: acknowledged, never read. Must be zero.
+//! - **acknowledged twice**: two records acknowledged at one position (the log handed out
+//!   an offset again, e.g. after losing its tail). Must be zero.
 //! - **offset mismatch**: acknowledged at one position, found only elsewhere. Must be zero.
 //! - **reordered**: two records of one partition acknowledged in one order (ids ascending
 //!   in send order) but stored in the other. Must be zero with one request in flight.
@@ -38,15 +40,20 @@ pub struct Report {
     pub acknowledged: usize,
     pub read: usize,
     pub lost: Vec<u64>,
+    /// Pairs of acknowledgements of different records at the same partition and offset.
+    pub acknowledged_twice: Vec<(Ack, Ack)>,
     pub offset_mismatches: Vec<(Ack, Vec<(u32, i64)>)>,
     pub reordered: Vec<(u64, u64)>,
     pub duplicated: Vec<u64>,
 }
 
 impl Report {
-    /// No acknowledged record lost, misplaced or reordered.
+    /// No acknowledged record lost, misplaced or reordered, no position acknowledged twice.
     pub fn is_safe(&self) -> bool {
-        self.lost.is_empty() && self.offset_mismatches.is_empty() && self.reordered.is_empty()
+        self.lost.is_empty()
+            && self.acknowledged_twice.is_empty()
+            && self.offset_mismatches.is_empty()
+            && self.reordered.is_empty()
     }
 }
 
@@ -55,12 +62,14 @@ impl fmt::Display for Report {
         let sample = |ids: &[u64]| ids.iter().take(10).map(u64::to_string).collect::<Vec<_>>();
         write!(
             f,
-            "{} acknowledged, {} read: {} lost {:?}, {} offset mismatches, {} reordered {:?}, \
-             {} duplicated",
+            "{} acknowledged, {} read: {} lost {:?}, {} positions acknowledged twice {:?}, \
+             {} offset mismatches, {} reordered {:?}, {} duplicated",
             self.acknowledged,
             self.read,
             self.lost.len(),
             sample(&self.lost),
+            self.acknowledged_twice.len(),
+            self.acknowledged_twice.iter().take(5).collect::<Vec<_>>(),
             self.offset_mismatches.len(),
             self.reordered.len(),
             self.reordered.iter().take(5).collect::<Vec<_>>(),
@@ -88,6 +97,14 @@ pub fn check(acks: &[Ack], reads: &[Read]) -> Report {
             .collect(),
         ..Report::default()
     };
+    let mut acknowledged_at: BTreeMap<(u32, i64), Ack> = BTreeMap::new();
+    for ack in acks {
+        if let Some(first) = acknowledged_at.insert((ack.partition, ack.offset), *ack)
+            && first.id != ack.id
+        {
+            report.acknowledged_twice.push((first, *ack));
+        }
+    }
     for ack in acks {
         match positions.get(&ack.id) {
             None => report.lost.push(ack.id),
@@ -171,5 +188,16 @@ mod tests {
 
         let only_duplicates = check(&[ack(5, 0, 2)], &[read(0, 2, 5), read(0, 3, 5)]);
         assert!(only_duplicates.is_safe(), "{only_duplicates}");
+    }
+
+    #[test]
+    fn one_position_acknowledged_for_two_records_is_reported() {
+        // 1 and 2 were both acknowledged at 0:0; only 2 is there (the log reused the offset).
+        let report = check(&[ack(1, 0, 0), ack(2, 0, 0)], &[read(0, 0, 2)]);
+        assert_eq!(
+            report.acknowledged_twice,
+            vec![(ack(1, 0, 0), ack(2, 0, 0))]
+        );
+        assert!(!report.is_safe());
     }
 }

@@ -5,7 +5,16 @@
 //!
 //! The binary is found through `FERROLOG_BIN`, or next to the test executable in the
 //! cargo target directory; `scripts/test.sh` builds it before the tests run.
+//!
+//! What a node knows (topic layout, ISR, offsets, the quorum, brokers, groups) is read
+//! through [`describe`], the admin API in wire types; [`workload`] and [`history`] are the
+//! acks=all producer and the checker every fault test judges its history with.
+//!
+//! Every test calls [`init_logging`] first and tells its story in phases, each opened by
+//! `tracing::info!("phase: ...")` saying why the next step matters, so a failure's output
+//! shows which phase it was in.
 
+pub mod describe;
 pub mod history;
 pub mod readme;
 pub mod workload;
@@ -43,7 +52,9 @@ pub fn ferrolog_bin() -> PathBuf {
     bin
 }
 
-/// Installs a test log subscriber once (RUST_LOG controls it).
+/// Installs the tests' tracing subscriber: output through the test harness's capture (so
+/// only a failing test's log is shown), filtered by `RUST_LOG` (default: `info`, with the
+/// client's retries quiet). Idempotent: every test calls it, the first one installs it.
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -53,6 +64,11 @@ pub fn init_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A server's `RUST_LOG`: `FERROLOG_SERVER_LOG`, or warnings and errors only.
+pub fn server_log_filter() -> String {
+    std::env::var("FERROLOG_SERVER_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 /// How many of a server's last stderr lines a failed start reports.
@@ -67,6 +83,8 @@ pub struct Server {
     /// Every argument after `server --data-dir DIR`, so a restart repeats them exactly.
     args: Vec<String>,
     label: String,
+    /// The server's `RUST_LOG`, kept for a restart.
+    log_filter: String,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -91,30 +109,63 @@ impl Server {
             args.push(format!("127.0.0.1:{port}"));
         }
         args.extend(extra_args.iter().map(|s| (*s).to_owned()));
-        Self::spawn(data_dir, args, "server".into())
+        Self::spawn(data_dir, args, "server".into(), server_log_filter())
+    }
+
+    /// Like [`Server::start`], on client, HTTP and controller ports picked here once, so
+    /// [`Server::restart_after_kill`] brings it back on the same addresses and a client
+    /// that was sending to it reaches it again.
+    pub fn start_keeping_ports(data_dir: &Path) -> anyhow::Result<Self> {
+        let ports = free_ports(3)?;
+        let [client, http, controller] = [0, 1, 2].map(|i| format!("127.0.0.1:{}", ports[i]));
+        Self::start_exact(
+            data_dir,
+            &[
+                "--listen",
+                &client,
+                "--http-listen",
+                &http,
+                "--controller-listen",
+                &controller,
+            ],
+            "server",
+        )
     }
 
     /// Starts a server with exactly these arguments after `server --data-dir DIR`: no port
     /// defaults are added, so `args` must name `--listen` and `--http-listen` itself (clap
     /// refuses a flag given twice). `label` prefixes the server's stderr lines.
     pub fn start_exact(data_dir: &Path, args: &[&str], label: &str) -> anyhow::Result<Self> {
+        Self::start_exact_logging(data_dir, args, label, &server_log_filter())
+    }
+
+    /// Like [`Server::start_exact`], with `log_filter` as the server's `RUST_LOG`.
+    pub fn start_exact_logging(
+        data_dir: &Path,
+        args: &[&str],
+        label: &str,
+        log_filter: &str,
+    ) -> anyhow::Result<Self> {
         Self::spawn(
             data_dir,
             args.iter().map(|s| (*s).to_owned()).collect(),
             label.to_owned(),
+            log_filter.to_owned(),
         )
     }
 
-    fn spawn(data_dir: &Path, args: Vec<String>, label: String) -> anyhow::Result<Self> {
+    fn spawn(
+        data_dir: &Path,
+        args: Vec<String>,
+        label: String,
+        log_filter: String,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(ferrolog_bin())
             .arg("server")
             .arg("--data-dir")
             .arg(data_dir)
             .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("FERROLOG_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", &log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -182,6 +233,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             args,
             label,
+            log_filter,
             stderr_tail,
         })
     }
@@ -250,8 +302,9 @@ impl Server {
     pub fn restart_after_kill(self) -> anyhow::Result<Self> {
         let args = self.args.clone();
         let label = self.label.clone();
+        let log_filter = self.log_filter.clone();
         let dir = self.kill()?;
-        Self::spawn(&dir, args, label)
+        Self::spawn(&dir, args, label, log_filter)
     }
 
     /// Runs a CLI command against this server and returns its output.
@@ -457,10 +510,6 @@ fn random_seed() -> u64 {
     hasher.finish() | 1
 }
 
-/// How long a status poll may take; a node without a leader may answer only after its own
-/// timeout, and a poll that waits for it would stall the whole wait.
-const STATUS_POLL_LIMIT: Duration = Duration::from_secs(5);
-
 /// One node of a [`Cluster`]: its fixed addresses, and its process while it runs.
 struct ClusterNode {
     id: i32,
@@ -483,6 +532,8 @@ pub struct Cluster {
     nodes: Vec<ClusterNode>,
     voters: String,
     extra_args: Vec<String>,
+    /// Every node's `RUST_LOG` (see [`Cluster::log_also`]).
+    server_log: String,
     _dir: tempfile::TempDir,
 }
 
@@ -524,6 +575,7 @@ impl Cluster {
             nodes,
             voters,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            server_log: server_log_filter(),
             _dir: dir,
         })
     }
@@ -540,6 +592,13 @@ impl Cluster {
             .filter(|n| n.server.is_some() && !n.paused)
             .map(|n| n.id)
             .collect()
+    }
+
+    /// Adds `directive` (e.g. `ferrolog_metadata::raft::state_machine=info`) to the
+    /// `RUST_LOG` of every node started from now on, so a test can wait for a log line the
+    /// default filter (`FERROLOG_SERVER_LOG`, or warnings only) leaves out.
+    pub fn log_also(&mut self, directive: &str) {
+        self.server_log = format!("{},{directive}", self.server_log);
     }
 
     /// The `--controller-voters` value every node gets.
@@ -604,6 +663,7 @@ impl Cluster {
                 (id, node.data_dir.clone(), self.server_args(id))
             })
             .collect();
+        let log_filter = self.server_log.as_str();
         let started: Vec<(i32, anyhow::Result<Server>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .iter()
@@ -611,7 +671,8 @@ impl Cluster {
                     scope.spawn(move || {
                         let args: Vec<&str> = args.iter().map(String::as_str).collect();
                         let label = format!("node {id}");
-                        (*id, Server::start_exact(dir, &args, &label))
+                        let started = Server::start_exact_logging(dir, &args, &label, log_filter);
+                        (*id, started)
                     })
                 })
                 .collect();
@@ -827,39 +888,28 @@ impl Cluster {
         .with_context(|| format!("last error: {last_error}"))
     }
 
-    /// `ferrolog topic describe TOPIC --json` through node `via`, parsed.
-    pub fn describe(&self, via: i32, topic: &str) -> anyhow::Result<serde_json::Value> {
-        let out = run_cli_within(
-            self.address(via),
-            &["topic", "describe", topic, "--json"],
-            None,
-            STATUS_POLL_LIMIT,
-        )?;
-        workload::parse_describe(&out)
+    /// `topic` as node `via` describes it (see [`describe::topic`]).
+    pub fn describe(
+        &self,
+        via: i32,
+        topic: &str,
+    ) -> anyhow::Result<describe::DescribeTopicResponse> {
+        describe::topic(self.address(via), topic)
     }
 
-    /// `ferrolog cluster status --json` against node `id`, parsed. Fails when the command
-    /// fails (e.g. the node cannot reach a leader) or runs longer than 5 s.
-    pub fn status_via(&self, id: i32) -> anyhow::Result<serde_json::Value> {
-        let output = run_cli_within(
-            self.address(id),
-            &["cluster", "status", "--json"],
-            None,
-            STATUS_POLL_LIMIT,
-        )?;
-        if !output.status.success() {
-            bail!(
-                "`cluster status` via node {id} failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        serde_json::from_slice(&output.stdout).with_context(|| {
-            format!(
-                "`cluster status --json` via node {id} printed no JSON: {}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
+    /// The cluster status node `id` reports. Fails when the node cannot answer (e.g. it
+    /// cannot reach a leader) within [`describe::STATUS_LIMIT`].
+    pub fn status_via(&self, id: i32) -> anyhow::Result<describe::ClusterStatusResponse> {
+        describe::cluster_status(self.address(id))
+    }
+
+    /// `group` as its coordinator describes it, found through node `via`.
+    pub fn describe_group(
+        &self,
+        via: i32,
+        group: &str,
+    ) -> anyhow::Result<describe::DescribeGroupResponse> {
+        describe::group(self.address(via), group)
     }
 
     /// Polls `cluster status` on the live nodes in turn until one names a leader that is
@@ -875,8 +925,7 @@ impl Cluster {
             turn += 1;
             match self.status_via(id) {
                 Ok(status) => {
-                    let leader = status["controller_leader"].as_i64()?;
-                    let leader = i32::try_from(leader).ok()?;
+                    let leader = status.controller_leader;
                     if live.contains(&leader) {
                         Some(leader)
                     } else {

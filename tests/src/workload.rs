@@ -1,15 +1,20 @@
 //! The workload the history checker judges: an acks=all producer of uniquely numbered
 //! records (`h-<id>`, spread round-robin over the partitions) running on its own thread
-//! while a test breaks things, and a reader that takes everything back at the end.
+//! while a test breaks things, and readers that take everything back at the end.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
-use ferrolog_client::{Acks, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+use ferrolog_client::{
+    Acks, Admin, ClientConfig, Consumer, ConsumerConfig, OffsetQuery, Producer, ProducerConfig,
+    ProducerRecord, StartOffset,
+};
 
 use crate::history::{Ack, Read};
 use crate::{run_cli_within, stdout};
@@ -20,6 +25,10 @@ const MAX_RECORDS: u64 = 200_000;
 const SEND_PAUSE: Duration = Duration::from_millis(2);
 /// How long one record may take to be acknowledged, retries included.
 const DELIVERY_TIMEOUT_MS: u64 = 60_000;
+/// How long [`read_to_high_watermark`] may take to read everything.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one poll of that reader waits for records.
+const READ_POLL: Duration = Duration::from_millis(200);
 
 /// What the producer saw: the acknowledgements, and how many sends failed.
 #[derive(Debug)]
@@ -43,12 +52,27 @@ impl Workload {
 
     /// Like [`Workload::start`], with the client's settings (timeouts) chosen.
     pub fn start_with(client: ClientConfig, topic: &str, partitions: u32) -> Self {
+        Self::start_numbered(client, topic, partitions, 0)
+    }
+
+    /// Like [`Workload::start_with`], numbering records from `first_id`: workloads run one
+    /// after another on one topic (each started after the previous one stopped) stay one
+    /// history when each starts above every id the ones before it could have sent.
+    pub fn start_numbered(
+        client: ClientConfig,
+        topic: &str,
+        partitions: u32,
+        first_id: u64,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(AtomicU64::new(0));
         let topic = topic.to_owned();
+        let ids = first_id..first_id.saturating_add(MAX_RECORDS);
         let thread = {
             let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
-            std::thread::spawn(move || produce(client, &topic, partitions, &stop, acknowledged))
+            std::thread::spawn(move || {
+                produce(client, &topic, partitions, ids, &stop, acknowledged)
+            })
         };
         Self {
             stop,
@@ -77,6 +101,10 @@ impl Workload {
         })
     }
 
+    /// How many ids one workload may use: the next workload of a history starts at least
+    /// this far above the previous one's first id.
+    pub const IDS_PER_RUN: u64 = MAX_RECORDS;
+
     /// Stops sending and waits for every outstanding acknowledgement (bounded).
     pub fn stop(self) -> anyhow::Result<Outcome> {
         self.stop.store(true, Ordering::Release);
@@ -90,6 +118,7 @@ fn produce(
     client: ClientConfig,
     topic: &str,
     partitions: u32,
+    ids: Range<u64>,
     stop: &AtomicBool,
     acknowledged: Arc<AtomicU64>,
 ) -> anyhow::Result<Outcome> {
@@ -106,7 +135,7 @@ fn produce(
         // Each acknowledgement is counted as it arrives, so a test can watch progress.
         let mut outcomes = Vec::new();
         let limit = Duration::from_millis(DELIVERY_TIMEOUT_MS + 30_000);
-        for id in 0..MAX_RECORDS {
+        for id in ids {
             if stop.load(Ordering::Acquire) {
                 break;
             }
@@ -188,26 +217,62 @@ pub fn read_all(broker: &str, topic: &str, partitions: u32) -> anyhow::Result<Ve
     Ok(reads)
 }
 
-/// Parses `ferrolog topic describe --json` output.
-pub fn parse_describe(out: &std::process::Output) -> anyhow::Result<serde_json::Value> {
-    ensure!(
-        out.status.success(),
-        "describe failed: {}",
-        crate::stderr(out)
-    );
-    serde_json::from_str(&stdout(out)).context("describe printed no JSON")
-}
-
-/// (leader, ISR size) of every partition in `ferrolog topic describe --json` output.
-pub fn leaders_and_isr_sizes(describe: &serde_json::Value) -> Option<Vec<(i64, usize)>> {
-    describe["partitions"].as_array().map(|ps| {
-        ps.iter()
-            .map(|p| {
-                (
-                    p["leader"].as_i64().unwrap_or(-1),
-                    p["isr"].as_array().map_or(0, Vec::len),
-                )
-            })
-            .collect()
+/// Reads every record of `topic` partitions `0..partitions` below each partition's high
+/// watermark (as its leader reports it when the read starts) with the client's consumer,
+/// within 60 s. Faster than [`read_all`], which waits for a quiet spell per partition, so a
+/// test can check the whole history after every fault.
+pub fn read_to_high_watermark(
+    client: ClientConfig,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<Vec<Read>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("build the reader's runtime")?;
+    runtime.block_on(async move {
+        let admin = Admin::connect(client.clone()).await?;
+        let mut consumer = Consumer::connect(ConsumerConfig::new(client)).await?;
+        let mut ends = BTreeMap::new();
+        for partition in 0..partitions {
+            let latest = admin
+                .list_offsets(topic, partition, OffsetQuery::Latest)
+                .await?;
+            ends.insert(partition, latest.high_watermark);
+            consumer
+                .assign(topic, partition, StartOffset::Earliest)
+                .await?;
+        }
+        let started = Instant::now();
+        let mut reads = Vec::new();
+        while ends
+            .iter()
+            .any(|(p, end)| consumer.position(topic, *p).unwrap_or(0) < *end)
+        {
+            ensure!(
+                started.elapsed() < READ_DEADLINE,
+                "reading {topic} back took over {READ_DEADLINE:?}: {} records read, ends {ends:?}",
+                reads.len()
+            );
+            for record in consumer.poll(READ_POLL).await? {
+                let value = record.value.as_deref().unwrap_or_default();
+                let id = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.strip_prefix("h-"))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .with_context(|| {
+                        format!(
+                            "unexpected record {value:?} at {topic}-{}@{}",
+                            record.partition, record.offset
+                        )
+                    })?;
+                reads.push(Read {
+                    partition: record.partition,
+                    offset: record.offset,
+                    id,
+                });
+            }
+        }
+        Ok(reads)
     })
 }

@@ -252,6 +252,7 @@ fn the_readme_tour_works_end_to_end() -> anyhow::Result<()> {
 #[test]
 fn bad_input_gets_a_clear_error_and_loses_nothing() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: a single-node server with one good record in topic t");
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     assert_ok(&server.cli(
@@ -268,13 +269,15 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() -> anyhow::Result<()> {
     )?);
     assert_ok(&server.cli(&["produce", "t", "--partition", "0"], Some("kept\n"))?);
 
-    tracing::info!("invalid topic names follow Kafka's rules");
+    tracing::info!("phase: invalid topic names follow Kafka's rules");
     let long = "x".repeat(250);
     for name in ["bad name", "..", ".", "slash/es", long.as_str()] {
         let out = server.cli(&["topic", "create", name, "--partitions", "1"], None)?;
         assert_fails_with(&out, &["invalid topic name"]);
     }
-    tracing::info!("duplicate topics, bad partition counts and malformed configs are refused");
+    tracing::info!(
+        "phase: duplicate topics, bad partition counts and malformed configs are refused"
+    );
     assert_fails_with(
         &server.cli(&["topic", "create", "t", "--partitions", "1"], None)?,
         &["'t' already exists"],
@@ -333,7 +336,7 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() -> anyhow::Result<()> {
         &["replication factor 3"],
     );
 
-    tracing::info!("unknown topics and partitions are named in the error");
+    tracing::info!("phase: unknown topics and partitions are named in the error");
     assert_fails_with(&server.cli(&["produce", "nope"], Some("x\n"))?, &["nope"]);
     assert_fails_with(
         &server.cli(&["consume", "nope", "--timeout-ms", "500"], None)?,
@@ -359,14 +362,14 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() -> anyhow::Result<()> {
         &["partition 7"],
     );
 
-    tracing::info!("a record over max.message.bytes is refused");
+    tracing::info!("phase: a record over max.message.bytes is refused");
     let big = format!("{}\n", "y".repeat(4096));
     assert_fails_with(
         &server.cli(&["produce", "t", "--partition", "0"], Some(&big))?,
         &["exceeds the maximum of 1024 bytes"],
     );
 
-    tracing::info!("an offset out of range names the valid range");
+    tracing::info!("phase: an offset out of range names the valid range");
     assert_fails_with(
         &server.cli(
             &[
@@ -384,7 +387,7 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() -> anyhow::Result<()> {
         &["offset 1000 is out of range", "0..1"],
     );
 
-    tracing::info!("a port that is not a Ferrolog server gives a clear error");
+    tracing::info!("phase: a port that is not a Ferrolog server gives a clear error");
     let not_ferrolog = run_cli(&server.http_address, &["topic", "list"], None)?;
     assert_fails_with(&not_ferrolog, &["could not reach a Ferrolog server at"]);
     let nothing = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -395,7 +398,9 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() -> anyhow::Result<()> {
         &["could not reach a Ferrolog server at"],
     );
 
-    tracing::info!("after all of that the one good record is still there and the server is up");
+    tracing::info!(
+        "phase: after all of that the one good record is still there and the server is up"
+    );
     let consumed = server.cli(
         &[
             "consume",
@@ -410,5 +415,112 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() -> anyhow::Result<()> {
     )?;
     assert_ok(&consumed);
     assert_eq!(stdout(&consumed), "kept\n");
+    Ok(())
+}
+
+/// The CLI's `--json` outputs say what the admin API says, field by field: scripts parse
+/// them, while the whole-cluster tests read the same facts through the typed describe
+/// (`ferrolog_tests::describe`), so this is where the JSON itself is checked.
+#[test]
+fn topic_describe_and_cluster_status_json_match_the_admin_api() -> anyhow::Result<()> {
+    use serde_json::json;
+
+    init_logging();
+    tracing::info!("phase: a single-node server with a two-partition topic holding records");
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path())?;
+    assert_ok(&server.cli(
+        &[
+            "topic",
+            "create",
+            "layout",
+            "--partitions",
+            "2",
+            "--config",
+            "retention.ms=3600000",
+        ],
+        None,
+    )?);
+    assert_ok(&server.cli(
+        &["produce", "layout", "--partition", "1"],
+        Some("first\nsecond\n"),
+    )?);
+
+    tracing::info!("phase: `topic describe --json` is the DescribeTopic answer");
+    let out = server.cli(&["topic", "describe", "layout", "--json"], None)?;
+    assert_ok(&out);
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&out))?;
+    let topic = ferrolog_tests::describe::topic(&server.grpc_address, "layout")?;
+    let partitions: Vec<serde_json::Value> = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition,
+                "leader": p.leader,
+                "leader_epoch": p.leader_epoch,
+                "replicas": p.replicas,
+                "isr": p.isr,
+                "log_start_offset": p.log_start_offset,
+                "log_end_offset": p.log_end_offset,
+                "high_watermark": p.high_watermark,
+                "size_bytes": p.size_bytes,
+                "adding_replicas": p.adding_replicas,
+                "removing_replicas": p.removing_replicas,
+            })
+        })
+        .collect();
+    let configs: std::collections::BTreeMap<_, _> = topic.configs.iter().collect();
+    let expected = json!({ "name": topic.name, "partitions": partitions, "configs": configs });
+    assert_eq!(printed, expected);
+    assert_eq!(printed["partitions"][1]["log_end_offset"], 2, "{printed}");
+    assert_eq!(printed["configs"]["retention.ms"], "3600000", "{printed}");
+
+    tracing::info!("phase: `cluster status --json` is the ClusterStatus answer");
+    let out = server.cli(&["cluster", "status", "--json"], None)?;
+    assert_ok(&out);
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&out))?;
+    let status = ferrolog_tests::describe::cluster_status(&server.grpc_address)?;
+    assert_eq!(printed["cluster_id"], json!(status.cluster_id));
+    assert_eq!(
+        printed["controller_leader"],
+        json!(status.controller_leader)
+    );
+    assert_eq!(printed["term"], json!(status.term));
+    // The indexes may move between the two answers; their presence and type are the format.
+    for index in [
+        "commit_index",
+        "applied_index",
+        "snapshot_index",
+        "purged_index",
+    ] {
+        assert!(printed[index].is_u64(), "{index} in {printed}");
+    }
+    let controllers: Vec<serde_json::Value> = printed["controllers"]
+        .as_array()
+        .expect("a controllers array")
+        .iter()
+        .map(|c| json!([c["node_id"], c["address"], c["voter"], c["leader"]]))
+        .collect();
+    let expected: Vec<serde_json::Value> = status
+        .controllers
+        .iter()
+        .map(|c| {
+            json!([
+                c.node_id,
+                c.address,
+                c.voter,
+                c.node_id == status.controller_leader
+            ])
+        })
+        .collect();
+    assert_eq!(controllers, expected, "{printed}");
+    let brokers: Vec<serde_json::Value> = status
+        .brokers
+        .iter()
+        .map(|b| json!({ "broker_id": b.broker_id, "address": b.address, "state": b.state }))
+        .collect();
+    assert_eq!(printed["brokers"], json!(brokers));
+    assert_eq!(printed["offline_partitions"], json!([]));
     Ok(())
 }

@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use ferrolog_client::ClientConfig;
-use ferrolog_tests::history;
 use ferrolog_tests::workload::{Outcome, Workload, read_all};
+use ferrolog_tests::{describe, history};
 use ferrolog_tests::{http_get, init_logging, run_cli_within, stdout, wait_until};
-use serde_json::Value;
 
 const TOPIC: &str = "docker-faults";
 const PARTITIONS: u32 = 3;
@@ -180,12 +179,15 @@ impl ComposeCluster {
     }
 
     /// (leader, ISR size) of every partition of TOPIC, as node `via` sees it.
-    fn describe(&self, via: i32) -> Option<Vec<(i64, usize)>> {
-        let out = self
-            .cli(via, &["topic", "describe", TOPIC, "--json"])
-            .ok()?;
-        let json: Value = serde_json::from_str(&stdout(&out)).ok()?;
-        ferrolog_tests::workload::leaders_and_isr_sizes(&json)
+    fn describe(&self, via: i32) -> Option<Vec<(i32, usize)>> {
+        let described = describe::topic(&self.address(via), TOPIC).ok()?;
+        Some(
+            described
+                .partitions
+                .iter()
+                .map(|p| (p.leader, p.isr.len()))
+                .collect(),
+        )
     }
 
     /// Waits until every partition has a live leader and all three replicas in sync, and
@@ -224,7 +226,6 @@ impl ComposeCluster {
     /// Waits until no partition is led by `node` and each has a leader.
     fn wait_leaders_moved_off(&self, node: i32, via: i32) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        let node = i64::from(node);
         wait_until(
             "the partitions to have leaders other than the faulted node",
             FAILOVER_DEADLINE,
@@ -294,7 +295,7 @@ fn leader_of(cluster: &ComposeCluster, via: i32, partition: usize) -> anyhow::Re
     let partitions = cluster.describe(via).context("describe the topic")?;
     let leader = partitions.get(partition).context("no such partition")?.0;
     ensure!(leader > 0, "partition {partition} has no leader");
-    Ok(i32::try_from(leader)?)
+    Ok(leader)
 }
 
 fn any_other(node: i32) -> i32 {
@@ -310,14 +311,14 @@ fn kill_pause_and_disconnect_under_acks_all_lose_and_reorder_nothing() -> anyhow
     }
     let test_started = Instant::now();
 
-    tracing::info!("the image must contain the code under test: build it (incremental)");
+    tracing::info!("phase: the image must contain the code under test: build it (incremental)");
     let started = Instant::now();
     let output = run_bounded(
         Command::new(repo_root().join("scripts/build-image.sh")).current_dir(repo_root()),
         IMAGE_BUILD_LIMIT,
     )?;
     ensure_success(&output, "scripts/build-image.sh")?;
-    eprintln!(
+    tracing::info!(
         "{} ({:.0} s)",
         stdout(&output).trim(),
         started.elapsed().as_secs_f64()
@@ -331,7 +332,7 @@ fn kill_pause_and_disconnect_under_acks_all_lose_and_reorder_nothing() -> anyhow
         passed: false,
     };
     tracing::info!(project = %cluster.project, subnet = %cluster.subnet_prefix,
-        "three nodes come up healthy and ready");
+        "phase: three nodes come up healthy and ready");
     let started = Instant::now();
     let output = run_bounded(
         cluster
@@ -341,13 +342,13 @@ fn kill_pause_and_disconnect_under_acks_all_lose_and_reorder_nothing() -> anyhow
         CLUSTER_UP_LIMIT,
     )?;
     ensure_success(&output, "scripts/cluster-up.sh")?;
-    eprintln!(
+    tracing::info!(
         "compose cluster {} healthy after {:.1} s",
         cluster.project,
         started.elapsed().as_secs_f64()
     );
 
-    tracing::info!("an RF=3 topic, every replica in sync, before any fault");
+    tracing::info!("phase: an RF=3 topic, every replica in sync, before any fault");
     wait_until("the topic is created", Duration::from_secs(30), || {
         cluster
             .cli(
@@ -373,6 +374,7 @@ fn kill_pause_and_disconnect_under_acks_all_lose_and_reorder_nothing() -> anyhow
     // rather than after the 30 s default.
     client.request_timeout_ms = 5_000;
     client.connect_timeout_ms = 2_000;
+    tracing::info!("phase: the acks=all workload writes through every fault below");
     let workload = Workload::start_with(client, TOPIC, PARTITIONS);
     let wait_progress = |from: u64, phase: &str| {
         workload.wait_progress(from, PROGRESS_RECORDS, PROGRESS_DEADLINE, phase)
@@ -380,25 +382,25 @@ fn kill_pause_and_disconnect_under_acks_all_lose_and_reorder_nothing() -> anyhow
     let mut progress = wait_progress(0, "before any fault")?;
 
     let faults = (|| -> anyhow::Result<()> {
-        tracing::info!("docker kill: the leader of partition 0 dies, then starts again");
+        tracing::info!("phase: docker kill: the leader of partition 0 dies, then starts again");
         let target = leader_of(&cluster, 1, 0)?;
         let observer = any_other(target);
         let container = cluster.container(target)?;
         docker(&["kill", &container])?;
         let moved = cluster.wait_leaders_moved_off(target, observer)?;
-        eprintln!("kill: node {target} killed; leaderships moved after {moved:.1?}");
+        tracing::info!("kill: node {target} killed; leaderships moved after {moved:.1?}");
         progress = wait_progress(progress, "while a node is dead")?;
         std::thread::sleep(FAULT_HOLD);
         docker(&["start", &container])?;
         let started = Instant::now();
         cluster.wait_all_in_sync(observer, RECOVERY_DEADLINE)?;
-        eprintln!(
+        tracing::info!(
             "kill: node {target} back in every ISR and ready {:.1?} after docker start",
             started.elapsed()
         );
         progress = wait_progress(progress, "after the killed node returned")?;
 
-        tracing::info!("docker pause: the leader of partition 1 freezes, then thaws");
+        tracing::info!("phase: docker pause: the leader of partition 1 freezes, then thaws");
         let target = leader_of(&cluster, 1, 1)?;
         let observer = any_other(target);
         let container = cluster.container(target)?;
@@ -411,20 +413,20 @@ fn kill_pause_and_disconnect_under_acks_all_lose_and_reorder_nothing() -> anyhow
                 return Err(error);
             }
         };
-        eprintln!("pause: node {target} frozen; leaderships moved after {moved:.1?}");
+        tracing::info!("pause: node {target} frozen; leaderships moved after {moved:.1?}");
         let during = wait_progress(progress, "while a node is frozen");
         std::thread::sleep(FAULT_HOLD);
         docker(&["unpause", &container])?;
         progress = during?;
         let started = Instant::now();
         cluster.wait_all_in_sync(observer, RECOVERY_DEADLINE)?;
-        eprintln!(
+        tracing::info!(
             "pause: node {target} back in every ISR and ready {:.1?} after docker unpause",
             started.elapsed()
         );
         progress = wait_progress(progress, "after the frozen node thawed")?;
 
-        tracing::info!("docker network disconnect: the leader of partition 2 is cut off");
+        tracing::info!("phase: docker network disconnect: the leader of partition 2 is cut off");
         let target = leader_of(&cluster, 1, 2)?;
         let observer = any_other(target);
         let container = cluster.container(target)?;
@@ -451,14 +453,14 @@ fn kill_pause_and_disconnect_under_acks_all_lose_and_reorder_nothing() -> anyhow
                 return Err(error);
             }
         };
-        eprintln!("disconnect: node {target} cut off; leaderships moved after {moved:.1?}");
+        tracing::info!("disconnect: node {target} cut off; leaderships moved after {moved:.1?}");
         let during = wait_progress(progress, "while a node is cut off");
         std::thread::sleep(FAULT_HOLD);
         reconnect()?;
         progress = during?;
         let started = Instant::now();
         cluster.wait_all_in_sync(observer, RECOVERY_DEADLINE)?;
-        eprintln!(
+        tracing::info!(
             "disconnect: node {target} back in every ISR and ready {:.1?} after reconnecting",
             started.elapsed()
         );
@@ -469,10 +471,10 @@ fn kill_pause_and_disconnect_under_acks_all_lose_and_reorder_nothing() -> anyhow
     let Outcome { acks, failed } = workload.stop()?;
     faults?;
 
-    tracing::info!("every acknowledged record is read back at its offset, in order");
+    tracing::info!("phase: every acknowledged record is read back at its offset, in order");
     let reads = read_all(&cluster.brokers_csv(), TOPIC, PARTITIONS)?;
     let report = history::check(&acks, &reads);
-    eprintln!(
+    tracing::info!(
         "history after kill, pause and disconnect: {report}; {failed} sends failed; \
          {progress} acknowledged while watching; {:.0} s in all",
         test_started.elapsed().as_secs_f64()

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use ferrolog_client::{Acks, ClientConfig, Producer, ProducerConfig, ProducerRecord};
-use ferrolog_tests::{Cluster, init_logging, run_cli_within, stdout, wait_until};
-use serde_json::Value;
+use ferrolog_tests::describe::{self, PartitionDescription};
+use ferrolog_tests::{Cluster, assert_ok, init_logging, run_cli_within, stdout, wait_until};
 
 const TOPIC: &str = "failover";
 /// Leader kills in the failover measurement; `FAILOVER_TRIALS=10` for the median in
@@ -21,35 +21,19 @@ const TOPIC: &str = "failover";
 const DEFAULT_TRIALS: usize = 3;
 const RECORDS_PER_TRIAL: usize = 50;
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
-const CLI_LIMIT: Duration = Duration::from_secs(10);
 /// A bound on each acknowledgement: generous next to the ~2 s the failover takes.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Leader, leader epoch and ISR of partition 0, as node `via` describes it.
-fn partition_state(cluster: &Cluster, via: i32) -> anyhow::Result<(i64, i64, Vec<i64>)> {
-    let json = cluster.describe(via, TOPIC)?;
-    let p = &json["partitions"][0];
-    let isr = p["isr"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_i64).collect())
-        .unwrap_or_default();
-    Ok((
-        p["leader"].as_i64().unwrap_or(-1),
-        p["leader_epoch"].as_i64().unwrap_or(-1),
-        isr,
-    ))
+/// Leader, leader epoch and ISR of partition 0 of TOPIC, as node `via` describes it.
+fn partition_state(cluster: &Cluster, via: i32) -> anyhow::Result<(i32, i32, Vec<i32>)> {
+    let described = cluster.describe(via, TOPIC)?;
+    let p = describe::partition(&described, 0)?;
+    Ok((p.leader, p.leader_epoch, p.isr.clone()))
 }
 
-fn broker_state(cluster: &Cluster, via: i32, broker: i64) -> anyhow::Result<String> {
+fn broker_state(cluster: &Cluster, via: i32, broker: i32) -> anyhow::Result<String> {
     let status = cluster.status_via(via)?;
-    Ok(status["brokers"]
-        .as_array()
-        .and_then(|brokers| {
-            brokers
-                .iter()
-                .find(|b| b["broker_id"].as_i64() == Some(broker))
-        })
-        .and_then(|b| b["state"].as_str())
+    Ok(describe::broker_state(&status, broker)
         .unwrap_or("unknown")
         .to_owned())
 }
@@ -110,6 +94,7 @@ async fn send(producer: &Producer, value: String) -> anyhow::Result<i64> {
 fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds()
 -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: three nodes and an RF=3 partition, every replica in sync");
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
     cluster.create_topic(1, TOPIC, 1, 3)?;
@@ -142,6 +127,10 @@ fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds(
     let mut acknowledged: Vec<(i64, String)> = Vec::new();
     let mut windows = Vec::new();
     for trial in 0..trials {
+        tracing::info!(
+            "phase: trial {trial}: {RECORDS_PER_TRIAL} acks=all writes, the records the \
+             failover must not lose"
+        );
         for i in 0..RECORDS_PER_TRIAL {
             let value = format!("trial-{trial}-before-{i}");
             let offset = runtime.block_on(send(&producer, value.clone()))?;
@@ -153,20 +142,26 @@ fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds(
             .next()
             .context("a live node")?;
         let (leader, epoch, _) = partition_state(&cluster, observer)?;
-        let leader_id = i32::try_from(leader)?;
-        tracing::info!("trial {trial}: SIGKILL of partition leader {leader} (epoch {epoch})");
+        tracing::info!(
+            "phase: trial {trial}: SIGKILL of partition leader {leader} (epoch {epoch}); the \
+             next acks=all write measures how long writes were unavailable"
+        );
         let killed_at = Instant::now();
-        cluster.kill(leader_id)?;
+        cluster.kill(leader)?;
         let value = format!("trial-{trial}-after");
         let offset = runtime.block_on(send(&producer, value.clone()))?;
         let window = killed_at.elapsed();
         acknowledged.push((offset, value));
         windows.push(window);
-        eprintln!(
+        tracing::info!(
             "trial {trial}: first acks=all write acknowledged {:.0} ms after SIGKILL of the leader",
             window.as_secs_f64() * 1000.0
         );
 
+        tracing::info!(
+            "phase: trial {trial}: a live replica leads at a higher epoch and broker {leader} \
+             is fenced, out of the ISR"
+        );
         let observer = cluster
             .live_ids()
             .into_iter()
@@ -187,8 +182,8 @@ fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds(
             "cluster status shows broker {leader} as {state}"
         );
 
-        tracing::info!("trial {trial}: broker {leader} restarts and rejoins the ISR");
-        cluster.restart(leader_id)?;
+        tracing::info!("phase: trial {trial}: broker {leader} restarts and rejoins the ISR");
+        cluster.restart(leader)?;
         wait_until(
             "the restarted broker back in the ISR",
             ELECTION_DEADLINE,
@@ -203,14 +198,14 @@ fn killing_a_partition_leader_moves_leadership_and_writes_resume_within_seconds(
 
     let mut sorted = windows.clone();
     sorted.sort();
-    eprintln!(
+    tracing::info!(
         "unavailability after SIGKILL of the leader over {trials} trials: median {:.0} ms, \
          max {:.0} ms",
         sorted[sorted.len() / 2].as_secs_f64() * 1000.0,
         sorted[sorted.len() - 1].as_secs_f64() * 1000.0
     );
 
-    tracing::info!("every acknowledged record is where it was acknowledged");
+    tracing::info!("phase: every acknowledged record is where it was acknowledged");
     let observer = cluster.live_ids()[0];
     ensure_acknowledged_in_log(&cluster, observer, &acknowledged)?;
     runtime.block_on(async {
@@ -226,6 +221,12 @@ type Outcome = (Vec<(i64, String)>, Vec<String>);
 /// three-node cluster under an acks=all producer: each stopping broker first hands its
 /// leaderships to in-sync replicas (controlled shutdown), the producer's retries absorb
 /// the moves, and the application sees no error and loses nothing.
+///
+/// That the hand-over happens before the exit is checked, not assumed: the brokers' session
+/// is long here, so a leader that exited without handing over would stay the named leader
+/// until it was fenced, seconds later, and the other nodes would still name it right after
+/// the exit. Each round stops the current leader while one is left to stop, so most stops
+/// are hand-overs.
 #[test]
 fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> anyhow::Result<()> {
     use std::sync::Arc;
@@ -233,7 +234,30 @@ fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> a
 
     init_logging();
     const MAX_RECORDS: usize = 20_000;
-    let mut cluster = Cluster::start(3, &[])?;
+    /// The broker session: only a controlled shutdown, not fencing after a missed session,
+    /// can move a leadership within half of it.
+    const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+    /// A follower that stops leaves the ISR by lag, as it would by its (short) default
+    /// session, so the acks=all producer is not held up for the long session.
+    const REPLICA_LAG_TIME_MS: &str = "2000";
+    /// How long after a leader's exit the other nodes may take to show the new leader: the
+    /// hand-over was committed before the exit, this only covers their applying it.
+    const HANDOVER_VISIBLE: Duration = Duration::from_secs(3);
+
+    tracing::info!(
+        "phase: three nodes with a {SESSION_TIMEOUT:?} broker session and an RF=3 partition \
+         in sync"
+    );
+    let session_ms = SESSION_TIMEOUT.as_millis().to_string();
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--broker-session-timeout-ms",
+            &session_ms,
+            "--replica-lag-time-max-ms",
+            REPLICA_LAG_TIME_MS,
+        ],
+    )?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
     cluster.create_topic(1, TOPIC, 1, 3)?;
     wait_until("all three replicas in sync", ELECTION_DEADLINE, || {
@@ -243,6 +267,7 @@ fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> a
             .map(|_| ())
     })?;
 
+    tracing::info!("phase: an acks=all producer runs through the whole restart");
     let brokers: Vec<String> = cluster
         .ids()
         .into_iter()
@@ -289,17 +314,71 @@ fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> a
     };
 
     std::thread::sleep(Duration::from_secs(1));
-    for id in cluster.ids() {
+    let mut to_restart = cluster.ids();
+    let mut handovers = 0;
+    while !to_restart.is_empty() {
+        let (leader, epoch, _) = partition_state(&cluster, to_restart[0])?;
+        let id = if to_restart.contains(&leader) {
+            leader
+        } else {
+            to_restart[0]
+        };
+        to_restart.retain(|n| *n != id);
+        let led = id == leader;
+        tracing::info!(
+            "phase: SIGTERM to node {id} ({}): it must hand over what it leads before it exits",
+            if led {
+                "the partition's leader"
+            } else {
+                "a follower"
+            }
+        );
         let started = Instant::now();
         let status = cluster.terminate(id)?;
+        let exited_at = Instant::now();
         ensure!(
             status.success(),
             "node {id} exits 0 on SIGTERM, got {status}"
         );
-        eprintln!(
+        tracing::info!(
             "node {id}: SIGTERM to exit (controlled shutdown included) took {:.0} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
+
+        tracing::info!(
+            "phase: before node {id} restarts, every other node names another leader: the \
+             leadership moved before the exit, not when the session ran out"
+        );
+        for via in cluster.live_ids() {
+            let (now_leader, now_epoch, _) = wait_until(
+                &format!("node {via} to name a leader other than node {id}"),
+                HANDOVER_VISIBLE,
+                || {
+                    partition_state(&cluster, via)
+                        .ok()
+                        .filter(|(l, _, _)| *l > 0 && *l != id)
+                },
+            )
+            .with_context(|| {
+                format!("node {id} exited still leading the partition: no controlled shutdown")
+            })?;
+            let seen_after = exited_at.elapsed();
+            ensure!(
+                seen_after < SESSION_TIMEOUT / 2,
+                "node {via} named leader {now_leader} only {seen_after:?} after node {id} \
+                 exited: that may be fencing after the {SESSION_TIMEOUT:?} session"
+            );
+            if led {
+                ensure!(
+                    now_epoch > epoch,
+                    "the hand-over from node {id} keeps epoch {epoch} (now {now_epoch}) on node \
+                     {via}"
+                );
+            }
+        }
+        handovers += usize::from(led);
+
+        tracing::info!("phase: node {id} restarts and rejoins the ISR before the next stop");
         cluster.restart(id)?;
         wait_until(
             "the restarted node back in the ISR",
@@ -312,12 +391,21 @@ fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> a
             },
         )?;
     }
+    ensure!(
+        handovers >= 1,
+        "no stopped node led the partition: the hand-over was never exercised"
+    );
+
+    tracing::info!(
+        "phase: the producer stops; it saw no error and every acknowledged record is in place"
+    );
     stop.store(true, Ordering::Release);
     let (acked, failed) = producer
         .join()
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
-    eprintln!(
-        "rolling restart: {} records acknowledged, {} failed",
+    tracing::info!(
+        "rolling restart: {} records acknowledged, {} failed, {handovers} leaderships handed \
+         over",
         acked.len(),
         failed.len()
     );
@@ -332,57 +420,183 @@ fn a_rolling_restart_under_acks_all_load_loses_nothing_and_shows_no_error() -> a
     Ok(())
 }
 
-/// The last replica standing: a partition whose only in-sync replica dies goes offline
-/// (shown by `cluster status`) instead of electing a replica that may lack acknowledged
-/// records, and comes back, led by that replica, when it returns.
+/// The last replica standing (Kafka's KIP-966): an RF=3 partition whose followers are down
+/// has its leader alone in the ISR, and that leader acknowledges records the followers never
+/// see. When this last in-sync replica dies too, the partition goes offline (shown by
+/// `cluster status`) instead of electing a returning follower that lacks those records, and
+/// comes back, led by that replica with every record, when it returns.
+///
+/// One controller (node 1) and three broker-only nodes that hold the partition: stopping
+/// all three replicas must not take the metadata quorum, which makes these decisions, down.
 #[test]
 fn a_partition_without_a_live_in_sync_replica_is_offline_until_it_returns() -> anyhow::Result<()> {
     init_logging();
-    let mut cluster = Cluster::start(3, &[])?;
-    cluster.wait_for_leader(ELECTION_DEADLINE)?;
-    cluster.create_topic(1, TOPIC, 1, 1)?;
-    let (owner, epoch, _) = partition_state(&cluster, 1)?;
-    let owner_id = i32::try_from(owner)?;
-    let observer = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != owner_id)
-        .context("another node")?;
+    /// Records acknowledged while the leader is the only in-sync replica.
+    const ACKED_ALONE: usize = 10;
+    /// How long the partition must stay offline with both stale replicas registered.
+    const STAYS_OFFLINE_FOR: Duration = Duration::from_secs(3);
 
-    tracing::info!("broker {owner}, the only replica, is killed");
-    cluster.kill(owner_id)?;
+    tracing::info!(
+        "phase: one controller and three broker-only nodes; the RF=3 partition is moved onto \
+         the broker-only ones"
+    );
+    let mut cluster = Cluster::start(1, &[])?;
+    cluster.wait_for_leader(ELECTION_DEADLINE)?;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(cluster.add_broker()?);
+    }
+    cluster.create_topic(1, TOPIC, 1, 3)?;
+    let target = replicas
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = run_cli_within(
+        cluster.address(1),
+        &[
+            "partition",
+            "reassign",
+            TOPIC,
+            "0",
+            "--replicas",
+            &target,
+            "--timeout-ms",
+            "60000",
+        ],
+        None,
+        Duration::from_secs(90),
+    )?;
+    assert_ok(&out);
+    let on_brokers_only = |p: &PartitionDescription| {
+        let (mut held, mut isr) = (p.replicas.clone(), p.isr.clone());
+        held.sort_unstable();
+        isr.sort_unstable();
+        p.leader > 0
+            && held == replicas
+            && isr == replicas
+            && p.adding_replicas.is_empty()
+            && p.removing_replicas.is_empty()
+    };
+    let owner = wait_until(
+        "the partition on the broker-only nodes, all in sync",
+        ELECTION_DEADLINE,
+        || {
+            let described = cluster.describe(1, TOPIC).ok()?;
+            let p = describe::partition(&described, 0).ok()?;
+            on_brokers_only(p).then_some(p.leader)
+        },
+    )?;
+    let followers: Vec<i32> = replicas.iter().copied().filter(|id| *id != owner).collect();
+
+    tracing::info!(
+        "phase: followers {followers:?} are killed: the ISR shrinks to leader {owner}, the \
+         last replica standing"
+    );
+    for follower in &followers {
+        cluster.kill(*follower)?;
+    }
+    let (_, epoch, _) = wait_until(
+        &format!("the ISR to shrink to [{owner}]"),
+        ELECTION_DEADLINE,
+        || {
+            partition_state(&cluster, 1)
+                .ok()
+                .filter(|(leader, _, isr)| *leader == owner && *isr == [owner])
+        },
+    )?;
+
+    tracing::info!(
+        "phase: {owner} alone acknowledges {ACKED_ALONE} records the stopped followers never \
+         see; electing one of them later would lose these"
+    );
+    let alone: Vec<String> = (0..ACKED_ALONE).map(|i| format!("alone-{i}")).collect();
+    let input: String = alone.iter().map(|line| format!("{line}\n")).collect();
+    assert_ok(&cluster.cli(
+        owner,
+        &["produce", TOPIC, "--partition", "0", "--acks", "1"],
+        Some(&input),
+    )?);
+
+    tracing::info!(
+        "phase: {owner}, the only in-sync replica, is killed: the partition goes offline and \
+         keeps {owner} as its ISR"
+    );
+    cluster.kill(owner)?;
     let status = wait_until("the partition listed offline", ELECTION_DEADLINE, || {
-        let status = cluster.status_via(observer).ok()?;
-        let offline = status["offline_partitions"].as_array()?;
-        offline
+        let status = cluster.status_via(1).ok()?;
+        status
+            .offline_partitions
             .iter()
-            .any(|p| p["topic"] == TOPIC && p["isr"] == serde_json::json!([owner]))
+            .any(|p| p.topic == TOPIC && p.partition == 0 && p.isr == [owner])
             .then_some(status)
     })?;
-    let (leader, _, isr) = partition_state(&cluster, observer)?;
+    let (leader, _, isr) = partition_state(&cluster, 1)?;
     ensure!(
         leader == -1 && isr == vec![owner],
-        "offline with its last replica still the ISR: leader {leader}, isr {isr:?}; {status}"
+        "offline with its last replica still the ISR: leader {leader}, isr {isr:?}; {status:?}"
     );
 
-    tracing::info!("broker {owner} returns and leads its partition again");
-    cluster.restart(owner_id)?;
-    let (leader, new_epoch, _) =
-        wait_until("the partition back online", ELECTION_DEADLINE, || {
-            partition_state(&cluster, observer)
-                .ok()
-                .filter(|(leader, _, _)| *leader == owner)
-        })?;
-    ensure!(
-        leader == owner && new_epoch > epoch,
-        "epoch {epoch} -> {new_epoch}"
+    tracing::info!(
+        "phase: the stale followers {followers:?} return; they are not in the ISR, so the \
+         partition stays offline rather than being led by one of them"
     );
-    let status = cluster.status_via(observer)?;
+    cluster.start_nodes(&followers)?;
+    wait_until(
+        "the returning followers registered",
+        ELECTION_DEADLINE,
+        || {
+            let status = cluster.status_via(1).ok()?;
+            followers
+                .iter()
+                .all(|f| describe::broker_state(&status, *f) == Some("registered"))
+                .then_some(())
+        },
+    )?;
+    let registered_at = Instant::now();
+    while registered_at.elapsed() < STAYS_OFFLINE_FOR {
+        let (leader, _, isr) = partition_state(&cluster, 1)?;
+        ensure!(
+            leader == -1 && isr == vec![owner],
+            "with {owner} down, a replica outside the ISR took over: leader {leader}, isr {isr:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    tracing::info!(
+        "phase: {owner} returns and leads again, at a higher epoch, with every record it \
+         acknowledged alone"
+    );
+    cluster.start_node(owner)?;
+    let (_, new_epoch, _) = wait_until("the partition back online", ELECTION_DEADLINE, || {
+        partition_state(&cluster, 1)
+            .ok()
+            .filter(|(leader, _, _)| *leader == owner)
+    })?;
+    ensure!(new_epoch > epoch, "epoch {epoch} -> {new_epoch}");
+    let status = cluster.status_via(1)?;
+    ensure!(status.offline_partitions.is_empty(), "{status:?}");
+    let out = run_cli_within(
+        cluster.address(owner),
+        &[
+            "consume",
+            TOPIC,
+            "--partition",
+            "0",
+            "--from-beginning",
+            "--max-messages",
+            &ACKED_ALONE.to_string(),
+            "--timeout-ms",
+            "10000",
+        ],
+        None,
+        Duration::from_secs(60),
+    )?;
+    assert_ok(&out);
+    let read: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
     ensure!(
-        status["offline_partitions"]
-            .as_array()
-            .is_some_and(|a| a.is_empty()),
-        "{status}"
+        read == alone,
+        "read back {read:?} from {owner}, acknowledged {alone:?}"
     );
     Ok(())
 }
@@ -400,19 +614,20 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
     const HISTORY_TOPIC: &str = "history";
     const PARTITIONS: u32 = 3;
     const KILLS: usize = 10;
+    tracing::info!("phase: three nodes and {PARTITIONS} RF=3 partitions, all in sync");
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
     cluster.create_topic(1, HISTORY_TOPIC, PARTITIONS, 3)?;
-    let describe = |cluster: &Cluster, via: i32| -> Option<Vec<(i64, usize)>> {
-        let out = run_cli_within(
-            cluster.address(via),
-            &["topic", "describe", HISTORY_TOPIC, "--json"],
-            None,
-            CLI_LIMIT,
+    // (leader, ISR size) of every partition, as node `via` sees it.
+    let describe = |cluster: &Cluster, via: i32| -> Option<Vec<(i32, usize)>> {
+        let described = cluster.describe(via, HISTORY_TOPIC).ok()?;
+        Some(
+            described
+                .partitions
+                .iter()
+                .map(|p| (p.leader, p.isr.len()))
+                .collect(),
         )
-        .ok()?;
-        let json: Value = serde_json::from_str(&stdout(&out)).ok()?;
-        ferrolog_tests::workload::leaders_and_isr_sizes(&json)
     };
     let all_in_sync = |cluster: &Cluster, via: i32| {
         describe(cluster, via)
@@ -425,6 +640,7 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
         all_in_sync(&cluster, 1)
     })?;
 
+    tracing::info!("phase: the workload produces uniquely numbered records through every kill");
     let brokers: Vec<String> = cluster
         .ids()
         .into_iter()
@@ -436,9 +652,12 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
         let observer = cluster.live_ids()[0];
         let partitions = describe(&cluster, observer).context("describe")?;
         let target = partitions[kill % PARTITIONS as usize].0;
-        let target_id = i32::try_from(target)?;
+        tracing::info!(
+            "phase: kill {kill}: SIGKILL of broker {target}, a partition leader; its partitions \
+             need new leaders from their ISRs"
+        );
         let started = Instant::now();
-        cluster.kill(target_id)?;
+        cluster.kill(target)?;
         let observer = cluster.live_ids()[0];
         wait_until(
             "a new leader for every partition",
@@ -449,21 +668,25 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
                     .map(|_| ())
             },
         )?;
-        eprintln!(
+        tracing::info!(
             "kill {kill}: broker {target} SIGKILLed; its partitions had new leaders after {:.0} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
-        cluster.restart(target_id)?;
+        tracing::info!("phase: kill {kill}: broker {target} restarts and catches up");
+        cluster.restart(target)?;
         wait_until(
             "every partition fully in sync again",
             ELECTION_DEADLINE,
             || all_in_sync(&cluster, observer),
         )?;
     }
+    tracing::info!(
+        "phase: the history checker compares every acknowledgement with what is read back"
+    );
     let Outcome { acks, failed } = workload.stop()?;
     let reads = read_all(cluster.address(1), HISTORY_TOPIC, PARTITIONS)?;
     let report = history::check(&acks, &reads);
-    eprintln!("history after {KILLS} leader kills: {report}; {failed} sends failed");
+    tracing::info!("history after {KILLS} leader kills: {report}; {failed} sends failed");
     ensure!(report.is_safe(), "{report}");
     ensure!(report.acknowledged > 0, "nothing was acknowledged");
     Ok(())
@@ -477,6 +700,7 @@ fn ten_leader_kills_under_acks_all_lose_and_reorder_nothing() -> anyhow::Result<
 #[test]
 fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: three nodes and an RF=3 partition, every replica in sync");
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
     cluster.create_topic(1, TOPIC, 1, 3)?;
@@ -485,23 +709,25 @@ fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyh
             .ok()
             .filter(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
     })?;
-    let zombie_id = i32::try_from(zombie)?;
     let observer = cluster
         .ids()
         .into_iter()
-        .find(|id| *id != zombie_id)
+        .find(|id| *id != zombie)
         .context("another node")?;
 
-    tracing::info!("leader {zombie} is frozen (SIGSTOP) until a new leader is elected");
-    cluster.pause(zombie_id);
+    tracing::info!("phase: leader {zombie} is frozen (SIGSTOP) until a new leader is elected");
+    cluster.pause(zombie);
     let (new_leader, new_epoch, _) =
         wait_until("a new leader at a higher epoch", ELECTION_DEADLINE, || {
             partition_state(&cluster, observer)
                 .ok()
                 .filter(|(leader, e, _)| *leader > 0 && *leader != zombie && *e > epoch)
         })?;
-    tracing::info!("broker {new_leader} leads at epoch {new_epoch}; {zombie} wakes up (SIGCONT)");
-    cluster.resume(zombie_id);
+    tracing::info!(
+        "phase: broker {new_leader} leads at epoch {new_epoch}; {zombie} wakes up (SIGCONT) and \
+         a client writes to it first: nothing may be acknowledged by the zombie"
+    );
+    cluster.resume(zombie);
 
     // Straight to the zombie first: its own metadata may still name it leader for a moment.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -509,7 +735,7 @@ fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyh
         .enable_all()
         .build()?;
     let mut config = ProducerConfig::new(ClientConfig::with_brokers([cluster
-        .address(zombie_id)
+        .address(zombie)
         .to_owned()]));
     config.acks = Acks::All;
     config.linger_ms = 1;
@@ -525,8 +751,8 @@ fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyh
         let _ = tokio::time::timeout(Duration::from_secs(10), producer.close()).await;
     });
 
-    tracing::info!("the zombie steps down and its log converges on the new leader's");
-    let (leader_now, _, _) = partition_state(&cluster, zombie_id)?;
+    tracing::info!("phase: the zombie steps down and its log converges on the new leader's");
+    let (leader_now, _, _) = partition_state(&cluster, zombie)?;
     ensure!(
         leader_now != zombie,
         "the woken broker must see that it no longer leads (leader {leader_now})"
@@ -547,6 +773,9 @@ fn a_paused_leader_wakes_up_fenced_acknowledges_nothing_and_steps_down() -> anyh
 #[test]
 fn leadership_returns_to_the_preferred_replica_after_it_recovers() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!(
+        "phase: three nodes rebalancing leaders every second, an RF=3 partition in sync"
+    );
     let mut cluster = Cluster::start(3, &["--leader-rebalance-interval-ms", "1000"])?;
     cluster.wait_for_leader(ELECTION_DEADLINE)?;
     cluster.create_topic(1, TOPIC, 1, 3)?;
@@ -556,15 +785,14 @@ fn leadership_returns_to_the_preferred_replica_after_it_recovers() -> anyhow::Re
                 .ok()
                 .filter(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
         })?;
-    let preferred_id = i32::try_from(preferred)?;
     let observer = cluster
         .ids()
         .into_iter()
-        .find(|id| *id != preferred_id)
+        .find(|id| *id != preferred)
         .context("another node")?;
 
-    tracing::info!("preferred leader {preferred} is killed; another replica takes over");
-    cluster.kill(preferred_id)?;
+    tracing::info!("phase: preferred leader {preferred} is killed; another replica takes over");
+    cluster.kill(preferred)?;
     wait_until("another leader", ELECTION_DEADLINE, || {
         partition_state(&cluster, observer)
             .ok()
@@ -572,8 +800,8 @@ fn leadership_returns_to_the_preferred_replica_after_it_recovers() -> anyhow::Re
             .map(|_| ())
     })?;
 
-    tracing::info!("{preferred} restarts; once back in the ISR it leads again");
-    cluster.restart(preferred_id)?;
+    tracing::info!("phase: {preferred} restarts; once back in the ISR it leads again");
+    cluster.restart(preferred)?;
     let started = Instant::now();
     let (_, new_epoch, _) = wait_until(
         "the preferred replica leading again",
@@ -584,7 +812,7 @@ fn leadership_returns_to_the_preferred_replica_after_it_recovers() -> anyhow::Re
                 .filter(|(leader, _, isr)| *leader == preferred && isr.len() == 3)
         },
     )?;
-    eprintln!(
+    tracing::info!(
         "preferred replica {preferred} leads again {:.0} ms after its restart (epoch {epoch} -> {new_epoch})",
         started.elapsed().as_secs_f64() * 1000.0
     );
@@ -611,30 +839,28 @@ fn pausing_a_node_moves_its_own_leaderships_and_no_other() -> anyhow::Result<()>
     // Heartbeats every 400 ms against the default 1.2 s session: a round held up by the
     // paused node for the four intervals a broker waits at most would miss the session
     // every time, so the test does not depend on luck to see that fault.
+    tracing::info!(
+        "phase: three nodes heartbeating every 400 ms, each leading one of {PARTITIONS} RF=3 \
+         partitions"
+    );
     let mut cluster = Cluster::start(3, &["--broker-heartbeat-interval-ms", "400"])?;
     let controller = cluster.wait_for_leader(ELECTION_DEADLINE)?;
     cluster.create_topic(controller, TOPIC, PARTITIONS as u32, 3)?;
     // (leader, leader epoch) and ISR size of every partition, as the controller node says.
-    let describe = |cluster: &Cluster| -> anyhow::Result<Vec<((i64, i64), usize)>> {
-        let json = cluster.describe(controller, TOPIC)?;
-        let partitions = json["partitions"]
-            .as_array()
-            .context("describe lists no partitions")?;
-        Ok(partitions
+    let describe = |cluster: &Cluster| -> anyhow::Result<Vec<((i32, i32), usize)>> {
+        let described = cluster.describe(controller, TOPIC)?;
+        Ok(described
+            .partitions
             .iter()
-            .map(|p| {
-                let leader = p["leader"].as_i64().unwrap_or(-1);
-                let epoch = p["leader_epoch"].as_i64().unwrap_or(-1);
-                ((leader, epoch), p["isr"].as_array().map_or(0, Vec::len))
-            })
+            .map(|p| ((p.leader, p.leader_epoch), p.isr.len()))
             .collect())
     };
-    let before: Vec<(i64, i64)> = wait_until(
+    let before: Vec<(i32, i32)> = wait_until(
         "each broker leading one partition, all in sync",
         ELECTION_DEADLINE,
         || {
             let partitions = describe(&cluster).ok()?;
-            let distinct: std::collections::BTreeSet<i64> =
+            let distinct: std::collections::BTreeSet<i32> =
                 partitions.iter().map(|((l, _), _)| *l).collect();
             (distinct.len() == PARTITIONS
                 && !distinct.contains(&-1)
@@ -648,15 +874,18 @@ fn pausing_a_node_moves_its_own_leaderships_and_no_other() -> anyhow::Result<()>
         .into_iter()
         .find(|id| *id != controller)
         .context("a second node")?;
-    tracing::info!("before: {before:?}; pausing node {victim} for {PAUSE:?}");
+    tracing::info!(
+        "phase: node {victim} is paused for {PAUSE:?} (leaders before: {before:?}); only its \
+         own leaderships may move"
+    );
     cluster.pause(victim);
     std::thread::sleep(PAUSE);
     let during = describe(&cluster);
     cluster.resume(victim);
-    let during: Vec<(i64, i64)> = during?.into_iter().map(|(leader, _)| leader).collect();
+    let during: Vec<(i32, i32)> = during?.into_iter().map(|(leader, _)| leader).collect();
     tracing::info!("during the pause: {during:?}");
     for ((leader, epoch), now) in before.iter().zip(&during) {
-        if *leader == i64::from(victim) {
+        if *leader == victim {
             ensure!(
                 now.0 != *leader && now.1 > *epoch,
                 "the paused node's partition must have moved: {now:?}, before ({leader}, {epoch})"

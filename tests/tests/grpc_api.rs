@@ -56,10 +56,12 @@ async fn reflection_and_health_are_served_for_grpcurl() -> anyhow::Result<()> {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     init_logging();
+    tracing::info!("phase: a single-node server");
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let channel = channel(&server).await?;
 
+    tracing::info!("phase: reflection lists the services, so grpcurl needs no .proto files");
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -86,6 +88,7 @@ async fn reflection_and_health_are_served_for_grpcurl() -> anyhow::Result<()> {
         );
     }
 
+    tracing::info!("phase: the standard health service reports the client service serving");
     let health = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
             service: "ferrolog.v1.ClientService".into(),
@@ -103,6 +106,7 @@ async fn reflection_and_health_are_served_for_grpcurl() -> anyhow::Result<()> {
 async fn structured_and_batch_produce_land_in_one_log_and_fetch_returns_either()
 -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: a single-node server and a topic of one partition");
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let channel = channel(&server).await?;
@@ -116,7 +120,7 @@ async fn structured_and_batch_produce_land_in_one_log_and_fetch_returns_either()
         })
         .await?;
 
-    tracing::info!("structured records, as grpcurl would send them");
+    tracing::info!("phase: structured records, as grpcurl would send them");
     let first = client
         .produce(ProduceRequest {
             topic: "events".into(),
@@ -127,7 +131,7 @@ async fn structured_and_batch_produce_land_in_one_log_and_fetch_returns_either()
         .into_inner();
     assert_eq!((first.base_offset, first.last_offset), (0, 1));
 
-    tracing::info!("a ready-made RecordBatch v2, as the Rust client sends");
+    tracing::info!("phase: a ready-made RecordBatch v2, as the Rust client sends");
     let mut builder = RecordBatchBuilder::new(3_000);
     builder.push(3_000, Some(b"key-c"), Some(b"c"), &[]);
     let second = client
@@ -141,7 +145,7 @@ async fn structured_and_batch_produce_land_in_one_log_and_fetch_returns_either()
         .into_inner();
     assert_eq!(second.base_offset, 2);
 
-    tracing::info!("fetch as structured records, from the middle of a batch");
+    tracing::info!("phase: fetch as structured records, from the middle of a batch");
     let fetched = client
         .fetch(FetchRequest {
             topic: "events".into(),
@@ -166,7 +170,7 @@ async fn structured_and_batch_produce_land_in_one_log_and_fetch_returns_either()
     assert_eq!(fetched.records[0].timestamp_ms, Some(2_000));
     assert_eq!((fetched.next_offset, fetched.high_watermark), (3, 3));
 
-    tracing::info!("fetch as raw batches: the bytes decode to the same records");
+    tracing::info!("phase: fetch as raw batches: the bytes decode to the same records");
     let raw = client
         .fetch(FetchRequest {
             topic: "events".into(),
@@ -187,7 +191,7 @@ async fn structured_and_batch_produce_land_in_one_log_and_fetch_returns_either()
     }
     assert_eq!(offsets, vec![0, 1, 2]);
 
-    tracing::info!("ListOffsets: earliest, latest, and by timestamp");
+    tracing::info!("phase: ListOffsets: earliest, latest, and by timestamp");
     let list = |spec: OffsetSpec, timestamp_ms: i64| ListOffsetsRequest {
         topic: "events".into(),
         partition: 0,
@@ -248,6 +252,7 @@ async fn structured_and_batch_produce_land_in_one_log_and_fetch_returns_either()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_and_subscribe_deliver_records_as_they_arrive() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: a single-node server and an empty topic");
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let channel = channel(&server).await?;
@@ -260,7 +265,7 @@ async fn long_poll_and_subscribe_deliver_records_as_they_arrive() -> anyhow::Res
         .await?;
     let mut client = ClientServiceClient::new(channel);
 
-    tracing::info!("a fetch at the end waits and returns nothing when nothing comes");
+    tracing::info!("phase: a fetch at the end waits and returns nothing when nothing comes");
     let empty = client
         .fetch(FetchRequest {
             topic: "live".into(),
@@ -273,7 +278,9 @@ async fn long_poll_and_subscribe_deliver_records_as_they_arrive() -> anyhow::Res
     assert!(empty.records.is_empty());
     assert_eq!(empty.next_offset, 0);
 
-    tracing::info!("a subscription and a long-poll both see records produced after they started");
+    tracing::info!(
+        "phase: a subscription and a long-poll both see records produced after they started"
+    );
     let mut stream = client
         .subscribe(SubscribeRequest {
             topic: "live".into(),
@@ -335,6 +342,9 @@ async fn long_poll_and_subscribe_deliver_records_as_they_arrive() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_carry_stable_codes_and_bad_batches_change_nothing() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!(
+        "phase: a single-node server and a topic; each bad request below gets its stable code"
+    );
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let channel = channel(&server).await?;

@@ -10,13 +10,13 @@ use ferrolog_tests::{Cluster, Server, free_ports, init_logging, wait_until};
 #[test]
 fn a_node_with_a_different_voters_list_is_refused() -> anyhow::Result<()> {
     init_logging();
-    tracing::info!("nodes 1 and 2 are started with the cluster's voters list");
+    tracing::info!("phase: nodes 1 and 2 are started with the cluster's voters list");
     let mut cluster = Cluster::configure(3, &[])?;
     cluster.start_nodes(&[1, 2])?;
     let leader = cluster.wait_for_leader(Duration::from_secs(30))?;
     assert!(leader == 1 || leader == 2, "leader {leader}");
 
-    tracing::info!("node 3 is started with a list that names a fourth voter");
+    tracing::info!("phase: node 3 is started with a list that names a fourth voter");
     let ports = free_ports(3)?;
     let wrong_voters = format!("{},4@127.0.0.1:{}", cluster.voters(), ports[2]);
     let dir = tempfile::tempdir()?;
@@ -40,7 +40,9 @@ fn a_node_with_a_different_voters_list_is_refused() -> anyhow::Result<()> {
         "node 3 (wrong voters)",
     )?;
 
-    tracing::info!("its Raft traffic and theirs is refused both ways, and both sides say why");
+    tracing::info!(
+        "phase: its Raft traffic and theirs is refused both ways, and both sides say why"
+    );
     let mentions = |server: &Server| {
         server.stderr_tail().iter().any(|l| {
             l.contains("cluster id mismatch")
@@ -56,7 +58,7 @@ fn a_node_with_a_different_voters_list_is_refused() -> anyhow::Result<()> {
         },
     )?;
 
-    tracing::info!("the well-configured majority still commits admin changes");
+    tracing::info!("phase: the well-configured majority still commits admin changes");
     let created = cluster.cli(
         1,
         &["topic", "create", "still-works", "--partitions", "1"],
@@ -69,8 +71,8 @@ fn a_node_with_a_different_voters_list_is_refused() -> anyhow::Result<()> {
     );
     let status = cluster.status_via(1)?;
     assert!(
-        status["controller_leader"] == 1 || status["controller_leader"] == 2,
-        "the leader must stay among the well-configured nodes: {status}"
+        [1, 2].contains(&status.controller_leader),
+        "the leader must stay among the well-configured nodes: {status:?}"
     );
     Ok(())
 }
@@ -78,10 +80,11 @@ fn a_node_with_a_different_voters_list_is_refused() -> anyhow::Result<()> {
 #[test]
 fn a_second_node_with_an_id_in_use_is_refused_at_start() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: three nodes form a quorum");
     let cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(Duration::from_secs(30))?;
 
-    tracing::info!("a fourth process claims node id 2 with its own ports");
+    tracing::info!("phase: a fourth process claims node id 2 with its own ports");
     let ports = free_ports(3)?;
     let dir = tempfile::tempdir()?;
     let output = std::process::Command::new(ferrolog_tests::ferrolog_bin())
@@ -100,24 +103,22 @@ fn a_second_node_with_an_id_in_use_is_refused_at_start() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no other node uses id 2"), "{stderr}");
 
-    tracing::info!("the real node 2 is unaffected");
+    tracing::info!("phase: the real node 2 is unaffected");
     let status = cluster.status_via(1)?;
-    assert!(
-        status["controller_leader"].as_i64().is_some_and(|l| l >= 1),
-        "{status}"
-    );
+    assert!(status.controller_leader >= 1, "{status:?}");
     Ok(())
 }
 
 #[test]
 fn a_cloned_node_on_another_host_with_the_same_port_is_refused() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: three nodes form a quorum");
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(Duration::from_secs(30))?;
 
     // The dangerous duplicate is a clone (a copied volume or VM image): it has node 2's
     // log and membership, so it campaigns in node 2's name. Fresh copies never do.
-    tracing::info!("node 2 stops, its data directory is copied, and it starts again");
+    tracing::info!("phase: node 2 stops, its data directory is copied, and it starts again");
     cluster.terminate(2)?;
     let clone_dir = tempfile::tempdir()?;
     copy_dir(cluster.data_dir(2), clone_dir.path())?;
@@ -126,7 +127,7 @@ fn a_cloned_node_on_another_host_with_the_same_port_is_refused() -> anyhow::Resu
     // 127.0.0.2 is another address of this machine: the clone listens on node 2's
     // controller port there, exactly as a clone on a second host would, so nothing about
     // its addresses gives it away.
-    tracing::info!("the clone starts on 127.0.0.2 with node 2's id and port");
+    tracing::info!("phase: the clone starts on 127.0.0.2 with node 2's id and port");
     let controller_port = cluster
         .controller_address(2)
         .rsplit_once(':')
@@ -150,7 +151,7 @@ fn a_cloned_node_on_another_host_with_the_same_port_is_refused() -> anyhow::Resu
         "clone of node 2",
     )?;
 
-    tracing::info!("nodes 1 or 3 see two incarnations of node 2 at once and say so");
+    tracing::info!("phase: nodes 1 or 3 see two incarnations of node 2 at once and say so");
     let noticed = |id: i32| {
         cluster
             .node(id)
@@ -164,7 +165,7 @@ fn a_cloned_node_on_another_host_with_the_same_port_is_refused() -> anyhow::Resu
         || (noticed(1) || noticed(3)).then_some(()),
     )?;
 
-    tracing::info!("nodes 1 and 3 still commit admin changes");
+    tracing::info!("phase: nodes 1 and 3 still commit admin changes");
     let created = cluster.cli(
         1,
         &["topic", "create", "despite-the-clone", "--partitions", "1"],
@@ -183,21 +184,25 @@ fn a_cloned_node_on_another_host_with_the_same_port_is_refused() -> anyhow::Resu
 fn a_second_broker_process_with_a_registered_id_is_refused_until_the_first_stops()
 -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: three nodes form a quorum and broker 3 registers");
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(Duration::from_secs(30))?;
     let registered_at = |cluster: &Cluster| -> Option<String> {
         let status = cluster.status_via(1).ok()?;
-        status["brokers"]
-            .as_array()?
+        status
+            .brokers
             .iter()
-            .find(|b| b["broker_id"] == 3 && b["state"] == "registered")
-            .and_then(|b| b["address"].as_str().map(str::to_owned))
+            .find(|b| b.broker_id == 3 && b.state == "registered")
+            .map(|b| b.address.clone())
     };
     let original = wait_until("broker 3 registered", Duration::from_secs(30), || {
         registered_at(&cluster)
     })?;
 
-    // A broker-only process reusing id 3 (a copy-pasted config), on its own ports.
+    tracing::info!(
+        "phase: a broker-only process reuses id 3 (a copy-pasted config) on its own ports: it \
+         is told why it cannot register"
+    );
     let dir = tempfile::tempdir()?;
     let ports = free_ports(2)?;
     let duplicate_address = format!("127.0.0.1:{}", ports[0]);
@@ -228,14 +233,16 @@ fn a_second_broker_process_with_a_registered_id_is_refused_until_the_first_stops
                 .then_some(())
         },
     )?;
-    // For a few seconds (several sessions) the registered process keeps its id.
+    tracing::info!(
+        "phase: for a few seconds (several sessions) the registered process keeps its id"
+    );
     for _ in 0..10 {
         let now = registered_at(&cluster);
         assert_eq!(now.as_deref(), Some(original.as_str()), "broker 3 moved");
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    // Once the first process is gone (and fenced), the second one registers.
+    tracing::info!("phase: once the first process is gone (and fenced), the second one registers");
     cluster.kill(3)?;
     wait_until(
         "the second process registered as broker 3",

@@ -7,49 +7,34 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 
+use ferrolog_tests::describe;
 use ferrolog_tests::history;
 use ferrolog_tests::workload::{Outcome, Workload, read_all};
 use ferrolog_tests::{
     Cluster, assert_ok, init_logging, run_cli_within, stderr, stdout, wait_until,
 };
-use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn ids(value: &Value) -> Vec<i64> {
-    value
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_i64).collect())
-        .unwrap_or_default()
-}
-
 fn broker_registered(cluster: &Cluster, via: i32, broker: i32) -> Option<()> {
     let status = cluster.status_via(via).ok()?;
-    status["brokers"]
-        .as_array()?
-        .iter()
-        .any(|b| {
-            b["broker_id"].as_i64() == Some(i64::from(broker))
-                && b["state"].as_str() == Some("registered")
-        })
-        .then_some(())
+    (describe::broker_state(&status, broker) == Some("registered")).then_some(())
 }
 
 #[test]
 fn a_partition_moves_to_a_new_broker_under_load_without_losing_a_record() -> anyhow::Result<()> {
     init_logging();
     const TOPIC: &str = "moves";
+    tracing::info!("phase: three nodes and an RF=3 partition");
     let mut cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(DEADLINE)?;
     cluster.create_topic(1, TOPIC, 1, 3)?;
     let before = cluster.describe(1, TOPIC)?;
-    let leader = before["partitions"][0]["leader"]
-        .as_i64()
-        .context("a leader")?;
-    let epoch = before["partitions"][0]["leader_epoch"]
-        .as_i64()
-        .context("an epoch")?;
+    let before = describe::partition(&before, 0)?.clone();
+    ensure!(before.leader > 0, "the partition has a leader: {before:?}");
+    let (leader, epoch) = (before.leader, before.leader_epoch);
 
+    tracing::info!("phase: a fourth broker joins the running cluster and registers");
     let new_broker = cluster.add_broker()?;
     wait_until("the new broker registered", DEADLINE, || {
         broker_registered(&cluster, 1, new_broker)
@@ -60,19 +45,19 @@ fn a_partition_moves_to_a_new_broker_under_load_without_losing_a_record() -> any
         .into_iter()
         .map(|id| cluster.address(id).to_owned())
         .collect();
+    tracing::info!("phase: the workload produces before, during and after the move");
     let workload = Workload::start(brokers, TOPIC, 1);
     let before_move = workload.wait_progress(0, 100, DEADLINE, "before the move")?;
 
-    // The leader leaves: the move must hand leadership over as well as data.
-    let mut target: Vec<i64> = vec![i64::from(new_broker)];
-    target.extend(
-        ids(&before["partitions"][0]["replicas"])
-            .into_iter()
-            .filter(|b| *b != leader),
+    tracing::info!(
+        "phase: the partition moves to the new broker and leader {leader} leaves it: the move \
+         must hand leadership over as well as data"
     );
+    let mut target: Vec<i32> = vec![new_broker];
+    target.extend(before.replicas.iter().copied().filter(|b| *b != leader));
     let target_csv = target
         .iter()
-        .map(i64::to_string)
+        .map(i32::to_string)
         .collect::<Vec<_>>()
         .join(",");
     let out = run_cli_within(
@@ -90,31 +75,30 @@ fn a_partition_moves_to_a_new_broker_under_load_without_losing_a_record() -> any
         None,
         Duration::from_secs(90),
     )?;
-    eprintln!("reassign: {}{}", stdout(&out), stderr(&out));
+    tracing::info!("reassign: {}{}", stdout(&out), stderr(&out));
     assert_ok(&out);
     workload.wait_progress(before_move, 100, DEADLINE, "after the move")?;
     let Outcome { acks, failed } = workload.stop()?;
 
     let after = cluster.describe(1, TOPIC)?;
-    let p = &after["partitions"][0];
+    let p = describe::partition(&after, 0)?;
+    ensure!(p.replicas == target, "replicas after the move: {p:?}");
     ensure!(
-        ids(&p["replicas"]) == target,
-        "replicas after the move: {p}"
+        p.leader == new_broker,
+        "the first target replica leads: {p:?}"
     );
+    ensure!(p.leader_epoch > epoch, "a new leader epoch: {p:?}");
     ensure!(
-        p["leader"].as_i64() == Some(i64::from(new_broker)),
-        "the first target replica leads: {p}"
+        p.adding_replicas.is_empty() && p.removing_replicas.is_empty(),
+        "the move is complete: {p:?}"
     );
-    ensure!(
-        p["leader_epoch"].as_i64() > Some(epoch),
-        "a new leader epoch: {p}"
-    );
-    ensure!(ids(&p["adding_replicas"]).is_empty() && ids(&p["removing_replicas"]).is_empty());
 
-    // The new leader serves everything acknowledged, before and during the move.
+    tracing::info!(
+        "phase: the new leader serves everything acknowledged, before and during the move"
+    );
     let reads = read_all(cluster.address(new_broker), TOPIC, 1)?;
     let report = history::check(&acks, &reads);
-    eprintln!("history across the move: {report}; {failed} sends failed");
+    tracing::info!("history across the move: {report}; {failed} sends failed");
     ensure!(report.is_safe(), "{report}");
     ensure!(
         report.acknowledged > 100,
@@ -122,15 +106,13 @@ fn a_partition_moves_to_a_new_broker_under_load_without_losing_a_record() -> any
     );
     ensure!(failed == 0, "{failed} sends failed during the move");
 
-    // The broker that left drops its copy.
-    let old_dir = cluster
-        .data_dir(i32::try_from(leader)?)
-        .join(format!("{TOPIC}-0"));
+    tracing::info!("phase: broker {leader}, which left the partition, deletes its copy");
+    let old_dir = cluster.data_dir(leader).join(format!("{TOPIC}-0"));
     wait_until("the old leader deleted its copy", DEADLINE, || {
         (!old_dir.exists()).then_some(())
     })?;
 
-    // The scaled-out cluster places new topics on all four brokers.
+    tracing::info!("phase: the scaled-out cluster places a new topic on all four brokers");
     cluster.create_topic(1, "wide", 1, 4)?;
     Ok(())
 }
@@ -139,10 +121,12 @@ fn a_partition_moves_to_a_new_broker_under_load_without_losing_a_record() -> any
 fn add_partitions_grows_a_topic_and_never_shrinks_it() -> anyhow::Result<()> {
     init_logging();
     const TOPIC: &str = "growing";
+    tracing::info!("phase: three nodes and a topic of one partition, replication factor 2");
     let cluster = Cluster::start(3, &[])?;
     cluster.wait_for_leader(DEADLINE)?;
     cluster.create_topic(1, TOPIC, 1, 2)?;
 
+    tracing::info!("phase: the topic grows to three partitions with the same replication factor");
     let out = cluster.cli(
         2,
         &["topic", "add-partitions", TOPIC, "--partitions", "3"],
@@ -150,18 +134,17 @@ fn add_partitions_grows_a_topic_and_never_shrinks_it() -> anyhow::Result<()> {
     )?;
     assert_ok(&out);
     let described = cluster.describe(3, TOPIC)?;
-    eprintln!("after add-partitions: {described}");
-    let partitions = described["partitions"].as_array().context("partitions")?;
-    ensure!(partitions.len() == 3, "{described}");
-    for p in partitions {
+    tracing::info!("after add-partitions: {described:?}");
+    ensure!(described.partitions.len() == 3, "{described:?}");
+    for p in &described.partitions {
         ensure!(
-            ids(&p["replicas"]).len() == 2,
-            "the topic's replication factor: {p}"
+            p.replicas.len() == 2,
+            "the topic's replication factor: {p:?}"
         );
-        ensure!(p["leader"].as_i64() > Some(0), "a leader: {p}");
+        ensure!(p.leader > 0, "a leader: {p:?}");
     }
 
-    // The new partition takes writes at once, and reads them back.
+    tracing::info!("phase: a new partition takes writes at once, and reads them back");
     let out = cluster.cli(
         1,
         &["produce", TOPIC, "--partition", "2"],
@@ -187,6 +170,7 @@ fn add_partitions_grows_a_topic_and_never_shrinks_it() -> anyhow::Result<()> {
     assert_ok(&out);
     ensure!(stdout(&out).lines().collect::<Vec<_>>() == ["first", "second"]);
 
+    tracing::info!("phase: shrinking the topic is refused, with the reason");
     let out = cluster.cli(
         1,
         &["topic", "add-partitions", TOPIC, "--partitions", "2"],
@@ -206,6 +190,10 @@ fn a_new_replica_of_a_partition_trimmed_by_retention_starts_at_the_leaders_log_s
 -> anyhow::Result<()> {
     init_logging();
     const TOPIC: &str = "aged";
+    tracing::info!(
+        "phase: two nodes running retention every 200 ms and a one-replica topic of tiny \
+         segments"
+    );
     // Retention runs every 200 ms, so the leader's early segments go while we watch.
     let config_dir = tempfile::tempdir()?;
     let config = config_dir.path().join("ferrolog.toml");
@@ -234,6 +222,7 @@ fn a_new_replica_of_a_partition_trimmed_by_retention_starts_at_the_leaders_log_s
             .filter(|o| o.status.success())
             .map(|_| ())
     })?;
+    tracing::info!("phase: 300 records, then retention trims the leader's oldest segments");
     // Ten produce calls, so ten batches: retention deletes whole segments, and a segment
     // rolls only between batches.
     for call in 0..10 {
@@ -242,18 +231,19 @@ fn a_new_replica_of_a_partition_trimmed_by_retention_starts_at_the_leaders_log_s
             .collect();
         assert_ok(&cluster.cli(1, &["produce", TOPIC], Some(&values))?);
     }
-    let leader = cluster.describe(1, TOPIC)?["partitions"][0]["leader"]
-        .as_i64()
-        .context("a leader")?;
-    let leader_id = i32::try_from(leader)?;
+    let leader = describe::partition(&cluster.describe(1, TOPIC)?, 0)?.leader;
+    ensure!(leader > 0, "the partition has a leader");
     let log_start = wait_until("retention trimmed the leader's log", DEADLINE, || {
-        let p = &cluster.describe(leader_id, TOPIC).ok()?["partitions"][0];
-        p["log_start_offset"].as_i64().filter(|start| *start > 0)
+        let described = cluster.describe(leader, TOPIC).ok()?;
+        let start = describe::partition(&described, 0).ok()?.log_start_offset;
+        (start > 0).then_some(start)
     })?;
 
-    // The other broker becomes a replica: it has nothing, and the leader no longer has
-    // offset 0, so it must restart its log at the leader's start.
-    let other = if leader_id == 1 { 2 } else { 1 };
+    tracing::info!(
+        "phase: the other broker becomes a replica: it has nothing, and the leader no longer \
+         has offset 0, so it must start its log at the leader's log start"
+    );
+    let other = if leader == 1 { 2 } else { 1 };
     let target = format!("{leader},{other}");
     let out = run_cli_within(
         cluster.address(1),
@@ -270,15 +260,15 @@ fn a_new_replica_of_a_partition_trimmed_by_retention_starts_at_the_leaders_log_s
         None,
         Duration::from_secs(60),
     )?;
-    eprintln!("reassign: {}{}", stdout(&out), stderr(&out));
+    tracing::info!("reassign: {}{}", stdout(&out), stderr(&out));
     assert_ok(&out);
-    let copy = &cluster.describe(other, TOPIC)?["partitions"][0];
+    let described = cluster.describe(other, TOPIC)?;
+    let copy = describe::partition(&described, 0)?;
     ensure!(
-        copy["log_start_offset"].as_i64() >= Some(log_start)
-            && copy["log_end_offset"].as_i64() == Some(300),
-        "the new replica holds the leader's retained log: {copy}"
+        copy.log_start_offset >= log_start && copy.log_end_offset == 300,
+        "the new replica holds the leader's retained log: {copy:?}"
     );
-    // It can lead, and serves the retained records.
+    tracing::info!("phase: the new replica can lead, and serves the retained records");
     assert_ok(&cluster.cli(
         1,
         &[

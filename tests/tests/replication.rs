@@ -6,15 +6,16 @@
 //! the new leader's log instead.
 //!
 //! Everything an operator would do goes through the `ferrolog` CLI (`topic create`,
-//! `topic describe --json`, `partition elect-leader`, `produce`, `consume`). Two things use
+//! `partition elect-leader`, `produce`, `consume`). The partition's state is read with the
+//! harness's typed describe (`ferrolog_tests::describe`, the admin API). Two things use
 //! `ferrolog-client` directly, because the CLI cannot show them: the offset at which each
 //! record of a long-running producer was acknowledged, and a refused `acks=all` write (the
 //! client retries `NOT_ENOUGH_REPLICAS` until its delivery timeout, which the CLI leaves at
 //! 120 s, past the harness's 60 s bound on a CLI run).
 //!
-//! `topic describe` answers from the node it is sent to: leader, epoch, replicas and ISR are
-//! the cluster's metadata, the offsets are that node's own replica. Describing through each
-//! replica in turn is how these tests see every replica's log end offset.
+//! A topic description answers from the node it is sent to: leader, epoch, replicas and ISR
+//! are the cluster's metadata, the offsets are that node's own replica. Describing through
+//! each replica in turn is how these tests see every replica's log end offset.
 
 use std::collections::BTreeMap;
 use std::process::Output;
@@ -25,16 +26,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use ferrolog_client::{Acks, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+use ferrolog_tests::describe::{self, PartitionDescription};
 use ferrolog_tests::{
     Cluster, assert_ok, http_get, init_logging, metric_sum, run_cli_within, stderr, stdout,
     wait_until,
 };
-use serde_json::Value;
 
 /// Every topic here has one partition: replication is per partition, and one partition
 /// keeps offsets and order easy to state.
 const PARTITION: u32 = 0;
 const PARTITION_ARG: &str = "0";
+const PARTITION_ID: i32 = 0;
 const REPLICATION_FACTOR: usize = 3;
 /// Server arguments of the tests that want a follower dropped from the ISR quickly.
 const FAST_ISR_SHRINK: [&str; 2] = ["--replica-lag-time-max-ms", "2000"];
@@ -43,13 +45,13 @@ const FAST_ISR_SHRINK: [&str; 2] = ["--replica-lag-time-max-ms", "2000"];
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
 /// How long `topic create` may keep failing (e.g. while brokers still register).
 const CREATE_DEADLINE: Duration = Duration::from_secs(30);
-/// How long an ISR change (shrink or expand) may take to show in `topic describe`.
+/// How long an ISR change (shrink or expand) may take to show in a topic description.
 const ISR_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a leader move may take to show through a node once the command succeeded.
 const PROPAGATION_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a replica may take to copy what the leader has.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
-/// The bound of one polling CLI run (describe, elect), so a hung node cannot stall a wait.
+/// The bound of one polling CLI run (create, elect), so a hung node cannot stall a wait.
 const POLL_CLI_LIMIT: Duration = Duration::from_secs(10);
 /// The bound of one `consume` run.
 const CONSUME_CLI_LIMIT: Duration = Duration::from_secs(60);
@@ -62,11 +64,11 @@ const PROBE_IDLE: Duration = Duration::from_secs(5);
 /// How long a client-side wait for deliveries may exceed the delivery timeout.
 const DELIVERY_MARGIN: Duration = Duration::from_secs(30);
 
-/// One partition as `topic describe --json` shows it through one node.
+/// One partition as a topic description through one node shows it, its ISR sorted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PartitionState {
     leader: i32,
-    leader_epoch: i64,
+    leader_epoch: i32,
     replicas: Vec<i32>,
     /// Sorted, so it compares as a set.
     isr: Vec<i32>,
@@ -93,72 +95,30 @@ impl PartitionState {
     }
 }
 
-fn int_field(partition: &Value, name: &str) -> anyhow::Result<i64> {
-    partition[name]
-        .as_i64()
-        .with_context(|| format!("partition lacks a numeric {name}: {partition}"))
-}
-
-fn id_list(partition: &Value, name: &str) -> anyhow::Result<Vec<i32>> {
-    partition[name]
-        .as_array()
-        .with_context(|| format!("partition lacks a {name} array: {partition}"))?
-        .iter()
-        .map(|id| {
-            id.as_i64()
-                .and_then(|id| i32::try_from(id).ok())
-                .with_context(|| format!("{name} holds {id}, not a node id: {partition}"))
-        })
-        .collect()
-}
-
-fn parse_partition(json: &Value, partition: u32) -> anyhow::Result<PartitionState> {
-    let wanted = i64::from(partition);
-    let p = json["partitions"]
-        .as_array()
-        .with_context(|| format!("describe output has no partitions array: {json}"))?
-        .iter()
-        .find(|p| p["partition"].as_i64() == Some(wanted))
-        .with_context(|| format!("describe output lacks partition {partition}: {json}"))?;
-    let mut isr = id_list(p, "isr")?;
-    isr.sort_unstable();
-    Ok(PartitionState {
-        leader: i32::try_from(int_field(p, "leader")?)?,
-        leader_epoch: int_field(p, "leader_epoch")?,
-        replicas: id_list(p, "replicas")?,
-        isr,
-        log_start_offset: int_field(p, "log_start_offset")?,
-        log_end_offset: int_field(p, "log_end_offset")?,
-        high_watermark: int_field(p, "high_watermark")?,
-    })
-}
-
-/// `topic describe TOPIC --json` through node `via`: the cluster's metadata for partition 0,
-/// with the offsets of node `via`'s own replica.
-fn describe_partition(cluster: &Cluster, via: i32, topic: &str) -> anyhow::Result<PartitionState> {
-    let out = run_cli_within(
-        cluster.address(via),
-        &["topic", "describe", topic, "--json"],
-        None,
-        POLL_CLI_LIMIT,
-    )?;
-    if !out.status.success() {
-        bail!(
-            "`topic describe {topic}` via node {via} failed ({}): {}",
-            out.status,
-            stderr(&out).trim()
-        );
+impl From<&PartitionDescription> for PartitionState {
+    fn from(p: &PartitionDescription) -> Self {
+        let mut isr = p.isr.clone();
+        isr.sort_unstable();
+        Self {
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            replicas: p.replicas.clone(),
+            isr,
+            log_start_offset: p.log_start_offset,
+            log_end_offset: p.log_end_offset,
+            high_watermark: p.high_watermark,
+        }
     }
-    let json: Value = serde_json::from_str(&stdout(&out)).with_context(|| {
-        format!(
-            "`topic describe {topic} --json` via node {via} printed no JSON: {}",
-            stdout(&out)
-        )
-    })?;
-    parse_partition(&json, PARTITION)
 }
 
-/// Polls `topic describe` through node `via` until `done` holds, and returns that state.
+/// Partition 0 of `topic` as node `via` describes it: the cluster's metadata, with the
+/// offsets of node `via`'s own replica.
+fn describe_partition(cluster: &Cluster, via: i32, topic: &str) -> anyhow::Result<PartitionState> {
+    let described = cluster.describe(via, topic)?;
+    Ok(describe::partition(&described, PARTITION_ID)?.into())
+}
+
+/// Polls the description through node `via` until `done` holds, and returns that state.
 fn wait_for_partition(
     cluster: &Cluster,
     via: i32,
@@ -187,7 +147,7 @@ fn wait_for_partition(
     Ok(state)
 }
 
-/// Waits until `topic describe` through each of `replicas` shows that node's replica at
+/// Waits until the description through each of `replicas` shows that node's replica at
 /// `log_end_offset`.
 fn wait_for_log_end_offsets(
     cluster: &Cluster,
@@ -396,7 +356,7 @@ fn elect_leader(
     via: i32,
     topic: &str,
     target: i32,
-    epoch_before: i64,
+    epoch_before: i32,
     deadline: Duration,
 ) -> anyhow::Result<PartitionState> {
     let target_arg = target.to_string();
@@ -550,6 +510,10 @@ async fn produce_async(
 fn an_rf3_topic_keeps_every_acknowledged_record_while_a_follower_is_killed_and_restarted()
 -> anyhow::Result<()> {
     init_logging();
+    tracing::info!(
+        "phase: three nodes that drop a silent follower from the ISR after 2 s, and an RF=3 topic \
+         with min.insync.replicas=2"
+    );
     const TOPIC: &str = "follower-restart";
     const RECORDS: usize = 3_000;
     // The follower dies once this many records were sent, so it misses the rest.
@@ -573,7 +537,7 @@ fn an_rf3_topic_keeps_every_acknowledged_record_while_a_follower_is_killed_and_r
         .context("an RF=3 partition has followers")?;
 
     tracing::info!(
-        "a producer sends {RECORDS} numbered records with acks=all to leader {leader}; \
+        "phase: a producer sends {RECORDS} numbered records with acks=all to leader {leader}; \
          every acknowledged one must survive what happens to follower {victim}"
     );
     let brokers: Vec<String> = cluster
@@ -619,7 +583,7 @@ fn an_rf3_topic_keeps_every_acknowledged_record_while_a_follower_is_killed_and_r
 
     let sent_at_kill = progress.load(Ordering::Relaxed);
     tracing::info!(
-        "SIGKILL of follower {victim} with {sent_at_kill} records sent, {:?} in: the leader \
+        "phase: SIGKILL of follower {victim} with {sent_at_kill} records sent, {:?} in: the leader \
          must drop it from the ISR and keep acknowledging with the other follower",
         started.elapsed()
     );
@@ -672,7 +636,7 @@ fn an_rf3_topic_keeps_every_acknowledged_record_while_a_follower_is_killed_and_r
         "acknowledged offsets do not follow the send order"
     );
 
-    tracing::info!("the restarted follower catches up and rejoins the ISR");
+    tracing::info!("phase: the restarted follower catches up and rejoins the ISR");
     let rejoined = wait_for_partition(
         &cluster,
         leader,
@@ -708,7 +672,9 @@ fn an_rf3_topic_keeps_every_acknowledged_record_while_a_follower_is_killed_and_r
         CATCH_UP_DEADLINE,
     )?;
 
-    tracing::info!("every acknowledged record is read back from leader {leader} at its offset");
+    tracing::info!(
+        "phase: every acknowledged record is read back from leader {leader} at its offset"
+    );
     let records = consume_all(
         &cluster,
         leader,
@@ -752,6 +718,10 @@ fn an_rf3_topic_keeps_every_acknowledged_record_while_a_follower_is_killed_and_r
 fn acks_all_writes_are_refused_below_min_insync_and_accepted_when_a_replica_returns()
 -> anyhow::Result<()> {
     init_logging();
+    tracing::info!(
+        "phase: five nodes (two can die without the metadata quorum) and an RF=3 topic with \
+         min.insync.replicas=2; five records with acks=all while all is well"
+    );
     const TOPIC: &str = "min-insync";
     // Long enough for several retries of the refused write, short enough to wait for.
     const REFUSAL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -771,8 +741,8 @@ fn acks_all_writes_are_refused_below_min_insync_and_accepted_when_a_replica_retu
     assert_ok(&produce_lines(&cluster, leader, TOPIC, "all", &before)?);
 
     tracing::info!(
-        "both followers ({first}, {second}) are SIGKILLed: leader {leader} must shrink the ISR \
-         to itself"
+        "phase: both followers ({first}, {second}) are SIGKILLed: leader {leader} must shrink \
+         the ISR to itself"
     );
     cluster.kill(first)?;
     cluster.kill(second)?;
@@ -790,7 +760,7 @@ fn acks_all_writes_are_refused_below_min_insync_and_accepted_when_a_replica_retu
         killed_at.elapsed()
     );
 
-    tracing::info!("electing a dead follower, not in the ISR, is refused with a message");
+    tracing::info!("phase: electing a dead follower, not in the ISR, is refused with a message");
     let first_arg = first.to_string();
     let refused_election = run_cli_within(
         cluster.address(leader),
@@ -816,7 +786,7 @@ fn acks_all_writes_are_refused_below_min_insync_and_accepted_when_a_replica_retu
     );
     tracing::info!("refused election: {}", stderr(&refused_election).trim());
 
-    tracing::info!("acks=all with an ISR of 1 < min.insync.replicas=2 must be refused");
+    tracing::info!("phase: acks=all with an ISR of 1 < min.insync.replicas=2 must be refused");
     let refused = numbered("refused", 0..5);
     let attempt_started = Instant::now();
     let outcome = produce_with_client(
@@ -855,11 +825,11 @@ fn acks_all_writes_are_refused_below_min_insync_and_accepted_when_a_replica_retu
         "refusals that do not name NOT_ENOUGH_REPLICAS: {unexplained:?}"
     );
 
-    tracing::info!("acks=1 needs only the leader and still succeeds");
+    tracing::info!("phase: acks=1 needs only the leader and still succeeds");
     let acks_one = numbered("acks1", 0..5);
     assert_ok(&produce_lines(&cluster, leader, TOPIC, "1", &acks_one)?);
 
-    tracing::info!("follower {first} restarts, catches up and rejoins: the ISR is 2 again");
+    tracing::info!("phase: follower {first} restarts, catches up and rejoins: the ISR is 2 again");
     cluster.restart(first)?;
     let restarted_at = Instant::now();
     let mut expected_isr = vec![leader, first];
@@ -879,7 +849,7 @@ fn acks_all_writes_are_refused_below_min_insync_and_accepted_when_a_replica_retu
     let after = numbered("after", 0..5);
     assert_ok(&produce_lines(&cluster, leader, TOPIC, "all", &after)?);
 
-    tracing::info!("every accepted record is in the log, in order");
+    tracing::info!("phase: every accepted record is in the log, in order");
     let on_leader = describe_partition(&cluster, leader, TOPIC)?;
     let records = consume_all(
         &cluster,
@@ -914,6 +884,7 @@ fn acks_all_writes_are_refused_below_min_insync_and_accepted_when_a_replica_retu
 #[test]
 fn moving_the_leader_loses_no_acknowledged_record() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: three nodes and an RF=3 topic with every replica in sync");
     const TOPIC: &str = "leader-move";
     const HALF: usize = 500;
 
@@ -922,7 +893,7 @@ fn moving_the_leader_loses_no_acknowledged_record() -> anyhow::Result<()> {
     let created = create_replicated_topic(&cluster, controller, TOPIC, 2)?;
     let old_leader = created.leader;
 
-    tracing::info!("{HALF} records with acks=all to leader {old_leader}");
+    tracing::info!("phase: {HALF} records with acks=all to leader {old_leader}");
     let first_half = numbered("move", 0..HALF);
     assert_ok(&produce_lines(
         &cluster,
@@ -947,7 +918,7 @@ fn moving_the_leader_loses_no_acknowledged_record() -> anyhow::Result<()> {
         .context("the ISR has a member besides the leader")?;
 
     tracing::info!(
-        "leadership moves from {old_leader} to {target}: epoch {} must grow",
+        "phase: leadership moves from {old_leader} to {target}: epoch {} must grow",
         before.leader_epoch
     );
     let move_started = Instant::now();
@@ -961,7 +932,7 @@ fn moving_the_leader_loses_no_acknowledged_record() -> anyhow::Result<()> {
     )?;
     let move_took = move_started.elapsed();
 
-    tracing::info!("{HALF} more records with acks=all, found at new leader {target}");
+    tracing::info!("phase: {HALF} more records with acks=all, found at new leader {target}");
     let second_half = numbered("move", HALF..2 * HALF);
     assert_ok(&produce_lines(
         &cluster,
@@ -979,7 +950,7 @@ fn moving_the_leader_loses_no_acknowledged_record() -> anyhow::Result<()> {
     );
 
     tracing::info!(
-        "all {} records read from the new leader, in order",
+        "phase: all {} records read from the new leader, in order",
         2 * HALF
     );
     let expected: Vec<String> = first_half.iter().chain(&second_half).cloned().collect();
@@ -995,7 +966,7 @@ fn moving_the_leader_loses_no_acknowledged_record() -> anyhow::Result<()> {
         "leadership left {target} without being asked: {still:?}"
     );
 
-    tracing::info!("every replica, the old leader included, follows to the same log end");
+    tracing::info!("phase: every replica, the old leader included, follows to the same log end");
     wait_for_log_end_offsets(
         &cluster,
         TOPIC,
@@ -1059,6 +1030,10 @@ fn ensure_leader_holds_exactly(
 #[test]
 fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!(
+        "phase: three nodes that keep every replica in the ISR through the pauses below, and an \
+         RF=3 topic with min.insync.replicas=1"
+    );
     const TOPIC: &str = "divergence";
     const COMMITTED: usize = 10;
     const DIVERGENT: usize = 5;
@@ -1100,7 +1075,7 @@ fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyh
     let final_end = i64::try_from(COMMITTED + AFTER)?;
 
     tracing::info!(
-        "{COMMITTED} records with acks=all reach all three replicas (A={a} B={b} C={c})"
+        "phase: {COMMITTED} records with acks=all reach all three replicas (A={a} B={b} C={c})"
     );
     assert_ok(&produce_lines(&cluster, a, TOPIC, "all", &committed)?);
     wait_for_log_end_offsets(
@@ -1113,7 +1088,7 @@ fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyh
     let epoch_a = describe_partition(&cluster, a, TOPIC)?.leader_epoch;
 
     tracing::info!(
-        "followers {b} and {c} are paused; after {FOLLOWER_FETCH_DRAIN:?}, {DIVERGENT} \
+        "phase: followers {b} and {c} are paused; after {FOLLOWER_FETCH_DRAIN:?}, {DIVERGENT} \
          records with acks=1 go to leader {a} only"
     );
     cluster.pause(b);
@@ -1128,7 +1103,7 @@ fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyh
          {committed_end} that no paused follower can advance: {on_a:?}"
     );
 
-    tracing::info!("A={a} goes silent (SIGSTOP); B={b} and C={c} resume without the suffix");
+    tracing::info!("phase: A={a} goes silent (SIGSTOP); B={b} and C={c} resume without the suffix");
     cluster.pause(a);
     cluster.resume(b);
     cluster.resume(c);
@@ -1154,7 +1129,9 @@ fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyh
         Err(error) => tracing::info!("C={c} cannot describe yet: {error:#}"),
     }
 
-    tracing::info!("B={b} is elected leader while A={a} is silent; epoch {epoch_a} must grow");
+    tracing::info!(
+        "phase: B={b} is elected leader while A={a} is silent; epoch {epoch_a} must grow"
+    );
     let election_started = Instant::now();
     let b_leads = elect_leader(&cluster, b, TOPIC, b, epoch_a, ELECTION_DEADLINE)?;
     tracing::info!(
@@ -1168,7 +1145,8 @@ fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyh
     );
 
     tracing::info!(
-        "A={a} resumes; {AFTER} records with acks=all go to B={b} at the offsets of A's suffix"
+        "phase: A={a} resumes; {AFTER} records with acks=all go to B={b} at the offsets of \
+         A's suffix"
     );
     cluster.resume(a);
     let resumed_at = Instant::now();
@@ -1184,7 +1162,7 @@ fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyh
         resumed_at.elapsed()
     );
 
-    tracing::info!("each replica in turn leads and serves exactly the committed log");
+    tracing::info!("phase: each replica in turn leads and serves exactly the committed log");
     let expected: Vec<String> = committed.iter().chain(&after).cloned().collect();
     ensure_leader_holds_exactly(&cluster, b, TOPIC, &expected, "divergent")?;
     let mut epoch = b_leads.leader_epoch;
@@ -1220,6 +1198,7 @@ fn a_follower_with_a_divergent_suffix_truncates_to_the_new_leaders_log() -> anyh
 fn a_restarted_follower_keeps_acknowledged_records_above_its_stale_high_watermark()
 -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: three nodes and an RF=3 topic with every replica in sync");
     const TOPIC: &str = "stale-hw";
     const RECORDS: usize = 20;
     let mut cluster = Cluster::start(3, &["--replica-lag-time-max-ms", "10000"])?;
@@ -1231,7 +1210,7 @@ fn a_restarted_follower_keeps_acknowledged_records_above_its_stale_high_watermar
     let end = i64::try_from(RECORDS)?;
 
     tracing::info!(
-        "{RECORDS} records acknowledged by all replicas; then follower {b} is SIGKILLed"
+        "phase: {RECORDS} records acknowledged by all replicas; then follower {b} is SIGKILLed"
     );
     assert_ok(&produce_lines(&cluster, a, TOPIC, "all", &records)?);
     // Checkpoints are written by the upkeep loop every 30 s: the one on disk is stale.
@@ -1243,7 +1222,7 @@ fn a_restarted_follower_keeps_acknowledged_records_above_its_stale_high_watermar
     // fences b, and the leadership would go elsewhere.
     cluster.wait_ready(b, ISR_DEADLINE)?;
 
-    tracing::info!("leader {a} dies at once; {b}, still in the ISR, is elected");
+    tracing::info!("phase: leader {a} dies at once; {b}, still in the ISR, is elected");
     let epoch = describe_partition(&cluster, b, TOPIC)?.leader_epoch;
     cluster.kill(a)?;
     let started = Instant::now();
@@ -1269,6 +1248,7 @@ fn a_restarted_follower_keeps_acknowledged_records_above_its_stale_high_watermar
 #[test]
 fn an_idle_cluster_sends_one_replica_fetch_per_leader_not_per_partition() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: three nodes and idle RF=3 partitions, each broker leading some");
     const TOPIC: &str = "idle";
     const PARTITIONS: u32 = 12;
     const LONG_POLL: Duration = Duration::from_millis(500);
@@ -1281,15 +1261,13 @@ fn an_idle_cluster_sends_one_replica_fetch_per_leader_not_per_partition() -> any
         ISR_DEADLINE,
         || {
             let described = cluster.describe(controller, TOPIC).ok()?;
-            let partitions = ferrolog_tests::workload::leaders_and_isr_sizes(&described)?;
+            let partitions = &described.partitions;
             (partitions.len() == PARTITIONS as usize
-                && partitions
-                    .iter()
-                    .all(|(leader, isr)| *leader > 0 && *isr == 3))
+                && partitions.iter().all(|p| p.leader > 0 && p.isr.len() == 3))
             .then(|| {
                 partitions
                     .iter()
-                    .map(|(leader, _)| *leader)
+                    .map(|p| p.leader)
                     .collect::<std::collections::BTreeSet<_>>()
             })
         },
@@ -1312,6 +1290,10 @@ fn an_idle_cluster_sends_one_replica_fetch_per_leader_not_per_partition() -> any
         }
         Ok(total)
     };
+    tracing::info!(
+        "phase: replica fetches over {WINDOW:?}, counted by the leaders: about one per \
+         follower-leader pair per long poll"
+    );
     // Replicas that just opened may still be joining their fetchers: let them settle.
     std::thread::sleep(2 * LONG_POLL);
     let before = replica_fetches()?;
@@ -1348,6 +1330,9 @@ fn an_idle_cluster_sends_one_replica_fetch_per_leader_not_per_partition() -> any
 #[test]
 fn in_sync_followers_are_served_from_memory_not_read_back_from_disk() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!(
+        "phase: three nodes and an RF=3 topic; 1000 records with acks=all to its leader"
+    );
     const TOPIC: &str = "from-memory";
     let cluster = Cluster::start(3, &[])?;
     let controller = cluster.wait_for_leader(ELECTION_DEADLINE)?;
@@ -1357,6 +1342,7 @@ fn in_sync_followers_are_served_from_memory_not_read_back_from_disk() -> anyhow:
         let lines = numbered(&format!("memory-{round}"), 0..200);
         assert_ok(&produce_lines(&cluster, leader, TOPIC, "all", &lines)?);
     }
+    tracing::info!("phase: the leader's metrics show where the replicated bytes came from");
     let (status, body) = http_get(&cluster.node(leader).http_address, "/metrics")?;
     ensure!(status == 200, "GET /metrics on node {leader}: {status}");
     let replicated = metric_sum(&body, "ferrolog_replicated_bytes_total", &[]);
@@ -1380,6 +1366,10 @@ fn in_sync_followers_are_served_from_memory_not_read_back_from_disk() -> anyhow:
 #[test]
 fn followers_send_one_fetch_per_produce_when_caught_up() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!(
+        "phase: three nodes and an RF=3 topic; a first record waits out the followers' first \
+         fetches"
+    );
     const TOPIC: &str = "one-fetch-per-produce";
     const RECORDS: &str = "100";
     let cluster = Cluster::start(3, &[])?;
@@ -1403,6 +1393,10 @@ fn followers_send_one_fetch_per_produce_when_caught_up() -> anyhow::Result<()> {
             &[&format!("rpc=\"{rpc}\"")],
         ))
     };
+    tracing::info!(
+        "phase: {RECORDS} sequential acks=all produces; the leader counts the replica fetches \
+         they cost"
+    );
     let (produces_before, fetches_before) = (requests("produce")?, requests("replica_fetch")?);
     let started = Instant::now();
     // One 1 KiB record per batch and one request in flight: sequential acks=all produces.

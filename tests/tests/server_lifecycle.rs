@@ -14,6 +14,9 @@ use ferrolog_tests::{Server, ferrolog_bin, init_logging};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_open_streams_exits_cleanly_and_keeps_everything() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!(
+        "phase: a single-node server with two topics, 100 records in one, the other deleted"
+    );
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let admin = Admin::connect(server.client_config()).await?;
@@ -31,7 +34,7 @@ async fn sigterm_with_open_streams_exits_cleanly_and_keeps_everything() -> anyho
     producer.close().await;
     admin.delete_topic("dropped").await?;
 
-    tracing::info!("a Subscribe stream is open while SIGTERM arrives");
+    tracing::info!("phase: a Subscribe stream is open while SIGTERM arrives");
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_address))?
             .connect()
@@ -46,7 +49,7 @@ async fn sigterm_with_open_streams_exits_cleanly_and_keeps_everything() -> anyho
     let status = tokio::task::spawn_blocking(move || server.terminate()).await??;
     assert!(status.success(), "clean shutdown exits 0, got {status}");
 
-    tracing::info!("after a restart the topics, records and offsets are as they were");
+    tracing::info!("phase: after a restart the topics, records and offsets are as they were");
     let server = Server::start(dir.path())?;
     let admin = Admin::connect(server.client_config()).await?;
     let names: Vec<String> = admin
@@ -70,8 +73,10 @@ async fn sigterm_with_open_streams_exits_cleanly_and_keeps_everything() -> anyho
 #[test]
 fn a_data_directory_refuses_another_node_id() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: a server runs once as node 1 on a data directory");
     let dir = tempfile::tempdir()?;
     Server::start(dir.path())?.terminate()?;
+    tracing::info!("phase: the same directory refuses to start as node 2");
     let output = Command::new(ferrolog_bin())
         .args([
             "server",
@@ -94,8 +99,10 @@ fn a_data_directory_refuses_another_node_id() -> anyhow::Result<()> {
 #[test]
 fn two_servers_on_one_data_directory_are_refused() -> anyhow::Result<()> {
     init_logging();
+    tracing::info!("phase: a server runs on a data directory");
     let dir = tempfile::tempdir()?;
     let _first = Server::start(dir.path())?;
+    tracing::info!("phase: a second server on the same directory exits, saying why");
     let mut second = Command::new(ferrolog_bin())
         .args([
             "server",

@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 use crate::change::Change;
 use crate::wire;
 use crate::{ControllerError, code_of};
+use ferrolog_proto::status::code_name_of;
 
 /// How long connecting to another controller may take before the attempt fails (and a
 /// forwarded request moves on or retries).
@@ -123,10 +124,12 @@ impl Forwarder {
 }
 
 /// Whether a forwarded request certainly did not take effect, so sending it again cannot
-/// apply it twice: the controller said it is not the leader, or it was never reached.
+/// apply it twice: the controller said it is not the leader, or it was never reached. Any
+/// status that carries a domain code is a controller's answer, even one this build does not
+/// know (a newer node's), and is final unless it is NOT_CONTROLLER.
 pub(crate) fn is_retriable(status: &tonic::Status) -> bool {
-    match code_of(status) {
-        Some(code) => code == ErrorCode::NotController,
+    match code_name_of(status) {
+        Some(_) => code_of(status) == Some(ErrorCode::NotController),
         None => status.code() == tonic::Code::Unavailable,
     }
 }

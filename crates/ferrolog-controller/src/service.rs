@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{Change, Controller, ControllerError, status_with_code};
 
-/// Images a metadata stream may have queued for a slow broker.
+/// Messages a metadata stream may have queued for a slow broker.
 const METADATA_STREAM_DEPTH: usize = 2;
 
 /// The ControllerService implementation.
@@ -72,7 +72,7 @@ fn metadata_message(
                 .into_iter()
                 .map(|c| v1::MetadataEntry {
                     index: c.index,
-                    records: c.records,
+                    records: c.records.clone(),
                 })
                 .collect(),
         },
@@ -187,9 +187,11 @@ impl ControllerService for ControllerApi {
 
     type FetchMetadataStream = MetadataStream;
 
-    /// Sends the whole image as records (a reset) now and after every change. Images are
-    /// small next to the data they describe, and a full image can never leave a follower
-    /// with a gap.
+    /// Sends what the follower lacks now and after every change: the entries after its
+    /// image's index, or the whole image (a reset) when it has none, did not ask for
+    /// entries (an older broker), or fell further behind than the entries kept. Entries
+    /// and the image are read under one lock, so entries end exactly at the image and a
+    /// follower never has a gap.
     async fn fetch_metadata(
         &self,
         request: Request<v1::FetchMetadataRequest>,
@@ -209,7 +211,16 @@ impl ControllerService for ControllerApi {
             let mut first = true;
             loop {
                 images.borrow_and_update();
-                let changes = quorum.changes_since(sent);
+                // Only an incremental follower with an image can use entries; for the others
+                // the kept entries are not even looked at.
+                let changes = if request.incremental && sent > 0 {
+                    quorum.changes_since(sent)
+                } else {
+                    MetadataChanges {
+                        image: quorum.image(),
+                        commands: None,
+                    }
+                };
                 if first || changes.image.applied_index > sent {
                     let response =
                         metadata_message(request.incremental, &cluster_id, sent, changes);
@@ -232,5 +243,66 @@ impl ControllerService for ControllerApi {
         _request: Request<v1::QuorumStatusRequest>,
     ) -> Result<Response<v1::QuorumStatusResponse>, Status> {
         Ok(Response::new(self.quorum()?.status().to_wire()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrolog_metadata::{AppliedCommand, ClusterImage};
+
+    fn changes(image_index: u64, commands: Option<Vec<u64>>) -> MetadataChanges {
+        let image = ClusterImage {
+            applied_index: image_index,
+            ..ClusterImage::default()
+        };
+        MetadataChanges {
+            image: Arc::new(image),
+            commands: commands.map(|indexes| {
+                indexes
+                    .into_iter()
+                    .map(|index| {
+                        Arc::new(AppliedCommand {
+                            index,
+                            records: vec![vec![1, 2]],
+                        })
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    #[test]
+    fn an_incremental_follower_with_an_image_gets_the_entries_after_it() {
+        let message = metadata_message(true, "c", 5, changes(7, Some(vec![6, 7])));
+        assert!(!message.reset);
+        assert_eq!(message.index, 7);
+        let indexes: Vec<u64> = message.entries.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, [6, 7]);
+        assert!(message.records.is_empty());
+    }
+
+    #[test]
+    fn an_up_to_date_follower_gets_an_empty_message_at_its_own_index() {
+        // Also a follower ahead of this (lagging) controller: nothing goes back in time.
+        let message = metadata_message(true, "c", 9, changes(7, Some(vec![])));
+        assert!(!message.reset);
+        assert_eq!(message.index, 9);
+        assert!(message.entries.is_empty());
+    }
+
+    #[test]
+    fn the_whole_image_goes_to_old_new_and_far_behind_followers() {
+        for (incremental, from, kept) in [
+            (false, 5, Some(vec![6])), // an older broker that does not apply entries
+            (true, 0, Some(vec![1])),  // a follower without an image
+            (true, 5, None),           // entries it lacks are no longer kept
+        ] {
+            let message = metadata_message(incremental, "c", from, changes(7, kept));
+            assert!(message.reset, "incremental={incremental} from={from}");
+            assert_eq!(message.index, 7);
+            assert!(message.entries.is_empty());
+            assert_eq!(message.cluster_id, "c");
+        }
     }
 }

@@ -71,7 +71,7 @@ async fn a_topic_create_sends_the_change_not_the_whole_image() {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 
-    // Phase: a broker and a topic of 1,000 partitions make a large image.
+    tracing::info!("phase: a broker and a topic of 1,000 partitions make a large image");
     controller
         .register_broker(BrokerId(1), "127.0.0.1:1", 7)
         .await
@@ -87,7 +87,7 @@ async fn a_topic_create_sends_the_change_not_the_whole_image() {
         .map(|r| r.encoded_len() as u64)
         .sum();
 
-    // Phase: a follower receives the whole image once, on its first connection.
+    tracing::info!("phase: a follower receives the whole image once, on its first connection");
     let follower = MetadataFollower::start(vec![address]);
     follower_sees(&follower, "the big topic", |image| {
         image.topic("big").is_some()
@@ -99,7 +99,7 @@ async fn a_topic_create_sends_the_change_not_the_whole_image() {
         "the first message is the whole image ({before} bytes received, image {whole_image_bytes})"
     );
 
-    // Phase: creating a one-partition topic sends only that change.
+    tracing::info!("phase: creating a one-partition topic sends only that change");
     controller
         .create_topic(topic("small", 1))
         .await
@@ -122,6 +122,10 @@ async fn a_topic_create_sends_the_change_not_the_whole_image() {
         image.topic("big").map(|t| t.partitions.len()),
         Some(BIG_TOPIC_PARTITIONS as usize)
     );
-    assert_eq!(image.applied_index, quorum.image().applied_index);
+    assert_eq!(
+        *image,
+        *quorum.image(),
+        "entries applied on top of the whole image give the controller's image"
+    );
     quorum.shutdown().await;
 }

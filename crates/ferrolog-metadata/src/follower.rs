@@ -3,7 +3,7 @@
 //! asks for the entries after its image and applies them; the whole image comes only on
 //! the first connection or when the controller no longer keeps every entry it missed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub struct MetadataFollower {
     cluster_id: Mutex<Option<String>>,
     /// Encoded bytes of the metadata messages received, for operators and tests.
     received_bytes: AtomicU64,
+    /// Set when entries could not be applied, or came from another cluster: the next
+    /// connection asks for the whole image instead of the same entries again.
+    needs_whole_image: AtomicBool,
 }
 
 impl MetadataFollower {
@@ -38,6 +41,7 @@ impl MetadataFollower {
             image: watch::Sender::new(Arc::new(ClusterImage::default())),
             cluster_id: Mutex::new(None),
             received_bytes: AtomicU64::new(0),
+            needs_whole_image: AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&follower).run(controllers));
         follower
@@ -88,7 +92,11 @@ impl MetadataFollower {
             .connect()
             .await
             .map_err(|e| fail(&e))?;
-        let from_index = self.image.borrow().applied_index;
+        let from_index = if self.needs_whole_image.load(Ordering::Acquire) {
+            0
+        } else {
+            self.image.borrow().applied_index
+        };
         let mut stream = ControllerServiceClient::new(channel)
             .max_decoding_message_size(crate::raft::MAX_CONTROLLER_MESSAGE_BYTES)
             .fetch_metadata(FetchMetadataRequest {
@@ -101,10 +109,36 @@ impl MetadataFollower {
         while let Some(message) = stream.message().await.map_err(|e| fail(&e))? {
             self.received_bytes
                 .fetch_add(message.encoded_len() as u64, Ordering::Relaxed);
-            let current = self.image.borrow().clone();
-            if let Some(image) = next_image(&current, &message)? {
-                // The image first: whoever waits for the cluster id then finds the image too.
-                self.image.send_replace(Arc::new(image));
+            let known_cluster = self.cluster_id();
+            let other_cluster = known_cluster.is_some_and(|id| id != message.cluster_id);
+            if other_cluster && !message.reset {
+                self.needs_whole_image.store(true, Ordering::Release);
+                return Err(fail(&format!(
+                    "cluster id changed to {}; asking for the whole image",
+                    message.cluster_id
+                )));
+            }
+            let current = if other_cluster {
+                Arc::new(ClusterImage::default())
+            } else {
+                self.image.borrow().clone()
+            };
+            match next_image(&current, &message) {
+                Ok(Some(image)) => {
+                    // The image first: whoever waits for the cluster id then finds it too.
+                    self.image.send_replace(Arc::new(image));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    // The same entries would fail again: ask for the whole image next time.
+                    self.needs_whole_image.store(true, Ordering::Release);
+                    tracing::error!(controller = %address, %error,
+                        "cannot apply metadata entries; asking for the whole image");
+                    return Err(error);
+                }
+            }
+            if message.reset {
+                self.needs_whole_image.store(false, Ordering::Release);
             }
             *self.cluster_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.cluster_id);
         }

@@ -36,13 +36,15 @@ impl AppliedCommand {
 #[derive(Clone, Debug)]
 pub struct MetadataChanges {
     pub image: Arc<ClusterImage>,
-    pub commands: Option<Vec<AppliedCommand>>,
+    pub commands: Option<Vec<Arc<AppliedCommand>>>,
 }
 
 /// Every command applied after `complete_after`, oldest first, within the bounds.
 #[derive(Debug)]
 pub struct RecentCommands {
-    commands: VecDeque<AppliedCommand>,
+    /// Shared with the streams that send them: reading them under the state machine's lock
+    /// copies pointers, not records.
+    commands: VecDeque<Arc<AppliedCommand>>,
     bytes: usize,
     /// Every command with a larger index that changed the image is in `commands`.
     complete_after: u64,
@@ -75,7 +77,7 @@ impl RecentCommands {
             "commands are applied in log order"
         );
         self.bytes += command.bytes();
-        self.commands.push_back(command);
+        self.commands.push_back(Arc::new(command));
         while self.commands.len() > self.max_commands
             || (self.bytes > self.max_bytes && self.commands.len() > 1)
         {
@@ -95,7 +97,7 @@ impl RecentCommands {
     }
 
     /// The commands after `from`, or `None` when some of them are no longer kept.
-    pub fn since(&self, from: u64) -> Option<Vec<AppliedCommand>> {
+    pub fn since(&self, from: u64) -> Option<Vec<Arc<AppliedCommand>>> {
         if from < self.complete_after {
             return None;
         }
@@ -115,7 +117,7 @@ mod tests {
         }
     }
 
-    fn indexes(commands: Option<Vec<AppliedCommand>>) -> Option<Vec<u64>> {
+    fn indexes(commands: Option<Vec<Arc<AppliedCommand>>>) -> Option<Vec<u64>> {
         commands.map(|c| c.into_iter().map(|c| c.index).collect())
     }
 

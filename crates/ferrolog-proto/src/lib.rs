@@ -1,5 +1,6 @@
-//! Ferrolog's wire types: the generated code of `proto/ferrolog/v1`, and the codec its
-//! services use.
+//! Ferrolog's wire contract: the generated code of `proto/ferrolog/v1`, the codec its
+//! services use, the one mapping between domain error codes and gRPC statuses (`status`),
+//! and the retry pacing every client and server applies to a peer (`retry`).
 //!
 //! A client depends on this crate and never on a server crate, so the wire contract is the
 //! only thing the two sides share.

@@ -7,6 +7,12 @@
 //! starting. The metadata quorum's network layer reports a peer that does not answer itself,
 //! once per change (`ferrolog_metadata::raft::peer_reachability`), so those lines are dropped
 //! here. Every other openraft warning and error still shows.
+//!
+//! Lines carry ANSI colours only when standard error is a terminal and `NO_COLOR` is not set:
+//! a log file, `docker logs` or a pod's log collector gets plain text.
+
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -21,11 +27,26 @@ const UNREACHABLE_PEER_MARKERS: [&str; 2] = ["Unreachable node", "backoff mode"]
 pub fn init(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let ansi = ansi_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     tracing_subscriber::registry()
         .with(filter)
         .with(QuietUnreachablePeers)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr),
+        )
         .init();
+}
+
+/// Whether log lines carry ANSI colours: only for a terminal, where a person reads them (in a
+/// file they are escape codes around every level and field name), and not when `NO_COLOR`
+/// is set to anything but the empty string (https://no-color.org).
+fn ansi_colours(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// Drops openraft's warnings and errors about a controller peer that does not answer.
@@ -79,6 +100,15 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_and_only_without_no_color() {
+        assert!(ansi_colours(true, None));
+        assert!(ansi_colours(true, Some(OsStr::new(""))));
+        assert!(!ansi_colours(true, Some(OsStr::new("1"))));
+        assert!(!ansi_colours(false, None));
+        assert!(!ansi_colours(false, Some(OsStr::new("1"))));
     }
 
     #[test]

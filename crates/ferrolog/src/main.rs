@@ -24,7 +24,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node (with no flags: a single-node cluster in ./ferrolog-data).
-    Server(server::ServerArgs),
+    // Boxed: the settings (file sections included) are larger than every other command's.
+    Server(Box<server::ServerSettings>),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(cli::topic::TopicCommand),
@@ -69,7 +70,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(settings) => server::run(*settings).await,
             Command::Topic(cmd) => cli::topic::run(cmd).await,
             Command::Produce(args) => cli::produce::run(args).await,
             Command::Consume(args) => cli::consume::run(args).await,

@@ -9,14 +9,12 @@ mod meta_properties;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
 use ferrolog_broker::group::{GroupConfig, GroupCoordinator};
 use ferrolog_broker::service::{AdminApi, ClientApi, GroupApi, ReplicationApi, ReplicationServer};
 use ferrolog_broker::{Broker, BrokerConfig, BrokerMetrics, StorageSettings};
@@ -31,7 +29,7 @@ use ferrolog_proto::v1::raft_service_server::RaftServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-pub use config::ServerConfig;
+pub use config::{ServerConfig, ServerSettings};
 
 /// Largest gRPC message a node accepts or sends: Kafka's `socket.request.max.bytes`.
 const MAX_GRPC_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
@@ -39,166 +37,6 @@ const MAX_GRPC_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Directory of the metadata store inside the data directory (Kafka's name for its log).
 const METADATA_DIR: &str = "__cluster_metadata";
-
-/// `ferrolog server` flags. Flags win over the config file, which wins over defaults. Every
-/// flag can also be given as an environment variable (`FERROLOG_` and the flag's name), which
-/// is how a container or a Kubernetes pod spec sets them.
-#[derive(Debug, Args)]
-pub struct ServerArgs {
-    /// Directory for partition logs and metadata [default: ./ferrolog-data]
-    #[arg(long, env = "FERROLOG_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// gRPC address for clients [default: 127.0.0.1:9290]; port 0 picks a free port.
-    #[arg(long, env = "FERROLOG_LISTEN")]
-    listen: Option<String>,
-    /// HTTP address for /health, /ready and /metrics [default: 127.0.0.1:9280]
-    #[arg(long, env = "FERROLOG_HTTP_LISTEN")]
-    http_listen: Option<String>,
-    /// TOML configuration file (see README "Configuration")
-    #[arg(long, value_name = "FILE", env = "FERROLOG_CONFIG")]
-    config: Option<PathBuf>,
-    /// This node's id [default: 1]
-    #[arg(long, env = "FERROLOG_NODE_ID")]
-    node_id: Option<i32>,
-    /// Take the node id from the ordinal the host name ends in (`ferrolog-2` is node 2), as a
-    /// StatefulSet names its pods
-    #[arg(
-        long,
-        env = "FERROLOG_NODE_ID_FROM_HOSTNAME",
-        conflicts_with = "node_id"
-    )]
-    node_id_from_hostname: bool,
-    /// Address clients are told to use for this node [default: the bound gRPC address]
-    #[arg(long, env = "FERROLOG_ADVERTISED_ADDRESS")]
-    advertised_address: Option<String>,
-    /// Roles of this node, comma-separated [default: broker,controller]
-    #[arg(long, value_delimiter = ',', env = "FERROLOG_ROLES")]
-    roles: Option<Vec<String>>,
-    /// Address for Raft and controller traffic [default: 127.0.0.1:9293]
-    #[arg(long, env = "FERROLOG_CONTROLLER_LISTEN")]
-    controller_listen: Option<String>,
-    /// Every controller voter as id@host:port, comma-separated, identical on every node
-    /// [default: this node alone]
-    #[arg(
-        long,
-        value_name = "ID@HOST:PORT,...",
-        env = "FERROLOG_CONTROLLER_VOTERS"
-    )]
-    controller_voters: Option<String>,
-    /// Run the controller role only if this node's id is among --controller-voters, else
-    /// only the broker role: one StatefulSet whose first ordinals are the voters and whose
-    /// later ordinals (scale-out) are brokers
-    #[arg(long, env = "FERROLOG_CONTROLLER_IF_VOTER")]
-    controller_if_voter: bool,
-    /// Snapshot the metadata log (and purge it) every this many entries [default: 1000]
-    #[arg(long, env = "FERROLOG_METADATA_SNAPSHOT_ENTRIES")]
-    metadata_snapshot_entries: Option<u64>,
-    /// A follower not caught up for this long leaves the ISR [default: 10000]
-    #[arg(long, value_name = "MS", env = "FERROLOG_REPLICA_LAG_TIME_MAX_MS")]
-    replica_lag_time_max_ms: Option<u64>,
-    /// How often this broker heartbeats to the active controller [default: 300]
-    #[arg(long, value_name = "MS", env = "FERROLOG_BROKER_HEARTBEAT_INTERVAL_MS")]
-    broker_heartbeat_interval_ms: Option<u64>,
-    /// A broker silent this long is fenced and loses its leaderships (used by the active
-    /// controller) [default: 1200]
-    #[arg(long, value_name = "MS", env = "FERROLOG_BROKER_SESSION_TIMEOUT_MS")]
-    broker_session_timeout_ms: Option<u64>,
-    /// How often leaderships move back to preferred replicas; 0 never [default: 30000]
-    #[arg(long, value_name = "MS", env = "FERROLOG_LEADER_REBALANCE_INTERVAL_MS")]
-    leader_rebalance_interval_ms: Option<u64>,
-    /// Partitions of __consumer_offsets when this node creates it [default: 50]
-    #[arg(long, value_name = "N", env = "FERROLOG_OFFSETS_TOPIC_PARTITIONS")]
-    offsets_topic_partitions: Option<u32>,
-    /// A consumer-group member silent this long leaves its group [default: 10000]
-    #[arg(long, value_name = "MS", env = "FERROLOG_GROUP_SESSION_TIMEOUT_MS")]
-    group_session_timeout_ms: Option<u64>,
-    /// How often consumer-group members heartbeat [default: 1000]
-    #[arg(long, value_name = "MS", env = "FERROLOG_GROUP_HEARTBEAT_INTERVAL_MS")]
-    group_heartbeat_interval_ms: Option<u64>,
-}
-
-impl ServerArgs {
-    fn into_config(self) -> anyhow::Result<ServerConfig> {
-        let mut config = ServerConfig::default();
-        if let Some(path) = &self.config {
-            config.apply_file(path)?;
-        }
-        if let Some(v) = self.data_dir {
-            config.data_dir = v;
-        }
-        if let Some(v) = self.listen {
-            config.listen = v;
-        }
-        if let Some(v) = self.http_listen {
-            config.http_listen = v;
-        }
-        if let Some(v) = self.node_id {
-            anyhow::ensure!(v >= 0, "--node-id must be >= 0, got {v}");
-            config.node_id = v;
-        }
-        if self.node_id_from_hostname {
-            config.node_id = config::node_id_from_hostname(&config::hostname()?)?;
-        }
-        if let Some(v) = self.advertised_address {
-            config.advertised_address = Some(v);
-        }
-        if let Some(v) = self.roles {
-            config.set_roles(&v)?;
-        }
-        if let Some(v) = self.controller_listen {
-            config.controller_listen = v;
-        }
-        if let Some(v) = self.controller_voters {
-            config.controller_voters = Some(config::parse_voters(&v)?);
-        }
-        if let Some(v) = self.metadata_snapshot_entries {
-            anyhow::ensure!(v > 0, "--metadata-snapshot-entries must be > 0");
-            config.metadata_snapshot_entries = v;
-        }
-        if let Some(v) = self.replica_lag_time_max_ms {
-            anyhow::ensure!(v > 0, "--replica-lag-time-max-ms must be > 0");
-            config.replica_lag_time_max_ms = v;
-        }
-        if let Some(v) = self.broker_heartbeat_interval_ms {
-            config.broker_heartbeat_interval_ms = v;
-        }
-        if let Some(v) = self.broker_session_timeout_ms {
-            config.broker_session_timeout_ms = v;
-        }
-        if let Some(v) = self.leader_rebalance_interval_ms {
-            config.leader_rebalance_interval_ms = v;
-        }
-        config.set_group_settings(
-            self.offsets_topic_partitions,
-            self.group_session_timeout_ms,
-            self.group_heartbeat_interval_ms,
-        )?;
-        if self.controller_if_voter && config.roles.controller {
-            let voter = config
-                .controller_voters
-                .as_ref()
-                .is_none_or(|voters| voters.contains_key(&(config.node_id as u64)));
-            if !voter {
-                anyhow::ensure!(
-                    config.roles.broker,
-                    "node {} is not among --controller-voters and has no broker role, so with \
-                     --controller-if-voter it would run nothing",
-                    config.node_id
-                );
-                config.roles.controller = false;
-            }
-        }
-        anyhow::ensure!(
-            config.broker_heartbeat_interval_ms > 0
-                && config.broker_heartbeat_interval_ms * 2 <= config.broker_session_timeout_ms,
-            "the broker session timeout ({} ms) must be at least twice the heartbeat interval \
-             ({} ms), or a live broker is fenced after one late heartbeat",
-            config.broker_session_timeout_ms,
-            config.broker_heartbeat_interval_ms
-        );
-        Ok(config)
-    }
-}
 
 async fn bind(address: &str, what: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(address)
@@ -211,8 +49,8 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<(TcpListener, SocketA
 type ServerFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Runs a server until SIGINT or SIGTERM, then shuts down cleanly.
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let config = args.into_config()?;
+pub async fn run(settings: ServerSettings) -> anyhow::Result<()> {
+    let config = settings.resolve()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
     let shutdown = tokio::sync::watch::Sender::new(false);
