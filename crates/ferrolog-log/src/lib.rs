@@ -18,6 +18,7 @@ mod log;
 mod recent;
 mod record;
 mod segment;
+mod test_faults;
 mod types;
 mod varint;
 
@@ -30,4 +31,5 @@ pub use error::LogError;
 pub use log::{AppendInfo, Log, ReadResult, RetentionOutcome, SyncHandle};
 pub use recent::{PARTITION_RECENT_MAX_BYTES, RecentBatchBudget};
 pub use record::{Header, Record, decode_records};
+pub use test_faults::TEST_FAULTS_ENV;
 pub use types::{LeaderEpoch, Offset};
