@@ -169,11 +169,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn create_topic(
-    address: &str,
-    topic: &str,
-    replication_factor: i32,
-) -> anyhow::Result<()> {
+async fn create_topic(address: &str, topic: &str, replication_factor: i32) -> anyhow::Result<()> {
     let mut admin = AdminServiceClient::new(connect(address).await?);
     let deadline = Instant::now() + RECOVERY_DEADLINE;
     loop {
@@ -207,10 +203,8 @@ async fn create_topic(
 fn fault_rules_file() -> &'static Path {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     FILE.get_or_init(|| {
-        let file = std::env::temp_dir().join(format!(
-            "ferrolog-disk-faults-{}.rules",
-            std::process::id()
-        ));
+        let file =
+            std::env::temp_dir().join(format!("ferrolog-disk-faults-{}.rules", std::process::id()));
         std::fs::write(&file, "").expect("create the fault rule file");
         // SAFETY: set once, before this test starts any server, and read only through
         // std::env (which locks) by this process: nextest runs each test in its own process,
@@ -359,10 +353,7 @@ fn a_full_disk_refuses_writes_with_storage_error_keeps_serving_reads_and_recover
             "STORAGE_ERROR",
             "a full disk is a storage error: {first_refusal}"
         );
-        assert!(
-            !acks.is_empty(),
-            "some records fit before the disk filled"
-        );
+        assert!(!acks.is_empty(), "some records fit before the disk filled");
 
         tracing::info!("phase: while full, every produce is refused the same way");
         for _ in 0..PRODUCES_WHILE_FULL {
@@ -375,16 +366,17 @@ fn a_full_disk_refuses_writes_with_storage_error_keeps_serving_reads_and_recover
                     partition: 0,
                     offset: response.base_offset,
                 }),
-                Err(status) => assert_eq!(
-                    error_code(&status),
-                    "STORAGE_ERROR",
-                    "while full: {status}"
-                ),
+                Err(status) => {
+                    assert_eq!(error_code(&status), "STORAGE_ERROR", "while full: {status}")
+                }
             }
         }
 
         tracing::info!("phase: the node is up and serves metadata and every acknowledged read");
-        assert!(process_alive(server.pid()), "the server died of a full disk");
+        assert!(
+            process_alive(server.pid()),
+            "the server died of a full disk"
+        );
         let metadata = bounded(
             "metadata",
             client.metadata(MetadataRequest {
@@ -495,7 +487,10 @@ fn an_fsync_failure_is_never_acknowledged_and_moves_the_leadership() -> anyhow::
         let mut leader_client =
             ClientServiceClient::new(connect(cluster.address(old_leader)).await?);
 
-        tracing::info!(old_leader, "phase: records acknowledged by all three replicas");
+        tracing::info!(
+            old_leader,
+            "phase: records acknowledged by all three replicas"
+        );
         let mut acks = Vec::new();
         for id in 0..RECORDS_BEFORE_FAULT {
             let response = produce_one(&mut leader_client, topic, id, SMALL_RECORD_BYTES)
@@ -518,7 +513,9 @@ fn an_fsync_failure_is_never_acknowledged_and_moves_the_leadership() -> anyhow::
         assert_eq!(error_code(&refused), "STORAGE_ERROR", "{refused}");
         tracing::info!(status = %refused, "the waiting produce was refused");
 
-        tracing::info!("phase: the failed leader takes nothing more, although fsync would now work");
+        tracing::info!(
+            "phase: the failed leader takes nothing more, although fsync would now work"
+        );
         let again = produce_one(&mut leader_client, topic, victim_id + 1, SMALL_RECORD_BYTES)
             .await?
             .expect_err("a failed log takes no more writes");
@@ -535,8 +532,7 @@ fn an_fsync_failure_is_never_acknowledged_and_moves_the_leadership() -> anyhow::
             || leader_of(&cluster, old_leader, topic).filter(|l| *l != old_leader),
         )?;
         tracing::info!(old_leader, new_leader, "leadership moved");
-        let mut new_client =
-            ClientServiceClient::new(connect(cluster.address(new_leader)).await?);
+        let mut new_client = ClientServiceClient::new(connect(cluster.address(new_leader)).await?);
 
         tracing::info!("phase: the new leader takes writes (once the failed replica left the ISR)");
         let deadline = Instant::now() + RECOVERY_DEADLINE;
@@ -568,7 +564,14 @@ fn an_fsync_failure_is_never_acknowledged_and_moves_the_leadership() -> anyhow::
         let victim_present = reads.iter().any(|r| r.id == victim_id);
         tracing::info!(%report, victim_present, "fsync-failure history");
         let isr_after = cluster.describe(new_leader, topic)?["partitions"][0]["isr"].clone();
-        anyhow::Ok((old_leader, new_leader, report, victim_present, isr_after, rule))
+        anyhow::Ok((
+            old_leader,
+            new_leader,
+            report,
+            victim_present,
+            isr_after,
+            rule,
+        ))
     })?;
     let (old_leader, new_leader, report, victim_present, isr_after, rule) = outcome;
     eprintln!(
@@ -580,7 +583,10 @@ fn an_fsync_failure_is_never_acknowledged_and_moves_the_leadership() -> anyhow::
             "is absent"
         }
     );
-    assert!(cluster.is_running(old_leader), "the failed node keeps running");
+    assert!(
+        cluster.is_running(old_leader),
+        "the failed node keeps running"
+    );
     remove_fault(&rule)?;
     Ok(())
 }
@@ -654,7 +660,9 @@ fn read_errors_and_damaged_bytes_are_reported_never_served() -> anyhow::Result<(
         );
 
         tracing::info!("phase: one byte of the first batch is flipped on disk");
-        let segment = dir.path().join(format!("{crc_topic}-0/00000000000000000000.log"));
+        let segment = dir
+            .path()
+            .join(format!("{crc_topic}-0/00000000000000000000.log"));
         let first_batch_end = flip_last_byte_of_first_batch(&segment)?;
         tracing::info!(segment = %segment.display(), first_batch_end, "damaged");
         for format in [FetchFormat::Records, FetchFormat::Batches] {
