@@ -205,7 +205,6 @@ fn fault_rules_file() -> &'static Path {
     FILE.get_or_init(|| {
         let file =
             std::env::temp_dir().join(format!("ferrolog-disk-faults-{}.rules", std::process::id()));
-        std::fs::write(&file, "").expect("create the fault rule file");
         // SAFETY: set once, before this test starts any server, and read only through
         // std::env (which locks) by this process: nextest runs each test in its own process,
         // and under `cargo test` the OnceLock sets it before any test here spawns a server.
@@ -220,27 +219,37 @@ fn fault_rules_file() -> &'static Path {
 /// Serialises edits of the rule file between tests sharing a process.
 static RULES_LOCK: Mutex<()> = Mutex::new(());
 
-/// Adds one rule (`fsync-once SUBSTRING` or `read SUBSTRING`) to the fault file.
-fn add_fault(rule: &str) -> anyhow::Result<()> {
-    let _guard = RULES_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(fault_rules_file())?;
-    writeln!(file, "{rule}")?;
-    Ok(())
+/// One rule (`fsync-once SUBSTRING` or `read SUBSTRING`) in the fault file, in force until
+/// dropped; the file goes with its last rule, so no test leaves one behind.
+struct FaultRule(String);
+
+impl FaultRule {
+    fn add(rule: &str) -> anyhow::Result<Self> {
+        let _guard = RULES_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(fault_rules_file())?;
+        writeln!(file, "{rule}")?;
+        Ok(Self(rule.to_owned()))
+    }
 }
 
-/// Removes a rule added with `add_fault`.
-fn remove_fault(rule: &str) -> anyhow::Result<()> {
-    let _guard = RULES_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let text = std::fs::read_to_string(fault_rules_file())?;
-    let kept: String = text
-        .lines()
-        .filter(|line| *line != rule)
-        .map(|line| format!("{line}\n"))
-        .collect();
-    std::fs::write(fault_rules_file(), kept)?;
-    Ok(())
+impl Drop for FaultRule {
+    fn drop(&mut self) {
+        let _guard = RULES_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let text = std::fs::read_to_string(fault_rules_file()).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .filter(|line| *line != self.0)
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let _ = if kept.is_empty() {
+            std::fs::remove_file(fault_rules_file())
+        } else {
+            std::fs::write(fault_rules_file(), kept)
+        };
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -504,8 +513,7 @@ fn an_fsync_failure_is_never_acknowledged_and_moves_the_leadership() -> anyhow::
         }
 
         tracing::info!("phase: the leader's next fsync of the partition fails");
-        let rule = format!("fsync-once node-{old_leader}/{topic}-0/");
-        add_fault(&rule)?;
+        let rule = FaultRule::add(&format!("fsync-once node-{old_leader}/{topic}-0/"))?;
         let victim_id = RECORDS_BEFORE_FAULT;
         let refused = produce_one(&mut leader_client, topic, victim_id, SMALL_RECORD_BYTES)
             .await?
@@ -587,7 +595,7 @@ fn an_fsync_failure_is_never_acknowledged_and_moves_the_leadership() -> anyhow::
         cluster.is_running(old_leader),
         "the failed node keeps running"
     );
-    remove_fault(&rule)?;
+    drop(rule);
     Ok(())
 }
 
@@ -642,8 +650,7 @@ fn read_errors_and_damaged_bytes_are_reported_never_served() -> anyhow::Result<(
         }
 
         tracing::info!("phase: every read of the segment fails with EIO");
-        let rule = format!("read /{eio_topic}-0/");
-        add_fault(&rule)?;
+        let rule = FaultRule::add(&format!("read /{eio_topic}-0/"))?;
         for format in [FetchFormat::Records, FetchFormat::Batches] {
             let refused = fetch_at(&mut client, eio_topic, 0, format)
                 .await?
@@ -651,7 +658,7 @@ fn read_errors_and_damaged_bytes_are_reported_never_served() -> anyhow::Result<(
             assert_eq!(error_code(&refused), "STORAGE_ERROR", "{refused}");
         }
         assert!(process_alive(server.pid()));
-        remove_fault(&rule)?;
+        drop(rule);
         let healed = read_back(&mut client, eio_topic).await?;
         assert_eq!(
             healed.iter().map(|r| r.id).collect::<Vec<_>>(),
