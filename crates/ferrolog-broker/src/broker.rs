@@ -10,10 +10,11 @@ use ferrolog_proto::retry::Backoff;
 use ferrolog_proto::v1::ErrorCode;
 
 use crate::BrokerError;
-use crate::control_plane::{AlterIsrRequest, ControlPlane};
+use crate::control_plane::{AdminChange, AlterIsrRequest, ControlPlane};
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 use crate::partition_manager::{PartitionManager, StorageSettings};
+use crate::replica::LeaderState;
 
 /// Pause between registration attempts while no controller accepts it: a node may start
 /// before a quorum exists.
@@ -340,6 +341,10 @@ impl Broker {
                 return;
             }
             for partition in self.partitions.all() {
+                if let Some(state) = partition.wanted_step_down() {
+                    self.step_down(&partition, &state);
+                    continue;
+                }
                 let Some((state, new_isr)) = partition.wanted_isr_change(lag) else {
                     continue;
                 };
@@ -368,6 +373,43 @@ impl Broker {
                 });
             }
         }
+    }
+
+    /// Asks the controller to move the leadership of a partition whose log went offline
+    /// here (a failed fsync) to another in-sync replica that is registered and unfenced.
+    ///
+    /// Why an election and nothing bigger: the controller already elects any ISR member on
+    /// request (`ElectLeader`, as `ferrolog partition elect-leader` does), and it moves only
+    /// this partition, so the broker's other partitions, whose own fsyncs decide for them,
+    /// stay available. A controlled shutdown would fence the whole broker, and heartbeats
+    /// would unfence it at once. The failed replica stays in the ISR until the new leader
+    /// drops it for not fetching (`replica.lag.time.max.ms`); meanwhile it refuses to lead
+    /// and asks again if it is elected back.
+    fn step_down(self: &Arc<Self>, partition: &Partition, state: &LeaderState) {
+        let me = self.config.node_id;
+        let image = self.image();
+        let candidate = state.replicas.iter().copied().find(|r| {
+            *r != me && state.isr.contains(r) && image.brokers.get(r).is_some_and(|b| !b.fenced)
+        });
+        let (topic, index) = (partition.topic().to_owned(), partition.id().0 as i32);
+        let Some(candidate) = candidate else {
+            tracing::error!(%topic, partition = index, isr = ?state.isr,
+                "the log is offline and no other live in-sync replica can take over");
+            return;
+        };
+        tracing::warn!(%topic, partition = index, new_leader = %candidate,
+            "the log is offline; asking the controller to move the leadership");
+        let change = AdminChange::ElectLeader {
+            topic,
+            partition: index,
+            leader: candidate,
+        };
+        let broker = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(error) = broker.control_plane.submit_admin(change).await {
+                tracing::warn!(%error, "leadership move refused; asking again later");
+            }
+        });
     }
 
     /// The partition led here, or the error a client should see: unknown topic or

@@ -42,6 +42,12 @@ pub enum LogError {
     /// The segment files on disk do not form one contiguous log.
     #[error("inconsistent segments: {reason}")]
     InconsistentSegments { reason: String },
+    /// An fsync of this log failed earlier. The kernel may have dropped the unwritten pages
+    /// and a later fsync can report success without them (the fsyncgate lesson), so the log
+    /// takes no more writes and vouches for no more durability until it is reopened, when
+    /// recovery sees what the disk really holds.
+    #[error("an earlier fsync of this log failed; it is offline until the broker restarts")]
+    SyncFailed,
 }
 
 impl LogError {

@@ -19,6 +19,7 @@ mod recent;
 mod record;
 mod segment;
 mod sync_probe;
+mod test_faults;
 mod types;
 mod varint;
 
@@ -32,4 +33,5 @@ pub use log::{AppendInfo, Log, ReadResult, RetentionOutcome, SyncHandle};
 pub use recent::{PARTITION_RECENT_MAX_BYTES, RecentBatchBudget};
 pub use record::{Header, Record, decode_records};
 pub use sync_probe::{SyncObserver, install_sync_observer};
+pub use test_faults::TEST_FAULTS_ENV;
 pub use types::{LeaderEpoch, Offset};

@@ -20,6 +20,7 @@ use crate::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, ReadProgress, Segment, TIME_INDEX_SUFFIX, parse_segment_file_name,
     segment_file_name,
 };
+use crate::test_faults;
 use crate::types::{LeaderEpoch, Offset};
 
 /// What an append stored.
@@ -52,6 +53,8 @@ pub struct ReadResult {
 #[derive(Clone)]
 pub struct SyncHandle {
     file: Arc<File>,
+    /// The file's path, for the test fault hook (`test_faults`).
+    path: Arc<Path>,
     end_offset: Offset,
     /// The log's truncation count when the handle was taken; see `Log::mark_synced`.
     truncations: u64,
@@ -63,9 +66,12 @@ impl SyncHandle {
         self.end_offset
     }
 
-    /// Fsyncs the segment file's data (`File::sync_data`).
+    /// Fsyncs the segment file's data (`File::sync_data`). An error means the data may
+    /// never reach the disk, whatever a later fsync says: the caller must not acknowledge it.
     pub fn sync(&self) -> Result<(), LogError> {
-        self.file.sync_data().context("fsync active segment")?;
+        test_faults::before_fsync(&self.path)
+            .and_then(|()| self.file.sync_data())
+            .context("fsync active segment")?;
         crate::sync_probe::synced(&self.file);
         Ok(())
     }
@@ -96,6 +102,9 @@ pub struct Log {
     /// The newest batches in memory, for followers (see `keep_recent_batches`). Behind a
     /// mutex so readers holding `&self` can release them.
     recent: Mutex<RecentBatches>,
+    /// An fsync of this log failed (`LogError::SyncFailed`): set by a failed roll or flush,
+    /// or by the broker after a failed `SyncHandle::sync`, and never cleared.
+    sync_failed: bool,
 }
 
 /// Lists the segment base offsets in `dir`, removing leftovers of interrupted writes and
@@ -204,6 +213,7 @@ impl Log {
             epochs,
             truncations: 0,
             recent: Mutex::default(),
+            sync_failed: false,
         };
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
         log.flushed_offset = end;
@@ -365,6 +375,7 @@ impl Log {
         now_ms: i64,
         kept: Option<(Bytes, usize)>,
     ) -> Result<AppendInfo, LogError> {
+        self.check_not_sync_failed()?;
         self.maybe_roll(batch.len(), header.last_offset(), now_ms)?;
         let epoch = header.partition_leader_epoch;
         // Every epoch change is recorded, a lower one too, as Kafka does for each appended
@@ -433,6 +444,7 @@ impl Log {
     fn roll(&mut self, reason: &'static str) -> Result<(), LogError> {
         let base_offset = self.log_end_offset();
         self.active_mut().seal()?;
+        self.sync_active()?;
         self.mark_flushed(base_offset);
         let segment = Segment::create(&self.dir, base_offset)?;
         sync_dir(&self.dir)?;
@@ -547,15 +559,19 @@ impl Log {
     pub fn sync_handle(&self) -> SyncHandle {
         SyncHandle {
             file: self.active().log_file(),
+            path: self.active().shared_path(),
             end_offset: self.log_end_offset(),
             truncations: self.truncations,
         }
     }
 
-    /// Records that everything below `up_to` is durable; monotonic, never beyond log end.
-    /// Prefer `mark_synced` with the handle that was synced: it also guards against a
-    /// truncation between taking the handle and syncing it.
+    /// Records that everything below `up_to` is durable; monotonic, never beyond log end,
+    /// and never after an fsync failed. Prefer `mark_synced` with the handle that was synced:
+    /// it also guards against a truncation between taking the handle and syncing it.
     pub fn mark_flushed(&mut self, up_to: Offset) {
+        if self.sync_failed {
+            return;
+        }
         let up_to = up_to.min(self.log_end_offset());
         self.flushed_offset = self.flushed_offset.max(up_to);
     }
@@ -564,7 +580,7 @@ impl Log {
     /// truncated since it was taken (its offsets may since have been reused by new, unsynced
     /// data) and returns whether the handle was applied.
     pub fn mark_synced(&mut self, handle: &SyncHandle) -> bool {
-        if handle.truncations != self.truncations {
+        if handle.truncations != self.truncations || self.sync_failed {
             return false;
         }
         self.mark_flushed(handle.end_offset);
@@ -573,8 +589,40 @@ impl Log {
 
     /// fsync everything (active segment + its indexes) and mark flushed.
     pub fn flush(&mut self) -> Result<(), LogError> {
-        self.active().sync_all()?;
+        self.sync_active()?;
         self.mark_flushed(self.log_end_offset());
+        Ok(())
+    }
+
+    /// Fsyncs the active segment and its indexes; a failure takes the log offline for
+    /// writes (`LogError::SyncFailed`), and a log already offline does not try again: a
+    /// second fsync could "succeed" over pages the kernel already dropped.
+    fn sync_active(&mut self) -> Result<(), LogError> {
+        self.check_not_sync_failed()?;
+        let synced = self.active().sync_all();
+        if let Err(error) = &synced {
+            tracing::error!(dir = %self.dir.display(), %error,
+                "fsync failed; the log takes no more writes");
+            self.sync_failed = true;
+        }
+        synced
+    }
+
+    /// Records that a `SyncHandle::sync` of this log failed: from now on the log refuses
+    /// appends, rolls and flushes, and marks nothing more flushed.
+    pub fn mark_sync_failed(&mut self) {
+        self.sync_failed = true;
+    }
+
+    /// Whether an fsync of this log failed (see `LogError::SyncFailed`).
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed
+    }
+
+    fn check_not_sync_failed(&self) -> Result<(), LogError> {
+        if self.sync_failed {
+            return Err(LogError::SyncFailed);
+        }
         Ok(())
     }
 
@@ -643,6 +691,7 @@ impl Log {
     /// Rolls the active segment if it is older than segment.ms and non-empty (called
     /// periodically by the broker).
     pub fn roll_if_due(&mut self, now_ms: i64) -> Result<bool, LogError> {
+        self.check_not_sync_failed()?;
         if self.active().is_older_than(now_ms, self.config.segment_ms) {
             self.roll("age")?;
             return Ok(true);

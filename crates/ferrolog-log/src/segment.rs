@@ -17,6 +17,7 @@ use crate::error::{IoContext, LogError};
 use crate::fsutil::remove_if_exists;
 use crate::index::{IndexFile, OffsetEntry, TimeEntry};
 use crate::record::decode_records;
+use crate::test_faults;
 use crate::types::Offset;
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
@@ -52,7 +53,8 @@ pub(crate) struct Segment {
     base_offset: Offset,
     /// The offset right after the last batch.
     next_offset: Offset,
-    log_path: PathBuf,
+    /// Shared with sync handles, which name the file to the test fault hook.
+    log_path: Arc<Path>,
     log: Arc<File>,
     /// Bytes of whole batches in the file; appends write here.
     size_bytes: u64,
@@ -144,7 +146,7 @@ impl Segment {
         Ok(Segment {
             base_offset,
             next_offset: base_offset,
-            log_path,
+            log_path: log_path.into(),
             log: Arc::new(log),
             size_bytes: 0,
             offset_index: IndexFile::create(&index_path)?,
@@ -195,7 +197,7 @@ impl Segment {
         let mut segment = Segment {
             base_offset,
             next_offset: base_offset,
-            log_path,
+            log_path: log_path.into(),
             log: Arc::new(log),
             size_bytes: file_len,
             offset_index,
@@ -241,6 +243,18 @@ impl Segment {
 
     pub(crate) fn log_file(&self) -> Arc<File> {
         Arc::clone(&self.log)
+    }
+
+    /// The log file's path, shared (for sync handles).
+    pub(crate) fn shared_path(&self) -> Arc<Path> {
+        Arc::clone(&self.log_path)
+    }
+
+    /// A positioned read of whole `buf` at `pos`, behind the test fault hook (inert unless
+    /// armed, see `test_faults`) so the disk-fault tests can make it fail with EIO.
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+        test_faults::before_read(&self.log_path)?;
+        self.log.read_exact_at(buf, pos)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -345,8 +359,7 @@ impl Segment {
             )));
         }
         let mut raw = [0u8; BATCH_HEADER_BYTES];
-        self.log
-            .read_exact_at(&mut raw, pos)
+        self.read_exact_at(&mut raw, pos)
             .context("read batch header")?;
         let header = BatchHeader::parse(&raw).map_err(|err| {
             LogError::corrupt(format!(
@@ -517,7 +530,6 @@ impl Segment {
             let start = out.len();
             out.resize(start + total, 0);
             let checked = self
-                .log
                 .read_exact_at(&mut out[start..], pos)
                 .context("read batch")
                 .and_then(|()| verify_crc(&out[start..]));
@@ -561,9 +573,7 @@ impl Segment {
             let total = header.total_size_bytes();
             if header.max_timestamp_ms >= timestamp_ms {
                 let mut batch = vec![0u8; total];
-                self.log
-                    .read_exact_at(&mut batch, pos)
-                    .context("read batch")?;
+                self.read_exact_at(&mut batch, pos).context("read batch")?;
                 verify_crc(&batch)?;
                 let found = decode_records(&batch)?
                     .into_iter()
@@ -578,16 +588,17 @@ impl Segment {
     }
 
     /// Prepares the segment to become read-only: records its final max timestamp in the time
-    /// index and fsyncs the log and both indexes, so that only the active segment can ever
-    /// hold unflushed data.
+    /// index. The caller then fsyncs it (`sync_all`), so that only the active segment can
+    /// ever hold unflushed data.
     pub(crate) fn seal(&mut self) -> Result<(), LogError> {
-        self.maybe_append_time_entry()?;
-        self.sync_all()
+        self.maybe_append_time_entry()
     }
 
     /// Fsyncs the log file and both indexes.
     pub(crate) fn sync_all(&self) -> Result<(), LogError> {
-        self.log.sync_data().context("fsync segment")?;
+        test_faults::before_fsync(&self.log_path)
+            .and_then(|()| self.log.sync_data())
+            .context("fsync segment")?;
         crate::sync_probe::synced(&self.log);
         self.offset_index.sync()?;
         self.time_index.sync()
@@ -671,6 +682,7 @@ mod tests {
             append(&mut segment, 3, 1_000 + i)?;
         }
         segment.seal()?;
+        segment.sync_all()?;
         let (size, next, max) = (
             segment.size_bytes(),
             segment.next_offset(),

@@ -613,6 +613,46 @@ fn flushing_tracks_what_is_durable() -> Result<(), LogError> {
     Ok(())
 }
 
+/// The fsyncgate lesson: after a failed fsync the kernel may have dropped the dirty pages and
+/// a retried fsync can "succeed" without them, so the log must not take writes or vouch for
+/// durability again (Kafka takes the log directory offline; PostgreSQL panics).
+#[test]
+fn after_a_failed_fsync_the_log_takes_no_writes_and_vouches_for_nothing_more()
+-> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = open(dir.path(), small_config());
+    append_batches(&mut log, 2, 2, T0_MS)?;
+    log.flush()?;
+    append_batches(&mut log, 1, 2, T0_MS)?;
+    let handle = log.sync_handle();
+    assert_eq!(handle.end_offset(), Offset(6));
+
+    tracing::info!("the broker's fsync of the handle failed and it tells the log so");
+    log.mark_sync_failed();
+    assert!(log.sync_failed());
+    handle.sync()?;
+    assert!(
+        !log.mark_synced(&handle),
+        "a later fsync vouches for nothing"
+    );
+    log.mark_flushed(Offset(6));
+    assert_eq!(log.flushed_offset(), Offset(4));
+    assert!(matches!(log.flush(), Err(LogError::SyncFailed)));
+    assert!(matches!(
+        log.append_batch(&mut batch(9, 1, T0_MS), LeaderEpoch(0), T0_MS),
+        Err(LogError::SyncFailed)
+    ));
+    assert!(matches!(
+        log.roll_if_due(i64::MAX),
+        Err(LogError::SyncFailed)
+    ));
+    assert_eq!(log.log_end_offset(), Offset(6), "nothing was appended");
+
+    tracing::info!("reads go on: what is on disk is still served, below the high watermark");
+    assert_eq!(read_all(&log)?.len(), 6);
+    Ok(())
+}
+
 #[test]
 fn reading_from_the_middle_of_a_batch_returns_the_whole_batch() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("tempdir");

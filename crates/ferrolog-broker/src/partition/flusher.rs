@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrolog_log::{FlushPolicy, LogError, Offset, SyncHandle};
+use ferrolog_log::{FlushPolicy, Log, LogError, Offset, SyncHandle};
 
 use super::Partition;
+use crate::BrokerError;
 
 /// One group-commit round between its two halves: what to fsync and where the log ended
 /// when the round began.
@@ -105,14 +106,47 @@ impl Partition {
             }
             Err(error) => {
                 // After a failed fsync the page cache may have dropped the data: the only
-                // safe answer is to stop acknowledging, as Kafka takes a log dir offline.
-                tracing::error!(topic = %self.topic, partition = %self.id, %error,
-                    "fsync failed; partition goes offline");
-                self.progress.send_modify(|p| p.storage_failed = true);
-                // Its high watermark never moves again: nothing kept would be released.
-                self.log_write().keep_recent_batches(None);
+                // safe answer is to stop acknowledging, as Kafka takes a log dir offline,
+                // and never to count a later fsync as covering it.
+                let mut log = self.log_write();
+                log.mark_sync_failed();
+                self.go_offline(&mut log, &error);
                 false
             }
         }
+    }
+
+    /// Takes the partition offline after an fsync of its log failed (the log itself then
+    /// refuses writes, see `Log::sync_failed`). After a failed fsync the page cache may
+    /// have dropped the data and a retried fsync can report success without it (the
+    /// fsyncgate lesson): the only safe answer is to stop acknowledging and replicating,
+    /// as Kafka takes a log directory offline. Waiting produces are told STORAGE_ERROR;
+    /// the broker then asks the controller to move the leadership (`wanted_step_down`).
+    /// Callers hold the log's write lock.
+    pub(super) fn go_offline(&self, log: &mut Log, error: &dyn std::fmt::Display) {
+        if self.progress.borrow().storage_failed {
+            return;
+        }
+        tracing::error!(topic = %self.topic, partition = %self.id, %error,
+            "fsync failed; the partition goes offline and gives up its leadership");
+        // Its high watermark never moves again: nothing kept would be released.
+        log.keep_recent_batches(None);
+        self.progress.send_modify(|p| p.storage_failed = true);
+    }
+
+    /// `result` as a broker error, taking the partition offline first when it failed
+    /// because the log's fsync failed (during a roll, say). Callers hold the log's write
+    /// lock.
+    pub(super) fn offline_on_sync_failure<T>(
+        &self,
+        log: &mut Log,
+        result: Result<T, LogError>,
+    ) -> Result<T, BrokerError> {
+        result.map_err(|error| {
+            if log.sync_failed() {
+                self.go_offline(log, &error);
+            }
+            BrokerError::from(error)
+        })
     }
 }

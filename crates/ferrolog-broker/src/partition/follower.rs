@@ -53,7 +53,8 @@ impl Partition {
             if self.generation() != generation {
                 return Err(self.not_leader());
             }
-            let end = log.append_replicated_batches(batches, now_ms())?;
+            let appended = log.append_replicated_batches(batches, now_ms());
+            let end = self.offline_on_sync_failure(&mut log, appended)?;
             (end, log.config().flush_policy)
         };
         self.appended.send_replace(end);

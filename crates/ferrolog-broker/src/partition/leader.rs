@@ -50,7 +50,8 @@ impl Partition {
                     min_insync,
                 });
             }
-            let info = log.append_owned_batch(batch, LeaderEpoch(state.leader_epoch), now_ms())?;
+            let appended = log.append_owned_batch(batch, LeaderEpoch(state.leader_epoch), now_ms());
+            let info = self.offline_on_sync_failure(&mut log, appended)?;
             (info, log.config().flush_policy, self.generation())
         };
         let end = info.last_offset.next();
@@ -255,7 +256,13 @@ impl Partition {
     /// As leader: the ISR change this replica wants now, with the epochs to send it at.
     /// Asking records the request: the same partition epoch is not asked about again
     /// until `ISR_CHANGE_REQUEST_RETRY_AFTER` has passed.
+    /// A leader whose storage failed asks for nothing: its followers' fetches are refused,
+    /// so they would all look behind, and shrinking the ISR to itself would leave no
+    /// replica to take over (it steps down instead, `wanted_step_down`).
     pub fn wanted_isr_change(&self, max_lag: Duration) -> Option<(LeaderState, Vec<BrokerId>)> {
+        if self.storage_failed() {
+            return None;
+        }
         let high_watermark = self.high_watermark();
         let epoch_start = {
             let log = self.log_read();
@@ -290,6 +297,31 @@ impl Partition {
         {
             state.requested_isr = None;
         }
+    }
+
+    /// As a leader whose log went offline (a failed fsync): its state, so the broker asks
+    /// the controller to make another in-sync replica leader. Without that, the partition
+    /// would stay unavailable until this broker stopped heartbeating, which it never does,
+    /// since it is otherwise healthy. Asking is recorded like an ISR change (a storage-failed
+    /// leader requests none): the same partition epoch is not asked about again until
+    /// `ISR_CHANGE_REQUEST_RETRY_AFTER` has passed.
+    pub fn wanted_step_down(&self) -> Option<LeaderState> {
+        if !self.storage_failed() || self.is_closed() {
+            return None;
+        }
+        let mut role = self.role();
+        let Role::Leader(state) = &mut *role else {
+            return None;
+        };
+        let now = Instant::now();
+        if let Some((epoch, at)) = state.isr_change_requested
+            && epoch == state.partition_epoch
+            && now.duration_since(at) < ISR_CHANGE_REQUEST_RETRY_AFTER
+        {
+            return None;
+        }
+        state.isr_change_requested = Some((state.partition_epoch, now));
+        Some(state.clone())
     }
 }
 
@@ -412,6 +444,62 @@ mod tests {
         assert_eq!(partition.high_watermark(), Offset(12));
         report(&partition, second, 15, 15);
         assert_eq!(partition.high_watermark(), Offset(15));
+    }
+
+    /// The fsyncgate rule at the partition level: once an fsync failed, a produce waiting
+    /// for it is refused (never acknowledged), nothing more is taken, the leader stops
+    /// asking for ISR changes (its followers only look behind because it refuses their
+    /// fetches) and asks, once per partition epoch, to hand its leadership over.
+    #[tokio::test]
+    async fn after_a_failed_fsync_nothing_is_acknowledged_and_the_leader_asks_to_step_down() {
+        let (_dir, partition) = open_leader();
+        partition
+            .append(batch(3), Acks::Leader, FSYNC_WAIT)
+            .await
+            .expect("a durable append");
+        assert_eq!(partition.wanted_step_down().map(|s| s.leader_epoch), None);
+
+        tracing::info!("phase: a produce waits for the followers while the fsync fails");
+        let waiting = {
+            let partition = Arc::clone(&partition);
+            tokio::spawn(async move { partition.append(batch(2), Acks::All, FSYNC_WAIT).await })
+        };
+        // Lets the produce append and park on the high watermark.
+        while partition.log_end_offset() < Offset(5) {
+            tokio::task::yield_now().await;
+        }
+        {
+            let mut log = partition.log_write();
+            log.mark_sync_failed();
+            partition.go_offline(&mut log, &"injected fsync failure");
+        }
+        let refused = waiting
+            .await
+            .expect("the produce task ends")
+            .expect_err("a produce whose fsync failed is never acknowledged");
+        assert_eq!(refused.code(), ferrolog_proto::v1::ErrorCode::StorageError);
+        let again = partition
+            .append(batch(1), Acks::Leader, FSYNC_WAIT)
+            .await
+            .expect_err("an offline partition takes nothing");
+        assert_eq!(again.code(), ferrolog_proto::v1::ErrorCode::StorageError);
+        assert_eq!(partition.log_end_offset(), Offset(5));
+
+        tracing::info!("phase: it asks to step down, not to shrink the ISR to itself");
+        assert!(partition.wanted_isr_change(Duration::ZERO).is_none());
+        let state = partition.wanted_step_down().expect("asks to step down");
+        assert_eq!(state.isr, vec![LEADER, FOLLOWERS[0], FOLLOWERS[1]]);
+        assert!(
+            partition.wanted_step_down().is_none(),
+            "asked once per partition epoch"
+        );
+
+        tracing::info!("phase: once another replica leads, it asks for nothing more");
+        let mut moved = image(&[LEADER, FOLLOWERS[0], FOLLOWERS[1]], 1);
+        moved.leader = Some(FOLLOWERS[0]);
+        moved.leader_epoch = LEADER_EPOCH + 1;
+        partition.apply_assignment(&moved, 1).expect("follow");
+        assert!(partition.wanted_step_down().is_none());
     }
 
     /// A xorshift generator: the same seed gives the same steps, so a failure replays.

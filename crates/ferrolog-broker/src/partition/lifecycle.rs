@@ -153,7 +153,8 @@ impl Partition {
         self.check_open()?;
         let mut log = self.log_write();
         self.check_open()?;
-        log.roll_if_due(now_ms())?;
+        let rolled = log.roll_if_due(now_ms());
+        self.offline_on_sync_failure(&mut log, rolled)?;
         // A roll fsyncs the old segment: what it covered is durable.
         let flushed =
             (log.config().flush_policy == FlushPolicy::EveryAppend).then(|| log.flushed_offset());
