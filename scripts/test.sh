@@ -37,7 +37,8 @@ fi
 
 step "tests"
 # Includes the seeded quorum simulation (200 seeds, about 20 s; see
-# crates/ferrolog-metadata/tests/simulation.rs).
+# crates/ferrolog-metadata/tests/simulation.rs) and the data-path simulation (1,000 seeds,
+# about 10 s; crates/ferrolog-sim, scripts/simulate.sh for more seeds).
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else
