@@ -50,7 +50,8 @@ fi
 export PATH="$tools/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 sanitizer=${FUZZ_SANITIZER:-address}
-fuzz_flags=(--fuzz-dir fuzz --target-dir target/fuzz/build --sanitizer "$sanitizer")
+# --debug-assertions: overflow checks and debug_assert!s on, as in test builds.
+fuzz_flags=(--fuzz-dir fuzz --target-dir target/fuzz/build --sanitizer "$sanitizer" --debug-assertions)
 
 # Builds every target in one cargo invocation, before any clock starts.
 if [ "${#targets[@]}" -eq 1 ]; then

@@ -38,8 +38,8 @@ struct SnapshotPayload {
 /// with the snapshot a leader sends. Public (as `raft::fuzzing::decode_snapshot_image`) for
 /// the `metadata_snapshot` fuzz target, which feeds it arbitrary bytes.
 pub fn decode_snapshot_image(data: &[u8]) -> Result<ClusterImage, MetadataError> {
-    let payload: SnapshotPayload = decode(data)
-        .map_err(|e| MetadataError::InvalidRecord(format!("snapshot payload: {e}")))?;
+    let payload: SnapshotPayload =
+        decode(data).map_err(|e| MetadataError::InvalidRecord(format!("snapshot payload: {e}")))?;
     ClusterImage::from_records(payload.image_index, &payload.records)
 }
 
@@ -51,7 +51,11 @@ pub fn encode_snapshot_image(image: &ClusterImage) -> Result<Vec<u8>, MetadataEr
         last_applied: None,
         last_membership: StoredMembership::default(),
         image_index: image.applied_index,
-        records: image.to_records().iter().map(Message::encode_to_vec).collect(),
+        records: image
+            .to_records()
+            .iter()
+            .map(Message::encode_to_vec)
+            .collect(),
     };
     encode(&payload).map_err(|e| MetadataError::InvalidRecord(format!("snapshot payload: {e}")))
 }
