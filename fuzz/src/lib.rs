@@ -28,6 +28,10 @@ pub const NOW_MS: i64 = 1_700_000_000_000;
 /// append.
 const STAMP_BASE_OFFSET: Offset = Offset(1 << 40);
 const STAMP_LEADER_EPOCH: LeaderEpoch = LeaderEpoch(7);
+/// The records `metadata_record` applies from one input at most. Every record clones the
+/// image (to compare on refusal), so long inputs cost quadratic time; 32 records reach any
+/// combination of record kinds while keeping an execution short.
+const MAX_RECORDS_PER_INPUT: usize = 32;
 /// The index `metadata_snapshot` rebuilds a framed record list at.
 const SNAPSHOT_INDEX: u64 = 42;
 
@@ -53,7 +57,11 @@ pub fn record_batch(data: &[u8]) {
     if let Ok(records) = &decoded {
         let header = BatchHeader::parse(data).expect("decode_records parsed this header");
         let expected = usize::try_from(header.record_count).unwrap_or(0);
-        assert_eq!(records.len(), expected, "decoded a different number of records");
+        assert_eq!(
+            records.len(),
+            expected,
+            "decoded a different number of records"
+        );
     }
     if let Ok(header) = validate_batch(data) {
         assert_eq!(crc.ok(), Some(header), "a valid batch failed its CRC check");
@@ -64,7 +72,10 @@ pub fn record_batch(data: &[u8]) {
     for item in BatchIter::new(data) {
         let Ok((header, batch)) = item else { break };
         assert_eq!(batch.len(), header.total_size_bytes());
-        assert!(verify_crc(batch).is_ok(), "BatchIter yielded a batch with a bad CRC");
+        assert!(
+            verify_crc(batch).is_ok(),
+            "BatchIter yielded a batch with a bad CRC"
+        );
         consumed += batch.len();
     }
     assert!(consumed <= data.len());
@@ -94,7 +105,12 @@ fn check_valid_batch(data: &[u8], header: &BatchHeader, records: &[ferrolog_log:
         assert_eq!(after.offset, Offset(STAMP_BASE_OFFSET.0 + delta));
         assert_eq!(
             (&after.key, &after.value, &after.headers, after.timestamp_ms),
-            (&before.key, &before.value, &before.headers, before.timestamp_ms)
+            (
+                &before.key,
+                &before.value,
+                &before.headers,
+                before.timestamp_ms
+            )
         );
     }
 
@@ -106,10 +122,19 @@ fn check_valid_batch(data: &[u8], header: &BatchHeader, records: &[ferrolog_log:
     if rebuildable {
         let mut builder = RecordBatchBuilder::new(header.base_timestamp_ms);
         for r in records {
-            builder.push(r.timestamp_ms, r.key.as_deref(), r.value.as_deref(), &r.headers);
+            builder.push(
+                r.timestamp_ms,
+                r.key.as_deref(),
+                r.value.as_deref(),
+                &r.headers,
+            );
         }
         let mut rebuilt = builder.build();
-        assign_offsets(&mut rebuilt, header.base_offset, header.partition_leader_epoch);
+        assign_offsets(
+            &mut rebuilt,
+            header.base_offset,
+            header.partition_leader_epoch,
+        );
         let rebuilt_header = validate_batch(&rebuilt).expect("a rebuilt batch is valid");
         assert_eq!(rebuilt_header.record_count, header.record_count);
         assert_eq!(rebuilt_header.last_offset(), header.last_offset());
@@ -147,7 +172,10 @@ pub fn grpc_records(data: &[u8]) {
     }
     let from = Offset(i64::from(request.partition));
     if let Ok(records) = batches_to_records(&request.record_batch, from) {
-        assert!(records.iter().all(|r| r.offset >= from.0), "returned a record before `from`");
+        assert!(
+            records.iter().all(|r| r.offset >= from.0),
+            "returned a record before `from`"
+        );
     }
     let _ = next_offset(&request.record_batch, from);
 }
@@ -165,13 +193,16 @@ fn check_converted_batch(sent: &[v1::Record], batch: &[u8]) {
             ..r.clone()
         })
         .collect();
-    assert_eq!(received, expected, "records changed on their way through a batch");
+    assert_eq!(
+        received, expected,
+        "records changed on their way through a batch"
+    );
     assert_eq!(next_offset(batch, Offset::ZERO), Offset(sent.len() as i64));
 }
 
 /// Metadata record decoding and apply (ferrolog-metadata): the input is a sequence of
 /// length-delimited `MetadataRecord`s, applied in order, each at the next index, to the image
-/// `seeds::base_image` builds.
+/// `seeds::base_image` builds; records past `MAX_RECORDS_PER_INPUT` are ignored.
 ///
 /// Checks: applying never panics; a refused record leaves the image unchanged; an accepted
 /// one moves `applied_index`; the final image rebuilds exactly from its own records (what a
@@ -179,7 +210,10 @@ fn check_converted_batch(sent: &[v1::Record], batch: &[u8]) {
 pub fn metadata_record(data: &[u8]) {
     let mut image = seeds::base_image();
     let mut buf = data;
-    while buf.has_remaining() {
+    for _ in 0..MAX_RECORDS_PER_INPUT {
+        if !buf.has_remaining() {
+            break;
+        }
         let Ok(record) = MetadataRecord::decode_length_delimited(&mut buf) else {
             break;
         };
@@ -268,7 +302,11 @@ fn read_image(image: &ClusterImage) {
 /// An image must rebuild exactly from `to_records`, encoded: that is what a snapshot holds
 /// and what a broker behind the purged log receives.
 fn check_rebuilds_from_own_records(image: &ClusterImage) {
-    let encoded: Vec<Vec<u8>> = image.to_records().iter().map(Message::encode_to_vec).collect();
+    let encoded: Vec<Vec<u8>> = image
+        .to_records()
+        .iter()
+        .map(Message::encode_to_vec)
+        .collect();
     let rebuilt = ClusterImage::from_records(image.applied_index, &encoded)
         .expect("an image's own records apply");
     assert_eq!(&rebuilt, image, "an image changed through its own records");
@@ -290,9 +328,15 @@ mod tests {
                 other => panic!("seed for unknown target {other}"),
             }
             let path = corpus.join(target).join(&name);
-            let committed = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}; run the write_corpus example", path.display()));
-            assert_eq!(committed, bytes, "{} is stale; run the write_corpus example", path.display());
+            let committed = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{}: {e}; run the write_corpus example", path.display())
+            });
+            assert_eq!(
+                committed,
+                bytes,
+                "{} is stale; run the write_corpus example",
+                path.display()
+            );
         }
     }
 

@@ -122,14 +122,26 @@ fn produce_requests() -> Vec<(&'static str, Vec<u8>)> {
     ];
     let built = records_to_batch(&structured, NOW_MS).expect("seed records are valid");
     vec![
-        ("structured-records", request(structured, Vec::new()).encode_to_vec()),
-        ("record-with-headers", request(vec![with_headers], Vec::new()).encode_to_vec()),
+        (
+            "structured-records",
+            request(structured, Vec::new()).encode_to_vec(),
+        ),
+        (
+            "record-with-headers",
+            request(vec![with_headers], Vec::new()).encode_to_vec(),
+        ),
         (
             "negative-timestamp",
             request(vec![record(None, b"v", Some(-1))], Vec::new()).encode_to_vec(),
         ),
-        ("record-batch", request(Vec::new(), one_record_batch()).encode_to_vec()),
-        ("converted-batch", request(Vec::new(), built.to_vec()).encode_to_vec()),
+        (
+            "record-batch",
+            request(Vec::new(), one_record_batch()).encode_to_vec(),
+        ),
+        (
+            "converted-batch",
+            request(Vec::new(), built.to_vec()).encode_to_vec(),
+        ),
     ]
 }
 
@@ -264,10 +276,17 @@ fn snapshots() -> Vec<(&'static str, Vec<u8>)> {
         [vec![0u8], payload].concat()
     };
     let base = base_image();
-    let records: Vec<Vec<u8>> = base.to_records().iter().map(Message::encode_to_vec).collect();
+    let records: Vec<Vec<u8>> = base
+        .to_records()
+        .iter()
+        .map(Message::encode_to_vec)
+        .collect();
     vec![
         ("empty-image", snapshot(&ClusterImage::default())),
         ("base-image", snapshot(&base)),
-        ("framed-records", [vec![1u8], join_framed(&records)].concat()),
+        (
+            "framed-records",
+            [vec![1u8], join_framed(&records)].concat(),
+        ),
     ]
 }
