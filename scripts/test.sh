@@ -35,6 +35,9 @@ if docker info >/dev/null 2>&1; then
     scripts/build-image.sh
 fi
 
+step "fuzz targets build and pass a short run (scripts/fuzz-smoke.sh)"
+scripts/fuzz-smoke.sh
+
 step "tests"
 # Includes the seeded quorum simulation (200 seeds, about 20 s; see
 # crates/ferrolog-metadata/tests/simulation.rs) and the data-path simulation (1,000 seeds,

@@ -74,7 +74,8 @@ fn be_i16(buf: &[u8], at: usize) -> i16 {
 impl BatchHeader {
     /// Parses the fixed header from the start of `buf` (at least 61 bytes). Rejects a magic other
     /// than 2 and a batch length too small to hold the header, so that `total_size_bytes` can
-    /// be trusted to make progress when walking a file.
+    /// be trusted to make progress when walking a file, and a base offset whose last offset
+    /// overflows, so that `last_offset` and `next_offset` cannot.
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, LogError> {
         if buf.len() < BATCH_HEADER_BYTES {
             return Err(LogError::corrupt(format!(
@@ -107,6 +108,19 @@ impl BatchHeader {
             return Err(LogError::corrupt(format!(
                 "batch length {} is smaller than the header",
                 header.batch_length
+            )));
+        }
+        // The base offset is outside the CRC, so a flipped bit passes it: refuse offsets that
+        // `last_offset` and `next_offset` cannot compute.
+        let next_offset = header
+            .base_offset
+            .0
+            .checked_add(i64::from(header.last_offset_delta))
+            .and_then(|last| last.checked_add(1));
+        if next_offset.is_none() {
+            return Err(LogError::corrupt(format!(
+                "base offset {} with last offset delta {} overflows",
+                header.base_offset, header.last_offset_delta
             )));
         }
         Ok(header)
@@ -503,6 +517,29 @@ mod tests {
         buf[second + 3] = 4;
         rewrite_crc(&mut buf);
         assert!(validate_batch(&buf).is_err());
+    }
+
+    /// Found by the `record_batch` fuzz target: `last_offset` overflowed on a header whose base
+    /// offset (outside the CRC) sat at the end of the `i64` range.
+    #[test]
+    fn headers_whose_last_offset_overflows_are_corrupt() {
+        for (base, last_delta) in [(i64::MAX, 0), (i64::MAX - 1, 1), (i64::MIN, -1)] {
+            let mut buf = one_record_batch();
+            buf[0..8].copy_from_slice(&base.to_be_bytes());
+            buf[23..27].copy_from_slice(&i32::to_be_bytes(last_delta));
+            rewrite_crc(&mut buf);
+            let parsed = BatchHeader::parse(&buf);
+            assert!(
+                matches!(parsed, Err(LogError::CorruptBatch { .. })),
+                "base {base}, last delta {last_delta}"
+            );
+            assert!(verify_crc(&buf).is_err());
+            assert_eq!(BatchIter::new(&buf).filter(Result::is_ok).count(), 0);
+        }
+        let mut near_end = one_record_batch();
+        near_end[0..8].copy_from_slice(&(i64::MAX - 1).to_be_bytes());
+        let header = validate_batch(&near_end).expect("the last offset still fits");
+        assert_eq!(header.next_offset(), Offset(i64::MAX));
     }
 
     #[test]

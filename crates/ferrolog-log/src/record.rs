@@ -54,8 +54,19 @@ pub fn decode_records(batch: &[u8]) -> Result<Vec<Record>, LogError> {
                 .base_timestamp_ms
                 .wrapping_add(view.timestamp_delta_ms)
         };
+        // Only `validate_batch` checks the deltas; an arbitrary one must not overflow here.
+        let offset = header
+            .base_offset
+            .0
+            .checked_add(i64::from(view.offset_delta))
+            .ok_or_else(|| {
+                LogError::corrupt(format!(
+                    "offset delta {} overflows base offset {}",
+                    view.offset_delta, header.base_offset
+                ))
+            })?;
         records.push(Record {
-            offset: Offset(header.base_offset.0 + i64::from(view.offset_delta)),
+            offset: Offset(offset),
             timestamp_ms,
             key: view.key.map(Bytes::copy_from_slice),
             value: view.value.map(Bytes::copy_from_slice),
@@ -141,6 +152,29 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// `decode_records` does not check offset deltas (only `validate_batch` does), so a delta
+    /// past the end of the `i64` range must be refused, not overflow.
+    #[test]
+    fn an_offset_delta_that_overflows_the_base_offset_is_corrupt() {
+        let mut builder = RecordBatchBuilder::new(0);
+        builder.push(0, None, Some(b"a"), &[]);
+        builder.push(0, None, Some(b"b"), &[]);
+        let mut buf = builder.build().to_vec();
+        // The highest base offset whose next offset still fits.
+        assign_offsets(&mut buf, Offset(i64::MAX - 2), LeaderEpoch(0));
+        let records = decode_records(&buf).expect("offsets up to i64::MAX - 1 fit");
+        assert_eq!(records[1].offset, Offset(i64::MAX - 1));
+        // Second record: length, attributes, ts delta, offset delta (zig-zag 1 = 2); zig-zag 6
+        // is delta 3, past the end of the range.
+        let second = BATCH_HEADER_BYTES + 1 + usize::from(buf[BATCH_HEADER_BYTES] / 2);
+        assert_eq!(buf[second + 3], 2);
+        buf[second + 3] = 6;
+        assert!(matches!(
+            decode_records(&buf),
+            Err(LogError::CorruptBatch { .. })
+        ));
     }
 
     #[test]

@@ -78,11 +78,13 @@ pub struct TopicImage {
 }
 
 impl TopicImage {
-    /// Of the first partition, counting a reassignment's target only.
+    /// Of the first partition, counting a reassignment's target only. Counts the target
+    /// replicas rather than subtracting the removed ones: a record may list a removing replica
+    /// that is not a replica, and the count must not underflow.
     pub fn replication_factor(&self) -> usize {
         self.partitions
             .first()
-            .map_or(0, |p| p.replicas.len() - p.removing_replicas.len())
+            .map_or(0, |p| p.target_replicas().len())
     }
 
     pub fn partition(&self, partition: PartitionId) -> Option<&PartitionImage> {
@@ -439,6 +441,44 @@ mod tests {
             rebuilt.apply(2, &record).expect("apply");
         }
         assert_eq!(rebuilt, image);
+    }
+
+    /// Found by the `metadata_record` fuzz target: a partition change whose removing replicas
+    /// outnumber its replicas made `replication_factor` underflow.
+    #[test]
+    fn replication_factor_counts_target_replicas_whatever_the_removing_list_holds() {
+        use crate::records::PartitionChangeRecord;
+        let mut image = ClusterImage::default();
+        image
+            .apply(1, &create("orders", &[&[1, 2, 3]]))
+            .expect("apply");
+        let change = |replicas: Vec<i32>, removing: Vec<i32>| MetadataRecord {
+            record: Some(Record::PartitionChange(PartitionChangeRecord {
+                topic: "orders".into(),
+                partition: 0,
+                leader: 1,
+                leader_epoch: 1,
+                partition_epoch: 1,
+                isr: replicas.clone(),
+                replicas,
+                adding_replicas: vec![],
+                removing_replicas: removing,
+            })),
+        };
+        image
+            .apply(2, &change(vec![1, 2, 3], vec![3]))
+            .expect("apply");
+        assert_eq!(
+            image.topic("orders").expect("exists").replication_factor(),
+            2
+        );
+        image
+            .apply(3, &change(vec![1], vec![2, 3, 4]))
+            .expect("apply");
+        assert_eq!(
+            image.topic("orders").expect("exists").replication_factor(),
+            1
+        );
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub use runtime::{FerrologRuntime, seed_election_rng};
 pub use service::RaftApi;
 pub use state_machine::MetadataStateMachine;
 
+/// The pure snapshot codec the fuzz targets (`fuzz/`) drive; not part of the crate's API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::state_machine::{decode_snapshot_image, encode_snapshot_image};
+}
+
 /// Largest Raft or metadata-stream message on the controller port. openraft sends snapshots
 /// in 3 MiB chunks and at most a few hundred entries per AppendEntries; metadata records are
 /// small. Generous, but bounded.
