@@ -11,6 +11,8 @@
 # instrumentation), which stable accepts with RUSTC_BOOTSTRAP=1, set here and nowhere else.
 # FUZZ_SANITIZER=none runs without AddressSanitizer (the default is `address`); extra
 # libFuzzer flags can be given in FUZZ_ARGS (e.g. FUZZ_ARGS="-jobs=2 -workers=2").
+# FUZZ_PROFILE=dev builds without optimisation (half the build time, a fraction of the
+# executions per second): the CI smoke run's choice; the default is release.
 #
 # The fuzzer's own corpus grows in target/fuzz/corpus/TARGET (seeded from fuzz/corpus, which
 # it never writes); crashing inputs land in target/fuzz/artifacts/TARGET.
@@ -52,6 +54,11 @@ export RUSTC_BOOTSTRAP=1
 sanitizer=${FUZZ_SANITIZER:-address}
 # --debug-assertions: overflow checks and debug_assert!s on, as in test builds.
 fuzz_flags=(--fuzz-dir fuzz --target-dir target/fuzz/build --sanitizer "$sanitizer" --debug-assertions)
+case "${FUZZ_PROFILE:-release}" in
+    release) ;;
+    dev) fuzz_flags+=(--dev) ;;
+    *) echo "FUZZ_PROFILE is release or dev" >&2; exit 2 ;;
+esac
 
 # Builds every target in one cargo invocation, before any clock starts.
 if [ "${#targets[@]}" -eq 1 ]; then
