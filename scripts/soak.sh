@@ -38,21 +38,27 @@ TMPDIR="$out/tmp" SOAK_MINUTES="$minutes" SOAK_OUT="$out" \
 if ! command -v gnuplot >/dev/null; then
     apt-get update -qq && apt-get install -y -qq "gnuplot-nox=$GNUPLOT_VERSION" >/dev/null
 fi
+# One file per node: gnuplot draws a line through consecutive rows only.
+for n in 1 2 3; do
+    awk -F, -v n="$n" 'NR > 1 && $2 == n' "$out/samples.csv" >"$out/node-$n.csv"
+done
+# A vertical gray line at every fault.
+fault_lines=$(awk -F, 'NR > 1 { printf "set arrow from %f, graph 0 to %f, graph 1 nohead lc \"gray\"\n", $1 / 60, $1 / 60 }' "$out/faults.csv")
 gnuplot <<EOF
-set terminal pngcairo size 1200,800 font ",10"
+set terminal pngcairo size 1200,900 font ",10"
 set output "$out/soak.png"
 set datafile separator ","
 set key outside right
-set multiplot layout 3,1 title "Ferrolog soak: $minutes min, 3 nodes, a fault every few minutes (vertical lines)"
-set xlabel "minutes"
-faults = "$out/faults.csv"
+set xlabel "minutes (gray lines: faults)"
+set multiplot layout 3,1 title "Ferrolog soak: $minutes min, 3 nodes at half their measured throughput"
+set yrange [0:*]
+$fault_lines
 set ylabel "RSS (MiB)"
-plot for [n=1:3] "$out/samples.csv" using (\$1/60):(\$2==n ? \$4/1024 : 1/0) with lines title sprintf("node %d", n), \
-     faults using (\$1/60):(0) with impulses lc "gray" notitle
+plot for [n=1:3] "$out/node-".n.".csv" using (\$1/60):(\$4/1024) with lines lw 2 title "node ".n
 set ylabel "open fds"
-plot for [n=1:3] "$out/samples.csv" using (\$1/60):(\$2==n ? \$5 : 1/0) with lines title sprintf("node %d", n)
+plot for [n=1:3] "$out/node-".n.".csv" using (\$1/60):5 with lines lw 2 title "node ".n
 set ylabel "threads"
-plot for [n=1:3] "$out/samples.csv" using (\$1/60):(\$2==n ? \$6 : 1/0) with lines title sprintf("node %d", n)
+plot for [n=1:3] "$out/node-".n.".csv" using (\$1/60):6 with lines lw 2 title "node ".n
 unset multiplot
 EOF
 echo "plot: $out/soak.png"

@@ -226,6 +226,19 @@ pub fn read_to_high_watermark(
     topic: &str,
     partitions: u32,
 ) -> anyhow::Result<Vec<Read>> {
+    let from = BTreeMap::new();
+    Ok(read_from_to_high_watermark(client, topic, partitions, &from)?.0)
+}
+
+/// Like [`read_to_high_watermark`], starting each partition at its offset in `from` (the
+/// earliest when absent); also returns the high watermarks it read up to, where the next
+/// read of a test that checks its history piece by piece starts.
+pub fn read_from_to_high_watermark(
+    client: ClientConfig,
+    topic: &str,
+    partitions: u32,
+    from: &BTreeMap<u32, i64>,
+) -> anyhow::Result<(Vec<Read>, BTreeMap<u32, i64>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -239,9 +252,11 @@ pub fn read_to_high_watermark(
                 .list_offsets(topic, partition, OffsetQuery::Latest)
                 .await?;
             ends.insert(partition, latest.high_watermark);
-            consumer
-                .assign(topic, partition, StartOffset::Earliest)
-                .await?;
+            let start = match from.get(&partition) {
+                Some(offset) => StartOffset::Offset(*offset),
+                None => StartOffset::Earliest,
+            };
+            consumer.assign(topic, partition, start).await?;
         }
         let started = Instant::now();
         let mut reads = Vec::new();
@@ -273,6 +288,6 @@ pub fn read_to_high_watermark(
                 });
             }
         }
-        Ok(reads)
+        Ok((reads, ends))
     })
 }
