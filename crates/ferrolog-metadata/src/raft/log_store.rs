@@ -10,7 +10,9 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
 
-use super::flush::{FlushMode, flush};
+use std::sync::Arc;
+
+use super::flush::{FlushMode, FlushObserver, Flusher};
 use super::{NodeId, StoreError, TypeConfig, decode, encode};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -25,7 +27,7 @@ pub struct SledLogStore {
     entries: sled::Tree,
     /// Vote, committed index and last purged log id.
     state: sled::Tree,
-    flush_mode: FlushMode,
+    flusher: Flusher,
 }
 
 impl SledLogStore {
@@ -33,13 +35,19 @@ impl SledLogStore {
         Ok(Self {
             entries: db.open_tree("raft-log")?,
             state: db.open_tree("raft-state")?,
-            flush_mode: FlushMode::default(),
+            flusher: Flusher::default(),
         })
     }
 
     /// Where this store's flushes run (the default suits a server).
     pub fn with_flush_mode(mut self, mode: FlushMode) -> Self {
-        self.flush_mode = mode;
+        self.flusher.mode = mode;
+        self
+    }
+
+    /// Tells `observer` of every completed flush (see [`FlushObserver`]).
+    pub fn with_flush_observer(mut self, observer: Arc<dyn FlushObserver>) -> Self {
+        self.flusher.observer = Some(observer);
         self
     }
 
@@ -80,7 +88,7 @@ impl SledLogStore {
 
     /// fsyncs: the trees share one page cache, so this makes every earlier write durable.
     async fn flush(&self) -> std::io::Result<()> {
-        flush(&self.entries, self.flush_mode).await
+        self.flusher.flush(&self.entries).await
     }
 }
 
