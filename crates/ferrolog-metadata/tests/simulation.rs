@@ -57,10 +57,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(50);
 /// Wall-clock time a seed may take before the watchdog fails the test naming it. A seed
 /// takes well under a second; this only has to be far beyond that on a loaded machine.
 const SEED_WALL_DEADLINE: Duration = Duration::from_secs(120);
-/// How long a crashed node's tasks may hold its database (virtual time, in polls of
-/// [`RELEASE_POLL`]) before the seed fails.
-const RELEASE_POLLS: u32 = 1000;
-const RELEASE_POLL: Duration = Duration::from_millis(10);
+/// Virtual time a crashed node's last tasks get to let go of its database: longer than
+/// any timer such a task can be waiting on (a cut link's [`CONNECT_TIMEOUT`]).
+const RELEASE_GRACE: Duration = Duration::from_millis(200);
+/// Wall-clock time sled's I/O threads then get to finish their last work on it.
+const RELEASE_WALL_DEADLINE: Duration = Duration::from_secs(10);
+const RELEASE_WALL_POLL: Duration = Duration::from_millis(1);
 /// sled 0.34's default segment size: its log writes between two flushes fall in one
 /// segment unless they roll over to the next.
 const SLED_SEGMENT_BYTES: u64 = 512 * 1024;
@@ -463,6 +465,8 @@ struct History {
     /// Crashes, and those that kept part of what was written after the last flush.
     crashes: u64,
     kept_unflushed: u64,
+    /// Crashes after which sled's I/O threads still held the database for a moment.
+    waited_for_sled: u64,
 }
 
 struct Sim {
@@ -597,18 +601,28 @@ impl Sim {
         let _ = tokio::time::timeout(Duration::from_secs(5), node.raft.shutdown()).await;
         drop(node);
         let disk = Arc::clone(&self.disks[&id]);
-        // The node's last tasks may hold its database for a moment after the shutdown;
-        // its files are put back only once nothing of it can write them any more.
-        let mut polls = 0;
+        // The files are put back only once nothing of the node can write them any more.
+        // First its last tasks on this runtime end, within a fixed stretch of virtual
+        // time. Then sled's own I/O threads, which may hold the last handle of the
+        // database for a moment (a buffer write, a file truncation), finish in wall-clock
+        // time, with this thread and so the virtual clock standing still: polling them in
+        // virtual time would let the clock run on by however long they took, and a seed
+        // would no longer replay.
+        tokio::time::sleep(RELEASE_GRACE).await;
+        let waiting = Instant::now();
+        let mut waited = false;
         while !released(&disk.dir) {
-            polls += 1;
+            waited = true;
             assert!(
-                polls < RELEASE_POLLS,
-                "seed {}: crashed node {id} still holds its database after {:?}",
-                self.seed,
-                RELEASE_POLL * RELEASE_POLLS
+                waiting.elapsed() < RELEASE_WALL_DEADLINE,
+                "seed {}: crashed node {id} still holds its database {RELEASE_GRACE:?} \
+                 (virtual) and {RELEASE_WALL_DEADLINE:?} (wall-clock) after it stopped",
+                self.seed
             );
-            tokio::time::sleep(RELEASE_POLL).await;
+            std::thread::sleep(RELEASE_WALL_POLL);
+        }
+        if waited {
+            self.history.waited_for_sled += 1;
         }
         let kept = disk
             .crash(&mut self.rng)
@@ -1013,11 +1027,13 @@ fn quorum_invariants_hold_under_partitions_crashes_and_restarts() {
     let not_replayable = total(|h| h.not_replayable);
     let crashes = total(|h| h.crashes);
     let kept_unflushed = total(|h| h.kept_unflushed);
+    let waited_for_sled = total(|h| h.waited_for_sled);
     let steps: usize = runs.iter().map(|(_, run)| run.trace.len()).sum();
     eprintln!(
         "{} seeds in {elapsed:.1} s ({:.1} seeds/s, {:.0} simulated steps/s): {created} \
          acknowledged topic creations; {crashes} crashes back to the last flush \
-         ({kept_unflushed} keeping part of the unflushed rest); node images checked against \
+         ({kept_unflushed} keeping part of the unflushed rest, {waited_for_sled} waiting for \
+         sled's I/O threads to let go); node images checked against \
          a replay of the committed log {replayed} times ({not_replayable} skipped: an entry \
          below them was only ever delivered in a snapshot)",
         runs.len(),
