@@ -11,13 +11,37 @@
 //! - at the end, after healing, every node holds the same image, and every acknowledged
 //!   proposal is in it (or, for a delete, gone from it).
 //!
+//! A crash loses what was not flushed, as on a real disk. sled cannot run on a simulated
+//! disk (ferrolog-sim's, which cuts segment files back to their last fsync), so each
+//! node's disk is its real sled directory plus a copy of it taken at every flush the
+//! stores complete: the stores report each one through their `FlushObserver` right after
+//! sled does and before openraft is told, from the one path every store flush takes, so a
+//! store that skipped a flush would be caught, not covered. A crash stops the node, waits
+//! until nothing of it can write its files any more (see [`Sim::crash`]), and writes the
+//! copy back: every write after the last flush is gone, including what sled's own Drop
+//! flushes on the way out. Sometimes, when all of that lies in sled's log within one
+//! segment, a seeded prefix of it stays, possibly with a zeroed (torn) end, as if the page
+//! cache had written part of it back; sled's recovery must cope. What openraft was told is
+//! durable (a saved vote, appended entries once the append callback ran, a truncation, a
+//! purge, an installed or built snapshot) survives every crash; the invariants above then
+//! test real durability: a log store that called the append callback without flushing
+//! failed seed 4 (the old graceful crash kept such writes and could not tell).
+//!
 //! Each seed runs alone on a single-threaded tokio runtime whose clock is paused (time moves
 //! only when every task waits, straight to the next timer), with openraft's election RNG
 //! seeded from the seed and sled flushing on the calling thread. Nothing a seed does
 //! depends on wall-clock time or thread scheduling, so a seed replays exactly:
-//! `a_seed_replays_exactly` runs seeds twice and compares their traces. A failure prints the
-//! seed; replay it with `SIM_SEED=<seed> cargo test -p ferrolog-metadata --test simulation`.
-//! `SIM_SEEDS` sets how many seeds run (default 200); `SIM_TRACE=1` prints every step.
+//! `a_seed_replays_exactly` runs seeds twice and compares their traces. The one place a
+//! seed waits for another thread (sled's I/O threads letting go of a crashed node's
+//! database) it waits with the clock standing still. A failure prints the seed; replay it
+//! with `SIM_SEED=<seed> cargo test -p ferrolog-metadata --test simulation`. `SIM_SEEDS`
+//! sets how many seeds run (default 200); `SIM_TRACE=1` prints every step; the databases
+//! go to `SIM_DATA_DIR`, else `/dev/shm`, else the temporary directory.
+//!
+//! A seed that stops making progress in wall-clock time (its thread blocked, or its tasks
+//! never letting the runtime idle, which stops the virtual clock and with it the
+//! virtual-time deadline) fails the test after [`SEED_WALL_DEADLINE`], naming the seed and
+//! the step it was in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -157,8 +181,9 @@ impl Disk {
     /// is gone. Sometimes, when everything written since lies in sled's log (`db`) within
     /// one segment, a seeded prefix of it is kept, as if the page cache had written part
     /// of it back before the crash, and its end may be torn (zeros). Only a prefix: sled
-    /// writes its log in order, so a state with a later write but not an earlier one is
-    /// not one a crash can leave.
+    /// recovers its log in order up to the first gap or bad checksum, and that is the
+    /// state its recovery is built for. A disk may also write back pages out of order;
+    /// that is not modelled.
     fn crash(&self, rng: &mut Rng) -> std::io::Result<Kept> {
         let durable = lock(&self.durable).clone();
         let now = read_files(&self.dir)?;
@@ -184,7 +209,8 @@ impl Disk {
             if let (Some(first), Some(last)) = (first, last) {
                 let one_segment =
                     first as u64 / SLED_SEGMENT_BYTES == last as u64 / SLED_SEGMENT_BYTES;
-                // Drawn only when a tear is possible, so the draws stay a function of the seed.
+                // Drawn only when a prefix can be kept; sled's files, and so these draws,
+                // are a function of the seed (`a_seed_replays_exactly` checks it).
                 if one_segment && after.len() >= before.len() && rng.below(2) == 0 {
                     let end = first + 1 + rng.below((last - first + 1) as u64) as usize;
                     let mut file = before.clone();
