@@ -41,7 +41,8 @@
 //! A seed that stops making progress in wall-clock time (its thread blocked, or its tasks
 //! never letting the runtime idle, which stops the virtual clock and with it the
 //! virtual-time deadline) fails the test after [`SEED_WALL_DEADLINE`], naming the seed and
-//! the step it was in.
+//! the step it was in; with `SIM_STALL_HOLD=1` the process stays alive a while first, for
+//! a debugger to take its threads' stacks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -968,6 +969,10 @@ fn run_seed(seed: u64, doing: &Doing) -> SeedRun {
 
 /// How often the watchdog looks at the lanes.
 const WATCHDOG_POLL: Duration = Duration::from_millis(500);
+/// With `SIM_STALL_HOLD` set, how long the watchdog keeps a stalled process alive before
+/// failing, so that its threads' stacks can be taken (`gdb -p <pid> -batch -ex 'thread
+/// apply all bt'`): a stall's cause is in those stacks, not in the trace.
+const STALL_HOLD: Duration = Duration::from_secs(600);
 
 /// Runs `seeds` on `lanes` threads (seeds are independent, each on its own runtime) and
 /// returns their runs in completion order. The calling thread is the watchdog: a seed
@@ -1009,15 +1014,25 @@ fn run_seeds(seeds: &[u64], lanes: usize) -> Vec<(u64, SeedRun)> {
             Ok((seed, Ok(run))) => runs.push((seed, run)),
             Ok((_, Err(panic))) => std::panic::resume_unwind(panic),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                for (current, doing) in &watched {
-                    if let Some((seed, since)) = *lock(current) {
-                        assert!(
-                            since.elapsed() < SEED_WALL_DEADLINE,
-                            "seed {seed}: still running after {SEED_WALL_DEADLINE:?} of \
-                             wall-clock time, at: {}; replay with SIM_SEED={seed}",
-                            doing.get()
-                        );
+                for (lane, (current, doing)) in watched.iter().enumerate() {
+                    let Some((seed, since)) = *lock(current) else {
+                        continue;
+                    };
+                    if since.elapsed() < SEED_WALL_DEADLINE {
+                        continue;
                     }
+                    let stalled = format!(
+                        "seed {seed}: still running after {SEED_WALL_DEADLINE:?} of wall-clock \
+                         time, at: {}; its thread is quorum-sim-lane-{lane} of process {}; \
+                         replay with SIM_SEED={seed}",
+                        doing.get(),
+                        std::process::id()
+                    );
+                    if std::env::var_os("SIM_STALL_HOLD").is_some() {
+                        eprintln!("{stalled}; holding for {STALL_HOLD:?}");
+                        std::thread::sleep(STALL_HOLD);
+                    }
+                    panic!("{stalled}");
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
