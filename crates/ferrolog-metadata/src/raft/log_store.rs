@@ -10,7 +10,9 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
 
-use super::flush::{FlushMode, flush};
+use std::sync::Arc;
+
+use super::flush::{FlushMode, FlushObserver, Flusher};
 use super::{NodeId, StoreError, TypeConfig, decode, encode};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -25,7 +27,7 @@ pub struct SledLogStore {
     entries: sled::Tree,
     /// Vote, committed index and last purged log id.
     state: sled::Tree,
-    flush_mode: FlushMode,
+    flusher: Flusher,
 }
 
 impl SledLogStore {
@@ -33,13 +35,19 @@ impl SledLogStore {
         Ok(Self {
             entries: db.open_tree("raft-log")?,
             state: db.open_tree("raft-state")?,
-            flush_mode: FlushMode::default(),
+            flusher: Flusher::default(),
         })
     }
 
     /// Where this store's flushes run (the default suits a server).
     pub fn with_flush_mode(mut self, mode: FlushMode) -> Self {
-        self.flush_mode = mode;
+        self.flusher.mode = mode;
+        self
+    }
+
+    /// Tells `observer` of every completed flush (see [`FlushObserver`]).
+    pub fn with_flush_observer(mut self, observer: Arc<dyn FlushObserver>) -> Self {
+        self.flusher.observer = Some(observer);
         self
     }
 
@@ -80,7 +88,7 @@ impl SledLogStore {
 
     /// fsyncs: the trees share one page cache, so this makes every earlier write durable.
     async fn flush(&self) -> std::io::Result<()> {
-        flush(&self.entries, self.flush_mode).await
+        self.flusher.flush(&self.entries).await
     }
 }
 
@@ -190,5 +198,73 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         // The purge point first: if we crash midway, get_log_state still reports it.
         self.write_state(PURGED_KEY, &log_id)?;
         self.remove_durably(..=log_id.index.to_be_bytes()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    /// Counts the flushes a store reports as completed.
+    #[derive(Default)]
+    struct Flushes(AtomicU64);
+
+    impl FlushObserver for Flushes {
+        fn flushed(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Flushes {
+        fn count(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// The quorum simulation's crash keeps exactly what the store had flushed when it
+    /// last told its observer; so every write openraft relies on (vote, truncation,
+    /// purge) must reach a flush before it returns, and the committed index, which may be
+    /// lost, need not.
+    #[test]
+    fn writes_openraft_relies_on_are_flushed_before_they_are_reported_done() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(async {
+            let db = sled::Config::new()
+                .temporary(true)
+                .open()
+                .expect("temporary sled database");
+            let flushes = Arc::new(Flushes::default());
+            let mut store = SledLogStore::open(&db)
+                .expect("log store")
+                .with_flush_mode(FlushMode::CallingThread)
+                .with_flush_observer(Arc::clone(&flushes) as Arc<dyn FlushObserver>);
+
+            store.save_vote(&Vote::new(2, 1)).await.expect("save vote");
+            assert_eq!(flushes.count(), 1, "a vote is flushed before it is saved");
+
+            store
+                .save_committed(Some(log_id(2, 3)))
+                .await
+                .expect("save committed");
+            assert_eq!(flushes.count(), 1, "the committed index is not flushed");
+
+            store.truncate(log_id(2, 5)).await.expect("truncate");
+            assert_eq!(flushes.count(), 2, "a truncation is flushed");
+
+            store.purge(log_id(2, 2)).await.expect("purge");
+            assert_eq!(flushes.count(), 3, "a purge is flushed");
+            let state = store.get_log_state().await.expect("log state");
+            assert_eq!(state.last_purged_log_id, Some(log_id(2, 2)));
+        });
     }
 }

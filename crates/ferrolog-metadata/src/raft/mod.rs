@@ -18,7 +18,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-pub use flush::FlushMode;
+pub use flush::{FlushMode, FlushObserver};
 pub use incarnations::{DuplicateNode, IncarnationTracker};
 pub use log_store::SledLogStore;
 pub use network::{GrpcNetwork, Sender};

@@ -17,7 +17,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::flush::{FlushMode, flush};
+use super::flush::{FlushMode, FlushObserver, Flusher};
 use super::{CommandOutcome, NodeId, StoreError, TypeConfig, decode, encode};
 use crate::recent_commands::{AppliedCommand, MetadataChanges, RecentCommands};
 use crate::records::MetadataRecord;
@@ -81,7 +81,7 @@ pub struct MetadataStateMachine {
     applied: Arc<Mutex<Applied>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshots: sled::Tree,
-    flush_mode: FlushMode,
+    flusher: Flusher,
     /// Serializes persisting snapshots: openraft builds them in a task that can race an
     /// install, and an older snapshot must never replace a newer one.
     persisting: Arc<tokio::sync::Mutex<()>>,
@@ -131,7 +131,7 @@ impl MetadataStateMachine {
             applied: Arc::new(Mutex::new(applied)),
             snapshot: Arc::new(Mutex::new(stored)),
             snapshots,
-            flush_mode: FlushMode::default(),
+            flusher: Flusher::default(),
             persisting: Arc::default(),
             published: Arc::new(published),
         })
@@ -139,7 +139,13 @@ impl MetadataStateMachine {
 
     /// Where snapshot flushes run (the default suits a server).
     pub fn with_flush_mode(mut self, mode: FlushMode) -> Self {
-        self.flush_mode = mode;
+        self.flusher.mode = mode;
+        self
+    }
+
+    /// Tells `observer` of every completed snapshot flush (see [`FlushObserver`]).
+    pub fn with_flush_observer(mut self, observer: Arc<dyn FlushObserver>) -> Self {
+        self.flusher.observer = Some(observer);
         self
     }
 
@@ -190,7 +196,8 @@ impl MetadataStateMachine {
         self.snapshots
             .insert(SNAPSHOT_KEY, bytes)
             .map_err(|e| StorageIOError::write(&e))?;
-        flush(&self.snapshots, self.flush_mode)
+        self.flusher
+            .flush(&self.snapshots)
             .await
             .map_err(|e| StorageIOError::write(&e))?;
         *lock(&self.snapshot) = Some(stored);
