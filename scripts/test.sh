@@ -39,7 +39,7 @@ step "fuzz targets build and pass a short run (scripts/fuzz-smoke.sh)"
 scripts/fuzz-smoke.sh
 
 step "tests"
-# Includes the seeded quorum simulation (200 seeds, about 20 s; see
+# Includes the seeded quorum simulation (200 seeds, about 30-45 s; see
 # crates/ferrolog-metadata/tests/simulation.rs) and the data-path simulation (1,000 seeds,
 # about 10 s; crates/ferrolog-sim, scripts/simulate.sh for more seeds).
 if cargo nextest --version >/dev/null 2>&1; then
