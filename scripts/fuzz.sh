@@ -88,9 +88,9 @@ for target in "${targets[@]}"; do
         -artifact_prefix="$artifacts/" -print_final_stats=1 ${FUZZ_ARGS:-} \
         >"$log" 2>&1 || status=$?
 
-    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' |
+    execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' |
         awk '{ n += $1 } END { print n + 0 }')
-    rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' |
+    rate=$(grep -ao 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' |
         awk '{ n += $1 } END { print n + 0 }')
     crashes=$(find "$artifacts" -type f ! -name .started -newer "$marker" | sort)
     crash_count=$(printf '%s' "$crashes" | grep -c . || true)

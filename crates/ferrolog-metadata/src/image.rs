@@ -173,7 +173,7 @@ impl ClusterImage {
                     record: Some(Record::PartitionChange(PartitionChangeRecord {
                         topic: topic.name.clone(),
                         partition: p.partition.0 as i32,
-                        leader: p.leader.map_or(-1, |l| l.0),
+                        leader: p.leader.map_or(NO_LEADER, |l| l.0),
                         leader_epoch: p.leader_epoch,
                         partition_epoch: p.partition_epoch,
                         replicas: p.replicas.iter().map(|b| b.0).collect(),
@@ -217,6 +217,9 @@ impl ClusterImage {
                         r.name
                     )));
                 }
+                for a in &r.assignments {
+                    check_broker_ids(&r.name, "replicas", &a.replicas)?;
+                }
                 let partitions = r
                     .assignments
                     .iter()
@@ -249,6 +252,20 @@ impl ClusterImage {
                 }
             }
             Record::PartitionChange(r) => {
+                for (what, ids) in [
+                    ("replicas", &r.replicas),
+                    ("isr", &r.isr),
+                    ("adding replicas", &r.adding_replicas),
+                    ("removing replicas", &r.removing_replicas),
+                ] {
+                    check_broker_ids(&r.topic, what, ids)?;
+                }
+                if r.leader < NO_LEADER {
+                    return Err(MetadataError::InvalidRecord(format!(
+                        "partition {}-{} names leader {}: a broker id or {NO_LEADER}",
+                        r.topic, r.partition, r.leader
+                    )));
+                }
                 let partition = self
                     .topics
                     .get_mut(&r.topic)
@@ -281,6 +298,9 @@ impl ClusterImage {
                         ))
                     })?;
                 let first = topic.partitions.len();
+                for a in &r.assignments {
+                    check_broker_ids(&r.topic, "replicas", &a.replicas)?;
+                }
                 if r.assignments.is_empty()
                     || r.assignments
                         .iter()
@@ -310,6 +330,21 @@ impl ClusterImage {
         }
         self.applied_index = index;
         Ok(())
+    }
+}
+
+/// How a partition record says "no leader".
+const NO_LEADER: i32 = -1;
+
+/// Broker ids are non-negative: a record naming a negative one is damaged. Refused here
+/// because the image could not write it back (`to_records` writes a missing leader as
+/// [`NO_LEADER`], and a negative first replica would lead), so a snapshot would change it.
+fn check_broker_ids(topic: &str, what: &str, ids: &[i32]) -> Result<(), MetadataError> {
+    match ids.iter().find(|id| **id < 0) {
+        Some(id) => Err(MetadataError::InvalidRecord(format!(
+            "{what} of topic '{topic}' name broker {id}: broker ids are not negative"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -441,6 +476,58 @@ mod tests {
             rebuilt.apply(2, &record).expect("apply");
         }
         assert_eq!(rebuilt, image);
+    }
+
+    /// Found by the `metadata_record` fuzz target: a topic created with a negative broker id
+    /// as first replica got that id as leader, which `to_records` writes as "no leader", so the
+    /// image changed through its own snapshot. Negative broker ids are refused.
+    #[test]
+    fn records_naming_negative_broker_ids_are_refused_and_change_nothing() {
+        use crate::records::PartitionChangeRecord;
+        let mut image = ClusterImage::default();
+        image
+            .apply(1, &create("orders", &[&[1, 2]]))
+            .expect("apply");
+        let before = image.clone();
+        for (i, record) in [
+            create("events", &[&[1], &[-12986, 105]]),
+            MetadataRecord {
+                record: Some(Record::PartitionChange(PartitionChangeRecord {
+                    topic: "orders".into(),
+                    partition: 0,
+                    leader: 1,
+                    leader_epoch: 1,
+                    partition_epoch: 1,
+                    replicas: vec![1, 2],
+                    isr: vec![1, -2],
+                    adding_replicas: vec![],
+                    removing_replicas: vec![],
+                })),
+            },
+            MetadataRecord {
+                record: Some(Record::PartitionChange(PartitionChangeRecord {
+                    topic: "orders".into(),
+                    partition: 0,
+                    leader: -7,
+                    leader_epoch: 1,
+                    partition_epoch: 1,
+                    replicas: vec![1, 2],
+                    isr: vec![1, 2],
+                    adding_replicas: vec![],
+                    removing_replicas: vec![],
+                })),
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let refused = image.apply(2 + i as u64, record);
+            assert!(
+                matches!(refused, Err(MetadataError::InvalidRecord(_))),
+                "record {i}: {refused:?}"
+            );
+            assert_eq!(image, before, "record {i} changed the image");
+        }
     }
 
     /// Found by the `metadata_record` fuzz target: a partition change whose removing replicas
