@@ -55,10 +55,11 @@ set yrange [0:*]
 $fault_lines
 set ylabel "RSS (MiB)"
 plot for [n=1:3] "$out/node-".n.".csv" using (\$1/60):(\$4/1024) with lines lw 2 title "node ".n
-set ylabel "open fds"
-plot for [n=1:3] "$out/node-".n.".csv" using (\$1/60):5 with lines lw 2 title "node ".n
+set ylabel "open fds (dashed: sockets)"
+plot for [n=1:3] "$out/node-".n.".csv" using (\$1/60):5 with lines lw 2 lc n title "node ".n, \
+     for [n=1:3] "$out/node-".n.".csv" using (\$1/60):6 with lines dt 2 lc n notitle
 set ylabel "threads"
-plot for [n=1:3] "$out/node-".n.".csv" using (\$1/60):6 with lines lw 2 title "node ".n
+plot for [n=1:3] "$out/node-".n.".csv" using (\$1/60):7 with lines lw 2 title "node ".n
 unset multiplot
 EOF
 echo "plot: $out/soak.png"

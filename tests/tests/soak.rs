@@ -16,8 +16,9 @@
 //!   curve is the one that shows a leak.
 //!
 //! Output in `SOAK_OUT` (default `target/soak`): `samples.csv` (elapsed_s, node, pid,
-//! rss_kib, fds, threads), `faults.csv` (elapsed_s, fault), `load.log` (the benchmark's
-//! output) and `summary.txt`, which `scripts/soak.sh` prints and plots.
+//! rss_kib, fds, sockets, threads; sockets are the fds that are sockets), `faults.csv`
+//! (elapsed_s, fault), `load.log` (the benchmark's output) and `summary.txt`, which
+//! `scripts/soak.sh` prints and plots.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -497,6 +498,8 @@ struct Sample {
     pid: i32,
     rss_kib: u64,
     fds: u64,
+    /// Of `fds`, the sockets (client and peer connections, listeners); the rest are files.
+    sockets: u64,
     threads: u64,
 }
 
@@ -512,7 +515,7 @@ impl Sampler {
         let pids = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut file = File::create(csv).with_context(|| format!("create {}", csv.display()))?;
-        writeln!(file, "elapsed_s,node,pid,rss_kib,fds,threads")?;
+        writeln!(file, "elapsed_s,node,pid,rss_kib,fds,sockets,threads")?;
         let sampler_pids = Arc::clone(&pids);
         let sampler_stop = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
@@ -539,8 +542,13 @@ impl Sampler {
                     };
                     writeln!(
                         file,
-                        "{},{node},{},{},{},{}",
-                        sample.elapsed_s, sample.pid, sample.rss_kib, sample.fds, sample.threads
+                        "{},{node},{},{},{},{},{}",
+                        sample.elapsed_s,
+                        sample.pid,
+                        sample.rss_kib,
+                        sample.fds,
+                        sample.sockets,
+                        sample.threads
                     )?;
                     series.entry(node).or_default().push(sample);
                 }
@@ -583,12 +591,19 @@ fn sample_process(pid: i32, elapsed_s: u64) -> Option<Sample> {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok())
     };
-    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let (mut fds, mut sockets) = (0, 0);
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        fds += 1;
+        let is_socket = fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        sockets += u64::from(is_socket);
+    }
     Some(Sample {
         elapsed_s,
         pid,
         rss_kib: field("VmRSS:")?,
         fds,
+        sockets,
         threads: field("Threads:")?,
     })
 }
@@ -634,7 +649,8 @@ fn summarize(
     let _ = writeln!(
         s,
         "\nper process (warm = after the first tenth of its life):\n\
-         node  pid      life_s  rss_mib warm/max/last     fds warm/max/last  threads warm/max/last"
+         node  pid      life_s  rss_mib warm/max/last     fds warm/max/last  sockets warm/max/last  \
+         threads warm/max/last"
     );
     for (node, samples) in series {
         let mut by_pid: Vec<(i32, Vec<Sample>)> = Vec::new();
@@ -648,11 +664,12 @@ fn summarize(
             let life = list.last().map_or(0, |l| l.elapsed_s) - list[0].elapsed_s;
             let (rw, rm, rl) = shape(&list, |x| x.rss_kib / 1024);
             let (fw, fm, fl) = shape(&list, |x| x.fds);
+            let (sw, sm, sl) = shape(&list, |x| x.sockets);
             let (tw, tm, tl) = shape(&list, |x| x.threads);
             let _ = writeln!(
                 s,
                 "{node:<5} {pid:<8} {life:<7} {rw:>6}/{rm}/{rl:<14} {fw:>6}/{fm}/{fl:<12} \
-                 {tw:>5}/{tm}/{tl}"
+                 {sw:>6}/{sm}/{sl:<14} {tw:>5}/{tm}/{tl}"
             );
         }
     }
