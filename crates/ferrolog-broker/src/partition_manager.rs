@@ -109,11 +109,14 @@ impl PartitionManager {
             .settings
             .topic_defaults
             .with_overrides(&topic.configs)?;
+        // `cleanup.policy=compact` alone never deletes by age or size, whatever the
+        // retention settings say (Kafka's rule).
+        let deletes = config.cleanup_policy.deletes();
         Ok(LogConfig {
             segment_bytes: config.segment_bytes,
             segment_ms: config.segment_ms,
-            retention_ms: config.retention_ms,
-            retention_bytes: config.retention_bytes,
+            retention_ms: config.retention_ms.filter(|_| deletes),
+            retention_bytes: config.retention_bytes.filter(|_| deletes),
             index_interval_bytes: self.settings.index_interval_bytes,
             max_message_bytes: config.max_message_bytes,
             flush_policy: self.settings.flush_policy,

@@ -25,7 +25,7 @@ pub use quorum::{MetadataQuorum, QuorumConfig, QuorumStatus};
 pub use recent_commands::{
     AppliedCommand, MAX_RECENT_COMMAND_BYTES, MAX_RECENT_COMMANDS, MetadataChanges,
 };
-pub use topic_config::{CleanupPolicy, ConfigError, TopicConfig};
+pub use topic_config::{CleanupPolicy, ConfigError, TopicCompression, TopicConfig};
 pub use view::MetadataView;
 
 /// The metadata record types, re-exported from the wire crate where they are defined.

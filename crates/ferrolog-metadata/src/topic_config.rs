@@ -8,14 +8,97 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-/// Kafka's `cleanup.policy`.
+/// Kafka's `cleanup.policy`: which of retention (delete) and compaction apply to a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CleanupPolicy {
+    /// Old segments are deleted by `retention.ms` and `retention.bytes`.
     Delete,
+    /// Only the newest record of each key is kept; nothing is deleted by age or size.
+    Compact,
+    /// Both: the log is compacted, and segments past retention are deleted as well.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether the log cleaner compacts this topic.
+    pub fn compacts(self) -> bool {
+        matches!(self, Self::Compact | Self::CompactDelete)
+    }
+
+    /// Whether retention deletes this topic's old segments.
+    pub fn deletes(self) -> bool {
+        matches!(self, Self::Delete | Self::CompactDelete)
+    }
+
+    /// The value as Kafka spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Compact => "compact",
+            Self::CompactDelete => "compact,delete",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        let mut compact = false;
+        let mut delete = false;
+        for part in value.split(',').map(str::trim) {
+            match part {
+                "compact" => compact = true,
+                "delete" => delete = true,
+                _ => return None,
+            }
+        }
+        match (compact, delete) {
+            (true, true) => Some(Self::CompactDelete),
+            (true, false) => Some(Self::Compact),
+            (false, true) => Some(Self::Delete),
+            (false, false) => None,
+        }
+    }
+}
+
+/// Kafka's topic-level `compression.type`: what the broker stores. `Producer` keeps each
+/// batch as the producer compressed it; any other value makes the broker recompress batches
+/// that arrive with another codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicCompression {
+    Producer,
+    Uncompressed,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl TopicCompression {
+    /// The value as Kafka spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Producer => "producer",
+            Self::Uncompressed => "uncompressed",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "producer" => Self::Producer,
+            "uncompressed" => Self::Uncompressed,
+            "gzip" => Self::Gzip,
+            "snappy" => Self::Snappy,
+            "lz4" => Self::Lz4,
+            "zstd" => Self::Zstd,
+            _ => return None,
+        })
+    }
 }
 
 /// Effective configuration of one topic: defaults overlaid with its own settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TopicConfig {
     /// `retention.ms`; `None` is Kafka's -1, keep forever.
     pub retention_ms: Option<u64>,
@@ -27,11 +110,25 @@ pub struct TopicConfig {
     pub segment_ms: u64,
     /// `max.message.bytes`: the largest record batch a producer may send.
     pub max_message_bytes: u32,
-    /// `cleanup.policy`: only `delete` until compaction lands.
+    /// `cleanup.policy`: retention, compaction, or both.
     pub cleanup_policy: CleanupPolicy,
     /// `min.insync.replicas`: acks=all needs at least this many in-sync replicas (capped at
     /// the replication factor).
     pub min_insync_replicas: u32,
+    /// `compression.type`: the codec batches are stored with (`producer`: as sent).
+    pub compression: TopicCompression,
+    /// `min.cleanable.dirty.ratio`: the cleaner compacts a log once the uncleaned part is at
+    /// least this share of the cleanable part.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: a record stays uncompacted at least this long after it was
+    /// written.
+    pub min_compaction_lag_ms: u64,
+    /// `max.compaction.lag.ms`: a record is compacted at most this long after it was written,
+    /// whatever the dirty ratio.
+    pub max_compaction_lag_ms: u64,
+    /// `delete.retention.ms`: how long a tombstone (a key with a null value) stays readable
+    /// after the cleaner first passes it, so consumers see the delete.
+    pub delete_retention_ms: u64,
 }
 
 /// Smallest `segment.bytes` accepted: a segment must hold at least one batch header and
@@ -40,6 +137,8 @@ const MIN_SEGMENT_BYTES: u64 = 1024;
 /// Kafka's default `max.message.bytes` (1 MiB plus the 12-byte log overhead).
 const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1_048_588;
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Kafka's default `max.compaction.lag.ms`: `Long.MAX_VALUE`, no deadline.
+const NO_COMPACTION_DEADLINE_MS: u64 = i64::MAX as u64;
 
 impl Default for TopicConfig {
     /// Kafka's defaults, so a topic behaves as a Kafka user expects.
@@ -56,9 +155,18 @@ impl Default for TopicConfig {
             // it, and one broker may be down (a rolling restart) while writes go on. Capped
             // at the replication factor, so a 1-replica topic still takes writes.
             min_insync_replicas: 2,
+            compression: TopicCompression::Producer,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: NO_COMPACTION_DEADLINE_MS,
+            delete_retention_ms: DAY_MS,
         }
     }
 }
+
+// `f64` has no `Eq`, but the dirty ratio is parsed from a finite decimal in 0..=1 and never
+// NaN, so equality is total on every value a `TopicConfig` can hold.
+impl Eq for TopicConfig {}
 
 /// A config name or value that is refused, with a message that says what would be valid.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -75,7 +183,7 @@ pub enum ConfigError {
 
 impl TopicConfig {
     /// Every config name a topic accepts.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 12] = [
         "retention.ms",
         "retention.bytes",
         "segment.bytes",
@@ -83,6 +191,11 @@ impl TopicConfig {
         "max.message.bytes",
         "cleanup.policy",
         "min.insync.replicas",
+        "compression.type",
+        "min.cleanable.dirty.ratio",
+        "min.compaction.lag.ms",
+        "max.compaction.lag.ms",
+        "delete.retention.ms",
     ];
 
     /// Overlays `overrides` on `self` (the defaults), validating each value.
@@ -135,10 +248,36 @@ impl TopicConfig {
                     .ok_or_else(|| invalid("bytes between 64 and 2147483647"))?
             }
             "cleanup.policy" => {
-                self.cleanup_policy = match value {
-                    "delete" => CleanupPolicy::Delete,
-                    _ => return Err(invalid("'delete' (compaction is not supported yet)")),
-                }
+                self.cleanup_policy = CleanupPolicy::parse(value)
+                    .ok_or_else(|| invalid("'delete', 'compact' or 'compact,delete'"))?
+            }
+            "compression.type" => {
+                self.compression = TopicCompression::parse(value).ok_or_else(|| {
+                    invalid("one of producer, uncompressed, gzip, snappy, lz4, zstd")
+                })?
+            }
+            "min.cleanable.dirty.ratio" => {
+                self.min_cleanable_dirty_ratio = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| invalid("a ratio between 0 and 1"))?
+            }
+            "min.compaction.lag.ms" => {
+                self.min_compaction_lag_ms =
+                    parse_non_negative(value).ok_or_else(|| invalid("milliseconds >= 0"))?
+            }
+            "max.compaction.lag.ms" => {
+                self.max_compaction_lag_ms = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|ms| *ms >= 1)
+                    .map(|ms| ms as u64)
+                    .ok_or_else(|| invalid("milliseconds >= 1"))?
+            }
+            "delete.retention.ms" => {
+                self.delete_retention_ms =
+                    parse_non_negative(value).ok_or_else(|| invalid("milliseconds >= 0"))?
             }
             "min.insync.replicas" => {
                 self.min_insync_replicas = value
@@ -168,13 +307,45 @@ impl TopicConfig {
                 "max.message.bytes".to_owned(),
                 self.max_message_bytes.to_string(),
             ),
-            ("cleanup.policy".to_owned(), "delete".to_owned()),
+            (
+                "cleanup.policy".to_owned(),
+                self.cleanup_policy.as_str().to_owned(),
+            ),
             (
                 "min.insync.replicas".to_owned(),
                 self.min_insync_replicas.to_string(),
             ),
+            (
+                "compression.type".to_owned(),
+                self.compression.as_str().to_owned(),
+            ),
+            (
+                "min.cleanable.dirty.ratio".to_owned(),
+                self.min_cleanable_dirty_ratio.to_string(),
+            ),
+            (
+                "min.compaction.lag.ms".to_owned(),
+                self.min_compaction_lag_ms.to_string(),
+            ),
+            (
+                "max.compaction.lag.ms".to_owned(),
+                self.max_compaction_lag_ms.to_string(),
+            ),
+            (
+                "delete.retention.ms".to_owned(),
+                self.delete_retention_ms.to_string(),
+            ),
         ])
     }
+}
+
+/// Parses a millisecond or byte count that Kafka keeps in a `long`: 0 up to `i64::MAX`.
+fn parse_non_negative(value: &str) -> Option<u64> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(|n| n as u64)
 }
 
 /// Parses Kafka's "N >= 0, or -1 for no limit" values.
@@ -218,8 +389,15 @@ mod tests {
             ("segment.bytes", "10"),
             ("segment.ms", "0"),
             ("max.message.bytes", "-5"),
-            ("cleanup.policy", "compact"),
+            ("cleanup.policy", "compacted"),
+            ("cleanup.policy", ""),
             ("min.insync.replicas", "0"),
+            ("compression.type", "brotli"),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("min.cleanable.dirty.ratio", "NaN"),
+            ("min.compaction.lag.ms", "-1"),
+            ("max.compaction.lag.ms", "0"),
+            ("delete.retention.ms", "later"),
         ] {
             let err = TopicConfig::default()
                 .with_overrides(&overrides(&[(name, value)]))
@@ -237,6 +415,42 @@ mod tests {
             .with_overrides(&overrides(&[("retention.hours", "1")]))
             .expect_err("unknown");
         assert!(err.to_string().contains("retention.ms"), "{err}");
+    }
+
+    #[test]
+    fn cleanup_policy_accepts_both_kafka_spellings_of_compact_and_delete() {
+        for (value, policy) in [
+            ("delete", CleanupPolicy::Delete),
+            ("compact", CleanupPolicy::Compact),
+            ("compact,delete", CleanupPolicy::CompactDelete),
+            ("delete,compact", CleanupPolicy::CompactDelete),
+            ("compact, delete", CleanupPolicy::CompactDelete),
+        ] {
+            let config = TopicConfig::default()
+                .with_overrides(&overrides(&[("cleanup.policy", value)]))
+                .expect("valid policy");
+            assert_eq!(config.cleanup_policy, policy, "{value}");
+        }
+        assert!(CleanupPolicy::CompactDelete.compacts() && CleanupPolicy::CompactDelete.deletes());
+        assert!(!CleanupPolicy::Compact.deletes() && !CleanupPolicy::Delete.compacts());
+    }
+
+    #[test]
+    fn every_compaction_and_compression_setting_round_trips_through_its_name() {
+        let set = overrides(&[
+            ("compression.type", "zstd"),
+            ("min.cleanable.dirty.ratio", "0.25"),
+            ("min.compaction.lag.ms", "1000"),
+            ("max.compaction.lag.ms", "60000"),
+            ("delete.retention.ms", "0"),
+        ]);
+        let config = TopicConfig::default().with_overrides(&set).expect("valid");
+        assert_eq!(config.compression, TopicCompression::Zstd);
+        let map = config.to_map();
+        for (name, value) in &set {
+            assert_eq!(map.get(name), Some(value), "{name}");
+        }
+        assert_eq!(map.len(), TopicConfig::NAMES.len());
     }
 
     #[test]
