@@ -1,8 +1,11 @@
-//! Builds uncompressed RecordBatch v2 batches in memory (the producer side of the format).
+//! Builds RecordBatch v2 batches in memory (the producer side of the format), uncompressed or
+//! with one of Kafka's codecs.
 
 use bytes::{BufMut, BytesMut};
 
 use crate::batch::{BATCH_HEADER_BYTES, CRC_START, LOG_OVERHEAD_BYTES, MAGIC_V2};
+use crate::compression::{Compression, compress};
+use crate::error::LogError;
 use crate::record::Header;
 use crate::varint::{put_varlong, varlong_len};
 
@@ -109,27 +112,63 @@ impl RecordBatchBuilder {
     /// Finishes: writes header fields (length, lastOffsetDelta, timestamps, producerId -1,
     /// epoch -1, seq -1, count), computes CRC-32C.
     pub fn build(self) -> BytesMut {
-        let mut buf = self.buf;
-        let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
-        let count = self.record_count as i32;
-        let mut header = &mut buf[..BATCH_HEADER_BYTES];
-        header.put_i64(0);
-        header.put_i32(batch_length);
-        header.put_i32(NO_PARTITION_LEADER_EPOCH);
-        header.put_i8(MAGIC_V2);
-        header.put_u32(0);
-        header.put_i16(0);
-        header.put_i32(count - 1);
-        header.put_i64(self.base_timestamp_ms);
-        header.put_i64(self.max_timestamp_ms);
-        header.put_i64(NO_PRODUCER);
-        header.put_i16(NO_PRODUCER as i16);
-        header.put_i32(NO_PRODUCER as i32);
-        header.put_i32(count);
-        let crc = crc32c::crc32c(&buf[CRC_START..]);
-        buf[17..21].copy_from_slice(&crc.to_be_bytes());
-        buf
+        let (buf, record_count, base, max) = (
+            self.buf,
+            self.record_count,
+            self.base_timestamp_ms,
+            self.max_timestamp_ms,
+        );
+        finish(buf, Compression::None, record_count, base, max)
     }
+
+    /// Finishes with the records section compressed by `codec` (the codec's id goes into the
+    /// attributes); `Compression::None` is `build`.
+    pub fn build_compressed(self, codec: Compression) -> Result<BytesMut, LogError> {
+        if codec == Compression::None {
+            return Ok(self.build());
+        }
+        let packed = compress(codec, &self.buf[BATCH_HEADER_BYTES..])?;
+        let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + packed.len());
+        buf.put_bytes(0, BATCH_HEADER_BYTES);
+        buf.put_slice(&packed);
+        Ok(finish(
+            buf,
+            codec,
+            self.record_count,
+            self.base_timestamp_ms,
+            self.max_timestamp_ms,
+        ))
+    }
+}
+
+/// Writes the header of a batch whose records section already follows it in `buf`, and its
+/// CRC-32C.
+fn finish(
+    mut buf: BytesMut,
+    codec: Compression,
+    record_count: u32,
+    base_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+) -> BytesMut {
+    let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
+    let count = record_count as i32;
+    let mut header = &mut buf[..BATCH_HEADER_BYTES];
+    header.put_i64(0);
+    header.put_i32(batch_length);
+    header.put_i32(NO_PARTITION_LEADER_EPOCH);
+    header.put_i8(MAGIC_V2);
+    header.put_u32(0);
+    header.put_i16(codec.id());
+    header.put_i32(count - 1);
+    header.put_i64(base_timestamp_ms);
+    header.put_i64(max_timestamp_ms);
+    header.put_i64(NO_PRODUCER);
+    header.put_i16(NO_PRODUCER as i16);
+    header.put_i32(NO_PRODUCER as i32);
+    header.put_i32(count);
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[17..21].copy_from_slice(&crc.to_be_bytes());
+    buf
 }
 
 #[cfg(test)]

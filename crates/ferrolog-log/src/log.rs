@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{BatchHeader, BatchIter, assign_offsets, validate_batch, verify_crc};
+use crate::batch::{BatchHeader, BatchIter, assign_offsets, validate_batch_within, verify_crc};
+use crate::builder::RecordBatchBuilder;
 use crate::checkpoint::{read_high_watermark, write_high_watermark};
 use crate::config::LogConfig;
 use crate::epoch_cache::LeaderEpochCache;
 use crate::error::{IoContext, LogError};
 use crate::fsutil::{TEMP_SUFFIX, remove_if_exists, sync_dir};
 use crate::recent::{RecentBatchBudget, RecentBatches};
+use crate::record::decode_records;
 use crate::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, ReadProgress, Segment, TIME_INDEX_SUFFIX, parse_segment_file_name,
     segment_file_name,
@@ -260,43 +262,85 @@ impl Log {
             .expect("a log always has an active segment")
     }
 
-    /// Validates (validate_batch), checks max_message_bytes, rolls if needed (size or age),
-    /// assigns offsets starting at the log end offset (assign_offsets with `epoch`), appends
-    /// to the active segment, updates indexes. Does NOT fsync (except on roll). `now_ms` is
-    /// wall-clock used for segment.ms.
+    /// Validates (validate_batch), checks max_message_bytes, recompresses if the log's
+    /// `compression` asks for another codec, rolls if needed (size or age), assigns offsets
+    /// starting at the log end offset (assign_offsets with `epoch`), appends to the active
+    /// segment, updates indexes. Does NOT fsync (except on roll). `now_ms` is wall-clock used
+    /// for segment.ms.
     pub fn append_batch(
         &mut self,
         batch: &mut [u8],
         epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let header = self.prepare_batch(batch, epoch)?;
+        let header = self.check_batch(batch)?;
+        if let Some(mut rebuilt) = self.recompress(batch, &header)? {
+            let header = self.stamp(&mut rebuilt, epoch)?;
+            return self.append_validated(&rebuilt, &header, now_ms, None);
+        }
+        let header = self.stamp(batch, epoch)?;
         self.append_validated(batch, &header, now_ms, None)
     }
 
     /// `append_batch` for a batch the caller gives up: if the log keeps recent batches
-    /// (`keep_recent_batches`), it keeps these very bytes for followers.
+    /// (`keep_recent_batches`), it keeps these very bytes (or their recompressed form) for
+    /// followers.
     pub fn append_owned_batch(
         &mut self,
         mut batch: BytesMut,
         epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let header = self.prepare_batch(&mut batch, epoch)?;
+        let header = self.check_batch(&batch)?;
+        if let Some(rebuilt) = self.recompress(&batch, &header)? {
+            batch = rebuilt;
+        }
+        let header = self.stamp(&mut batch, epoch)?;
         let footprint = batch.capacity();
         let batch = batch.freeze();
         self.append_validated(&batch, &header, now_ms, Some((batch.clone(), footprint)))
     }
 
-    /// Checks a producer's batch and gives it its offsets, from the log end, and `epoch`.
-    fn prepare_batch(&self, batch: &mut [u8], epoch: LeaderEpoch) -> Result<BatchHeader, LogError> {
+    /// Checks a producer's batch: its size against `max_message_bytes` (before any work), then
+    /// everything `validate_batch` checks, decompressing at most `max_decompressed_bytes`.
+    fn check_batch(&self, batch: &[u8]) -> Result<BatchHeader, LogError> {
         if batch.len() > self.config.max_message_bytes as usize {
             return Err(LogError::RecordTooLarge {
                 size_bytes: batch.len(),
                 max_bytes: self.config.max_message_bytes,
             });
         }
-        let header = validate_batch(batch)?;
+        validate_batch_within(batch, self.config.max_decompressed_bytes)
+    }
+
+    /// The batch rebuilt with the log's codec, if the topic's `compression.type` names one and
+    /// the producer used another (Kafka recompresses then too); `None` keeps the producer's
+    /// bytes.
+    fn recompress(&self, batch: &[u8], header: &BatchHeader) -> Result<Option<BytesMut>, LogError> {
+        let Some(codec) = self.config.compression else {
+            return Ok(None);
+        };
+        if header.compression()? == codec {
+            return Ok(None);
+        }
+        // Producer id, epoch and sequence are not carried over: batches have none until
+        // idempotent producers land, and then the rebuilt header must keep them.
+        let records = decode_records(batch)?;
+        let mut builder = RecordBatchBuilder::with_capacity(header.base_timestamp_ms, batch.len());
+        for record in &records {
+            builder.push(
+                record.timestamp_ms,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &record.headers,
+            );
+        }
+        Ok(Some(builder.build_compressed(codec)?))
+    }
+
+    /// Gives a checked batch its offsets, from the log end, and `epoch`.
+    fn stamp(&self, batch: &mut [u8], epoch: LeaderEpoch) -> Result<BatchHeader, LogError> {
+        let header = BatchHeader::parse(batch)?;
         let base_offset = self.log_end_offset();
         assign_offsets(batch, base_offset, epoch);
         Ok(BatchHeader {
