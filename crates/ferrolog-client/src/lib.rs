@@ -29,6 +29,8 @@ pub use config::{Acks, ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{Consumer, StartOffset};
 pub use delivery::DeliveryFuture;
 pub use error::{ClientError, Result};
+/// The batch codecs a producer can compress with (`ProducerConfig::compression`).
+pub use ferrolog_log::Compression;
 pub use group::{GroupConsumer, GroupConsumerConfig, OffsetReset, Rebalance, TopicPartition};
 pub use partitioner::{murmur2, partition_for_key, to_positive};
 pub use producer::Producer;

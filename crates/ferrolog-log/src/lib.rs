@@ -29,7 +29,7 @@ pub use batch::{
     BATCH_HEADER_BYTES, BatchHeader, BatchIter, assign_offsets, validate_batch,
     validate_batch_within, verify_crc,
 };
-pub use builder::RecordBatchBuilder;
+pub use builder::{RecordBatchBuilder, compress_batch};
 pub use compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, compress, decompress};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::LogError;
