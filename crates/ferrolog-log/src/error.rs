@@ -45,6 +45,15 @@ pub enum LogError {
         log_start: Offset,
         log_end: Offset,
     },
+    /// DeleteRecords asked to delete records that are not committed yet.
+    #[error(
+        "cannot delete records before offset {requested}: it is beyond the high watermark \
+         {high_watermark}, and only committed records can be deleted"
+    )]
+    BeyondHighWatermark {
+        requested: Offset,
+        high_watermark: Offset,
+    },
     /// A timestamp cannot be stored or looked up (reserved for timestamp validation).
     #[error("timestamp is out of the range this log accepts")]
     TimestampOutOfRange,

@@ -11,7 +11,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::batch::{BatchHeader, BatchIter, assign_offsets, validate_batch_within, verify_crc};
 use crate::builder::RecordBatchBuilder;
-use crate::checkpoint::{read_high_watermark, write_high_watermark};
+use crate::checkpoint::{
+    read_high_watermark, read_log_start_offset, write_high_watermark, write_log_start_offset,
+};
 use crate::config::LogConfig;
 use crate::epoch_cache::LeaderEpochCache;
 use crate::error::{IoContext, LogError};
@@ -94,6 +96,9 @@ pub struct Log {
     config: LogConfig,
     /// Never empty; the last segment is the active one.
     segments: BTreeMap<Offset, Segment>,
+    /// The first offset a reader may ask for: the first segment's base offset, or further
+    /// inside it when DeleteRecords moved it there (then persisted in `log-start-offset`).
+    log_start_offset: Offset,
     flushed_offset: Offset,
     high_watermark: Offset,
     checkpointed_high_watermark: Option<Offset>,
@@ -205,10 +210,12 @@ impl Log {
 
         let epochs = LeaderEpochCache::load(dir)?;
         let checkpointed_high_watermark = read_high_watermark(dir)?;
+        let checkpointed_log_start = read_log_start_offset(dir)?;
         let mut log = Log {
             dir: dir.to_path_buf(),
             config,
             segments,
+            log_start_offset: Offset::ZERO,
             flushed_offset: Offset::ZERO,
             high_watermark: Offset::ZERO,
             checkpointed_high_watermark,
@@ -217,6 +224,11 @@ impl Log {
             recent: Mutex::default(),
             sync_failed: false,
         };
+        // A checkpoint beyond the log end (recovery truncated what it pointed into) gives way.
+        log.log_start_offset = checkpointed_log_start
+            .unwrap_or(Offset::ZERO)
+            .max(log.first_segment_base())
+            .min(log.log_end_offset());
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
         log.flushed_offset = end;
         log.high_watermark = checkpointed_high_watermark
@@ -558,27 +570,80 @@ impl Log {
         })
     }
 
-    /// First offset whose record timestamp >= `timestamp_ms` (Kafka ListOffsets by
-    /// timestamp), None if none. Uses the time index.
+    /// First offset at or above the log start whose record timestamp >= `timestamp_ms` (Kafka
+    /// ListOffsets by timestamp), None if none. Uses the time index.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<Offset>, LogError> {
         for segment in self.segments.values() {
             if segment.max_timestamp_ms() < timestamp_ms {
                 continue;
             }
-            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms)? {
+            if segment.next_offset() <= self.log_start_offset {
+                continue;
+            }
+            if let Some(offset) =
+                segment.offset_for_timestamp(timestamp_ms, self.log_start_offset)?
+            {
                 return Ok(Some(offset));
             }
         }
         Ok(None)
     }
 
-    /// The first offset still in the log.
+    /// The first offset still in the log: reads below it fail with `OffsetOutOfRange`.
     pub fn log_start_offset(&self) -> Offset {
+        self.log_start_offset
+    }
+
+    fn first_segment_base(&self) -> Offset {
         self.segments
             .keys()
             .next()
             .copied()
             .expect("a log always has a segment")
+    }
+
+    /// Moves the log start offset forward to `offset` (Kafka's DeleteRecords, and a follower
+    /// taking its leader's log start): records below it are no longer served, and segments
+    /// wholly below it are deleted. Never past the high watermark (only committed records
+    /// can be deleted: `BeyondHighWatermark`); a no-op at or below the current start. The
+    /// new start is persisted before any file is deleted, so a crash in between leaves
+    /// files that the checkpoint already hides.
+    pub fn advance_log_start(&mut self, offset: Offset) -> Result<bool, LogError> {
+        if offset <= self.log_start_offset {
+            return Ok(false);
+        }
+        if offset > self.high_watermark {
+            return Err(LogError::BeyondHighWatermark {
+                requested: offset,
+                high_watermark: self.high_watermark,
+            });
+        }
+        write_log_start_offset(&self.dir, offset)?;
+        self.log_start_offset = offset;
+        let mut deleted = 0usize;
+        while self.segments.len() > 1 {
+            let mut bases = self.segments.keys();
+            let (Some(&oldest), Some(&next_base)) = (bases.next(), bases.next()) else {
+                break;
+            };
+            if next_base > offset {
+                break;
+            }
+            let segment = self
+                .segments
+                .remove(&oldest)
+                .expect("the key was just read from the map");
+            segment.delete_files()?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        self.flushed_offset = self.flushed_offset.max(offset);
+        self.epochs.truncate_from_start(offset)?;
+        tracing::info!(dir = %self.dir.display(), log_start_offset = %offset,
+            deleted_segments = deleted, "moved the log start offset");
+        Ok(true)
     }
 
     /// The next offset to be assigned.
@@ -723,6 +788,7 @@ impl Log {
         }
         if outcome.deleted_segments > 0 {
             sync_dir(&self.dir)?;
+            self.log_start_offset = self.log_start_offset.max(self.first_segment_base());
             let start = self.log_start_offset();
             outcome.log_start_offset = start;
             self.high_watermark = self.high_watermark.max(start);
@@ -748,7 +814,9 @@ impl Log {
     /// too (as Kafka does) and the log ends at that batch's base offset. A no-op if `offset`
     /// is at or beyond the log end; `OffsetOutOfRange` below the log start.
     pub fn truncate_to(&mut self, offset: Offset) -> Result<(), LogError> {
-        let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
+        // The files' start, not the log start: a start DeleteRecords moved inside the first
+        // segment follows the end down (below).
+        let (log_start, log_end) = (self.first_segment_base(), self.log_end_offset());
         if offset >= log_end {
             // No batch to remove, but an epoch this replica began as leader and never
             // wrote a batch in (it starts at the log end) is not shared with the new
@@ -779,6 +847,11 @@ impl Log {
         self.active_mut().truncate_to(offset)?;
         sync_dir(&self.dir)?;
         let end = self.log_end_offset();
+        if self.log_start_offset > end {
+            // The log now ends below the start DeleteRecords set: it starts where it ends.
+            write_log_start_offset(&self.dir, end)?;
+            self.log_start_offset = end;
+        }
         self.flushed_offset = self.flushed_offset.min(end);
         self.high_watermark = self.high_watermark.min(end);
         self.epochs.truncate_from_end(end)?;
@@ -802,6 +875,10 @@ impl Log {
         self.segments
             .insert(offset, Segment::create(&self.dir, offset)?);
         sync_dir(&self.dir)?;
+        // An older checkpoint may name a start beyond `offset` (a leader that had not yet
+        // taken its predecessor's log start); the new first segment is the start now.
+        write_log_start_offset(&self.dir, offset)?;
+        self.log_start_offset = offset;
         self.truncations += 1;
         self.flushed_offset = offset;
         self.high_watermark = offset;
