@@ -117,7 +117,9 @@ impl BrokerError {
                 LogError::CorruptBatch { .. } | LogError::UnsupportedCompression { .. } => {
                     ErrorCode::CorruptRecord
                 }
-                LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+                LogError::OffsetOutOfRange { .. } | LogError::BeyondHighWatermark { .. } => {
+                    ErrorCode::OffsetOutOfRange
+                }
                 _ => ErrorCode::StorageError,
             },
             Self::Config(_) => ErrorCode::InvalidConfig,

@@ -38,7 +38,7 @@ pub use record::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 
 /// Wire types the client's API returns (admin responses, error codes).
 pub use ferrolog_proto::v1::{
-    CommittedOffset, CreateTopicResponse, DescribeGroupResponse, DescribeTopicResponse, ErrorCode,
-    GroupMember, GroupSummary, ListOffsetsResponse, MetadataResponse, PartitionDescription,
-    TopicSummary,
+    CommittedOffset, CreateTopicResponse, DeleteRecordsResponse, DescribeGroupResponse,
+    DescribeTopicResponse, ErrorCode, GroupMember, GroupSummary, ListOffsetsResponse,
+    MetadataResponse, PartitionDescription, TopicSummary,
 };

@@ -604,18 +604,23 @@ impl Log {
 
     /// Moves the log start offset forward to `offset` (Kafka's DeleteRecords, and a follower
     /// taking its leader's log start): records below it are no longer served, and segments
-    /// wholly below it are deleted. Never past the high watermark (only committed records
-    /// can be deleted: `BeyondHighWatermark`); a no-op at or below the current start. The
-    /// new start is persisted before any file is deleted, so a crash in between leaves
-    /// files that the checkpoint already hides.
-    pub fn advance_log_start(&mut self, offset: Offset) -> Result<bool, LogError> {
+    /// wholly below it are deleted. Never past `high_watermark` (only committed records can
+    /// be deleted: `BeyondHighWatermark`); a no-op at or below the current start. The new
+    /// start is persisted before any file is deleted, so a crash in between leaves files
+    /// that the checkpoint already hides.
+    pub fn advance_log_start(
+        &mut self,
+        offset: Offset,
+        high_watermark: Offset,
+    ) -> Result<bool, LogError> {
         if offset <= self.log_start_offset {
             return Ok(false);
         }
-        if offset > self.high_watermark {
+        let high_watermark = high_watermark.min(self.log_end_offset());
+        if offset > high_watermark {
             return Err(LogError::BeyondHighWatermark {
                 requested: offset,
-                high_watermark: self.high_watermark,
+                high_watermark,
             });
         }
         write_log_start_offset(&self.dir, offset)?;

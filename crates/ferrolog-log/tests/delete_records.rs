@@ -26,7 +26,7 @@ fn the_start_moves_inside_a_segment_and_reads_below_it_are_out_of_range() -> Res
     let mut log = committed_log(dir.path())?;
     let segments_before = log.segment_count();
 
-    assert!(log.advance_log_start(Offset(123))?);
+    assert!(log.advance_log_start(Offset(123), Offset(200))?);
     assert_eq!(log.log_start_offset(), Offset(123));
     assert!(
         log.segment_count() < segments_before,
@@ -45,7 +45,7 @@ fn the_start_moves_inside_a_segment_and_reads_below_it_are_out_of_range() -> Res
     assert_eq!(records.len(), 200 - 123);
 
     assert!(
-        !log.advance_log_start(Offset(100))?,
+        !log.advance_log_start(Offset(100), Offset(200))?,
         "the start never moves back"
     );
     assert_eq!(log.log_start_offset(), Offset(123));
@@ -57,7 +57,7 @@ fn the_moved_start_survives_reopening() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let mut log = committed_log(dir.path())?;
-        log.advance_log_start(Offset(77))?;
+        log.advance_log_start(Offset(77), Offset(200))?;
     }
     let log = Log::open(dir.path(), small_config())?;
     assert_eq!(log.log_start_offset(), Offset(77));
@@ -70,8 +70,7 @@ fn the_moved_start_survives_reopening() -> Result<(), LogError> {
 fn records_past_the_high_watermark_cannot_be_deleted() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut log = committed_log(dir.path())?;
-    log.checkpoint_high_watermark(Offset(150))?;
-    let refused = log.advance_log_start(Offset(151));
+    let refused = log.advance_log_start(Offset(151), Offset(150));
     assert!(
         matches!(
             refused,
@@ -84,7 +83,7 @@ fn records_past_the_high_watermark_cannot_be_deleted() -> Result<(), LogError> {
     );
     assert_eq!(log.log_start_offset(), Offset(0), "nothing moved");
     assert!(
-        log.advance_log_start(Offset(150))?,
+        log.advance_log_start(Offset(150), Offset(200))?,
         "up to the high watermark is fine"
     );
     assert_eq!(read_records(&log, Offset(150), 1024)?.len(), 50);
@@ -96,7 +95,7 @@ fn a_lookup_by_timestamp_never_answers_below_the_start() -> Result<(), LogError>
     let dir = tempfile::tempdir().expect("tempdir");
     let mut log = committed_log(dir.path())?;
     assert_eq!(log.offset_for_timestamp(T0_MS)?, Some(Offset(0)));
-    log.advance_log_start(Offset(42))?;
+    log.advance_log_start(Offset(42), Offset(200))?;
     // Batch 8 (offsets 40..45) is stamped T0 + 8; asking for T0 now finds offset 42.
     assert_eq!(log.offset_for_timestamp(T0_MS)?, Some(Offset(42)));
     assert_eq!(log.offset_for_timestamp(T0_MS + 20)?, Some(Offset(100)));
@@ -108,7 +107,7 @@ fn a_lookup_by_timestamp_never_answers_below_the_start() -> Result<(), LogError>
 fn truncating_below_the_start_moves_the_start_down_to_the_end() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut log = committed_log(dir.path())?;
-    log.advance_log_start(Offset(195))?;
+    log.advance_log_start(Offset(195), Offset(200))?;
     log.truncate_to(Offset(190))?;
     assert!(log.log_end_offset() <= Offset(190));
     assert_eq!(log.log_start_offset(), log.log_end_offset());

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod consume;
+mod delete_records;
 mod fsync_bench;
 pub mod group;
 pub mod health;
