@@ -858,9 +858,21 @@ impl Cluster {
         partitions: u32,
         replication_factor: u32,
     ) -> anyhow::Result<()> {
+        self.create_topic_with(via, topic, partitions, replication_factor, &[])
+    }
+
+    /// [`Cluster::create_topic`] with topic configs (`KEY=VALUE`, Kafka names).
+    pub fn create_topic_with(
+        &self,
+        via: i32,
+        topic: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: &[&str],
+    ) -> anyhow::Result<()> {
         let (partitions, replication_factor) =
             (partitions.to_string(), replication_factor.to_string());
-        let args = [
+        let mut args = vec![
             "topic",
             "create",
             topic,
@@ -869,6 +881,9 @@ impl Cluster {
             "--replication-factor",
             &replication_factor,
         ];
+        for config in configs {
+            args.extend(["--config", config]);
+        }
         let mut last_error = String::new();
         wait_until(
             "the topic is created",
