@@ -48,7 +48,7 @@ pub fn record_batch(data: &[u8]) {
             header.total_size_bytes(),
             header.last_offset(),
             header.next_offset(),
-            header.compression_codec(),
+            header.compression().ok(),
             header.has_log_append_time(),
         );
     }

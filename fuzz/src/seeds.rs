@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use ferrolog_broker::service::fuzzing::records_to_batch;
-use ferrolog_log::{Header, LeaderEpoch, Offset, RecordBatchBuilder, assign_offsets};
+use ferrolog_log::{Compression, Header, LeaderEpoch, Offset, RecordBatchBuilder, assign_offsets};
 use ferrolog_metadata::ClusterImage;
 use ferrolog_metadata::raft::fuzzing::encode_snapshot_image;
 use ferrolog_metadata::records::{
@@ -77,12 +77,33 @@ fn record_batches() -> Vec<(&'static str, Vec<u8>)> {
     assign_offsets(&mut second, Offset(1), LeaderEpoch(0));
     let two_batches = [one_record_batch(), second].concat();
 
+    let compressed = |codec: Compression| {
+        let mut builder = RecordBatchBuilder::new(NOW_MS);
+        for i in 0..20u8 {
+            let value = format!("event {i} of a compressed batch");
+            builder.push(
+                NOW_MS + i64::from(i),
+                Some(&[i % 3]),
+                Some(value.as_bytes()),
+                &headers[..1],
+            );
+        }
+        builder
+            .build_compressed(codec)
+            .expect("compressing into memory cannot fail")
+            .to_vec()
+    };
+
     vec![
         ("one-record", one_record_batch()),
         ("keys-values-headers-nulls", mixed),
         ("stamped-offset-100-epoch-3", stamped),
         ("forty-records", many),
         ("two-batches", two_batches),
+        ("gzip", compressed(Compression::Gzip)),
+        ("snappy", compressed(Compression::Snappy)),
+        ("lz4", compressed(Compression::Lz4)),
+        ("zstd", compressed(Compression::Zstd)),
     ]
 }
 
