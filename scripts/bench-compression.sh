@@ -9,6 +9,11 @@
 #   scripts/bench-compression.sh                 # RUNS=3, release build
 #   RECORDS=500000 CODECS="none lz4 zstd" scripts/bench-compression.sh
 #   FERROLOG_BIN=/tmp/ferrolog-old scripts/bench-compression.sh
+#   PIN=1 scripts/bench-compression.sh          # server on CPU 0, client on CPU 1
+#
+# Client and server share this machine's cores: compressing costs the client CPU that the
+# server then does not get. PIN=1 gives each its own core, the nearest this machine comes to
+# a producer on another host, which is how compression is deployed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +34,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+server_cpu=()
+client_cpu=()
+if [[ "${PIN:-0}" == 1 ]]; then
+    server_cpu=(taskset -c 0)
+    client_cpu=(taskset -c 1)
+fi
+
 mkdir -p "$DATA/server"
-coproc SERVER { RUST_LOG=warn exec "$BIN" server --data-dir "$DATA/server" \
+coproc SERVER { RUST_LOG=warn exec "${server_cpu[@]}" "$BIN" server --data-dir "$DATA/server" \
     --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
     --controller-listen 127.0.0.1:0; }
 server_pid=$SERVER_PID
@@ -43,7 +55,7 @@ for run in $(seq 1 "$RUNS"); do
     for codec in $CODECS; do
         topic="text-$codec-$run"
         echo "run $run/$RUNS: $codec" >&2
-        out=$("$BIN" bench produce --topic "$topic" --records "$RECORDS" \
+        out=$("${client_cpu[@]}" "$BIN" bench produce --topic "$topic" --records "$RECORDS" \
             --record-size "$RECORD_SIZE" --payload text --compression "$codec")
         rps[$codec]+="$(awk '/^throughput:/ {print $2}' <<<"$out")"$'\n'
         # The segment files of the one partition: what the log stores, indexes excluded.
