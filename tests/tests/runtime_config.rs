@@ -196,6 +196,34 @@ fn retention_change_at_runtime_deletes_old_segments_without_restart() -> anyhow:
     Ok(())
 }
 
+/// One refused alter: what it sends, and the code and message it must get.
+struct BadAlter {
+    name: &'static str,
+    resource: ConfigResource,
+    set: Vec<(&'static str, &'static str)>,
+    delete: Vec<&'static str>,
+    code: ErrorCode,
+    message: &'static str,
+}
+
+fn bad(
+    name: &'static str,
+    resource: ConfigResource,
+    set: Vec<(&'static str, &'static str)>,
+    delete: Vec<&'static str>,
+    code: ErrorCode,
+    message: &'static str,
+) -> BadAlter {
+    BadAlter {
+        name,
+        resource,
+        set,
+        delete,
+        code,
+        message,
+    }
+}
+
 #[test]
 fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() -> anyhow::Result<()>
 {
@@ -229,15 +257,8 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
     let before = describe::topic(&brokers, "orders")?;
 
     tracing::info!("phase: each bad change gets its stable code and a message naming the config");
-    let cases: Vec<(
-        &str,
-        ConfigResource,
-        Vec<(&str, &str)>,
-        Vec<&str>,
-        ErrorCode,
-        &str,
-    )> = vec![
-        (
+    let cases = [
+        bad(
             "an unknown config",
             topic(),
             vec![("retention.hours", "1")],
@@ -245,7 +266,7 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             ErrorCode::InvalidConfig,
             "unknown topic config 'retention.hours'; known configs are retention.ms",
         ),
-        (
+        bad(
             "a bad value",
             topic(),
             vec![("retention.ms", "soon")],
@@ -253,7 +274,7 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             ErrorCode::InvalidConfig,
             "invalid value 'soon' for topic config 'retention.ms': milliseconds >= 0, or -1",
         ),
-        (
+        bad(
             "a valid change beside a bad one",
             topic(),
             vec![("retention.ms", "1"), ("segment.bytes", "10")],
@@ -261,7 +282,7 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             ErrorCode::InvalidConfig,
             "'segment.bytes': bytes between 1024 and 2147483647",
         ),
-        (
+        bad(
             "deleting an unknown config",
             topic(),
             vec![],
@@ -269,7 +290,7 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             ErrorCode::InvalidConfig,
             "unknown topic config 'retention.hours'",
         ),
-        (
+        bad(
             "setting and deleting one config",
             topic(),
             vec![("retention.ms", "1")],
@@ -277,7 +298,7 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             ErrorCode::InvalidConfig,
             "'retention.ms' is both set and deleted",
         ),
-        (
+        bad(
             "a result that contradicts the topic's own settings",
             topic(),
             vec![("min.compaction.lag.ms", "120000")],
@@ -285,7 +306,7 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             ErrorCode::InvalidConfig,
             "min.compaction.lag.ms (120000) must not exceed max.compaction.lag.ms (60000)",
         ),
-        (
+        bad(
             "an unknown topic",
             ConfigResource::Topic("nope".into()),
             vec![("retention.ms", "1")],
@@ -293,7 +314,7 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             ErrorCode::UnknownTopic,
             "unknown topic 'nope'",
         ),
-        (
+        bad(
             "a bad cluster default",
             ConfigResource::Cluster,
             vec![("cleanup.policy", "compacted")],
@@ -301,7 +322,7 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             ErrorCode::InvalidConfig,
             "'cleanup.policy': 'delete', 'compact' or 'compact,delete'",
         ),
-        (
+        bad(
             "a cluster default that contradicts a topic",
             ConfigResource::Cluster,
             vec![("min.compaction.lag.ms", "120000")],
@@ -310,7 +331,15 @@ fn bad_config_changes_are_refused_whole_with_a_clear_error_and_lose_nothing() ->
             "of topic 'orders'",
         ),
     ];
-    for (name, resource, set, delete, code, message) in &cases {
+    for BadAlter {
+        name,
+        resource,
+        set,
+        delete,
+        code,
+        message,
+    } in &cases
+    {
         let refused = alter(&brokers, resource, set, delete)?
             .err()
             .with_context(|| format!("{name}: accepted"))?;
