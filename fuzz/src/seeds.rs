@@ -8,7 +8,7 @@ use ferrolog_log::{Compression, Header, LeaderEpoch, Offset, RecordBatchBuilder,
 use ferrolog_metadata::ClusterImage;
 use ferrolog_metadata::raft::fuzzing::encode_snapshot_image;
 use ferrolog_metadata::records::{
-    ConfigChangeRecord, CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord,
+    ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord,
     FenceBrokerRecord, MetadataRecord, PartitionAssignment, PartitionChangeRecord, Record,
     RegisterBrokerRecord, UnfenceBrokerRecord,
 };
@@ -199,8 +199,22 @@ fn create_topic(name: &str, replicas: &[&[i32]], configs: &[(&str, &str)]) -> Me
     }))
 }
 
+/// A change of the cluster-wide dynamic topic defaults.
+fn cluster_config(set: &[(&str, &str)], delete: &[&str]) -> MetadataRecord {
+    metadata(Record::ConfigChange(ConfigChangeRecord {
+        topic: String::new(),
+        set: set
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        delete: delete.iter().map(|d| (*d).to_owned()).collect(),
+        resource_type: ConfigResourceType::Cluster as i32,
+    }))
+}
+
 /// The image every `metadata_record` input is applied to: three brokers (the third fenced),
-/// a topic `orders` with two partitions and a config, and a topic `audit`.
+/// a cluster-wide default, a topic `orders` with two partitions and a config, and a topic
+/// `audit`.
 pub fn base_image() -> ClusterImage {
     let records = [
         register(1),
@@ -210,6 +224,7 @@ pub fn base_image() -> ClusterImage {
             broker_id: 3,
             incarnation_id: 103,
         })),
+        cluster_config(&[("segment.ms", "3600000")], &[]),
         create_topic("orders", &[&[1, 2], &[2, 3]], &[("retention.ms", "60000")]),
         create_topic("audit", &[&[1]], &[]),
     ];
@@ -253,6 +268,7 @@ fn record_sequences() -> Vec<(&'static str, Vec<u8>)> {
         topic: "orders".into(),
         set: [("cleanup.policy".to_owned(), "compact".to_owned())].into(),
         delete: vec!["retention.ms".into()],
+        resource_type: ConfigResourceType::Topic as i32,
     }));
     let fence = |broker_id| {
         metadata(Record::FenceBroker(FenceBrokerRecord {
@@ -282,6 +298,15 @@ fn record_sequences() -> Vec<(&'static str, Vec<u8>)> {
         ("reassign-partition", delimited(&[register(4), change])),
         ("create-partitions", delimited(&[add_partitions])),
         ("config-change", delimited(&[config])),
+        (
+            "cluster-config-change",
+            // One entry per map: a protobuf map's encoding order is not fixed.
+            delimited(&[
+                cluster_config(&[("retention.ms", "3600000")], &[]),
+                cluster_config(&[("segment.bytes", "4096")], &[]),
+                cluster_config(&[], &["segment.bytes"]),
+            ]),
+        ),
         ("fence-and-unfence", delimited(&[fence(1), unfence])),
         (
             "delete-and-recreate",

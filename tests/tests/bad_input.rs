@@ -18,13 +18,14 @@ use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
 use ferrolog_proto::v1::group_service_client::GroupServiceClient;
 use ferrolog_proto::v1::replication_service_client::ReplicationServiceClient;
 use ferrolog_proto::v1::{
-    Acks, AlterPartitionRequest, BrokerHeartbeatRequest, CommittedOffset,
-    ConsumerGroupHeartbeatRequest, ControlledShutdownRequest, CreatePartitionsRequest,
-    CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest,
-    DescribeTopicRequest, ElectLeaderRequest, ErrorCode, FetchFormat, FetchRequest,
-    FindCoordinatorRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, OffsetSpec, ProduceRequest, ReassignPartitionRequest, Record,
-    RegisterBrokerRequest, ReplicaFetchPartition, ReplicaFetchRequest, SubscribeRequest,
+    Acks, AlterConfigsRequest, AlterPartitionRequest, BrokerHeartbeatRequest, CommittedOffset,
+    ConfigResourceType, ConsumerGroupHeartbeatRequest, ControlledShutdownRequest,
+    CreatePartitionsRequest, CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest,
+    DescribeConfigsRequest, DescribeGroupRequest, DescribeTopicRequest, ElectLeaderRequest,
+    ErrorCode, FetchFormat, FetchRequest, FindCoordinatorRequest, ListOffsetsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, OffsetSpec, ProduceRequest,
+    ReassignPartitionRequest, Record, RegisterBrokerRequest, ReplicaFetchPartition,
+    ReplicaFetchRequest, SubscribeRequest,
 };
 use ferrolog_tests::{Server, free_ports, init_logging};
 use tokio_stream::StreamExt;
@@ -66,6 +67,8 @@ enum Call {
     ElectLeader(ElectLeaderRequest),
     CreatePartitions(CreatePartitionsRequest),
     ReassignPartition(ReassignPartitionRequest),
+    AlterConfigs(AlterConfigsRequest),
+    DescribeConfigs(DescribeConfigsRequest),
     FindCoordinator(FindCoordinatorRequest),
     Heartbeat(ConsumerGroupHeartbeatRequest),
     OffsetCommit(OffsetCommitRequest),
@@ -80,6 +83,7 @@ enum Call {
     ControllerElectLeader(ElectLeaderRequest),
     ControllerBrokerHeartbeat(BrokerHeartbeatRequest),
     ControllerControlledShutdown(ControlledShutdownRequest),
+    ControllerAlterConfigs(AlterConfigsRequest),
 }
 
 /// What a row must get back.
@@ -221,6 +225,8 @@ impl Clients {
             Call::ElectLeader(r) => unary(self.admin.elect_leader(r).await),
             Call::CreatePartitions(r) => unary(self.admin.create_partitions(r).await),
             Call::ReassignPartition(r) => unary(self.admin.reassign_partition(r).await),
+            Call::AlterConfigs(r) => unary(self.admin.alter_configs(r).await),
+            Call::DescribeConfigs(r) => unary(self.admin.describe_configs(r).await),
             Call::FindCoordinator(r) => unary(self.group.find_coordinator(r).await),
             Call::Heartbeat(r) => unary(self.group.consumer_group_heartbeat(r).await),
             Call::OffsetCommit(r) => unary(self.group.offset_commit(r).await),
@@ -249,6 +255,7 @@ impl Clients {
             Call::ControllerControlledShutdown(r) => {
                 unary(self.controller.controlled_shutdown(r).await)
             }
+            Call::ControllerAlterConfigs(r) => unary(self.controller.alter_configs(r).await),
         }
     }
 
@@ -362,6 +369,19 @@ fn create_with(config: &str, value: &str) -> Call {
     let mut request = create("configured", 1, 1);
     request.configs.insert(config.to_owned(), value.to_owned());
     Call::CreateTopic(request)
+}
+
+/// An AlterConfigs request for a resource given by its raw wire type.
+fn alter_configs(resource_type: i32, name: &str, set: &[(&str, &str)]) -> AlterConfigsRequest {
+    AlterConfigsRequest {
+        resource_type,
+        resource_name: name.to_owned(),
+        set: set
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        delete: Vec::new(),
+    }
 }
 
 fn elect(topic: &str, partition: i32, leader_id: i32) -> ElectLeaderRequest {
@@ -1034,6 +1054,86 @@ fn cases(fx: &Fixture) -> Vec<Case> {
                 "compaction is not supported",
             ),
         ),
+        // ---- AlterConfigs / DescribeConfigs (the TOPIC's configs must not change).
+        case(
+            "alter an unknown config of a topic",
+            C::AlterConfigs(alter_configs(0, TOPIC, &[("retention.hours", "1")])),
+            refused(
+                InvalidArgument,
+                E::InvalidConfig,
+                "unknown topic config 'retention.hours'",
+            ),
+        ),
+        case(
+            "alter a topic config to a bad value beside a good one",
+            C::AlterConfigs(alter_configs(
+                0,
+                TOPIC,
+                &[("retention.ms", "1"), ("segment.ms", "0")],
+            )),
+            refused(
+                InvalidArgument,
+                E::InvalidConfig,
+                "'segment.ms': milliseconds >= 1",
+            ),
+        ),
+        case(
+            "alter the configs of an unknown topic",
+            C::AlterConfigs(alter_configs(0, "nope", &[("retention.ms", "1")])),
+            refused(NotFound, E::UnknownTopic, "unknown topic 'nope'"),
+        ),
+        case(
+            "alter a config resource of an unknown type",
+            C::AlterConfigs(alter_configs(9, TOPIC, &[("retention.ms", "1")])),
+            refused(
+                InvalidArgument,
+                E::InvalidRequest,
+                "unknown config resource type 9",
+            ),
+        ),
+        case(
+            "alter the cluster resource under a name",
+            C::AlterConfigs(alter_configs(
+                ConfigResourceType::Cluster as i32,
+                TOPIC,
+                &[("retention.ms", "1")],
+            )),
+            refused(InvalidArgument, E::InvalidRequest, "has no name"),
+        ),
+        case(
+            "alter a bad cluster default",
+            C::AlterConfigs(alter_configs(
+                ConfigResourceType::Cluster as i32,
+                "",
+                &[("max.message.bytes", "-1")],
+            )),
+            refused(InvalidArgument, E::InvalidConfig, "'max.message.bytes'"),
+        ),
+        case(
+            "describe the configs of an unknown topic",
+            C::DescribeConfigs(DescribeConfigsRequest {
+                resource_type: 0,
+                resource_name: "nope".to_owned(),
+            }),
+            refused(NotFound, E::UnknownTopic, "unknown topic 'nope'"),
+        ),
+        case(
+            "describe a config resource of an unknown type",
+            C::DescribeConfigs(DescribeConfigsRequest {
+                resource_type: -1,
+                resource_name: String::new(),
+            }),
+            refused(
+                InvalidArgument,
+                E::InvalidRequest,
+                "unknown config resource type -1",
+            ),
+        ),
+        case(
+            "controller: alter a topic config to a bad value",
+            C::ControllerAlterConfigs(alter_configs(0, TOPIC, &[("retention.bytes", "-2")])),
+            refused(InvalidArgument, E::InvalidConfig, "'retention.bytes'"),
+        ),
         // ---- AdminService: delete, describe, elect, grow, reassign.
         case(
             "delete an unknown topic",
@@ -1582,6 +1682,22 @@ async fn every_bad_input_gets_its_stable_code_and_changes_nothing_acknowledged()
             mismatches.push(format!("{}: the server exited: {status}", case.name));
             break;
         }
+    }
+
+    tracing::info!("phase: the topic's configs are unchanged");
+    let configs_after = clients
+        .admin
+        .describe_topic(DescribeTopicRequest {
+            name: TOPIC.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .config_entries;
+    if configs_after != described.config_entries {
+        mismatches.push(format!(
+            "the configs of {TOPIC} changed from {:?} to {configs_after:?}",
+            described.config_entries
+        ));
     }
 
     tracing::info!("phase: the acknowledged records read back unchanged at their offsets");

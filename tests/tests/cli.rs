@@ -471,8 +471,30 @@ fn topic_describe_and_cluster_status_json_match_the_admin_api() -> anyhow::Resul
         })
         .collect();
     let configs: std::collections::BTreeMap<_, _> = topic.configs.iter().collect();
-    let expected = json!({ "name": topic.name, "partitions": partitions, "configs": configs });
+    let sources: std::collections::BTreeMap<_, _> = topic
+        .config_entries
+        .iter()
+        .map(|e| {
+            let source = e.source().as_str_name();
+            let source = source.strip_prefix("CONFIG_SOURCE_").unwrap_or(source);
+            (e.name.as_str(), source.to_ascii_lowercase())
+        })
+        .collect();
+    let expected = json!({
+        "name": topic.name,
+        "partitions": partitions,
+        "configs": configs,
+        "config_sources": sources,
+    });
     assert_eq!(printed, expected);
+    assert_eq!(
+        printed["config_sources"]["retention.ms"], "topic",
+        "{printed}"
+    );
+    assert_eq!(
+        printed["config_sources"]["segment.ms"], "default",
+        "{printed}"
+    );
     assert_eq!(printed["partitions"][1]["log_end_offset"], 2, "{printed}");
     assert_eq!(printed["configs"]["retention.ms"], "3600000", "{printed}");
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferrolog_metadata::{BrokerId, QuorumStatus};
+use ferrolog_metadata::{BrokerId, ConfigResource, QuorumStatus};
 use ferrolog_proto::v1::ErrorCode;
 use thiserror::Error;
 
@@ -70,6 +70,12 @@ pub enum AdminChange {
         topic: String,
         partition: i32,
         replicas: Vec<BrokerId>,
+    },
+    /// Sets and deletes configs of a topic or of the cluster defaults, all or nothing.
+    AlterConfigs {
+        resource: ConfigResource,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
     },
 }
 

@@ -107,16 +107,22 @@ impl PartitionManager {
         self.reconciled.subscribe()
     }
 
-    /// The effective log settings of a topic.
-    pub fn log_config(&self, topic: &TopicImage) -> Result<LogConfig, BrokerError> {
-        let config = self
-            .settings
-            .topic_defaults
-            .with_overrides(&topic.configs)?;
+    /// The effective config of a topic in `image`: this node's static defaults, then the
+    /// cluster's dynamic defaults, then the topic's own settings.
+    pub fn topic_config(
+        &self,
+        image: &ClusterImage,
+        topic: &TopicImage,
+    ) -> Result<TopicConfig, BrokerError> {
+        Ok(image.topic_config(&self.settings.topic_defaults, topic)?)
+    }
+
+    /// The log settings of an effective topic config.
+    pub fn log_config(&self, config: &TopicConfig) -> LogConfig {
         // `cleanup.policy=compact` alone never deletes by age or size, whatever the
         // retention settings say (Kafka's rule).
         let deletes = config.cleanup_policy.deletes();
-        Ok(LogConfig {
+        LogConfig {
             segment_bytes: config.segment_bytes,
             segment_ms: config.segment_ms,
             retention_ms: config.retention_ms.filter(|_| deletes),
@@ -126,7 +132,7 @@ impl PartitionManager {
             flush_policy: self.settings.flush_policy,
             compression: stored_codec(config.compression),
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
-        })
+        }
     }
 
     /// Brings the hosted partitions in line with `image`: opens new ones, deletes those of
@@ -184,7 +190,7 @@ impl PartitionManager {
             }
         }
         for (key, (topic, id)) in &wanted {
-            if let Err(error) = self.open_or_update(key, topic, *id) {
+            if let Err(error) = self.open_or_update(image, key, topic, *id) {
                 failures += 1;
                 tracing::error!(topic = %key.0, partition = key.1, %error,
                     "cannot open partition; it stays offline on this broker");
@@ -222,24 +228,25 @@ impl PartitionManager {
         Ok(())
     }
 
+    /// Opens the partition, or, when it is open, applies the topic's current config to it (a
+    /// runtime config change reaches the log here; retention and rolls use it from the next
+    /// maintenance pass) and the role the image gives it.
     fn open_or_update(
         &self,
+        image: &ClusterImage,
         key: &PartitionKey,
         topic: &TopicImage,
         id: PartitionId,
     ) -> Result<(), BrokerError> {
-        let config = self.log_config(topic)?;
-        let min_insync = self
-            .settings
-            .topic_defaults
-            .with_overrides(&topic.configs)?
-            .min_insync_replicas as usize;
-        let image = topic.partitions.get(id.0 as usize).ok_or_else(|| {
+        let topic_config = self.topic_config(image, topic)?;
+        let config = self.log_config(&topic_config);
+        let min_insync = topic_config.min_insync_replicas as usize;
+        let partition_image = topic.partitions.get(id.0 as usize).ok_or_else(|| {
             BrokerError::Internal(format!("{}-{id} is not in the image", topic.name))
         })?;
         if let Some(existing) = self.get(&key.0, key.1) {
             existing.set_config(config);
-            self.take_role(&existing, image, min_insync)?;
+            self.take_role(&existing, partition_image, min_insync)?;
             return Ok(());
         }
         let dir = self.partition_dir(&topic.name, id);
@@ -256,7 +263,7 @@ impl PartitionManager {
                 recent_budget: Arc::clone(&self.recent_budget),
             },
         )?;
-        self.take_role(&partition, image, min_insync)?;
+        self.take_role(&partition, partition_image, min_insync)?;
         tracing::info!(topic = %topic.name, partition = %id,
             log_end_offset = %partition.log_end_offset(), "partition opened");
         let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());

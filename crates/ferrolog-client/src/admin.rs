@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use ferrolog_proto::v1::admin_service_client::AdminServiceClient;
 use ferrolog_proto::v1::client_service_client::ClientServiceClient;
 use ferrolog_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteRecordsRequest, DeleteRecordsResponse,
-    DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest,
-    ListOffsetsResponse, ListTopicsRequest, MetadataRequest, MetadataResponse, OffsetSpec,
-    TopicSummary,
+    AlterConfigsRequest, ConfigEntry, ConfigResourceType, CreateTopicRequest, CreateTopicResponse,
+    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicRequest, DescribeConfigsRequest,
+    DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListTopicsRequest, MetadataRequest, MetadataResponse, OffsetSpec, TopicSummary,
 };
 
 use crate::config::ClientConfig;
@@ -30,6 +30,24 @@ pub enum OffsetQuery {
     Latest,
     /// The first offset whose timestamp is at or after this many Unix milliseconds.
     Timestamp(i64),
+}
+
+/// Whose configs [`Admin::alter_configs`] and [`Admin::describe_configs`] are about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigResource {
+    /// One topic's own settings.
+    Topic(String),
+    /// The cluster-wide dynamic defaults of every topic that does not set a config itself.
+    Cluster,
+}
+
+impl ConfigResource {
+    fn to_wire(&self) -> (i32, String) {
+        match self {
+            Self::Topic(name) => (ConfigResourceType::Topic as i32, name.clone()),
+            Self::Cluster => (ConfigResourceType::Cluster as i32, String::new()),
+        }
+    }
 }
 
 /// A handle for administrative operations. Cheap to clone.
@@ -261,6 +279,72 @@ impl Admin {
             },
         )
         .await
+    }
+
+    /// Sets and deletes configs of a topic or of the cluster defaults at runtime (Kafka's
+    /// IncrementalAlterConfigs): all of it, or nothing when any part is invalid. A deleted
+    /// config falls back to the cluster default, then the server's static default. Returns
+    /// the metadata index of the change, once the answering node has applied it; the other
+    /// nodes apply it as their metadata catches up.
+    #[tracing::instrument(skip(self))]
+    pub async fn alter_configs(
+        &self,
+        resource: &ConfigResource,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    ) -> Result<u64> {
+        let (resource_type, resource_name) = resource.to_wire();
+        let request = AlterConfigsRequest {
+            resource_type,
+            resource_name,
+            set: set.into_iter().collect(),
+            delete,
+        };
+        self.admin_call(
+            "an AlterConfigs answer",
+            move |mut client, address, timeout| {
+                let request = request.clone();
+                async move {
+                    call(
+                        &address,
+                        "an AlterConfigs answer",
+                        timeout,
+                        client.alter_configs(request),
+                    )
+                    .await
+                }
+            },
+        )
+        .await
+        .map(|r| r.metadata_index)
+    }
+
+    /// Every config of a topic or of the cluster defaults, with its effective value and its
+    /// source (default, cluster or topic), sorted by name.
+    #[tracing::instrument(skip(self))]
+    pub async fn describe_configs(&self, resource: &ConfigResource) -> Result<Vec<ConfigEntry>> {
+        let (resource_type, resource_name) = resource.to_wire();
+        let request = DescribeConfigsRequest {
+            resource_type,
+            resource_name,
+        };
+        self.admin_call(
+            "a DescribeConfigs answer",
+            move |mut client, address, timeout| {
+                let request = request.clone();
+                async move {
+                    call(
+                        &address,
+                        "a DescribeConfigs answer",
+                        timeout,
+                        client.describe_configs(request),
+                    )
+                    .await
+                }
+            },
+        )
+        .await
+        .map(|r| r.configs)
     }
 
     /// Brokers and topics as some broker knows them; an empty `topics` means all.

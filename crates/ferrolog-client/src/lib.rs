@@ -24,7 +24,7 @@ mod producer;
 mod record;
 mod sender;
 
-pub use admin::{Admin, OffsetQuery};
+pub use admin::{Admin, ConfigResource, OffsetQuery};
 pub use config::{Acks, ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{Consumer, StartOffset};
 pub use delivery::DeliveryFuture;
@@ -38,7 +38,7 @@ pub use record::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 
 /// Wire types the client's API returns (admin responses, error codes).
 pub use ferrolog_proto::v1::{
-    CommittedOffset, CreateTopicResponse, DeleteRecordsResponse, DescribeGroupResponse,
-    DescribeTopicResponse, ErrorCode, GroupMember, GroupSummary, ListOffsetsResponse,
-    MetadataResponse, PartitionDescription, TopicSummary,
+    CommittedOffset, ConfigEntry, ConfigSource, CreateTopicResponse, DeleteRecordsResponse,
+    DescribeGroupResponse, DescribeTopicResponse, ErrorCode, GroupMember, GroupSummary,
+    ListOffsetsResponse, MetadataResponse, PartitionDescription, TopicSummary,
 };

@@ -361,6 +361,20 @@ impl AdminService for FakeBroker {
         ))
     }
 
+    async fn alter_configs(
+        &self,
+        _request: Request<ferrolog_proto::v1::AlterConfigsRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::AlterConfigsResponse>, Status> {
+        Err(Status::unimplemented("the fake broker's configs are fixed"))
+    }
+
+    async fn describe_configs(
+        &self,
+        _request: Request<ferrolog_proto::v1::DescribeConfigsRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::DescribeConfigsResponse>, Status> {
+        Err(Status::unimplemented("the fake broker has no configs"))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<DescribeTopicRequest>,
@@ -388,6 +402,7 @@ impl AdminService for FakeBroker {
                 })
                 .collect(),
             configs: Default::default(),
+            config_entries: Vec::new(),
         }))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ferrolog_metadata::BrokerId;
+use ferrolog_metadata::{BrokerId, ConfigResource};
 
 /// A create-topic request as the admin API receives it, before validation.
 #[derive(Clone, Debug, Default)]
@@ -52,6 +52,17 @@ pub enum Change {
         partition: i32,
         replicas: Vec<BrokerId>,
     },
+    /// Sets and deletes configs of a topic or of the cluster defaults (Kafka's
+    /// IncrementalAlterConfigs), all of it or none.
+    AlterConfigs(AlterConfigsRequest),
+}
+
+/// An incremental config change of one resource, as the admin API receives it.
+#[derive(Clone, Debug)]
+pub struct AlterConfigsRequest {
+    pub resource: ConfigResource,
+    pub set: BTreeMap<String, String>,
+    pub delete: Vec<String>,
 }
 
 /// A partition leader's request to change the ISR, at the epochs it knows.

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use ferrolog_metadata::{BrokerId, MetadataError, MetadataQuorum, QuorumStatus, TopicConfig};
 
 use crate::ControllerError;
-use crate::change::{AlterPartitionRequest, Change, CreateTopicRequest};
+use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
 use crate::decide::{
-    decide_alter_partition, decide_create_partitions, decide_create_topic, decide_delete_topic,
-    decide_elect_leader, decide_reassign_partition, decide_register_broker, validate,
+    decide_alter_configs, decide_alter_partition, decide_create_partitions, decide_create_topic,
+    decide_delete_topic, decide_elect_leader, decide_reassign_partition, decide_register_broker,
+    validate,
 };
 use crate::forward::{Forwarder, is_retriable, remote_error};
 use crate::liveness::{
@@ -199,6 +200,7 @@ impl Controller {
                     live.remove(broker);
                     Ok(decide_fence_broker(image, *broker, &live))
                 }
+                Change::AlterConfigs(request) => decide_alter_configs(image, request, defaults),
             })
             .await
     }
@@ -279,6 +281,15 @@ impl Controller {
             replicas,
         })
         .await
+    }
+
+    /// Sets and deletes configs of a topic or of the cluster defaults, all or nothing (see
+    /// [`Change::AlterConfigs`]). A thin [`Controller::submit`].
+    pub async fn alter_configs(
+        &self,
+        request: AlterConfigsRequest,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::AlterConfigs(request)).await
     }
 
     /// Moves `broker`'s leaderships to other live in-sync replicas and fences it, before

@@ -4,15 +4,18 @@
 //! the same way; [`crate::Controller`] runs them inside the quorum's proposal, on a
 //! linearizable image. Broker liveness decides in [`crate::liveness`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ferrolog_metadata::records::{
-    CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord, MetadataRecord,
-    PartitionAssignment, Record, RegisterBrokerRecord,
+    ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord,
+    DeleteTopicRecord, MetadataRecord, PartitionAssignment, Record, RegisterBrokerRecord,
 };
-use ferrolog_metadata::{BrokerId, ClusterImage, PartitionImage, TopicConfig, random_id};
+use ferrolog_metadata::{
+    BrokerId, ClusterImage, ConfigError, ConfigResource, PartitionImage, TopicConfig,
+    alter_overrides, random_id,
+};
 
-use crate::change::{AlterPartitionRequest, Change, CreateTopicRequest};
+use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
 use crate::liveness::decide_fence_broker;
 use crate::partition_change::NextPartition;
 use crate::{ControllerError, assign_replicas, validate_topic_name};
@@ -31,6 +34,7 @@ pub(crate) fn validate(change: &Change, defaults: &TopicConfig) -> Result<(), Co
     match change {
         Change::CreateTopic(request) => validate_create(request, defaults),
         Change::RegisterBroker { id, address, .. } => validate_registration(*id, address),
+        Change::AlterConfigs(request) => validate_alter_configs(request),
         Change::DeleteTopic(_)
         | Change::AlterPartition(_)
         | Change::ElectLeader { .. }
@@ -72,7 +76,16 @@ fn validate_create(
             max: MAX_PARTITIONS_PER_TOPIC,
         });
     }
-    defaults.with_overrides(&request.configs)?;
+    defaults
+        .with_overrides(&request.configs)?
+        .check_consistent()?;
+    Ok(())
+}
+
+/// Checks a config change without the image: names known, values well formed, no name both
+/// set and deleted. The layered result is checked against the image when it is decided.
+fn validate_alter_configs(request: &AlterConfigsRequest) -> Result<(), ControllerError> {
+    alter_overrides(&BTreeMap::new(), &request.set, &request.delete)?;
     Ok(())
 }
 
@@ -86,6 +99,10 @@ pub fn decide_create_topic(
     if image.topic(&request.name).is_some() {
         return Err(ControllerError::TopicAlreadyExists(request.name.clone()));
     }
+    // With the cluster's dynamic defaults under it, as the topic will be configured.
+    defaults
+        .layered(&image.cluster_configs, &request.configs)?
+        .check_consistent()?;
     // Replicas go to live brokers only.
     let brokers = unfenced_brokers(image);
     if brokers.is_empty() {
@@ -123,6 +140,84 @@ pub fn decide_create_topic(
     Ok(vec![MetadataRecord {
         record: Some(Record::CreateTopic(record)),
     }])
+}
+
+/// The record that alters a topic's or the cluster's configs, if the layered result of every
+/// topic it reaches is valid: the topic's own (static defaults, cluster defaults, its new
+/// settings), or, for the cluster defaults, every topic's. Refused whole otherwise, as
+/// Kafka's IncrementalAlterConfigs refuses a resource. A change that changes nothing
+/// commits nothing.
+pub fn decide_alter_configs(
+    image: &ClusterImage,
+    request: &AlterConfigsRequest,
+    defaults: &TopicConfig,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    validate_alter_configs(request)?;
+    let (name, resource_type, current) = match &request.resource {
+        ConfigResource::Topic(name) => {
+            let topic = image
+                .topic(name)
+                .ok_or_else(|| ControllerError::UnknownTopic(name.clone()))?;
+            (name.clone(), ConfigResourceType::Topic, &topic.configs)
+        }
+        ConfigResource::Cluster => (
+            String::new(),
+            ConfigResourceType::Cluster,
+            &image.cluster_configs,
+        ),
+    };
+    let altered = alter_overrides(current, &request.set, &request.delete)?;
+    if altered == *current {
+        return Ok(Vec::new());
+    }
+    match &request.resource {
+        ConfigResource::Topic(_) => defaults
+            .layered(&image.cluster_configs, &altered)?
+            .check_consistent()?,
+        ConfigResource::Cluster => {
+            defaults.with_overrides(&altered)?.check_consistent()?;
+            for topic in image.topics.values() {
+                let checked = defaults
+                    .layered(&altered, &topic.configs)
+                    .and_then(|config| config.check_consistent());
+                if let Err(error) = checked {
+                    return Err(in_context(error, format!("topic '{}'", topic.name)).into());
+                }
+            }
+        }
+    }
+    // Only what the request changes, so the record says what the operator did; deleting a
+    // name the resource does not set writes nothing for it.
+    let record = ConfigChangeRecord {
+        topic: name,
+        set: request
+            .set
+            .iter()
+            .filter(|(k, v)| current.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        delete: request
+            .delete
+            .iter()
+            .filter(|k| current.contains_key(*k))
+            .cloned()
+            .collect(),
+        resource_type: resource_type as i32,
+    };
+    Ok(vec![MetadataRecord {
+        record: Some(Record::ConfigChange(record)),
+    }])
+}
+
+/// Names the topic whose layered config a cluster change would make contradictory.
+fn in_context(error: ConfigError, context: String) -> ConfigError {
+    match error {
+        ConfigError::Conflict { reason, .. } => ConfigError::Conflict {
+            context: Some(context),
+            reason,
+        },
+        other => other,
+    }
 }
 
 /// The record that deletes a topic, which must exist.
@@ -461,6 +556,141 @@ mod tests {
         };
         assert_eq!(topic.assignments.len(), 3);
         assert!(topic.assignments.iter().all(|a| a.replicas == vec![1]));
+    }
+
+    fn alter_configs(
+        resource: ConfigResource,
+        set: &[(&str, &str)],
+        delete: &[&str],
+    ) -> AlterConfigsRequest {
+        AlterConfigsRequest {
+            resource,
+            set: set
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            delete: delete.iter().map(|d| (*d).to_owned()).collect(),
+        }
+    }
+
+    fn topic_image() -> ClusterImage {
+        let mut image = image_with_broker();
+        let records = decide_create_topic(&image, &request("orders", 1), &TopicConfig::default())
+            .expect("create");
+        apply_all(&mut image, records);
+        image
+    }
+
+    #[test]
+    fn config_alters_layer_topic_over_cluster_and_delete_falls_back() {
+        let defaults = TopicConfig::default();
+        let topic = || ConfigResource::Topic("orders".into());
+        let mut image = topic_image();
+        let retention = |image: &ClusterImage| {
+            let t = image.topic("orders").expect("topic");
+            image
+                .topic_config(&defaults, t)
+                .expect("valid")
+                .retention_ms
+        };
+        let steps = [
+            (
+                alter_configs(ConfigResource::Cluster, &[("retention.ms", "2000")], &[]),
+                Some(2000),
+            ),
+            (
+                alter_configs(topic(), &[("retention.ms", "1000")], &[]),
+                Some(1000),
+            ),
+            (alter_configs(topic(), &[], &["retention.ms"]), Some(2000)),
+            (
+                alter_configs(ConfigResource::Cluster, &[], &["retention.ms"]),
+                defaults.retention_ms,
+            ),
+        ];
+        for (request, expected) in steps {
+            let records = decide_alter_configs(&image, &request, &defaults).expect("valid");
+            assert_eq!(records.len(), 1, "{request:?}");
+            apply_all(&mut image, records);
+            assert_eq!(retention(&image), expected, "{request:?}");
+        }
+        // Deleting what is not set, or setting what is already set, commits nothing.
+        let unset = alter_configs(topic(), &[], &["retention.ms"]);
+        assert!(
+            decide_alter_configs(&image, &unset, &defaults)
+                .expect("no-op")
+                .is_empty()
+        );
+        let set = alter_configs(topic(), &[("segment.bytes", "4096")], &[]);
+        let records = decide_alter_configs(&image, &set, &defaults).expect("set");
+        apply_all(&mut image, records);
+        assert!(
+            decide_alter_configs(&image, &set, &defaults)
+                .expect("no-op")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_config_alters_are_refused_whole_with_their_codes() {
+        let defaults = TopicConfig::default();
+        let mut image = topic_image();
+        let topic = || ConfigResource::Topic("orders".into());
+        let lag = alter_configs(topic(), &[("max.compaction.lag.ms", "1000")], &[]);
+        let records = decide_alter_configs(&image, &lag, &defaults).expect("valid");
+        apply_all(&mut image, records);
+        for (request, code, needle) in [
+            (
+                alter_configs(
+                    ConfigResource::Topic("nope".into()),
+                    &[("retention.ms", "1")],
+                    &[],
+                ),
+                ErrorCode::UnknownTopic,
+                "unknown topic 'nope'",
+            ),
+            (
+                alter_configs(
+                    topic(),
+                    &[("retention.ms", "1"), ("retention.hours", "1")],
+                    &[],
+                ),
+                ErrorCode::InvalidConfig,
+                "unknown topic config 'retention.hours'",
+            ),
+            (
+                alter_configs(
+                    topic(),
+                    &[("segment.bytes", "1"), ("retention.ms", "1")],
+                    &[],
+                ),
+                ErrorCode::InvalidConfig,
+                "'segment.bytes': bytes between 1024",
+            ),
+            (
+                alter_configs(topic(), &[("retention.ms", "1")], &["retention.ms"]),
+                ErrorCode::InvalidConfig,
+                "both set and deleted",
+            ),
+            (
+                alter_configs(topic(), &[("min.compaction.lag.ms", "5000")], &[]),
+                ErrorCode::InvalidConfig,
+                "min.compaction.lag.ms (5000) must not exceed max.compaction.lag.ms (1000)",
+            ),
+            (
+                alter_configs(
+                    ConfigResource::Cluster,
+                    &[("min.compaction.lag.ms", "5000")],
+                    &[],
+                ),
+                ErrorCode::InvalidConfig,
+                "of topic 'orders'",
+            ),
+        ] {
+            let refused = decide_alter_configs(&image, &request, &defaults).expect_err("refused");
+            assert_eq!(refused.code(), code, "{request:?}: {refused}");
+            assert!(refused.to_string().contains(needle), "{refused}");
+        }
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub enum ControllerError {
     NoBrokersRegistered,
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
+    #[error("invalid config resource: {0}")]
+    InvalidConfigResource(String),
     /// The active controller refused or failed a forwarded request; its code is kept.
     #[error("{message}")]
     Remote { code: ErrorCode, message: String },
@@ -133,6 +135,7 @@ impl ControllerError {
                 ErrorCode::InvalidRequest
             }
             Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            Self::InvalidConfigResource(_) => ErrorCode::InvalidRequest,
             Self::Remote { code, .. } => *code,
             Self::NoQuorum { .. } => ErrorCode::NotController,
             Self::Metadata(MetadataError::NotController { .. }) => ErrorCode::NotController,

@@ -19,7 +19,7 @@ mod service;
 mod topic_name;
 mod wire;
 
-pub use change::{AlterPartitionRequest, Change, CreateTopicRequest};
+pub use change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
 pub use controller::{Controller, DEFAULT_FORWARD_TIMEOUT};
 pub use decide::{DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC};
 /// The controller's pure decisions, public so that the data-path simulation

@@ -164,6 +164,18 @@ impl ControllerService for ControllerApi {
         }))
     }
 
+    #[tracing::instrument(name = "controller_alter_configs", skip_all,
+        fields(resource_type = request.get_ref().resource_type,
+            resource = %request.get_ref().resource_name))]
+    async fn alter_configs(
+        &self,
+        request: Request<v1::AlterConfigsRequest>,
+    ) -> Result<Response<v1::AlterConfigsResponse>, Status> {
+        let change = Change::try_from(request.into_inner())?;
+        let metadata_index = self.commit(change).await?;
+        Ok(Response::new(v1::AlterConfigsResponse { metadata_index }))
+    }
+
     async fn broker_heartbeat(
         &self,
         request: Request<v1::BrokerHeartbeatRequest>,

@@ -2,12 +2,13 @@
 //! a [`Change`] becomes one request when a node forwards it, and each request becomes that
 //! [`Change`] again at the active controller; a quorum status goes out and comes back.
 
-use ferrolog_metadata::BrokerId;
+use ferrolog_metadata::{BrokerId, ConfigResource};
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
 use tonic::transport::Channel;
 
-use crate::change::{AlterPartitionRequest, Change, CreateTopicRequest};
+use crate::ControllerError;
+use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
 
 /// Sends `change` as its ControllerService request; the metadata log index it committed at.
 pub(crate) async fn send(
@@ -93,7 +94,32 @@ pub(crate) async fn send(
                 leader_id: leader.0,
             }
         ),
+        Change::AlterConfigs(r) => call!(alter_configs, alter_configs_to_wire(r)),
     })
+}
+
+/// The wire form of a config change.
+fn alter_configs_to_wire(r: &AlterConfigsRequest) -> v1::AlterConfigsRequest {
+    let (resource_type, resource_name) = r.resource.to_wire();
+    v1::AlterConfigsRequest {
+        resource_type: resource_type as i32,
+        resource_name,
+        set: r.set.clone().into_iter().collect(),
+        delete: r.delete.clone(),
+    }
+}
+
+impl TryFrom<v1::AlterConfigsRequest> for Change {
+    type Error = ControllerError;
+
+    fn try_from(r: v1::AlterConfigsRequest) -> Result<Self, Self::Error> {
+        Ok(Self::AlterConfigs(AlterConfigsRequest {
+            resource: ConfigResource::from_wire(r.resource_type, &r.resource_name)
+                .map_err(ControllerError::InvalidConfigResource)?,
+            set: r.set.into_iter().collect(),
+            delete: r.delete,
+        }))
+    }
 }
 
 impl From<v1::CreateTopicRequest> for CreateTopicRequest {

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::records::{MetadataRecord, Record};
-use crate::{BrokerId, MetadataError, PartitionId};
+use crate::records::{ConfigResourceType, MetadataRecord, Record};
+use crate::{BrokerId, ConfigError, MetadataError, PartitionId, TopicConfig};
 
 /// A registered broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,11 +99,25 @@ pub struct ClusterImage {
     pub applied_index: u64,
     pub brokers: BTreeMap<BrokerId, BrokerImage>,
     pub topics: BTreeMap<String, TopicImage>,
+    /// Cluster-wide dynamic topic defaults (Kafka names): every topic has them unless it sets
+    /// its own. Like a topic's configs, only what was set is stored, so the static defaults
+    /// below show through for the rest.
+    pub cluster_configs: BTreeMap<String, String>,
 }
 
 impl ClusterImage {
     pub fn topic(&self, name: &str) -> Option<&TopicImage> {
         self.topics.get(name)
+    }
+
+    /// The effective config of `topic`: `static_defaults` (the node's own) overlaid with the
+    /// cluster's dynamic defaults, then with the topic's settings.
+    pub fn topic_config(
+        &self,
+        static_defaults: &TopicConfig,
+        topic: &TopicImage,
+    ) -> Result<TopicConfig, ConfigError> {
+        static_defaults.layered(&self.cluster_configs, &topic.configs)
     }
 
     fn set_fenced(&mut self, broker_id: i32, fenced: bool) -> Result<(), MetadataError> {
@@ -135,6 +149,16 @@ impl ClusterImage {
             CreateTopicRecord, PartitionAssignment, PartitionChangeRecord, RegisterBrokerRecord,
         };
         let mut records = Vec::new();
+        if !self.cluster_configs.is_empty() {
+            records.push(MetadataRecord {
+                record: Some(Record::ConfigChange(crate::records::ConfigChangeRecord {
+                    topic: String::new(),
+                    set: self.cluster_configs.clone().into_iter().collect(),
+                    delete: Vec::new(),
+                    resource_type: ConfigResourceType::Cluster as i32,
+                })),
+            });
+        }
         for broker in self.brokers.values() {
             records.push(MetadataRecord {
                 record: Some(Record::RegisterBroker(RegisterBrokerRecord {
@@ -317,14 +341,43 @@ impl ClusterImage {
                 }));
             }
             Record::ConfigChange(r) => {
-                let topic = self.topics.get_mut(&r.topic).ok_or_else(|| {
-                    MetadataError::InvalidRecord(format!("topic '{}' does not exist", r.topic))
-                })?;
+                let configs = match ConfigResourceType::try_from(r.resource_type) {
+                    Ok(ConfigResourceType::Topic) => {
+                        &mut self
+                            .topics
+                            .get_mut(&r.topic)
+                            .ok_or_else(|| {
+                                MetadataError::InvalidRecord(format!(
+                                    "topic '{}' does not exist",
+                                    r.topic
+                                ))
+                            })?
+                            .configs
+                    }
+                    // The name must be empty, so the record reads back exactly as written
+                    // (`to_records` writes none).
+                    Ok(ConfigResourceType::Cluster) if r.topic.is_empty() => {
+                        &mut self.cluster_configs
+                    }
+                    Ok(ConfigResourceType::Cluster) => {
+                        return Err(MetadataError::InvalidRecord(format!(
+                            "a cluster config change names resource '{}': it names none",
+                            r.topic
+                        )));
+                    }
+                    // A newer node's resource type: refused rather than applied to a topic.
+                    Err(_) => {
+                        return Err(MetadataError::InvalidRecord(format!(
+                            "config change for unknown resource type {}",
+                            r.resource_type
+                        )));
+                    }
+                };
                 for (k, v) in &r.set {
-                    topic.configs.insert(k.clone(), v.clone());
+                    configs.insert(k.clone(), v.clone());
                 }
                 for k in &r.delete {
-                    topic.configs.remove(k);
+                    configs.remove(k);
                 }
             }
         }
@@ -566,6 +619,101 @@ mod tests {
             image.topic("orders").expect("exists").replication_factor(),
             1
         );
+    }
+
+    fn config_change(
+        resource_type: ConfigResourceType,
+        name: &str,
+        set: &[(&str, &str)],
+        delete: &[&str],
+    ) -> MetadataRecord {
+        use crate::records::ConfigChangeRecord;
+        MetadataRecord {
+            record: Some(Record::ConfigChange(ConfigChangeRecord {
+                topic: name.to_owned(),
+                set: set
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                delete: delete.iter().map(|d| (*d).to_owned()).collect(),
+                resource_type: resource_type as i32,
+            })),
+        }
+    }
+
+    #[test]
+    fn cluster_and_topic_configs_apply_delete_and_survive_a_snapshot() {
+        let mut image = ClusterImage::default();
+        image.apply(1, &create("orders", &[&[1]])).expect("apply");
+        let cluster = |set: &[(&str, &str)], delete: &[&str]| {
+            config_change(ConfigResourceType::Cluster, "", set, delete)
+        };
+        image
+            .apply(
+                2,
+                &cluster(&[("retention.ms", "1000"), ("segment.ms", "5")], &[]),
+            )
+            .expect("cluster set");
+        image
+            .apply(
+                3,
+                &config_change(
+                    ConfigResourceType::Topic,
+                    "orders",
+                    &[("retention.ms", "9")],
+                    &[],
+                ),
+            )
+            .expect("topic set");
+        image
+            .apply(4, &cluster(&[], &["segment.ms"]))
+            .expect("cluster delete");
+        let expected: BTreeMap<String, String> =
+            [("retention.ms".to_owned(), "1000".to_owned())].into();
+        assert_eq!(image.cluster_configs, expected);
+        let topic = image.topic("orders").expect("exists");
+        let effective = image
+            .topic_config(&TopicConfig::default(), topic)
+            .expect("valid");
+        assert_eq!(
+            effective.retention_ms,
+            Some(9),
+            "the topic's own value wins"
+        );
+        let mut rebuilt = ClusterImage::default();
+        for record in image.to_records() {
+            rebuilt.apply(4, &record).expect("apply");
+        }
+        assert_eq!(rebuilt, image);
+    }
+
+    #[test]
+    fn config_changes_for_missing_or_unknown_resources_are_refused() {
+        let mut image = ClusterImage::default();
+        image.apply(1, &create("orders", &[&[1]])).expect("apply");
+        let before = image.clone();
+        let mut unknown_type = config_change(ConfigResourceType::Topic, "orders", &[], &[]);
+        if let Some(Record::ConfigChange(r)) = &mut unknown_type.record {
+            r.resource_type = 7;
+        }
+        for record in [
+            config_change(
+                ConfigResourceType::Topic,
+                "nope",
+                &[("retention.ms", "1")],
+                &[],
+            ),
+            config_change(
+                ConfigResourceType::Cluster,
+                "orders",
+                &[("retention.ms", "1")],
+                &[],
+            ),
+            unknown_type,
+        ] {
+            assert!(image.apply(2, &record).is_err(), "{record:?}");
+            assert_eq!(image, before);
+        }
     }
 
     #[test]

@@ -25,14 +25,17 @@ pub use quorum::{MetadataQuorum, QuorumConfig, QuorumStatus};
 pub use recent_commands::{
     AppliedCommand, MAX_RECENT_COMMAND_BYTES, MAX_RECENT_COMMANDS, MetadataChanges,
 };
-pub use topic_config::{CleanupPolicy, ConfigError, TopicCompression, TopicConfig};
+pub use topic_config::{
+    CleanupPolicy, ConfigEntry, ConfigError, ConfigResource, ConfigSource, TopicCompression,
+    TopicConfig, alter_overrides,
+};
 pub use view::MetadataView;
 
 /// The metadata record types, re-exported from the wire crate where they are defined.
 pub mod records {
     pub use ferrolog_proto::v1::{
-        ConfigChangeRecord, CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord,
-        FenceBrokerRecord, MetadataRecord, PartitionAssignment, PartitionChangeRecord,
-        RegisterBrokerRecord, UnfenceBrokerRecord, metadata_record::Record,
+        ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord,
+        DeleteTopicRecord, FenceBrokerRecord, MetadataRecord, PartitionAssignment,
+        PartitionChangeRecord, RegisterBrokerRecord, UnfenceBrokerRecord, metadata_record::Record,
     };
 }

@@ -3,6 +3,12 @@
 //! Configs travel as `name -> string` maps (on the wire and in metadata records) so a new
 //! setting never needs a schema change; they are parsed here, once, into typed fields, and
 //! a value that does not parse is refused before it reaches the metadata log.
+//!
+//! A topic's effective configuration has three layers, each overriding the one before:
+//! the static defaults (built in, or the node's `[topic_defaults]`), the cluster-wide dynamic
+//! defaults in the metadata log, and the topic's own settings in the metadata log. The two
+//! dynamic layers change at runtime ([`alter_overrides`]); [`TopicConfig::describe`] tells
+//! which layer each value comes from.
 
 use std::collections::BTreeMap;
 
@@ -179,6 +185,128 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    /// Values valid one by one that contradict each other once layered.
+    #[error("conflicting topic configs{}: {reason}", context_suffix(.context))]
+    Conflict {
+        /// Whose effective config conflicts (e.g. "topic 'orders'"), when it is not the one
+        /// the request named.
+        context: Option<String>,
+        reason: String,
+    },
+    #[error("config '{name}' is both set and deleted in one request; do one or the other")]
+    SetAndDeleted { name: String },
+}
+
+fn context_suffix(context: &Option<String>) -> String {
+    context
+        .as_deref()
+        .map_or_else(String::new, |c| format!(" of {c}"))
+}
+
+/// Which resource a dynamic config change or description is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConfigResource {
+    /// One topic's own settings.
+    Topic(String),
+    /// The cluster-wide dynamic topic defaults.
+    Cluster,
+}
+
+impl ConfigResource {
+    /// The resource a request names: a topic, or the cluster defaults, whose name must be
+    /// empty (so a typo cannot turn a topic change into a cluster-wide one). A resource type
+    /// this build does not know is refused; the error says why.
+    pub fn from_wire(resource_type: i32, name: &str) -> Result<Self, String> {
+        use crate::records::ConfigResourceType;
+        match ConfigResourceType::try_from(resource_type) {
+            Ok(ConfigResourceType::Topic) => Ok(Self::Topic(name.to_owned())),
+            Ok(ConfigResourceType::Cluster) if name.is_empty() => Ok(Self::Cluster),
+            Ok(ConfigResourceType::Cluster) => Err(format!(
+                "the cluster config resource has no name, but '{name}' was given"
+            )),
+            Err(_) => Err(format!(
+                "unknown config resource type {resource_type}: 0 is a topic, 1 the cluster"
+            )),
+        }
+    }
+
+    /// The wire form: a resource type and a name (empty for the cluster).
+    pub fn to_wire(&self) -> (crate::records::ConfigResourceType, String) {
+        use crate::records::ConfigResourceType;
+        match self {
+            Self::Topic(name) => (ConfigResourceType::Topic, name.clone()),
+            Self::Cluster => (ConfigResourceType::Cluster, String::new()),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Topic(name) => write!(f, "topic '{name}'"),
+            Self::Cluster => f.write_str("the cluster defaults"),
+        }
+    }
+}
+
+/// Where a config's effective value comes from, weakest layer first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConfigSource {
+    /// Built in, or the node's static `[topic_defaults]`.
+    Default,
+    /// A cluster-wide dynamic default from the metadata log.
+    Cluster,
+    /// The topic's own setting from the metadata log.
+    Topic,
+}
+
+impl ConfigSource {
+    /// The source as `topic describe` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Cluster => "cluster",
+            Self::Topic => "topic",
+        }
+    }
+}
+
+/// One effective config, with the layer its value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub name: String,
+    pub value: String,
+    pub source: ConfigSource,
+}
+
+/// Checks an incremental alter on its own (names known, values well formed, no name both
+/// set and deleted) and returns the resource's settings after it: `current` with `set`
+/// applied and `delete` removed. Deleting a name the resource does not set is a no-op, as in
+/// Kafka. Whether the result is consistent once layered is the caller's to check
+/// ([`TopicConfig::check_consistent`]), since only it knows the layers below.
+pub fn alter_overrides(
+    current: &BTreeMap<String, String>,
+    set: &BTreeMap<String, String>,
+    delete: &[String],
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut scratch = TopicConfig::default();
+    for (name, value) in set {
+        scratch.set(name, value)?;
+    }
+    for name in delete {
+        if !TopicConfig::NAMES.contains(&name.as_str()) {
+            return Err(ConfigError::UnknownName { name: name.clone() });
+        }
+        if set.contains_key(name) {
+            return Err(ConfigError::SetAndDeleted { name: name.clone() });
+        }
+    }
+    let mut result = current.clone();
+    result.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for name in delete {
+        result.remove(name);
+    }
+    Ok(result)
 }
 
 impl TopicConfig {
@@ -208,6 +336,64 @@ impl TopicConfig {
             config.set(name, value)?;
         }
         Ok(config)
+    }
+
+    /// The effective config of a topic: `self` (the static defaults) overlaid with the
+    /// cluster's dynamic defaults, then with the topic's own settings.
+    pub fn layered(
+        &self,
+        cluster: &BTreeMap<String, String>,
+        topic: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        self.with_overrides(cluster)?.with_overrides(topic)
+    }
+
+    /// Every config of the layered result ([`TopicConfig::layered`]) with the layer its value
+    /// comes from, sorted by name. Values are the parsed ones written back, so they read the
+    /// same whichever spelling was set (`compact, delete` shows as `compact,delete`).
+    pub fn describe(
+        &self,
+        cluster: &BTreeMap<String, String>,
+        topic: &BTreeMap<String, String>,
+    ) -> Result<Vec<ConfigEntry>, ConfigError> {
+        let effective = self.layered(cluster, topic)?;
+        Ok(effective
+            .to_map()
+            .into_iter()
+            .map(|(name, value)| {
+                let source = if topic.contains_key(&name) {
+                    ConfigSource::Topic
+                } else if cluster.contains_key(&name) {
+                    ConfigSource::Cluster
+                } else {
+                    ConfigSource::Default
+                };
+                ConfigEntry {
+                    name,
+                    value,
+                    source,
+                }
+            })
+            .collect())
+    }
+
+    /// Checks what no single value can: settings that contradict each other. Run by the
+    /// controller on the layered result of every change, so a change that would leave some
+    /// topic contradictory is refused whole, before it reaches the metadata log. Not run by
+    /// [`TopicConfig::with_overrides`]: a broker applying committed metadata must never
+    /// refuse it.
+    pub fn check_consistent(&self) -> Result<(), ConfigError> {
+        // Kafka's rule: a record cannot have to stay uncompacted longer than it may.
+        if self.min_compaction_lag_ms > self.max_compaction_lag_ms {
+            return Err(ConfigError::Conflict {
+                context: None,
+                reason: format!(
+                    "min.compaction.lag.ms ({}) must not exceed max.compaction.lag.ms ({})",
+                    self.min_compaction_lag_ms, self.max_compaction_lag_ms
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Sets one config by its Kafka name.
@@ -451,6 +637,98 @@ mod tests {
             assert_eq!(map.get(name), Some(value), "{name}");
         }
         assert_eq!(map.len(), TopicConfig::NAMES.len());
+    }
+
+    #[test]
+    fn each_layer_overrides_the_one_below_and_describe_names_it() {
+        let defaults = TopicConfig::default()
+            .with_overrides(&overrides(&[("retention.ms", "3600000")]))
+            .expect("valid");
+        let cluster = overrides(&[("retention.ms", "7200000"), ("segment.bytes", "4096")]);
+        let topic = overrides(&[
+            ("segment.bytes", "8192"),
+            ("cleanup.policy", "compact, delete"),
+        ]);
+        let entries = defaults.describe(&cluster, &topic).expect("valid");
+        let find = |name: &str| {
+            entries
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| (e.value.as_str(), e.source))
+        };
+        assert_eq!(
+            find("retention.ms"),
+            Some(("7200000", ConfigSource::Cluster))
+        );
+        assert_eq!(find("segment.bytes"), Some(("8192", ConfigSource::Topic)));
+        assert_eq!(
+            find("cleanup.policy"),
+            Some(("compact,delete", ConfigSource::Topic))
+        );
+        assert_eq!(
+            find("segment.ms"),
+            Some(("604800000", ConfigSource::Default))
+        );
+        assert_eq!(entries.len(), TopicConfig::NAMES.len());
+        let no_cluster = defaults.describe(&BTreeMap::new(), &topic).expect("valid");
+        assert!(no_cluster.contains(&ConfigEntry {
+            name: "retention.ms".into(),
+            value: "3600000".into(),
+            source: ConfigSource::Default,
+        }));
+    }
+
+    #[test]
+    fn an_alter_sets_and_deletes_and_refuses_bad_names_values_and_overlaps() {
+        let current = overrides(&[("retention.ms", "1000"), ("segment.bytes", "4096")]);
+        let altered = alter_overrides(
+            &current,
+            &overrides(&[("retention.ms", "2000"), ("max.message.bytes", "2048")]),
+            &["segment.bytes".to_owned(), "segment.ms".to_owned()],
+        )
+        .expect("valid");
+        assert_eq!(
+            altered,
+            overrides(&[("retention.ms", "2000"), ("max.message.bytes", "2048")])
+        );
+        let refused = |set: &[(&str, &str)], delete: &[&str]| {
+            let delete: Vec<String> = delete.iter().map(|d| (*d).to_owned()).collect();
+            alter_overrides(&current, &overrides(set), &delete).expect_err("refused")
+        };
+        assert!(matches!(
+            refused(&[("retention.hours", "1")], &[]),
+            ConfigError::UnknownName { .. }
+        ));
+        assert!(matches!(
+            refused(&[], &["retention.hours"]),
+            ConfigError::UnknownName { .. }
+        ));
+        assert!(matches!(
+            refused(&[("retention.ms", "soon")], &[]),
+            ConfigError::InvalidValue { .. }
+        ));
+        assert!(matches!(
+            refused(&[("retention.ms", "5")], &["retention.ms"]),
+            ConfigError::SetAndDeleted { .. }
+        ));
+    }
+
+    #[test]
+    fn a_minimum_compaction_lag_above_the_maximum_is_a_conflict() {
+        let config = TopicConfig::default()
+            .with_overrides(&overrides(&[
+                ("min.compaction.lag.ms", "60000"),
+                ("max.compaction.lag.ms", "1000"),
+            ]))
+            .expect("each value is valid alone");
+        let err = config.check_consistent().expect_err("conflict");
+        assert!(
+            err.to_string().contains("min.compaction.lag.ms (60000)"),
+            "{err}"
+        );
+        TopicConfig::default()
+            .check_consistent()
+            .expect("the defaults agree");
     }
 
     #[test]

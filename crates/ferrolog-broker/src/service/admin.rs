@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrolog_metadata::BrokerId;
+use std::collections::BTreeMap;
+
+use ferrolog_metadata::{BrokerId, ConfigEntry, ConfigResource, ConfigSource};
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
@@ -140,6 +142,54 @@ impl AdminApi {
         })
     }
 
+    #[tracing::instrument(name = "alter_configs", skip_all,
+        fields(resource_type = request.resource_type, resource = %request.resource_name,
+            set = ?request.set, delete = ?request.delete))]
+    async fn alter_configs_inner(
+        &self,
+        request: v1::AlterConfigsRequest,
+    ) -> Result<v1::AlterConfigsResponse, BrokerError> {
+        let resource = ConfigResource::from_wire(request.resource_type, &request.resource_name)
+            .map_err(BrokerError::InvalidRequest)?;
+        let index = self
+            .apply(AdminChange::AlterConfigs {
+                resource,
+                set: request.set.into_iter().collect(),
+                delete: request.delete,
+            })
+            .await?;
+        tracing::info!(metadata_index = index, "configs altered");
+        Ok(v1::AlterConfigsResponse {
+            metadata_index: index,
+        })
+    }
+
+    #[tracing::instrument(name = "describe_configs", skip_all,
+        fields(resource_type = request.resource_type, resource = %request.resource_name))]
+    fn describe_configs_inner(
+        &self,
+        request: v1::DescribeConfigsRequest,
+    ) -> Result<v1::DescribeConfigsResponse, BrokerError> {
+        let resource = ConfigResource::from_wire(request.resource_type, &request.resource_name)
+            .map_err(BrokerError::InvalidRequest)?;
+        let image = self.broker.image();
+        let defaults = &self.broker.partitions().settings().topic_defaults;
+        let entries = match &resource {
+            ConfigResource::Topic(name) => {
+                let topic = image
+                    .topic(name)
+                    .ok_or_else(|| BrokerError::UnknownTopic(name.clone()))?;
+                defaults.describe(&image.cluster_configs, &topic.configs)?
+            }
+            ConfigResource::Cluster => {
+                defaults.describe(&image.cluster_configs, &BTreeMap::new())?
+            }
+        };
+        Ok(v1::DescribeConfigsResponse {
+            configs: entries.into_iter().map(config_entry_to_wire).collect(),
+        })
+    }
+
     async fn cluster_status_inner(&self) -> v1::ClusterStatusResponse {
         let wire = self.broker.control_plane().quorum_status().await.to_wire();
         let image = self.broker.image();
@@ -201,13 +251,12 @@ impl AdminApi {
         let topic = image
             .topic(&request.name)
             .ok_or_else(|| BrokerError::UnknownTopic(request.name.clone()))?;
-        let configs = self
+        let entries = self
             .broker
             .partitions()
             .settings()
             .topic_defaults
-            .with_overrides(&topic.configs)?
-            .to_map();
+            .describe(&image.cluster_configs, &topic.configs)?;
         let partitions = topic
             .partitions
             .iter()
@@ -240,8 +289,25 @@ impl AdminApi {
         Ok(v1::DescribeTopicResponse {
             name: topic.name.clone(),
             partitions,
-            configs: configs.into_iter().collect(),
+            configs: entries
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            config_entries: entries.into_iter().map(config_entry_to_wire).collect(),
         })
+    }
+}
+
+fn config_entry_to_wire(entry: ConfigEntry) -> v1::ConfigEntry {
+    let source = match entry.source {
+        ConfigSource::Default => v1::ConfigSource::Default,
+        ConfigSource::Cluster => v1::ConfigSource::Cluster,
+        ConfigSource::Topic => v1::ConfigSource::Topic,
+    };
+    v1::ConfigEntry {
+        name: entry.name,
+        value: entry.value,
+        source: source as i32,
     }
 }
 
@@ -301,6 +367,24 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::ReassignPartitionResponse>, Status> {
         let result = self.reassign_partition_inner(request.into_inner()).await;
         self.count("reassign_partition", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn alter_configs(
+        &self,
+        request: Request<v1::AlterConfigsRequest>,
+    ) -> Result<Response<v1::AlterConfigsResponse>, Status> {
+        let result = self.alter_configs_inner(request.into_inner()).await;
+        self.count("alter_configs", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn describe_configs(
+        &self,
+        request: Request<v1::DescribeConfigsRequest>,
+    ) -> Result<Response<v1::DescribeConfigsResponse>, Status> {
+        let result = self.describe_configs_inner(request.into_inner());
+        self.count("describe_configs", &result);
         result.map(Response::new).map_err(Status::from)
     }
 

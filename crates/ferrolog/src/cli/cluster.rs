@@ -1,17 +1,43 @@
 //! `ferrolog cluster status`: the controllers (voters, the Raft leader, term, commit index,
 //! replication lag) and the registered brokers, as the active controller sees them.
+//! `ferrolog cluster alter-config|describe-config`: the cluster-wide dynamic topic defaults.
+
+use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use ferrolog_client::Admin;
+use ferrolog_client::{Admin, ConfigResource};
 use serde_json::json;
 
 use super::ClientArgs;
+use super::topic::{ConfigChangeArgs, print_config_table, source_name};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Show the metadata quorum and the brokers
     Status(StatusArgs),
+    /// Change the dynamic topic defaults of the whole cluster at runtime: every topic that
+    /// does not set a config itself takes it (a deleted one falls back to the server default)
+    AlterConfig(AlterConfigArgs),
+    /// Show the cluster-wide topic defaults with their sources (cluster or default)
+    DescribeConfig(DescribeConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlterConfigArgs {
+    #[command(flatten)]
+    change: ConfigChangeArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeConfigArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -24,7 +50,41 @@ pub struct StatusArgs {
 }
 
 pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
-    let ClusterCommand::Status(args) = command;
+    match command {
+        ClusterCommand::Status(args) => status(args).await,
+        ClusterCommand::AlterConfig(args) => {
+            let admin = Admin::connect(args.client.config()).await?;
+            args.change.apply(&admin, &ConfigResource::Cluster).await
+        }
+        ClusterCommand::DescribeConfig(args) => {
+            let admin = Admin::connect(args.client.config()).await?;
+            let entries = admin
+                .describe_configs(&ConfigResource::Cluster)
+                .await
+                .context("describe the cluster's configs")?;
+            if args.json {
+                let configs: BTreeMap<_, _> = entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.name.as_str(),
+                            json!({ "value": e.value, "source": source_name(e) }),
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "configs": configs }))?
+                );
+            } else {
+                print_config_table(&entries);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(args.client.config()).await?;
     let status = admin
         .cluster_status()

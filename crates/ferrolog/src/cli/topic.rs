@@ -1,10 +1,10 @@
-//! `ferrolog topic create|list|describe|add-partitions|delete|delete-records`.
+//! `ferrolog topic create|list|describe|alter-config|add-partitions|delete|delete-records`.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
-use ferrolog_client::Admin;
+use clap::{ArgGroup, Args, Subcommand};
+use ferrolog_client::{Admin, ConfigEntry, ConfigResource, ConfigSource};
 use serde_json::json;
 
 use super::ClientArgs;
@@ -15,8 +15,12 @@ pub enum TopicCommand {
     Create(CreateArgs),
     /// List topics
     List(ListArgs),
-    /// Show a topic's partitions (leader, replicas, isr, offsets) and configs
+    /// Show a topic's partitions (leader, replicas, isr, offsets) and configs with their
+    /// sources
     Describe(DescribeArgs),
+    /// Change a topic's configs at runtime: set some, delete others (a deleted config falls
+    /// back to the cluster default, then the server default). All or nothing.
+    AlterConfig(AlterConfigArgs),
     /// Grow a topic to more partitions (records already written keep their partition; new
     /// keyed records may hash to the new ones)
     AddPartitions(AddPartitionsArgs),
@@ -70,6 +74,48 @@ pub struct DescribeArgs {
     client: ClientArgs,
 }
 
+/// `--set` and `--delete`, shared by `topic alter-config` and `cluster alter-config`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("change").required(true).multiple(true).args(["set", "delete"])))]
+#[command(allow_negative_numbers = true)]
+pub struct ConfigChangeArgs {
+    /// Set a config as name=value (Kafka names, e.g. retention.ms=3600000), repeatable
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Stop setting a config here, so the next layer down applies, repeatable
+    #[arg(long = "delete", value_name = "KEY")]
+    pub delete: Vec<String>,
+}
+
+impl ConfigChangeArgs {
+    /// Sends the change for `resource`; prints what changed.
+    pub async fn apply(&self, admin: &Admin, resource: &ConfigResource) -> anyhow::Result<()> {
+        let set = parse_pairs("--set", &self.set)?;
+        let delete: Vec<String> = self.delete.iter().map(|k| k.trim().to_owned()).collect();
+        let what = match resource {
+            ConfigResource::Topic(name) => format!("topic {name}"),
+            ConfigResource::Cluster => "the cluster defaults".to_owned(),
+        };
+        admin
+            .alter_configs(resource, set.clone(), delete.clone())
+            .await
+            .with_context(|| format!("alter configs of {what}"))?;
+        let mut changes: Vec<String> = set.iter().map(|(k, v)| format!("set {k}={v}")).collect();
+        changes.extend(delete.iter().map(|k| format!("deleted {k}")));
+        println!("altered {what}: {}", changes.join(", "));
+        Ok(())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AlterConfigArgs {
+    name: String,
+    #[command(flatten)]
+    change: ConfigChangeArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     name: String,
@@ -78,13 +124,53 @@ pub struct DeleteArgs {
 }
 
 fn parse_configs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    parse_pairs("--config", pairs)
+}
+
+/// Parses `flag`'s KEY=VALUE arguments.
+fn parse_pairs(flag: &str, pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|pair| match pair.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-            _ => bail!("invalid --config '{pair}': expected KEY=VALUE, e.g. retention.ms=3600000"),
+            _ => bail!("invalid {flag} '{pair}': expected KEY=VALUE, e.g. retention.ms=3600000"),
         })
         .collect()
+}
+
+/// How `describe` prints a config's source.
+pub fn source_name(entry: &ConfigEntry) -> &'static str {
+    match ConfigSource::try_from(entry.source) {
+        Ok(ConfigSource::Default) => "default",
+        Ok(ConfigSource::Cluster) => "cluster",
+        Ok(ConfigSource::Topic) => "topic",
+        Ok(ConfigSource::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// Prints configs as a table of name, value and source.
+pub fn print_config_table(entries: &[ConfigEntry]) {
+    let width = entries
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let value_width = entries
+        .iter()
+        .map(|e| e.value.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    println!("{:<width$}  {:<value_width$}  SOURCE", "CONFIG", "VALUE");
+    for entry in entries {
+        println!(
+            "{:<width$}  {:<value_width$}  {}",
+            entry.name,
+            entry.value,
+            source_name(entry)
+        );
+    }
 }
 
 pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
@@ -140,8 +226,17 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                     })
                     .collect();
                 let configs: BTreeMap<_, _> = topic.configs.iter().collect();
-                let out =
-                    json!({ "name": topic.name, "partitions": partitions, "configs": configs });
+                let sources: BTreeMap<_, _> = topic
+                    .config_entries
+                    .iter()
+                    .map(|e| (e.name.as_str(), source_name(e)))
+                    .collect();
+                let out = json!({
+                    "name": topic.name,
+                    "partitions": partitions,
+                    "configs": configs,
+                    "config_sources": sources,
+                });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!(
@@ -149,10 +244,6 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                     topic.name,
                     topic.partitions.len()
                 );
-                let configs: BTreeMap<_, _> = topic.configs.iter().collect();
-                let configs: Vec<String> =
-                    configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!("Configs: {}", configs.join(","));
                 println!(
                     "{:>9} {:>6} {:>5} {:>10} {:>10} {:>14} {:>14} {:>14}  REASSIGNING",
                     "PARTITION",
@@ -190,7 +281,15 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                         reassigning
                     );
                 }
+                println!();
+                print_config_table(&topic.config_entries);
             }
+        }
+        TopicCommand::AlterConfig(args) => {
+            let admin = Admin::connect(args.client.config()).await?;
+            args.change
+                .apply(&admin, &ConfigResource::Topic(args.name.clone()))
+                .await?;
         }
         TopicCommand::AddPartitions(args) => {
             let admin = Admin::connect(args.client.config()).await?;

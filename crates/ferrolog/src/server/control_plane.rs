@@ -7,7 +7,9 @@ use std::time::Duration;
 use ferrolog_broker::{
     AdminChange, AlterIsrRequest, ControlPlane, ControlPlaneError, InternalTopic,
 };
-use ferrolog_controller::{AlterPartitionRequest, Controller, ControllerError, CreateTopicRequest};
+use ferrolog_controller::{
+    AlterConfigsRequest, AlterPartitionRequest, Controller, ControllerError, CreateTopicRequest,
+};
 use ferrolog_metadata::{BrokerId, QuorumStatus};
 use ferrolog_proto::v1::ErrorCode;
 
@@ -117,6 +119,19 @@ impl ControlPlane for ControllerPlane {
             } => {
                 controller
                     .reassign_partition(&topic, partition, replicas)
+                    .await
+            }
+            AdminChange::AlterConfigs {
+                resource,
+                set,
+                delete,
+            } => {
+                controller
+                    .alter_configs(AlterConfigsRequest {
+                        resource,
+                        set,
+                        delete,
+                    })
                     .await
             }
         };
