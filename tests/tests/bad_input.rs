@@ -468,6 +468,20 @@ fn with_crc(mut batch: Vec<u8>) -> Vec<u8> {
     batch
 }
 
+/// A batch of 80 records of 1 MiB of zeros each, compressed with `codec` to a few hundred
+/// kilobytes at most: past the broker's 64 MiB decompression bound.
+fn decompression_bomb(codec: ferrolog_log::Compression) -> Vec<u8> {
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut builder = RecordBatchBuilder::new(0);
+    for _ in 0..80 {
+        builder.push(0, None, Some(&zeros), &[]);
+    }
+    builder
+        .build_compressed(codec)
+        .expect("compressing into memory cannot fail")
+        .to_vec()
+}
+
 fn batch_edited(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut batch = valid_batch();
     edit(&mut batch);
@@ -684,12 +698,39 @@ fn cases(fx: &Fixture) -> Vec<Case> {
             refused(InvalidArgument, E::CorruptRecord, "last offset delta 5"),
         ),
         case(
-            "produce a gzip-compressed batch",
+            "produce a batch that says gzip but whose records are not gzip",
             produce_batch(with_crc(batch_edited(|b| b[ATTRIBUTES_AT + 1] = 1))),
             refused(
                 InvalidArgument,
                 E::CorruptRecord,
-                "unsupported compression codec 1",
+                "gzip data does not decompress",
+            ),
+        ),
+        case(
+            "produce a batch naming compression codec 5",
+            produce_batch(with_crc(batch_edited(|b| b[ATTRIBUTES_AT + 1] = 5))),
+            refused(
+                InvalidArgument,
+                E::CorruptRecord,
+                "unknown compression codec 5",
+            ),
+        ),
+        case(
+            "produce a zstd batch that decompresses to 80 MiB (a decompression bomb)",
+            produce_batch(decompression_bomb(ferrolog_log::Compression::Zstd)),
+            refused(
+                InvalidArgument,
+                E::RecordTooLarge,
+                "decompresses to more than 67108864 bytes",
+            ),
+        ),
+        case(
+            "produce a gzip batch that decompresses to 80 MiB (a decompression bomb)",
+            produce_batch(decompression_bomb(ferrolog_log::Compression::Gzip)),
+            refused(
+                InvalidArgument,
+                E::RecordTooLarge,
+                "decompresses to more than 67108864 bytes",
             ),
         ),
         case(
@@ -1046,13 +1087,18 @@ fn cases(fx: &Fixture) -> Vec<Case> {
             refused(InvalidArgument, E::InvalidConfig, "'min.insync.replicas'"),
         ),
         case(
-            "create a topic with cleanup.policy=compact",
-            create_with("cleanup.policy", "compact"),
+            "create a topic with cleanup.policy=compacted",
+            create_with("cleanup.policy", "compacted"),
             refused(
                 InvalidArgument,
                 E::InvalidConfig,
-                "compaction is not supported",
+                "'delete', 'compact' or 'compact,delete'",
             ),
+        ),
+        case(
+            "create a topic with compression.type=brotli",
+            create_with("compression.type", "brotli"),
+            refused(InvalidArgument, E::InvalidConfig, "'compression.type'"),
         ),
         // ---- AlterConfigs / DescribeConfigs (the TOPIC's configs must not change).
         case(
