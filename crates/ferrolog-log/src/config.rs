@@ -35,6 +35,36 @@ pub struct LogConfig {
     pub max_message_bytes: u32,
     /// When appended data is fsynced (`flush.messages` / `flush.ms`, simplified).
     pub flush_policy: FlushPolicy,
+    /// Compaction settings when the log is compacted (`cleanup.policy` includes `compact`);
+    /// `None` for a log that is never compacted.
+    pub compaction: Option<CompactionConfig>,
+}
+
+/// How a compacted log is cleaned (Kafka topic config names in parentheses).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompactionConfig {
+    /// The cleaner takes the log once dirty bytes / (clean + dirty bytes) reach this
+    /// (`min.cleanable.dirty.ratio`).
+    pub min_cleanable_dirty_ratio: f64,
+    /// A segment whose newest record is younger than this is not cleaned yet
+    /// (`min.compaction.lag.ms`).
+    pub min_compaction_lag_ms: u64,
+    /// A dirty segment older than this is cleaned whatever the dirty ratio
+    /// (`max.compaction.lag.ms`); `u64::MAX`-like values mean never.
+    pub max_compaction_lag_ms: u64,
+    /// How long a tombstone stays after the cleaner first sees it (`delete.retention.ms`).
+    pub delete_retention_ms: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX as u64,
+            delete_retention_ms: DAY_MS,
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -47,6 +77,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_message_bytes: 1024 * 1024 + 12,
             flush_policy: FlushPolicy::EveryAppend,
+            compaction: None,
         }
     }
 }

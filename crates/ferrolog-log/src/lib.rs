@@ -9,6 +9,7 @@
 mod batch;
 mod builder;
 mod checkpoint;
+mod cleaner;
 mod config;
 mod epoch_cache;
 mod error;
@@ -18,6 +19,7 @@ mod log;
 mod recent;
 mod record;
 mod segment;
+mod stored_batch;
 mod sync_probe;
 mod test_faults;
 mod types;
@@ -27,11 +29,16 @@ pub use batch::{
     BATCH_HEADER_BYTES, BatchHeader, BatchIter, assign_offsets, validate_batch, verify_crc,
 };
 pub use builder::RecordBatchBuilder;
-pub use config::{FlushPolicy, LogConfig};
+pub use cleaner::{
+    BatchRetention, BatchVerdict, CleanOutcome, CleanStats, CleanTask, CleanedLog, CleanerOptions,
+    CompactEveryDataBatch, DEFAULT_DEDUPE_BUFFER_BYTES, DirtyState, Throttle,
+};
+pub use config::{CompactionConfig, FlushPolicy, LogConfig};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, ReadResult, RetentionOutcome, SyncHandle};
 pub use recent::{PARTITION_RECENT_MAX_BYTES, RecentBatchBudget};
 pub use record::{Header, Record, decode_records};
+pub use stored_batch::validate_stored_batch;
 pub use sync_probe::{SyncObserver, install_sync_observer};
 pub use test_faults::TEST_FAULTS_ENV;
 pub use types::{LeaderEpoch, Offset};
