@@ -110,11 +110,16 @@ impl BrokerError {
             // Not STORAGE_ERROR: clients retry that, and a bug does not go away on retry.
             Self::Internal(_) => ErrorCode::InternalError,
             Self::Log(e) => match e {
-                LogError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+                // A batch that decompresses past the bound is too large once decompressed.
+                LogError::RecordTooLarge { .. } | LogError::DecompressedTooLarge { .. } => {
+                    ErrorCode::RecordTooLarge
+                }
                 LogError::CorruptBatch { .. } | LogError::UnsupportedCompression { .. } => {
                     ErrorCode::CorruptRecord
                 }
-                LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+                LogError::OffsetOutOfRange { .. } | LogError::BeyondHighWatermark { .. } => {
+                    ErrorCode::OffsetOutOfRange
+                }
                 _ => ErrorCode::StorageError,
             },
             Self::Config(_) => ErrorCode::InvalidConfig,

@@ -491,8 +491,10 @@ pub fn apply_replica_fetch_answer(
             .map_err(|e| e.to_string());
     }
     let high_watermark = Offset(data.high_watermark);
+    let leader_log_start = Offset(data.log_start_offset);
     if data.record_batches.is_empty() {
         partition.learn_high_watermark(high_watermark, generation);
+        partition.follow_log_start(leader_log_start, generation);
         // No batches though the leader has more: it held them back for the byte budget.
         return Ok(Applied {
             moved: false,
@@ -501,9 +503,12 @@ pub fn apply_replica_fetch_answer(
     }
     partition
         .append_from_leader(&data.record_batches, high_watermark, generation)
-        .map(|end| Applied {
-            moved: true,
-            leader_has_more: data.log_end_offset > end.0,
+        .map(|end| {
+            partition.follow_log_start(leader_log_start, generation);
+            Applied {
+                moved: true,
+                leader_has_more: data.log_end_offset > end.0,
+            }
         })
         .map_err(|e| e.to_string())
 }

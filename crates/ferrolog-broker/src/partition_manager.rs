@@ -8,8 +8,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use ferrolog_log::{FlushPolicy, LogConfig, RecentBatchBudget};
-use ferrolog_metadata::{BrokerId, ClusterImage, PartitionId, TopicConfig, TopicImage};
+use ferrolog_log::{
+    Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, FlushPolicy, LogConfig, RecentBatchBudget,
+};
+use ferrolog_metadata::{
+    BrokerId, ClusterImage, PartitionId, TopicCompression, TopicConfig, TopicImage,
+};
 use tokio::sync::watch;
 
 use crate::BrokerError;
@@ -120,6 +124,8 @@ impl PartitionManager {
             index_interval_bytes: self.settings.index_interval_bytes,
             max_message_bytes: config.max_message_bytes,
             flush_policy: self.settings.flush_policy,
+            compression: stored_codec(config.compression),
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
         })
     }
 
@@ -369,6 +375,19 @@ pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()>
         std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The codec a topic's `compression.type` makes the log store batches with; `None` keeps the
+/// producer's.
+fn stored_codec(compression: TopicCompression) -> Option<Compression> {
+    match compression {
+        TopicCompression::Producer => None,
+        TopicCompression::Uncompressed => Some(Compression::None),
+        TopicCompression::Gzip => Some(Compression::Gzip),
+        TopicCompression::Snappy => Some(Compression::Snappy),
+        TopicCompression::Lz4 => Some(Compression::Lz4),
+        TopicCompression::Zstd => Some(Compression::Zstd),
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use ferrolog_proto::v1::admin_service_client::AdminServiceClient;
 use ferrolog_proto::v1::client_service_client::ClientServiceClient;
 use ferrolog_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DescribeTopicRequest,
-    DescribeTopicResponse, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest,
-    MetadataRequest, MetadataResponse, OffsetSpec, TopicSummary,
+    CreateTopicRequest, CreateTopicResponse, DeleteRecordsRequest, DeleteRecordsResponse,
+    DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest,
+    ListOffsetsResponse, ListTopicsRequest, MetadataRequest, MetadataResponse, OffsetSpec,
+    TopicSummary,
 };
 
 use crate::config::ClientConfig;
@@ -294,6 +295,41 @@ impl Admin {
         query: OffsetQuery,
     ) -> Result<ListOffsetsResponse> {
         list_offsets(&self.cluster, topic, partition, query).await
+    }
+
+    /// Deletes every record of `topic`-`partition` before `before` (`None`: everything
+    /// committed) at the partition's leader, retrying leader moves; answers with the new log
+    /// start offset. Followers follow with their next fetch.
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        before: Option<i64>,
+    ) -> Result<DeleteRecordsResponse> {
+        let partition_i32 = i32::try_from(partition).map_err(|_| {
+            ClientError::InvalidArgument(format!("partition {partition} is too large"))
+        })?;
+        let timeout = self.cluster.config().request_timeout();
+        self.cluster
+            .with_leader(topic, partition, |address, channel| {
+                let request = DeleteRecordsRequest {
+                    topic: topic.to_owned(),
+                    partition: partition_i32,
+                    before_offset: before.unwrap_or(-1),
+                };
+                async move {
+                    let mut client = ClientServiceClient::new(channel);
+                    call(
+                        &address,
+                        "a DeleteRecords answer",
+                        timeout,
+                        client.delete_records(request),
+                    )
+                    .await
+                }
+            })
+            .await
     }
 
     pub(crate) fn cluster(&self) -> &Cluster {

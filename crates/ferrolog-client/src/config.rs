@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ferrolog_log::Compression;
 use ferrolog_proto::v1;
 
 /// Settings shared by every client: where the cluster is and how patient to be with it.
@@ -107,6 +108,10 @@ pub struct ProducerConfig {
     /// How long `send` may wait for buffer memory or for the topic's metadata
     /// (Kafka's `max.block.ms`).
     pub max_block_ms: u64,
+    /// The codec each batch is compressed with before it is sent (Kafka's
+    /// `compression.type`); `Compression::None` by default, as in Kafka. `batch_size_bytes`
+    /// and `max_request_bytes` count uncompressed bytes, so a compressed batch is smaller.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -121,6 +126,7 @@ impl Default for ProducerConfig {
             max_request_bytes: 4 * 1024 * 1024,
             buffer_memory_bytes: 64 * 1024 * 1024,
             max_block_ms: 60_000,
+            compression: Compression::None,
         }
     }
 }

@@ -29,6 +29,8 @@ pub use config::{Acks, ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{Consumer, StartOffset};
 pub use delivery::DeliveryFuture;
 pub use error::{ClientError, Result};
+/// The batch codecs a producer can compress with (`ProducerConfig::compression`).
+pub use ferrolog_log::Compression;
 pub use group::{GroupConsumer, GroupConsumerConfig, OffsetReset, Rebalance, TopicPartition};
 pub use partitioner::{murmur2, partition_for_key, to_positive};
 pub use producer::Producer;
@@ -36,7 +38,7 @@ pub use record::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 
 /// Wire types the client's API returns (admin responses, error codes).
 pub use ferrolog_proto::v1::{
-    CommittedOffset, CreateTopicResponse, DescribeGroupResponse, DescribeTopicResponse, ErrorCode,
-    GroupMember, GroupSummary, ListOffsetsResponse, MetadataResponse, PartitionDescription,
-    TopicSummary,
+    CommittedOffset, CreateTopicResponse, DeleteRecordsResponse, DescribeGroupResponse,
+    DescribeTopicResponse, ErrorCode, GroupMember, GroupSummary, ListOffsetsResponse,
+    MetadataResponse, PartitionDescription, TopicSummary,
 };

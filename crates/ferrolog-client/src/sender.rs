@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferrolog_log::{Compression, compress_batch};
 use ferrolog_proto::v1::client_service_client::ClientServiceClient;
 use ferrolog_proto::v1::{ErrorCode, ProduceRequest, ProduceResponse};
 use tokio::task::{Id, JoinError, JoinSet};
@@ -101,11 +102,26 @@ impl Sender {
             accumulator.seal_all();
         }
         let next_linger = accumulator.seal_expired(now);
-        for batch in accumulator.drain_ready() {
+        let ready: Vec<ReadyBatch> = accumulator.drain_ready().collect();
+        let idle = accumulator.is_idle();
+        drop(accumulator);
+        // Compressed here, outside the accumulator's lock, so `send` callers never wait on a
+        // codec; once per batch, so retries resend the same bytes.
+        let codec = self.shared.config.compression;
+        for mut batch in ready {
+            if codec != Compression::None {
+                match compress_batch(&batch.records, codec) {
+                    Ok(packed) => batch.records = packed.freeze(),
+                    // Cannot happen for a batch the accumulator built; sending it as it is
+                    // beats losing it.
+                    Err(error) => tracing::warn!(%error, %codec,
+                        "could not compress a batch; sending it uncompressed"),
+                }
+            }
             let key = (Arc::clone(&batch.topic), batch.partition);
             self.queues.entry(key).or_default().pending.push_back(batch);
         }
-        (next_linger, accumulator.is_idle())
+        (next_linger, idle)
     }
 
     /// Fails waiting batches whose delivery timeout has passed.

@@ -206,6 +206,15 @@ impl ClientService for FakeBroker {
         Err(Status::unimplemented("the fake broker does not stream"))
     }
 
+    async fn delete_records(
+        &self,
+        _request: Request<ferrolog_proto::v1::DeleteRecordsRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::DeleteRecordsResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake broker does not delete records",
+        ))
+    }
+
     async fn list_offsets(
         &self,
         request: Request<ListOffsetsRequest>,

@@ -21,6 +21,9 @@
 //! Because the base offset and leader epoch sit outside the CRC, the log can stamp them on
 //! append without recomputing it.
 
+use std::borrow::Cow;
+
+use crate::compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, decompress};
 use crate::error::LogError;
 use crate::types::{LeaderEpoch, Offset};
 use crate::varint::Cursor;
@@ -33,7 +36,6 @@ pub(crate) const LOG_OVERHEAD_BYTES: usize = 12;
 pub(crate) const MAGIC_V2: i8 = 2;
 /// The CRC covers everything from the attributes to the end of the batch.
 pub(crate) const CRC_START: usize = 21;
-const COMPRESSION_MASK: i16 = 0x07;
 /// Attribute bit saying the broker replaced record timestamps by the batch max timestamp.
 const LOG_APPEND_TIME_FLAG: i16 = 0x08;
 
@@ -141,9 +143,9 @@ impl BatchHeader {
         self.last_offset().next()
     }
 
-    /// The compression codec from the attributes (0 = none).
-    pub fn compression_codec(&self) -> i16 {
-        self.attributes & COMPRESSION_MASK
+    /// The compression codec named by the attributes; ids 5 to 7 are an error.
+    pub fn compression(&self) -> Result<Compression, LogError> {
+        Compression::from_attributes(self.attributes)
     }
 
     /// Whether the broker stamped the batch with its append time, which then replaces every
@@ -255,16 +257,35 @@ pub(crate) fn walk_records<'a>(
     Ok(())
 }
 
-/// Fully validates one batch from a client or peer before it is stored: magic 2, length equal
-/// to `buf.len()`, CRC, no compression, at least one record, record count and offset deltas
-/// consistent (delta `i` for record `i`), and every varint and length in bounds.
-pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader, LogError> {
-    let header = verify_crc(buf)?;
-    if header.compression_codec() != 0 {
-        return Err(LogError::UnsupportedCompression {
-            codec: header.compression_codec(),
-        });
+/// The records section of a batch (everything after the header), decompressed if the batch is
+/// compressed: borrowed for an uncompressed batch, at most `max_bytes` long otherwise.
+pub(crate) fn records_section<'a>(
+    batch: &'a [u8],
+    header: &BatchHeader,
+    max_bytes: usize,
+) -> Result<Cow<'a, [u8]>, LogError> {
+    let raw = &batch[BATCH_HEADER_BYTES..];
+    match header.compression()? {
+        Compression::None => Ok(Cow::Borrowed(raw)),
+        codec => Ok(Cow::Owned(decompress(codec, raw, max_bytes)?)),
     }
+}
+
+/// Fully validates one batch from a client or peer before it is stored: magic 2, length equal
+/// to `buf.len()`, CRC, a known codec, at least one record, record count and offset deltas
+/// consistent (delta `i` for record `i`), and every varint and length in bounds. A compressed
+/// batch is decompressed (at most `DEFAULT_MAX_DECOMPRESSED_BYTES`) to check its records, as
+/// Kafka's broker does; it is stored as sent.
+pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader, LogError> {
+    validate_batch_within(buf, DEFAULT_MAX_DECOMPRESSED_BYTES)
+}
+
+/// `validate_batch` with an explicit bound on the decompressed records.
+pub fn validate_batch_within(
+    buf: &[u8],
+    max_decompressed_bytes: usize,
+) -> Result<BatchHeader, LogError> {
+    let header = verify_crc(buf)?;
     if header.record_count < 1 {
         return Err(LogError::corrupt(format!(
             "record count {} is not positive",
@@ -277,8 +298,9 @@ pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader, LogError> {
             header.last_offset_delta, header.record_count
         )));
     }
+    let records = records_section(buf, &header, max_decompressed_bytes)?;
     let mut expected_delta = 0i32;
-    walk_records(&buf[BATCH_HEADER_BYTES..], header.record_count, |record| {
+    walk_records(&records, header.record_count, |record| {
         if record.offset_delta != expected_delta {
             return Err(LogError::corrupt(format!(
                 "record {expected_delta} has offset delta {}",
@@ -463,14 +485,64 @@ mod tests {
     }
 
     #[test]
-    fn validate_rejects_compression_bits() {
+    fn validate_rejects_unknown_codecs_and_records_that_are_not_compressed_as_claimed() {
+        let mut buf = one_record_batch();
+        buf[22] |= 0x05;
+        rewrite_crc(&mut buf);
+        assert!(matches!(
+            validate_batch(&buf),
+            Err(LogError::UnsupportedCompression { codec: 5 })
+        ));
         let mut buf = one_record_batch();
         buf[22] |= 0x02;
         rewrite_crc(&mut buf);
         assert!(matches!(
             validate_batch(&buf),
-            Err(LogError::UnsupportedCompression { codec: 2 })
+            Err(LogError::CorruptBatch { .. })
         ));
+    }
+
+    #[test]
+    fn compressed_batches_validate_and_keep_their_bytes() {
+        for codec in Compression::ALL {
+            let mut builder = RecordBatchBuilder::new(1_000);
+            for i in 0..50u32 {
+                let value = format!("value {i} of a compressible batch");
+                builder.push(
+                    1_000 + i64::from(i),
+                    Some(b"k"),
+                    Some(value.as_bytes()),
+                    &[],
+                );
+            }
+            let buf = builder.build_compressed(codec).expect("builds").to_vec();
+            let header = validate_batch(&buf).unwrap_or_else(|e| panic!("{codec}: {e}"));
+            assert_eq!(header.compression().expect("known"), codec);
+            assert_eq!(header.record_count, 50);
+            assert_eq!(header.max_timestamp_ms, 1_049);
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_past_the_decompression_bound_is_refused() {
+        let mut builder = RecordBatchBuilder::new(0);
+        let zeros = vec![0u8; 256 * 1024];
+        for _ in 0..8 {
+            builder.push(0, None, Some(&zeros), &[]);
+        }
+        let buf = builder
+            .build_compressed(Compression::Zstd)
+            .expect("builds")
+            .to_vec();
+        assert!(buf.len() < 4096, "zeros compress: {} bytes", buf.len());
+        assert!(matches!(
+            validate_batch_within(&buf, 1024 * 1024),
+            Err(LogError::DecompressedTooLarge {
+                codec: Compression::Zstd,
+                ..
+            })
+        ));
+        validate_batch_within(&buf, 4 * 1024 * 1024).expect("fits a larger bound");
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! Builds uncompressed RecordBatch v2 batches in memory (the producer side of the format).
+//! Builds RecordBatch v2 batches in memory (the producer side of the format), uncompressed or
+//! with one of Kafka's codecs.
 
 use bytes::{BufMut, BytesMut};
 
 use crate::batch::{BATCH_HEADER_BYTES, CRC_START, LOG_OVERHEAD_BYTES, MAGIC_V2};
+use crate::compression::{Compression, compress};
+use crate::error::LogError;
 use crate::record::Header;
 use crate::varint::{put_varlong, varlong_len};
 
@@ -109,33 +112,119 @@ impl RecordBatchBuilder {
     /// Finishes: writes header fields (length, lastOffsetDelta, timestamps, producerId -1,
     /// epoch -1, seq -1, count), computes CRC-32C.
     pub fn build(self) -> BytesMut {
-        let mut buf = self.buf;
-        let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
-        let count = self.record_count as i32;
-        let mut header = &mut buf[..BATCH_HEADER_BYTES];
-        header.put_i64(0);
-        header.put_i32(batch_length);
-        header.put_i32(NO_PARTITION_LEADER_EPOCH);
-        header.put_i8(MAGIC_V2);
-        header.put_u32(0);
-        header.put_i16(0);
-        header.put_i32(count - 1);
-        header.put_i64(self.base_timestamp_ms);
-        header.put_i64(self.max_timestamp_ms);
-        header.put_i64(NO_PRODUCER);
-        header.put_i16(NO_PRODUCER as i16);
-        header.put_i32(NO_PRODUCER as i32);
-        header.put_i32(count);
-        let crc = crc32c::crc32c(&buf[CRC_START..]);
-        buf[17..21].copy_from_slice(&crc.to_be_bytes());
-        buf
+        let (buf, record_count, base, max) = (
+            self.buf,
+            self.record_count,
+            self.base_timestamp_ms,
+            self.max_timestamp_ms,
+        );
+        finish(buf, Compression::None, record_count, base, max)
     }
+
+    /// Finishes with the records section compressed by `codec` (the codec's id goes into the
+    /// attributes); `Compression::None` is `build`.
+    pub fn build_compressed(self, codec: Compression) -> Result<BytesMut, LogError> {
+        if codec == Compression::None {
+            return Ok(self.build());
+        }
+        let packed = compress(codec, &self.buf[BATCH_HEADER_BYTES..])?;
+        Ok(self.finish_packed(codec, &packed))
+    }
+
+    fn finish_packed(self, codec: Compression, packed: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + packed.len());
+        buf.put_bytes(0, BATCH_HEADER_BYTES);
+        buf.put_slice(packed);
+        finish(
+            buf,
+            codec,
+            self.record_count,
+            self.base_timestamp_ms,
+            self.max_timestamp_ms,
+        )
+    }
+}
+
+/// Compresses an uncompressed batch built by `RecordBatchBuilder::build` (or read from a log)
+/// with `codec`: the same header with the codec in its attributes, a new length and CRC. A
+/// producer seals batches uncompressed under its lock and compresses them here outside it.
+pub fn compress_batch(batch: &[u8], codec: Compression) -> Result<BytesMut, LogError> {
+    let header = crate::batch::verify_crc(batch)?;
+    if header.compression()? != Compression::None {
+        return Err(LogError::corrupt(format!(
+            "batch is already compressed with {}",
+            header.compression()?
+        )));
+    }
+    let packed = compress(codec, &batch[BATCH_HEADER_BYTES..])?;
+    let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + packed.len());
+    buf.put_slice(&batch[..BATCH_HEADER_BYTES]);
+    buf.put_slice(&packed);
+    let attributes = (header.attributes & !0x07) | codec.id();
+    let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
+    buf[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    buf[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(buf)
+}
+
+/// Writes the header of a batch whose records section already follows it in `buf`, and its
+/// CRC-32C.
+fn finish(
+    mut buf: BytesMut,
+    codec: Compression,
+    record_count: u32,
+    base_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+) -> BytesMut {
+    let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
+    let count = record_count as i32;
+    let mut header = &mut buf[..BATCH_HEADER_BYTES];
+    header.put_i64(0);
+    header.put_i32(batch_length);
+    header.put_i32(NO_PARTITION_LEADER_EPOCH);
+    header.put_i8(MAGIC_V2);
+    header.put_u32(0);
+    header.put_i16(codec.id());
+    header.put_i32(count - 1);
+    header.put_i64(base_timestamp_ms);
+    header.put_i64(max_timestamp_ms);
+    header.put_i64(NO_PRODUCER);
+    header.put_i16(NO_PRODUCER as i16);
+    header.put_i32(NO_PRODUCER as i32);
+    header.put_i32(count);
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[17..21].copy_from_slice(&crc.to_be_bytes());
+    buf
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::batch::validate_batch;
+
+    #[test]
+    fn compressing_a_built_batch_equals_building_it_compressed() {
+        let fill = |builder: &mut RecordBatchBuilder| {
+            for i in 0..20u8 {
+                builder.push(10 + i64::from(i), Some(&[i]), Some(&[i; 100]), &[]);
+            }
+        };
+        for codec in Compression::ALL {
+            let mut direct = RecordBatchBuilder::new(10);
+            fill(&mut direct);
+            let mut plain = RecordBatchBuilder::new(10);
+            fill(&mut plain);
+            let later = compress_batch(&plain.build(), codec).expect("compresses");
+            assert_eq!(
+                later,
+                direct.build_compressed(codec).expect("builds"),
+                "{codec}"
+            );
+            validate_batch(&later).expect("valid");
+        }
+    }
 
     #[test]
     fn size_bytes_predicts_the_finished_size() {

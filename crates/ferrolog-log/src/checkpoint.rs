@@ -1,4 +1,6 @@
-//! The persisted high watermark of a partition (`high-watermark`), written atomically.
+//! A partition's persisted offsets, each in its own file written atomically: the high
+//! watermark (`high-watermark`) and the log start offset that DeleteRecords moved
+//! (`log-start-offset`).
 //!
 //! Format: a version line (`0`) followed by the offset, both as decimal text, so an operator
 //! can read it with `cat`.
@@ -11,19 +13,38 @@ use crate::fsutil::write_atomically;
 use crate::types::Offset;
 
 pub(crate) const HIGH_WATERMARK_FILE: &str = "high-watermark";
+/// Written only when DeleteRecords moves the log start inside a segment: otherwise the first
+/// segment's base offset is the log start.
+pub(crate) const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 const VERSION: &str = "0";
 
 /// Reads the checkpointed high watermark, `None` if none was ever written.
 pub(crate) fn read_high_watermark(dir: &Path) -> Result<Option<Offset>, LogError> {
-    let text = match std::fs::read_to_string(dir.join(HIGH_WATERMARK_FILE)) {
+    read_offset(dir, HIGH_WATERMARK_FILE)
+}
+
+/// Durably replaces the high watermark checkpoint.
+pub(crate) fn write_high_watermark(dir: &Path, high_watermark: Offset) -> Result<(), LogError> {
+    write_offset(dir, HIGH_WATERMARK_FILE, high_watermark)
+}
+
+/// Reads the checkpointed log start offset, `None` if DeleteRecords never wrote one.
+pub(crate) fn read_log_start_offset(dir: &Path) -> Result<Option<Offset>, LogError> {
+    read_offset(dir, LOG_START_OFFSET_FILE)
+}
+
+/// Durably replaces the log start offset checkpoint.
+pub(crate) fn write_log_start_offset(dir: &Path, log_start: Offset) -> Result<(), LogError> {
+    write_offset(dir, LOG_START_OFFSET_FILE, log_start)
+}
+
+fn read_offset(dir: &Path, file: &'static str) -> Result<Option<Offset>, LogError> {
+    let text = match std::fs::read_to_string(dir.join(file)) {
         Ok(text) => text,
         Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err).context("read high watermark checkpoint"),
+        Err(err) => return Err(err).context("read offset checkpoint"),
     };
-    let corrupt = |reason: String| LogError::CorruptCheckpoint {
-        file: HIGH_WATERMARK_FILE,
-        reason,
-    };
+    let corrupt = |reason: String| LogError::CorruptCheckpoint { file, reason };
     let mut lines = text.lines();
     match lines.next() {
         Some(VERSION) => {}
@@ -39,10 +60,9 @@ pub(crate) fn read_high_watermark(dir: &Path) -> Result<Option<Offset>, LogError
     Ok(Some(Offset(offset)))
 }
 
-/// Durably replaces the high watermark checkpoint.
-pub(crate) fn write_high_watermark(dir: &Path, high_watermark: Offset) -> Result<(), LogError> {
-    let text = format!("{VERSION}\n{high_watermark}\n");
-    write_atomically(dir, HIGH_WATERMARK_FILE, text.as_bytes())
+fn write_offset(dir: &Path, file: &'static str, offset: Offset) -> Result<(), LogError> {
+    let text = format!("{VERSION}\n{offset}\n");
+    write_atomically(dir, file, text.as_bytes())
 }
 
 #[cfg(test)]
@@ -54,6 +74,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(read_high_watermark(dir.path())?, None);
         write_high_watermark(dir.path(), Offset(1234))?;
+        assert_eq!(read_high_watermark(dir.path())?, Some(Offset(1234)));
+        assert_eq!(
+            read_log_start_offset(dir.path())?,
+            None,
+            "a file of its own"
+        );
+        write_log_start_offset(dir.path(), Offset(99))?;
+        assert_eq!(read_log_start_offset(dir.path())?, Some(Offset(99)));
         assert_eq!(read_high_watermark(dir.path())?, Some(Offset(1234)));
         Ok(())
     }

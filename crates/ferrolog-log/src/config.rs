@@ -1,5 +1,7 @@
 //! Per-partition storage settings, with Kafka's defaults.
 
+use crate::compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES};
+
 const MINUTE_MS: u64 = 60 * 1000;
 const DAY_MS: u64 = 24 * 60 * MINUTE_MS;
 
@@ -35,6 +37,13 @@ pub struct LogConfig {
     pub max_message_bytes: u32,
     /// When appended data is fsynced (`flush.messages` / `flush.ms`, simplified).
     pub flush_policy: FlushPolicy,
+    /// The codec batches are stored with: `None` keeps each batch as the producer compressed
+    /// it (`compression.type=producer`); a codec makes the log recompress batches that arrive
+    /// with another one.
+    pub compression: Option<Compression>,
+    /// The most bytes a compressed batch may decompress to when it is validated on append; a
+    /// batch past it is refused (`LogError::DecompressedTooLarge`).
+    pub max_decompressed_bytes: usize,
     /// Compaction settings when the log is compacted (`cleanup.policy` includes `compact`);
     /// `None` for a log that is never compacted.
     pub compaction: Option<CompactionConfig>,
@@ -77,6 +86,8 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_message_bytes: 1024 * 1024 + 12,
             flush_policy: FlushPolicy::EveryAppend,
+            compression: None,
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
             compaction: None,
         }
     }

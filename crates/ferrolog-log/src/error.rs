@@ -1,9 +1,11 @@
 //! The one error type of the storage engine.
 
+use crate::compression::Compression;
 use crate::types::Offset;
 
 /// Everything that can go wrong in the storage engine. Variants that a client can cause
-/// (`CorruptBatch`, `UnsupportedCompression`, `RecordTooLarge`, `OffsetOutOfRange`) are meant to
+/// (`CorruptBatch`, `UnsupportedCompression`, `DecompressedTooLarge`, `RecordTooLarge`,
+/// `OffsetOutOfRange`) are meant to
 /// be mapped to a client-visible code by the broker; the others are local failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -17,9 +19,22 @@ pub enum LogError {
     /// A batch failed validation or its CRC does not match: it is never stored or served.
     #[error("corrupt record batch: {reason}")]
     CorruptBatch { reason: String },
-    /// The batch is compressed; this engine stores uncompressed batches only.
-    #[error("unsupported compression codec {codec}: only uncompressed batches are accepted")]
+    /// The batch attributes name a codec that does not exist (ids 5 to 7).
+    #[error(
+        "unknown compression codec {codec}; known codecs are 0 none, 1 gzip, 2 snappy, 3 lz4, \
+         4 zstd"
+    )]
     UnsupportedCompression { codec: i16 },
+    /// A compressed batch decompresses to more than the bound: a decompression bomb, or a
+    /// batch far larger than any producer builds.
+    #[error(
+        "{codec} record batch decompresses to more than {max_bytes} bytes; the broker refuses \
+         it (a decompression bomb or an oversized batch)"
+    )]
+    DecompressedTooLarge {
+        codec: Compression,
+        max_bytes: usize,
+    },
     /// One batch is larger than `max_message_bytes`.
     #[error("record batch of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes")]
     RecordTooLarge { size_bytes: usize, max_bytes: u32 },
@@ -29,6 +44,15 @@ pub enum LogError {
         requested: Offset,
         log_start: Offset,
         log_end: Offset,
+    },
+    /// DeleteRecords asked to delete records that are not committed yet.
+    #[error(
+        "cannot delete records before offset {requested}: it is beyond the high watermark \
+         {high_watermark}, and only committed records can be deleted"
+    )]
+    BeyondHighWatermark {
+        requested: Offset,
+        high_watermark: Offset,
     },
     /// A timestamp cannot be stored or looked up (reserved for timestamp validation).
     #[error("timestamp is out of the range this log accepts")]

@@ -1,6 +1,7 @@
-//! The storage engine of one Ferrolog partition: Kafka RecordBatch v2 batches in segment
-//! files with sparse offset and time indexes, crash recovery, retention, and the per-partition
-//! replication state (high watermark, leader-epoch cache).
+//! The storage engine of one Ferrolog partition: Kafka RecordBatch v2 batches (uncompressed or
+//! with Kafka's gzip, snappy, lz4 and zstd codecs) in segment files with sparse offset and time
+//! indexes, crash recovery, retention, and the per-partition replication state (high
+//! watermark, leader-epoch cache).
 //!
 //! This crate **must not depend on networking, async runtimes or Raft**: it is synchronous
 //! `std::fs` code. Durability policy and group commit belong to the broker, which drives
@@ -10,6 +11,7 @@ mod batch;
 mod builder;
 mod checkpoint;
 mod cleaner;
+mod compression;
 mod config;
 mod epoch_cache;
 mod error;
@@ -26,13 +28,15 @@ mod types;
 mod varint;
 
 pub use batch::{
-    BATCH_HEADER_BYTES, BatchHeader, BatchIter, assign_offsets, validate_batch, verify_crc,
+    BATCH_HEADER_BYTES, BatchHeader, BatchIter, assign_offsets, validate_batch,
+    validate_batch_within, verify_crc,
 };
-pub use builder::RecordBatchBuilder;
+pub use builder::{RecordBatchBuilder, compress_batch};
 pub use cleaner::{
     BatchRetention, BatchVerdict, CleanOutcome, CleanStats, CleanTask, CleanedLog, CleanerOptions,
     CompactEveryDataBatch, DEFAULT_DEDUPE_BUFFER_BYTES, DirtyState, Throttle,
 };
+pub use compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, compress, decompress};
 pub use config::{CompactionConfig, FlushPolicy, LogConfig};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, ReadResult, RetentionOutcome, SyncHandle};

@@ -9,8 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{BatchHeader, BatchIter, assign_offsets, validate_batch, verify_crc};
-use crate::checkpoint::{read_high_watermark, write_high_watermark};
+use crate::batch::{BatchHeader, BatchIter, assign_offsets, validate_batch_within, verify_crc};
+use crate::builder::RecordBatchBuilder;
+use crate::checkpoint::{
+    read_high_watermark, read_log_start_offset, write_high_watermark, write_log_start_offset,
+};
 use crate::cleaner::checkpoint::CleanerCheckpoint;
 use crate::cleaner::swap::Steps;
 use crate::cleaner::{
@@ -22,6 +25,7 @@ use crate::epoch_cache::LeaderEpochCache;
 use crate::error::{IoContext, LogError};
 use crate::fsutil::{TEMP_SUFFIX, remove_if_exists, sync_dir};
 use crate::recent::{RecentBatchBudget, RecentBatches};
+use crate::record::decode_records;
 use crate::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, ReadProgress, Segment, TIME_INDEX_SUFFIX, parse_segment_file_name,
     segment_file_name,
@@ -98,6 +102,9 @@ pub struct Log {
     config: LogConfig,
     /// Never empty; the last segment is the active one.
     segments: BTreeMap<Offset, Segment>,
+    /// The first offset a reader may ask for: the first segment's base offset, or further
+    /// inside it when DeleteRecords moved it there (then persisted in `log-start-offset`).
+    log_start_offset: Offset,
     flushed_offset: Offset,
     high_watermark: Offset,
     checkpointed_high_watermark: Option<Offset>,
@@ -147,9 +154,13 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
 
 /// A compacted log cannot compact a record without a key: it refuses the batch, as Kafka's
 /// broker does (INVALID_RECORD).
-fn refuse_null_keys(batch: &[u8], header: &BatchHeader) -> Result<(), LogError> {
+fn refuse_null_keys(
+    batch: &[u8],
+    header: &BatchHeader,
+    max_decompressed_bytes: usize,
+) -> Result<(), LogError> {
     let mut missing = None;
-    cleaner::for_each_record_key(batch, header, |offset, key| {
+    cleaner::for_each_record_key(batch, header, max_decompressed_bytes, |offset, key| {
         if key.is_none() && missing.is_none() {
             missing = Some(offset.0 - header.base_offset.0);
         }
@@ -232,10 +243,12 @@ impl Log {
         let epochs = LeaderEpochCache::load(dir)?;
         let checkpointed_high_watermark = read_high_watermark(dir)?;
         let cleaner = cleaner::checkpoint::read(dir)?;
+        let checkpointed_log_start = read_log_start_offset(dir)?;
         let mut log = Log {
             dir: dir.to_path_buf(),
             config,
             segments,
+            log_start_offset: Offset::ZERO,
             flushed_offset: Offset::ZERO,
             high_watermark: Offset::ZERO,
             checkpointed_high_watermark,
@@ -245,6 +258,11 @@ impl Log {
             sync_failed: false,
             cleaner,
         };
+        // A checkpoint beyond the log end (recovery truncated what it pointed into) gives way.
+        log.log_start_offset = checkpointed_log_start
+            .unwrap_or(Offset::ZERO)
+            .max(log.first_segment_base())
+            .min(log.log_end_offset());
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
         log.flushed_offset = end;
         log.high_watermark = checkpointed_high_watermark
@@ -290,46 +308,89 @@ impl Log {
             .expect("a log always has an active segment")
     }
 
-    /// Validates (validate_batch), checks max_message_bytes, rolls if needed (size or age),
-    /// assigns offsets starting at the log end offset (assign_offsets with `epoch`), appends
-    /// to the active segment, updates indexes. Does NOT fsync (except on roll). `now_ms` is
-    /// wall-clock used for segment.ms.
+    /// Validates (validate_batch), checks max_message_bytes, recompresses if the log's
+    /// `compression` asks for another codec, rolls if needed (size or age), assigns offsets
+    /// starting at the log end offset (assign_offsets with `epoch`), appends to the active
+    /// segment, updates indexes. Does NOT fsync (except on roll). `now_ms` is wall-clock used
+    /// for segment.ms.
     pub fn append_batch(
         &mut self,
         batch: &mut [u8],
         epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let header = self.prepare_batch(batch, epoch)?;
+        let header = self.check_batch(batch)?;
+        if let Some(mut rebuilt) = self.recompress(batch, &header)? {
+            let header = self.stamp(&mut rebuilt, epoch)?;
+            return self.append_validated(&rebuilt, &header, now_ms, None);
+        }
+        let header = self.stamp(batch, epoch)?;
         self.append_validated(batch, &header, now_ms, None)
     }
 
     /// `append_batch` for a batch the caller gives up: if the log keeps recent batches
-    /// (`keep_recent_batches`), it keeps these very bytes for followers.
+    /// (`keep_recent_batches`), it keeps these very bytes (or their recompressed form) for
+    /// followers.
     pub fn append_owned_batch(
         &mut self,
         mut batch: BytesMut,
         epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let header = self.prepare_batch(&mut batch, epoch)?;
+        let header = self.check_batch(&batch)?;
+        if let Some(rebuilt) = self.recompress(&batch, &header)? {
+            batch = rebuilt;
+        }
+        let header = self.stamp(&mut batch, epoch)?;
         let footprint = batch.capacity();
         let batch = batch.freeze();
         self.append_validated(&batch, &header, now_ms, Some((batch.clone(), footprint)))
     }
 
-    /// Checks a producer's batch and gives it its offsets, from the log end, and `epoch`.
-    fn prepare_batch(&self, batch: &mut [u8], epoch: LeaderEpoch) -> Result<BatchHeader, LogError> {
+    /// Checks a producer's batch: its size against `max_message_bytes` (before any work), then
+    /// everything `validate_batch` checks, decompressing at most `max_decompressed_bytes`.
+    fn check_batch(&self, batch: &[u8]) -> Result<BatchHeader, LogError> {
         if batch.len() > self.config.max_message_bytes as usize {
             return Err(LogError::RecordTooLarge {
                 size_bytes: batch.len(),
                 max_bytes: self.config.max_message_bytes,
             });
         }
-        let header = validate_batch(batch)?;
+        let header = validate_batch_within(batch, self.config.max_decompressed_bytes)?;
         if self.config.compaction.is_some() {
-            refuse_null_keys(batch, &header)?;
+            refuse_null_keys(batch, &header, self.config.max_decompressed_bytes)?;
         }
+        Ok(header)
+    }
+
+    /// The batch rebuilt with the log's codec, if the topic's `compression.type` names one and
+    /// the producer used another (Kafka recompresses then too); `None` keeps the producer's
+    /// bytes.
+    fn recompress(&self, batch: &[u8], header: &BatchHeader) -> Result<Option<BytesMut>, LogError> {
+        let Some(codec) = self.config.compression else {
+            return Ok(None);
+        };
+        if header.compression()? == codec {
+            return Ok(None);
+        }
+        // Producer id, epoch and sequence are not carried over: batches have none until
+        // idempotent producers land, and then the rebuilt header must keep them.
+        let records = decode_records(batch)?;
+        let mut builder = RecordBatchBuilder::with_capacity(header.base_timestamp_ms, batch.len());
+        for record in &records {
+            builder.push(
+                record.timestamp_ms,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &record.headers,
+            );
+        }
+        Ok(Some(builder.build_compressed(codec)?))
+    }
+
+    /// Gives a checked batch its offsets, from the log end, and `epoch`.
+    fn stamp(&self, batch: &mut [u8], epoch: LeaderEpoch) -> Result<BatchHeader, LogError> {
+        let header = BatchHeader::parse(batch)?;
         let base_offset = self.log_end_offset();
         assign_offsets(batch, base_offset, epoch);
         Ok(BatchHeader {
@@ -548,27 +609,85 @@ impl Log {
         })
     }
 
-    /// First offset whose record timestamp >= `timestamp_ms` (Kafka ListOffsets by
-    /// timestamp), None if none. Uses the time index.
+    /// First offset at or above the log start whose record timestamp >= `timestamp_ms` (Kafka
+    /// ListOffsets by timestamp), None if none. Uses the time index.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<Offset>, LogError> {
         for segment in self.segments.values() {
             if segment.max_timestamp_ms() < timestamp_ms {
                 continue;
             }
-            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms)? {
+            if segment.next_offset() <= self.log_start_offset {
+                continue;
+            }
+            if let Some(offset) =
+                segment.offset_for_timestamp(timestamp_ms, self.log_start_offset)?
+            {
                 return Ok(Some(offset));
             }
         }
         Ok(None)
     }
 
-    /// The first offset still in the log.
+    /// The first offset still in the log: reads below it fail with `OffsetOutOfRange`.
     pub fn log_start_offset(&self) -> Offset {
+        self.log_start_offset
+    }
+
+    fn first_segment_base(&self) -> Offset {
         self.segments
             .keys()
             .next()
             .copied()
             .expect("a log always has a segment")
+    }
+
+    /// Moves the log start offset forward to `offset` (Kafka's DeleteRecords, and a follower
+    /// taking its leader's log start): records below it are no longer served, and segments
+    /// wholly below it are deleted. Never past `high_watermark` (only committed records can
+    /// be deleted: `BeyondHighWatermark`); a no-op at or below the current start. The new
+    /// start is persisted before any file is deleted, so a crash in between leaves files
+    /// that the checkpoint already hides.
+    pub fn advance_log_start(
+        &mut self,
+        offset: Offset,
+        high_watermark: Offset,
+    ) -> Result<bool, LogError> {
+        if offset <= self.log_start_offset {
+            return Ok(false);
+        }
+        let high_watermark = high_watermark.min(self.log_end_offset());
+        if offset > high_watermark {
+            return Err(LogError::BeyondHighWatermark {
+                requested: offset,
+                high_watermark,
+            });
+        }
+        write_log_start_offset(&self.dir, offset)?;
+        self.log_start_offset = offset;
+        let mut deleted = 0usize;
+        while self.segments.len() > 1 {
+            let mut bases = self.segments.keys();
+            let (Some(&oldest), Some(&next_base)) = (bases.next(), bases.next()) else {
+                break;
+            };
+            if next_base > offset {
+                break;
+            }
+            let segment = self
+                .segments
+                .remove(&oldest)
+                .expect("the key was just read from the map");
+            segment.delete_files()?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        self.flushed_offset = self.flushed_offset.max(offset);
+        self.epochs.truncate_from_start(offset)?;
+        tracing::info!(dir = %self.dir.display(), log_start_offset = %offset,
+            deleted_segments = deleted, "moved the log start offset");
+        Ok(true)
     }
 
     /// The next offset to be assigned.
@@ -713,6 +832,7 @@ impl Log {
         }
         if outcome.deleted_segments > 0 {
             sync_dir(&self.dir)?;
+            self.log_start_offset = self.log_start_offset.max(self.first_segment_base());
             let start = self.log_start_offset();
             outcome.log_start_offset = start;
             self.high_watermark = self.high_watermark.max(start);
@@ -738,7 +858,9 @@ impl Log {
     /// too (as Kafka does) and the log ends at that batch's base offset. A no-op if `offset`
     /// is at or beyond the log end; `OffsetOutOfRange` below the log start.
     pub fn truncate_to(&mut self, offset: Offset) -> Result<(), LogError> {
-        let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
+        // The files' start, not the log start: a start DeleteRecords moved inside the first
+        // segment follows the end down (below).
+        let (log_start, log_end) = (self.first_segment_base(), self.log_end_offset());
         if offset >= log_end {
             // No batch to remove, but an epoch this replica began as leader and never
             // wrote a batch in (it starts at the log end) is not shared with the new
@@ -769,6 +891,11 @@ impl Log {
         self.active_mut().truncate_to(offset)?;
         sync_dir(&self.dir)?;
         let end = self.log_end_offset();
+        if self.log_start_offset > end {
+            // The log now ends below the start DeleteRecords set: it starts where it ends.
+            write_log_start_offset(&self.dir, end)?;
+            self.log_start_offset = end;
+        }
         self.flushed_offset = self.flushed_offset.min(end);
         self.high_watermark = self.high_watermark.min(end);
         self.epochs.truncate_from_end(end)?;
@@ -793,6 +920,10 @@ impl Log {
         self.segments
             .insert(offset, Segment::create(&self.dir, offset)?);
         sync_dir(&self.dir)?;
+        // An older checkpoint may name a start beyond `offset` (a leader that had not yet
+        // taken its predecessor's log start); the new first segment is the start now.
+        write_log_start_offset(&self.dir, offset)?;
+        self.log_start_offset = offset;
         self.truncations += 1;
         self.flushed_offset = offset;
         self.high_watermark = offset;
@@ -931,6 +1062,10 @@ impl Log {
             compaction,
             segment_bytes: self.config.segment_bytes,
             index_interval_bytes: self.config.index_interval_bytes,
+            max_decompressed_bytes: self
+                .config
+                .max_decompressed_bytes
+                .max(crate::compression::DEFAULT_MAX_DECOMPRESSED_BYTES),
             now_ms,
         })
     }

@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-use crate::batch::{BATCH_HEADER_BYTES, BatchHeader, walk_records};
+use crate::batch::{BatchHeader, records_section, walk_records};
+use crate::compression::DEFAULT_MAX_DECOMPRESSED_BYTES;
 use crate::error::LogError;
 use crate::types::Offset;
 use crate::varint::Cursor;
@@ -26,8 +27,9 @@ pub struct Record {
     pub headers: Vec<Header>,
 }
 
-/// Decodes the records of one batch into absolute offsets and timestamps. Bounds are checked
-/// as in `validate_batch`, but not the CRC: run `verify_crc` or `validate_batch` first.
+/// Decodes the records of one batch into absolute offsets and timestamps, decompressing a
+/// compressed batch (at most `DEFAULT_MAX_DECOMPRESSED_BYTES`). Bounds are checked as in
+/// `validate_batch`, but not the CRC: run `verify_crc` or `validate_batch` first.
 pub fn decode_records(batch: &[u8]) -> Result<Vec<Record>, LogError> {
     let header = BatchHeader::parse(batch)?;
     if header.total_size_bytes() != batch.len() {
@@ -37,16 +39,12 @@ pub fn decode_records(batch: &[u8]) -> Result<Vec<Record>, LogError> {
             batch.len()
         )));
     }
-    if header.compression_codec() != 0 {
-        return Err(LogError::UnsupportedCompression {
-            codec: header.compression_codec(),
-        });
-    }
+    let section = records_section(batch, &header, DEFAULT_MAX_DECOMPRESSED_BYTES)?;
     let capacity = usize::try_from(header.record_count)
         .unwrap_or(0)
-        .min(batch.len());
+        .min(section.len());
     let mut records = Vec::with_capacity(capacity);
-    walk_records(&batch[BATCH_HEADER_BYTES..], header.record_count, |view| {
+    walk_records(&section, header.record_count, |view| {
         let timestamp_ms = if header.has_log_append_time() {
             header.max_timestamp_ms
         } else {
@@ -98,7 +96,7 @@ fn decode_headers(raw: &[u8], count: i32) -> Result<Vec<Header>, LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{assign_offsets, validate_batch};
+    use crate::batch::{BATCH_HEADER_BYTES, assign_offsets, validate_batch};
     use crate::builder::RecordBatchBuilder;
     use crate::types::LeaderEpoch;
 

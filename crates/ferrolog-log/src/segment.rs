@@ -581,6 +581,7 @@ impl Segment {
     pub(crate) fn offset_for_timestamp(
         &self,
         timestamp_ms: i64,
+        floor: Offset,
     ) -> Result<Option<Offset>, LogError> {
         if self.max_timestamp_ms < timestamp_ms {
             return Ok(None);
@@ -595,13 +596,13 @@ impl Segment {
         while pos < self.size_bytes {
             let header = self.read_header_at(pos)?;
             let total = header.total_size_bytes();
-            if header.max_timestamp_ms >= timestamp_ms {
+            if header.max_timestamp_ms >= timestamp_ms && header.last_offset() >= floor {
                 let mut batch = vec![0u8; total];
                 self.read_exact_at(&mut batch, pos).context("read batch")?;
                 verify_crc(&batch)?;
                 let found = decode_records(&batch)?
                     .into_iter()
-                    .find(|record| record.timestamp_ms >= timestamp_ms);
+                    .find(|record| record.offset >= floor && record.timestamp_ms >= timestamp_ms);
                 if let Some(record) = found {
                     return Ok(Some(record.offset));
                 }

@@ -209,6 +209,38 @@ impl Partition {
         self.log_read().size_bytes()
     }
 
+    /// As leader: deletes every record before `before` (`None`: the high watermark) by
+    /// moving the log start offset (Kafka's DeleteRecords). Returns the new log start.
+    pub fn delete_records_before(&self, before: Option<Offset>) -> Result<Offset, BrokerError> {
+        let mut log = self.log_write();
+        self.check_open()?;
+        let high_watermark = self.high_watermark();
+        log.advance_log_start(before.unwrap_or(high_watermark), high_watermark)?;
+        let start = log.log_start_offset();
+        drop(log);
+        tracing::info!(topic = %self.topic, partition = %self.id, log_start_offset = %start,
+            "deleted records by request");
+        Ok(start)
+    }
+
+    /// As follower: takes the leader's log start offset, as far as this replica's high
+    /// watermark, so records the leader deleted are deleted here too and stay deleted when
+    /// this replica leads.
+    pub fn follow_log_start(&self, leader_log_start: Offset, generation: u64) {
+        if leader_log_start <= self.log_start_offset() {
+            return;
+        }
+        let mut log = self.log_write();
+        if self.generation() != generation || self.is_closed() {
+            return;
+        }
+        let target = leader_log_start.min(self.high_watermark());
+        if let Err(error) = log.advance_log_start(target, self.high_watermark()) {
+            tracing::warn!(topic = %self.topic, partition = %self.id, %error,
+                "could not take the leader's log start offset");
+        }
+    }
+
     pub fn set_config(&self, config: LogConfig) {
         self.log_write().set_config(config);
     }

@@ -186,6 +186,31 @@ impl ClientApi {
         })
     }
 
+    #[tracing::instrument(name = "delete_records", skip_all, fields(topic = %request.topic, partition = request.partition, before = request.before_offset))]
+    fn delete_records_inner(
+        &self,
+        request: v1::DeleteRecordsRequest,
+    ) -> Result<v1::DeleteRecordsResponse, BrokerError> {
+        let before = match request.before_offset {
+            -1 => None,
+            offset if offset >= 0 => Some(Offset(offset)),
+            offset => {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "before_offset {offset} is negative; give an offset, or -1 for the high \
+                     watermark"
+                )));
+            }
+        };
+        let partition = self
+            .broker
+            .leader_partition(&request.topic, i64::from(request.partition))?;
+        let log_start_offset = partition.delete_records_before(before)?;
+        Ok(v1::DeleteRecordsResponse {
+            log_start_offset: log_start_offset.0,
+            high_watermark: partition.high_watermark().0,
+        })
+    }
+
     fn metadata_inner(
         &self,
         request: v1::MetadataRequest,
@@ -415,6 +440,15 @@ impl ClientService for ClientApi {
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
         let result = self.list_offsets_inner(request.into_inner());
         self.count("list_offsets", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn delete_records(
+        &self,
+        request: Request<v1::DeleteRecordsRequest>,
+    ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
+        let result = self.delete_records_inner(request.into_inner());
+        self.count("delete_records", &result);
         result.map(Response::new).map_err(Status::from)
     }
 

@@ -228,6 +228,8 @@ pub struct CleanTask {
     /// Cleaned groups stay within this size, as a segment does.
     pub(crate) segment_bytes: u64,
     pub(crate) index_interval_bytes: u32,
+    /// The most a compressed batch may decompress to.
+    pub(crate) max_decompressed_bytes: usize,
     pub(crate) now_ms: i64,
 }
 
@@ -411,6 +413,7 @@ impl CleanTask {
                                 &header,
                                 self.now_ms,
                                 new_horizon_ms,
+                                self.max_decompressed_bytes,
                                 |context, record| keep_record(&map, map_end, context, record),
                                 &mut cleaned.tombstone_horizon_ms,
                             )?,
@@ -475,13 +478,18 @@ impl CleanTask {
                     }
                     return Ok((map, header.base_offset));
                 }
-                for_each_key(batch, &header, |offset, key| {
-                    if let Some(key) = key
-                        && offset >= first_dirty
-                    {
-                        map.put(key, offset.0);
-                    }
-                })?;
+                for_each_key(
+                    batch,
+                    &header,
+                    self.max_decompressed_bytes,
+                    |offset, key| {
+                        if let Some(key) = key
+                            && offset >= first_dirty
+                        {
+                            map.put(key, offset.0);
+                        }
+                    },
+                )?;
             }
         }
         Ok((map, self.cleanable_end))

@@ -90,12 +90,13 @@ fn raw_records(records: &[u8], count: i32) -> Result<Vec<RawRecord<'_>>, LogErro
 pub(crate) fn for_each_key(
     batch: &[u8],
     header: &BatchHeader,
+    max_decompressed_bytes: usize,
     mut visit: impl FnMut(Offset, Option<&[u8]>),
 ) -> Result<(), LogError> {
     if header.record_count == 0 {
         return Ok(());
     }
-    let records = records_of(batch, header)?;
+    let records = records_of(batch, header, max_decompressed_bytes)?;
     for record in raw_records(&records, header.record_count)? {
         visit(offset_of(header, record.offset_delta)?, record.key);
     }
@@ -125,6 +126,7 @@ pub(crate) fn filter_batch(
     header: &BatchHeader,
     now_ms: i64,
     new_horizon_ms: i64,
+    max_decompressed_bytes: usize,
     mut keep: impl FnMut(&BatchContext<'_>, &RecordRef<'_>) -> bool,
     horizon_out: &mut Option<i64>,
 ) -> Result<Filtered, LogError> {
@@ -136,7 +138,7 @@ pub(crate) fn filter_batch(
         header,
         delete_horizon_passed: stamped.is_some_and(|horizon| now_ms >= horizon),
     };
-    let records = records_of(batch, header)?;
+    let records = records_of(batch, header, max_decompressed_bytes)?;
     let raw = raw_records(&records, header.record_count)?;
     let mut kept = Vec::with_capacity(raw.len());
     let mut kept_tombstone = false;

@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use ferrolog_client::{
-    Acks, Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
-    StartOffset,
+    Acks, Admin, ClientError, Compression, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    ProducerRecord, StartOffset,
 };
 use ferrolog_proto::v1::ErrorCode;
 use futures::StreamExt;
@@ -53,6 +53,13 @@ pub struct CreateTopicsBench {
     client: ClientArgs,
 }
 
+/// What the produce benchmark's record values look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Payload {
+    Random,
+    Text,
+}
+
 #[derive(Debug, Args)]
 pub struct ProduceBench {
     #[arg(long)]
@@ -70,6 +77,13 @@ pub struct ProduceBench {
     linger_ms: u64,
     #[arg(long, default_value = "all", value_parser = super::parse_acks)]
     acks: Acks,
+    /// Compress each batch: none, gzip, snappy, lz4 or zstd
+    #[arg(long, default_value = "none", value_parser = super::parse_compression)]
+    compression: Compression,
+    /// Record values: `random` (incompressible) or `text` (JSON-like text, each record
+    /// different, which compresses as real event data does)
+    #[arg(long, value_enum, default_value_t = Payload::Random)]
+    payload: Payload,
     /// Concurrent producers (each with its own connection)
     #[arg(long, default_value_t = 1)]
     producers: u32,
@@ -192,6 +206,7 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
             + u64::from(p < args.records % u64::from(args.producers));
         let mut config = ProducerConfig::new(args.client.config());
         config.acks = args.acks;
+        config.compression = args.compression;
         config.batch_size_bytes = args.batch_size;
         config.linger_ms = args.linger_ms;
         if let Some(n) = args.max_in_flight {
@@ -199,6 +214,7 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
         }
         let per_producer_rate = args.throughput as f64 / f64::from(args.producers);
         let (topic, payload, bar) = (args.topic.clone(), payload.clone(), Arc::clone(&bar));
+        let (kind, record_size) = (args.payload, args.record_size);
         tasks.push(tokio::spawn(async move {
             let producer = Producer::connect(config).await?;
             // Acknowledgements are collected by their own task, which polls them as they
@@ -212,9 +228,13 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
                     let due = paced_from + Duration::from_secs_f64(i as f64 / per_producer_rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
+                let value = match kind {
+                    Payload::Random => payload.clone(),
+                    Payload::Text => text_record(p, i, record_size),
+                };
                 let sent_at = Instant::now();
                 let delivery = producer
-                    .send(ProducerRecord::new(topic.clone(), payload.clone()))
+                    .send(ProducerRecord::new(topic.clone(), value))
                     .await;
                 if acks_tx.send((sent_at, delivery)).await.is_err() {
                     break;
@@ -245,6 +265,69 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
         Some(&histogram),
     );
     Ok(())
+}
+
+/// Words the text payload draws from: event-like field values.
+const TEXT_WORDS: [&str; 32] = [
+    "order",
+    "created",
+    "shipped",
+    "delivered",
+    "cancelled",
+    "refunded",
+    "customer",
+    "premium",
+    "standard",
+    "express",
+    "warehouse",
+    "berlin",
+    "paris",
+    "madrid",
+    "lisbon",
+    "vienna",
+    "payment",
+    "card",
+    "invoice",
+    "pending",
+    "approved",
+    "declined",
+    "item",
+    "book",
+    "lamp",
+    "chair",
+    "table",
+    "phone",
+    "cable",
+    "shirt",
+    "coffee",
+    "tea",
+];
+
+/// Record `i` of producer `producer` as JSON-like text of exactly `size` bytes: field names
+/// repeat as in real events, values vary from record to record (a xorshift stream seeded by
+/// the record), so a codec finds what it finds in real event data, not one repeated value.
+fn text_record(producer: u64, i: u64, size: usize) -> Bytes {
+    let mut state = (producer << 40 ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut text = format!(r#"{{"id":{i},"producer":{producer},"events":["#);
+    while text.len() < size {
+        let r = next();
+        let word = TEXT_WORDS[(r % 32) as usize];
+        let other = TEXT_WORDS[((r >> 8) % 32) as usize];
+        text.push_str(&format!(
+            r#"{{"type":"{word}","by":"{other}-{}","amount":{}.{:02}}},"#,
+            (r >> 16) % 1000,
+            (r >> 26) % 500,
+            (r >> 36) % 100
+        ));
+    }
+    text.truncate(size);
+    Bytes::from(text)
 }
 
 /// Awaits acknowledgements as they complete and records send-to-ack latency.

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use ferrolog_client::{
     Admin, ConsumedRecord, Consumer, ConsumerConfig, GroupConsumer, GroupConsumerConfig,
-    OffsetReset, Rebalance, StartOffset, TopicPartition,
+    OffsetQuery, OffsetReset, Rebalance, StartOffset, TopicPartition,
 };
 
 use super::ClientArgs;
@@ -16,8 +16,13 @@ use super::ClientArgs;
 pub struct ConsumeArgs {
     topic: String,
     /// Start at the earliest offset (default: only new records)
-    #[arg(long, conflicts_with = "offset")]
+    #[arg(long, conflicts_with_all = ["offset", "from_timestamp"])]
     from_beginning: bool,
+    /// Start, in each partition, at the first record whose timestamp is at or after T: ISO
+    /// 8601 (2026-12-04T10:00:00Z, 2026-12-04T11:00:00+01:00, 2026-12-04 for midnight UTC)
+    /// or Unix epoch milliseconds. A partition without such a record starts at its end.
+    #[arg(long, value_name = "T", value_parser = parse_timestamp, conflicts_with_all = ["offset", "group"])]
+    from_timestamp: Option<i64>,
     /// Start at this offset
     #[arg(long)]
     offset: Option<i64>,
@@ -45,6 +50,31 @@ pub struct ConsumeArgs {
     reset: Option<OffsetReset>,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// Parses `--from-timestamp`: epoch milliseconds, an RFC 3339 time, a date-time without zone
+/// (UTC), or a date (midnight UTC).
+fn parse_timestamp(value: &str) -> Result<i64, String> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(time.timestamp_millis());
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(time) = chrono::NaiveDateTime::parse_from_str(value, format) {
+            return Ok(time.and_utc().timestamp_millis());
+        }
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return Ok(date
+            .and_hms_opt(0, 0, 0)
+            .map_or(0, |time| time.and_utc().timestamp_millis()));
+    }
+    Err(format!(
+        "'{value}' is neither epoch milliseconds nor an ISO 8601 time such as \
+         2026-12-04T10:00:00Z"
+    ))
 }
 
 fn parse_reset(value: &str) -> Result<OffsetReset, String> {
@@ -127,6 +157,26 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let mut consumer = Consumer::connect(ConsumerConfig::new(config)).await?;
     for partition in partitions {
+        let start = match args.from_timestamp {
+            Some(timestamp_ms) => {
+                let found = admin
+                    .list_offsets(&args.topic, partition, OffsetQuery::Timestamp(timestamp_ms))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "look up the first offset of {}-{partition} at or after {timestamp_ms} ms",
+                            args.topic
+                        )
+                    })?;
+                // -1: no record that new yet; read what comes.
+                if found.offset < 0 {
+                    StartOffset::Latest
+                } else {
+                    StartOffset::Offset(found.offset)
+                }
+            }
+            None => start,
+        };
         consumer.assign(&args.topic, partition, start).await?;
     }
 
@@ -299,5 +349,28 @@ async fn stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_timestamp_takes_epoch_ms_and_iso_8601_in_any_zone() {
+        let utc = 1_796_378_400_000; // 2026-12-04T10:00:00Z
+        for value in [
+            "1796378400000",
+            "2026-12-04T10:00:00Z",
+            "2026-12-04T11:00:00+01:00",
+            "2026-12-04T10:00:00.000Z",
+            "2026-12-04T10:00:00",
+            "2026-12-04 10:00:00",
+        ] {
+            assert_eq!(parse_timestamp(value), Ok(utc), "{value}");
+        }
+        assert_eq!(parse_timestamp("2026-12-04"), Ok(utc - 10 * 3_600_000));
+        assert!(parse_timestamp("yesterday").is_err());
+        assert!(parse_timestamp("2026-13-01").is_err());
     }
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod consume;
+mod delete_records;
 mod fsync_bench;
 pub mod group;
 pub mod health;
@@ -13,7 +14,7 @@ pub mod topic;
 
 use anyhow::Context;
 use clap::Args;
-use ferrolog_client::{Acks, Admin, ClientConfig};
+use ferrolog_client::{Acks, Admin, ClientConfig, Compression};
 
 /// How to reach the cluster; shared by every client command.
 #[derive(Debug, Clone, Args)]
@@ -42,6 +43,12 @@ pub fn parse_acks(value: &str) -> Result<Acks, String> {
         "all" | "-1" => Ok(Acks::All),
         other => Err(format!("'{other}' is not one of 0, 1, all")),
     }
+}
+
+/// Parses a `--compression` value: none, gzip, snappy, lz4 or zstd.
+pub fn parse_compression(value: &str) -> Result<Compression, String> {
+    Compression::from_name(value)
+        .ok_or_else(|| format!("'{value}' is not one of none, gzip, snappy, lz4, zstd"))
 }
 
 /// The number of partitions of `topic`, with an error naming it when it does not exist.

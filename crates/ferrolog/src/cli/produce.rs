@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
-use ferrolog_client::{Acks, Producer, ProducerConfig, ProducerRecord};
+use ferrolog_client::{Acks, Compression, Producer, ProducerConfig, ProducerRecord};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::AsyncBufReadExt;
@@ -30,6 +30,9 @@ pub struct ProduceArgs {
     /// 0 (no wait), 1 (leader has it durably) or all (every in-sync replica)
     #[arg(long, default_value = "all", value_parser = super::parse_acks)]
     acks: Acks,
+    /// Compress each batch: none, gzip, snappy, lz4 or zstd
+    #[arg(long, default_value = "none", value_parser = super::parse_compression)]
+    compression: Compression,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -37,6 +40,7 @@ pub struct ProduceArgs {
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let mut config = ProducerConfig::new(args.client.config());
     config.acks = args.acks;
+    config.compression = args.compression;
     let producer = Producer::connect(config).await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut pending = FuturesUnordered::new();

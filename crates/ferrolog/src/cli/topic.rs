@@ -1,4 +1,4 @@
-//! `ferrolog topic create|list|describe|add-partitions|delete`.
+//! `ferrolog topic create|list|describe|add-partitions|delete|delete-records`.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +22,9 @@ pub enum TopicCommand {
     AddPartitions(AddPartitionsArgs),
     /// Delete a topic and all its data
     Delete(DeleteArgs),
+    /// Delete every record of a partition before an offset (moves its log start offset on
+    /// every replica; never past the high watermark)
+    DeleteRecords(super::delete_records::DeleteRecordsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +89,7 @@ fn parse_configs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 
 pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
     match command {
+        TopicCommand::DeleteRecords(args) => super::delete_records::run(args).await?,
         TopicCommand::Create(args) => {
             let configs = parse_configs(&args.configs)?;
             let admin = Admin::connect(args.client.config()).await?;
