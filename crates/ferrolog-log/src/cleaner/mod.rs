@@ -260,6 +260,9 @@ impl Drop for CleanedLog {
     }
 }
 
+/// A batch read by `BatchReader`: its header, its bytes, and whether it is the file's last.
+type ReadBatch<'a> = (BatchHeader, &'a [u8], bool);
+
 /// Reads the whole batches of a segment file in large chunks, CRC-checking each.
 struct BatchReader<'a> {
     file: &'a File,
@@ -310,7 +313,7 @@ impl<'a> BatchReader<'a> {
         &mut self,
         throttle: &Throttle,
         stats: &mut CleanStats,
-    ) -> Result<Option<(BatchHeader, &[u8], bool)>, LogError> {
+    ) -> Result<Option<ReadBatch<'_>>, LogError> {
         if self.at_end() {
             return Ok(None);
         }
