@@ -1006,6 +1006,12 @@ impl Log {
             .collect()
     }
 
+    /// The first offset the cleaner has not cleaned: below it, a compacted log holds at most
+    /// one record per key.
+    pub fn cleaner_first_dirty(&self) -> Offset {
+        self.first_dirty_offset()
+    }
+
     /// The first offset the cleaner has not cleaned, within the log.
     fn first_dirty_offset(&self) -> Offset {
         self.cleaner
