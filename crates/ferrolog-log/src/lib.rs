@@ -1,7 +1,7 @@
 //! The storage engine of one Ferrolog partition: Kafka RecordBatch v2 batches (uncompressed or
 //! with Kafka's gzip, snappy, lz4 and zstd codecs) in segment files with sparse offset and time
-//! indexes, crash recovery, retention, and the per-partition replication state (high
-//! watermark, leader-epoch cache).
+//! indexes, crash recovery, retention, compaction (the log cleaner, `cleaner`), and the
+//! per-partition replication state (high watermark, leader-epoch cache).
 //!
 //! This crate **must not depend on networking, async runtimes or Raft**: it is synchronous
 //! `std::fs` code. Durability policy and group commit belong to the broker, which drives
