@@ -10,6 +10,7 @@ use ferrolog_proto::retry::Backoff;
 use ferrolog_proto::v1::ErrorCode;
 
 use crate::BrokerError;
+use crate::cleaner::CleanerSettings;
 use crate::control_plane::{AdminChange, AlterIsrRequest, ControlPlane};
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
@@ -45,6 +46,8 @@ pub struct BrokerConfig {
     pub replica_lag_time_max: Duration,
     /// How often the broker tells the active controller it is alive.
     pub heartbeat_interval: Duration,
+    /// The log cleaner, which compacts topics with `cleanup.policy=compact`.
+    pub cleaner: CleanerSettings,
 }
 
 /// A running broker.
@@ -91,6 +94,15 @@ impl Broker {
         }
         tokio::spawn(Arc::clone(&broker).follow_image(applied));
         tokio::spawn(Arc::clone(&broker).run_maintenance());
+        if broker.config.cleaner.enabled {
+            let stopping = Arc::clone(&broker);
+            tokio::spawn(crate::cleaner::run(
+                Arc::clone(&broker.partitions),
+                broker.config.cleaner.clone(),
+                Arc::clone(&broker.metrics),
+                move || stopping.shutting_down.load(Ordering::Acquire),
+            ));
+        }
         tokio::spawn(Arc::clone(&broker).run_isr_updates());
         tokio::spawn(Arc::clone(&broker).register(incarnation_id));
         tokio::spawn(Arc::clone(&broker).heartbeat(incarnation_id));

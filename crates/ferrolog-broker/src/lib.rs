@@ -8,6 +8,7 @@
 //! controller in. It also coordinates consumer groups (see `group`).
 
 mod broker;
+pub mod cleaner;
 pub mod control_plane;
 mod error;
 mod fetcher;

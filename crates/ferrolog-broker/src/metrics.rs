@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Labels of per-request counters: the RPC and its outcome code ("OK" or an ErrorCode name).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +44,21 @@ pub struct BrokerMetrics {
     /// Per group and partition: high watermark minus committed offset, exported by the
     /// group's coordinator.
     pub consumer_lag: Family<GroupPartitionLabels, Gauge>,
+    /// The log cleaner (compaction): what it read and wrote, the dirtiest compacted log's
+    /// dirty ratio, and when its last cleaning ended and how long it took.
+    pub cleaner: CleanerMetrics,
+}
+
+/// Metrics of the log cleaner, under `ferrolog_log_cleaner_`.
+#[derive(Default)]
+pub struct CleanerMetrics {
+    pub bytes_read: Counter,
+    pub bytes_written: Counter,
+    pub runs: Counter,
+    pub failures: Counter,
+    pub max_dirty_ratio: Gauge<f64, AtomicU64>,
+    pub last_run_timestamp_seconds: Gauge<f64, AtomicU64>,
+    pub last_run_duration_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl BrokerMetrics {
@@ -64,6 +80,7 @@ impl BrokerMetrics {
             flush_seconds: latency(),
             partitions: Gauge::default(),
             consumer_lag: Family::default(),
+            cleaner: CleanerMetrics::default(),
         };
         let r = registry.sub_registry_with_prefix("ferrolog");
         r.register(
@@ -131,6 +148,42 @@ impl BrokerMetrics {
             "Records between a group's committed offset and the high watermark, by group \
              and partition (exported by the group's coordinator)",
             metrics.consumer_lag.clone(),
+        );
+        let c = r.sub_registry_with_prefix("log_cleaner");
+        c.register(
+            "bytes_read",
+            "Segment bytes the log cleaner read (mapping keys and rewriting)",
+            metrics.cleaner.bytes_read.clone(),
+        );
+        c.register(
+            "bytes_written",
+            "Cleaned segment bytes the log cleaner wrote",
+            metrics.cleaner.bytes_written.clone(),
+        );
+        c.register(
+            "runs",
+            "Cleanings the log cleaner completed",
+            metrics.cleaner.runs.clone(),
+        );
+        c.register(
+            "failures",
+            "Cleanings that failed (the log is tried again at the next pass)",
+            metrics.cleaner.failures.clone(),
+        );
+        c.register(
+            "dirty_ratio",
+            "Largest dirty ratio (dirty / cleanable bytes) among this broker's compacted logs",
+            metrics.cleaner.max_dirty_ratio.clone(),
+        );
+        c.register(
+            "last_run_timestamp_seconds",
+            "Unix time when the log cleaner's last cleaning ended",
+            metrics.cleaner.last_run_timestamp_seconds.clone(),
+        );
+        c.register(
+            "last_run_duration_seconds",
+            "How long the log cleaner's last cleaning took",
+            metrics.cleaner.last_run_duration_seconds.clone(),
         );
         metrics
     }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use ferrolog_log::{
-    Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, FlushPolicy, LogConfig, RecentBatchBudget,
+    CompactionConfig, Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, FlushPolicy, LogConfig,
+    RecentBatchBudget,
 };
 use ferrolog_metadata::{
     BrokerId, ClusterImage, PartitionId, TopicCompression, TopicConfig, TopicImage,
@@ -122,9 +123,24 @@ impl PartitionManager {
         // `cleanup.policy=compact` alone never deletes by age or size, whatever the
         // retention settings say (Kafka's rule).
         let deletes = config.cleanup_policy.deletes();
+        let compaction = config
+            .cleanup_policy
+            .compacts()
+            .then_some(CompactionConfig {
+                min_cleanable_dirty_ratio: config.min_cleanable_dirty_ratio,
+                min_compaction_lag_ms: config.min_compaction_lag_ms,
+                max_compaction_lag_ms: config.max_compaction_lag_ms,
+                delete_retention_ms: config.delete_retention_ms,
+            });
+        // The active segment is never cleaned: with `max.compaction.lag.ms` set it rolls by
+        // then, so its records can be cleaned in time (Kafka does the same).
+        let segment_ms = match compaction {
+            Some(compaction) => config.segment_ms.min(compaction.max_compaction_lag_ms),
+            None => config.segment_ms,
+        };
         LogConfig {
             segment_bytes: config.segment_bytes,
-            segment_ms: config.segment_ms,
+            segment_ms,
             retention_ms: config.retention_ms.filter(|_| deletes),
             retention_bytes: config.retention_bytes.filter(|_| deletes),
             index_interval_bytes: self.settings.index_interval_bytes,
@@ -132,6 +148,7 @@ impl PartitionManager {
             flush_policy: self.settings.flush_policy,
             compression: stored_codec(config.compression),
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            compaction,
         }
     }
 

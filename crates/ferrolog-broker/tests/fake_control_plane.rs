@@ -176,6 +176,7 @@ async fn start_broker() -> Started {
             max_fetch_wait: Duration::from_secs(1),
             replica_lag_time_max: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(20),
+            cleaner: Default::default(),
         },
         metadata,
         Arc::clone(&plane) as Arc<dyn ControlPlane>,

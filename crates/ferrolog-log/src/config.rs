@@ -44,6 +44,36 @@ pub struct LogConfig {
     /// The most bytes a compressed batch may decompress to when it is validated on append; a
     /// batch past it is refused (`LogError::DecompressedTooLarge`).
     pub max_decompressed_bytes: usize,
+    /// Compaction settings when the log is compacted (`cleanup.policy` includes `compact`);
+    /// `None` for a log that is never compacted.
+    pub compaction: Option<CompactionConfig>,
+}
+
+/// How a compacted log is cleaned (Kafka topic config names in parentheses).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompactionConfig {
+    /// The cleaner takes the log once dirty bytes / (clean + dirty bytes) reach this
+    /// (`min.cleanable.dirty.ratio`).
+    pub min_cleanable_dirty_ratio: f64,
+    /// A segment whose newest record is younger than this is not cleaned yet
+    /// (`min.compaction.lag.ms`).
+    pub min_compaction_lag_ms: u64,
+    /// A dirty segment older than this is cleaned whatever the dirty ratio
+    /// (`max.compaction.lag.ms`); `u64::MAX`-like values mean never.
+    pub max_compaction_lag_ms: u64,
+    /// How long a tombstone stays after the cleaner first sees it (`delete.retention.ms`).
+    pub delete_retention_ms: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX as u64,
+            delete_retention_ms: DAY_MS,
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -58,6 +88,7 @@ impl Default for LogConfig {
             flush_policy: FlushPolicy::EveryAppend,
             compression: None,
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            compaction: None,
         }
     }
 }

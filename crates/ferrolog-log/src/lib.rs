@@ -1,7 +1,7 @@
 //! The storage engine of one Ferrolog partition: Kafka RecordBatch v2 batches (uncompressed or
 //! with Kafka's gzip, snappy, lz4 and zstd codecs) in segment files with sparse offset and time
-//! indexes, crash recovery, retention, and the per-partition replication state (high
-//! watermark, leader-epoch cache).
+//! indexes, crash recovery, retention, compaction (the log cleaner, `cleaner`), and the
+//! per-partition replication state (high watermark, leader-epoch cache).
 //!
 //! This crate **must not depend on networking, async runtimes or Raft**: it is synchronous
 //! `std::fs` code. Durability policy and group commit belong to the broker, which drives
@@ -10,6 +10,7 @@
 mod batch;
 mod builder;
 mod checkpoint;
+mod cleaner;
 mod compression;
 mod config;
 mod epoch_cache;
@@ -20,6 +21,7 @@ mod log;
 mod recent;
 mod record;
 mod segment;
+mod stored_batch;
 mod sync_probe;
 mod test_faults;
 mod types;
@@ -30,12 +32,17 @@ pub use batch::{
     validate_batch_within, verify_crc,
 };
 pub use builder::{RecordBatchBuilder, compress_batch};
+pub use cleaner::{
+    BatchRetention, BatchVerdict, CleanOutcome, CleanStats, CleanTask, CleanedLog, CleanerOptions,
+    CompactEveryDataBatch, DEFAULT_DEDUPE_BUFFER_BYTES, DirtyState, Throttle,
+};
 pub use compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, compress, decompress};
-pub use config::{FlushPolicy, LogConfig};
+pub use config::{CompactionConfig, FlushPolicy, LogConfig};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, ReadResult, RetentionOutcome, SyncHandle};
 pub use recent::{PARTITION_RECENT_MAX_BYTES, RecentBatchBudget};
 pub use record::{Header, Record, decode_records};
+pub use stored_batch::validate_stored_batch;
 pub use sync_probe::{SyncObserver, install_sync_observer};
 pub use test_faults::TEST_FAULTS_ENV;
 pub use types::{LeaderEpoch, Offset};

@@ -14,6 +14,12 @@ use crate::builder::RecordBatchBuilder;
 use crate::checkpoint::{
     read_high_watermark, read_log_start_offset, write_high_watermark, write_log_start_offset,
 };
+use crate::cleaner::checkpoint::CleanerCheckpoint;
+use crate::cleaner::swap::Steps;
+use crate::cleaner::{
+    self, BatchRetention, CleanOutcome, CleanTask, CleanedLog, CleanerOptions, DirtyState,
+    SegmentRef, Throttle,
+};
 use crate::config::LogConfig;
 use crate::epoch_cache::LeaderEpochCache;
 use crate::error::{IoContext, LogError};
@@ -112,6 +118,8 @@ pub struct Log {
     /// An fsync of this log failed (`LogError::SyncFailed`): set by a failed roll or flush,
     /// or by the broker after a failed `SyncHandle::sync`, and never cleared.
     sync_failed: bool,
+    /// Where the cleaner stopped (persisted in `cleaner-offset-checkpoint`).
+    cleaner: CleanerCheckpoint,
 }
 
 /// Lists the segment base offsets in `dir`, removing leftovers of interrupted writes and
@@ -144,6 +152,27 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
     Ok(logs)
 }
 
+/// A compacted log cannot compact a record without a key: it refuses the batch, as Kafka's
+/// broker does (INVALID_RECORD).
+fn refuse_null_keys(
+    batch: &[u8],
+    header: &BatchHeader,
+    max_decompressed_bytes: usize,
+) -> Result<(), LogError> {
+    let mut missing = None;
+    cleaner::for_each_record_key(batch, header, max_decompressed_bytes, |offset, key| {
+        if key.is_none() && missing.is_none() {
+            missing = Some(offset.0 - header.base_offset.0);
+        }
+    })?;
+    match missing {
+        Some(index) => Err(LogError::corrupt(format!(
+            "record {index} has no key; a compacted topic needs a key on every record"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn remove_segment_files(dir: &Path, base_offset: Offset) -> Result<(), LogError> {
     for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         remove_if_exists(&dir.join(segment_file_name(base_offset, suffix)))?;
@@ -159,6 +188,8 @@ impl Log {
     /// flushed.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log, LogError> {
         std::fs::create_dir_all(dir).context("create partition directory")?;
+        // An interrupted cleaning is finished or undone before segments are listed.
+        cleaner::swap::recover(dir)?;
         let bases = list_segments(dir)?;
         let mut segments = BTreeMap::new();
         let mut changed_files = false;
@@ -193,8 +224,9 @@ impl Log {
         }
         let mut previous: Option<&Segment> = None;
         for segment in segments.values() {
+            // Compaction may leave a gap between segments, never an overlap.
             if let Some(prev) = previous
-                && prev.next_offset() != segment.base_offset()
+                && prev.next_offset() > segment.base_offset()
             {
                 return Err(LogError::InconsistentSegments {
                     reason: format!(
@@ -210,6 +242,7 @@ impl Log {
 
         let epochs = LeaderEpochCache::load(dir)?;
         let checkpointed_high_watermark = read_high_watermark(dir)?;
+        let cleaner = cleaner::checkpoint::read(dir)?;
         let checkpointed_log_start = read_log_start_offset(dir)?;
         let mut log = Log {
             dir: dir.to_path_buf(),
@@ -223,6 +256,7 @@ impl Log {
             truncations: 0,
             recent: Mutex::default(),
             sync_failed: false,
+            cleaner,
         };
         // A checkpoint beyond the log end (recovery truncated what it pointed into) gives way.
         log.log_start_offset = checkpointed_log_start
@@ -322,7 +356,11 @@ impl Log {
                 max_bytes: self.config.max_message_bytes,
             });
         }
-        validate_batch_within(batch, self.config.max_decompressed_bytes)
+        let header = validate_batch_within(batch, self.config.max_decompressed_bytes)?;
+        if self.config.compaction.is_some() {
+            refuse_null_keys(batch, &header, self.config.max_decompressed_bytes)?;
+        }
+        Ok(header)
     }
 
     /// The batch rebuilt with the log's codec, if the topic's `compression.type` names one and
@@ -412,7 +450,8 @@ impl Log {
         header: &BatchHeader,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        if header.base_offset != self.log_end_offset() {
+        // A gap is the leader's compaction at work (Kafka accepts it too); going back is not.
+        if header.base_offset < self.log_end_offset() {
             return Err(LogError::NonContiguousAppend {
                 expected: self.log_end_offset(),
                 actual: header.base_offset,
@@ -860,6 +899,7 @@ impl Log {
         self.flushed_offset = self.flushed_offset.min(end);
         self.high_watermark = self.high_watermark.min(end);
         self.epochs.truncate_from_end(end)?;
+        self.lower_first_dirty(end)?;
         tracing::info!(dir = %self.dir.display(), requested = %offset, log_end_offset = %end,
             "truncated log");
         Ok(())
@@ -888,6 +928,7 @@ impl Log {
         self.flushed_offset = offset;
         self.high_watermark = offset;
         self.epochs.clear()?;
+        self.lower_first_dirty(offset)?;
         tracing::warn!(dir = %self.dir.display(), log_start_offset = %offset,
             "emptied the log to restart at the leader's log start");
         Ok(())
@@ -944,6 +985,194 @@ impl Log {
     /// KIP-101/279 lookup: the largest epoch <= `epoch` known here and its end offset.
     pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
         self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// The closed segments the cleaner may take now: from the log start, below the active
+    /// segment and `upper_bound` (the high watermark), stopping at the first segment holding
+    /// a record younger than `min.compaction.lag.ms`.
+    fn cleanable_segments(&self, now_ms: i64, upper_bound: Offset) -> Vec<&Segment> {
+        let Some(compaction) = self.config.compaction else {
+            return Vec::new();
+        };
+        let min_lag_ms = i64::try_from(compaction.min_compaction_lag_ms).unwrap_or(i64::MAX);
+        let closed = self.segments.len() - 1;
+        self.segments
+            .values()
+            .take(closed)
+            .take_while(|s| {
+                s.next_offset() <= upper_bound
+                    && now_ms.saturating_sub(s.max_timestamp_ms()) >= min_lag_ms
+            })
+            .collect()
+    }
+
+    /// The first offset the cleaner has not cleaned: below it, a compacted log holds at most
+    /// one record per key.
+    pub fn cleaner_first_dirty(&self) -> Offset {
+        self.first_dirty_offset()
+    }
+
+    /// The first offset the cleaner has not cleaned, within the log.
+    fn first_dirty_offset(&self) -> Offset {
+        self.cleaner
+            .first_dirty
+            .clamp(self.log_start_offset(), self.log_end_offset())
+    }
+
+    /// How much of the log awaits the cleaner; `None` unless the log is compacted.
+    pub fn dirty_state(&self, now_ms: i64, upper_bound: Offset) -> Option<DirtyState> {
+        let compaction = self.config.compaction?;
+        let first_dirty = self.first_dirty_offset();
+        let cleanable = self.cleanable_segments(now_ms, upper_bound);
+        let (clean, dirty): (Vec<&Segment>, Vec<&Segment>) = cleanable
+            .iter()
+            .partition(|s| s.next_offset() <= first_dirty);
+        let max_lag_ms = i64::try_from(compaction.max_compaction_lag_ms).unwrap_or(i64::MAX);
+        let past_max_lag = dirty
+            .first()
+            .and_then(|s| s.first_append_ms())
+            .is_some_and(|first| now_ms.saturating_sub(first) > max_lag_ms);
+        Some(DirtyState {
+            clean_bytes: clean.iter().map(|s| s.size_bytes()).sum(),
+            dirty_bytes: dirty.iter().map(|s| s.size_bytes()).sum(),
+            min_ratio: compaction.min_cleanable_dirty_ratio,
+            past_max_lag,
+            tombstones_due: !cleanable.is_empty()
+                && self
+                    .cleaner
+                    .tombstone_horizon_ms
+                    .is_some_and(|h| now_ms >= h),
+        })
+    }
+
+    /// Phase 1 of a cleaning (see `cleaner`): a snapshot of the cleanable segments, or
+    /// `None` when the log is not compacted or has nothing to clean. It does not look at
+    /// the dirty ratio; a caller that should wait for it checks `dirty_state` first.
+    pub fn prepare_cleaning(&self, now_ms: i64, upper_bound: Offset) -> Option<CleanTask> {
+        let compaction = self.config.compaction?;
+        let state = self.dirty_state(now_ms, upper_bound)?;
+        if state.dirty_bytes == 0 && !state.tombstones_due {
+            return None;
+        }
+        let segments: Vec<SegmentRef> = self
+            .cleanable_segments(now_ms, upper_bound)
+            .into_iter()
+            .map(SegmentRef::of)
+            .collect();
+        let cleanable_end = segments.last()?.next;
+        Some(CleanTask {
+            dir: self.dir.clone(),
+            segments,
+            first_dirty: self.first_dirty_offset(),
+            cleanable_end,
+            compaction,
+            segment_bytes: self.config.segment_bytes,
+            index_interval_bytes: self.config.index_interval_bytes,
+            max_decompressed_bytes: self
+                .config
+                .max_decompressed_bytes
+                .max(crate::compression::DEFAULT_MAX_DECOMPRESSED_BYTES),
+            now_ms,
+        })
+    }
+
+    /// Phase 3 of a cleaning: swaps the cleaned segments in, crash-safely, if the segments
+    /// they replace are unchanged, and moves the cleaner checkpoint. A failure midway
+    /// leaves the files in a state that `Log::open` completes, but this log's view of them
+    /// uncertain: it then takes no more writes (as after a failed fsync) until reopened.
+    pub fn install_cleaned(&mut self, cleaned: CleanedLog) -> Result<CleanOutcome, LogError> {
+        self.install_cleaned_with(cleaned, &mut Steps::unlimited())
+    }
+
+    pub(crate) fn install_cleaned_with(
+        &mut self,
+        mut cleaned: CleanedLog,
+        steps: &mut Steps,
+    ) -> Result<CleanOutcome, LogError> {
+        self.check_not_sync_failed()?;
+        let active_base = self.active().base_offset();
+        let unchanged = cleaned
+            .groups
+            .iter()
+            .flat_map(|g| &g.originals)
+            .all(|original| {
+                original.base != active_base
+                    && self
+                        .segments
+                        .get(&original.base)
+                        .is_some_and(|segment| original.matches(segment))
+            });
+        if !unchanged {
+            tracing::info!(dir = %self.dir.display(),
+                "the log changed while it was cleaned; discarding the cleaned segments");
+            return Ok(CleanOutcome::Abandoned);
+        }
+        let groups = std::mem::take(&mut cleaned.groups);
+        for (i, group) in groups.iter().enumerate() {
+            let bases: Vec<Offset> = group.originals.iter().map(|s| s.base).collect();
+            let swapped =
+                cleaner::swap::swap_in(&self.dir, group.base, &bases, steps).and_then(|()| {
+                    Segment::open(
+                        &self.dir,
+                        group.base,
+                        self.config.index_interval_bytes,
+                        false,
+                    )
+                });
+            let segment = match swapped {
+                Ok((segment, _)) => segment,
+                Err(error) => {
+                    // What is left unstarted is removed when `cleaned` drops.
+                    cleaned.groups = groups.into_iter().skip(i + 1).collect();
+                    tracing::error!(dir = %self.dir.display(), %error,
+                        "swapping cleaned segments failed; the log takes no more writes");
+                    self.sync_failed = true;
+                    return Err(error);
+                }
+            };
+            for base in &bases {
+                self.segments.remove(base);
+            }
+            self.segments.insert(group.base, segment);
+        }
+        let checkpoint = CleanerCheckpoint {
+            first_dirty: self.cleaner.first_dirty.max(cleaned.first_dirty),
+            tombstone_horizon_ms: cleaned.tombstone_horizon_ms,
+        };
+        cleaner::checkpoint::write(&self.dir, checkpoint)?;
+        self.cleaner = checkpoint;
+        Ok(CleanOutcome::Installed {
+            stats: cleaned.stats,
+            first_dirty: checkpoint.first_dirty,
+        })
+    }
+
+    /// Runs all three phases of a cleaning while holding the log, whatever the dirty ratio;
+    /// `None` if there is nothing to clean. For callers that need no concurrency (tests,
+    /// tools); the broker runs the phases apart.
+    pub fn clean(
+        &mut self,
+        now_ms: i64,
+        upper_bound: Offset,
+        options: &CleanerOptions,
+        retention: &dyn BatchRetention,
+        throttle: &Throttle,
+    ) -> Result<Option<CleanOutcome>, LogError> {
+        let Some(task) = self.prepare_cleaning(now_ms, upper_bound) else {
+            return Ok(None);
+        };
+        let cleaned = task.run(options, retention, throttle)?;
+        self.install_cleaned(cleaned).map(Some)
+    }
+
+    /// Lowers the cleaner's first dirty offset to `end` after a truncation: offsets at and
+    /// above it will hold new, uncleaned records.
+    fn lower_first_dirty(&mut self, end: Offset) -> Result<(), LogError> {
+        if self.cleaner.first_dirty > end {
+            self.cleaner.first_dirty = end;
+            cleaner::checkpoint::write(&self.dir, self.cleaner)?;
+        }
+        Ok(())
     }
 
     /// Closes and removes the partition directory.

@@ -10,13 +10,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::batch::{
-    BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES, validate_batch, verify_crc,
-};
+use crate::batch::{BATCH_HEADER_BYTES, BatchHeader, LOG_OVERHEAD_BYTES, verify_crc};
 use crate::error::{IoContext, LogError};
 use crate::fsutil::remove_if_exists;
 use crate::index::{IndexFile, OffsetEntry, TimeEntry};
 use crate::record::decode_records;
+use crate::stored_batch::validate_stored_batch;
 use crate::test_faults;
 use crate::types::Offset;
 
@@ -71,8 +70,13 @@ pub(crate) struct Segment {
 }
 
 fn segment_paths(dir: &Path, base_offset: Offset) -> [PathBuf; 3] {
+    segment_paths_in_state(dir, base_offset, "")
+}
+
+/// The segment's three paths with `state` appended (the cleaner's `.cleaned`, `.swap`).
+fn segment_paths_in_state(dir: &Path, base_offset: Offset, state: &str) -> [PathBuf; 3] {
     [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX]
-        .map(|s| dir.join(segment_file_name(base_offset, s)))
+        .map(|s| dir.join(format!("{}{state}", segment_file_name(base_offset, s))))
 }
 
 /// Reads a segment file in large chunks while recovery walks it batch by batch.
@@ -134,7 +138,18 @@ impl ChunkReader {
 impl Segment {
     /// Creates a new, empty segment, replacing any stray files with the same base offset.
     pub(crate) fn create(dir: &Path, base_offset: Offset) -> Result<Segment, LogError> {
-        let [log_path, index_path, time_index_path] = segment_paths(dir, base_offset);
+        Self::create_in_state(dir, base_offset, "")
+    }
+
+    /// `create` with `state` appended to the file names: the log cleaner writes a segment
+    /// as `.cleaned` files, which `cleaner::swap` later renames into service.
+    pub(crate) fn create_in_state(
+        dir: &Path,
+        base_offset: Offset,
+        state: &str,
+    ) -> Result<Segment, LogError> {
+        let [log_path, index_path, time_index_path] =
+            segment_paths_in_state(dir, base_offset, state);
         let log = OpenOptions::new()
             .read(true)
             .write(true)
@@ -241,6 +256,11 @@ impl Segment {
         self.max_timestamp_ms
     }
 
+    /// When the segment's age began (see `roll_base_ms`), `None` while it is empty.
+    pub(crate) fn first_append_ms(&self) -> Option<i64> {
+        self.roll_base_ms
+    }
+
     pub(crate) fn log_file(&self) -> Arc<File> {
         Arc::clone(&self.log)
     }
@@ -289,8 +309,8 @@ impl Segment {
         index_interval_bytes: u32,
         now_ms: i64,
     ) -> Result<(), LogError> {
-        debug_assert_eq!(
-            header.base_offset, self.next_offset,
+        debug_assert!(
+            header.base_offset >= self.next_offset,
             "offsets only move forward"
         );
         let position = self.size_bytes;
@@ -406,9 +426,11 @@ impl Segment {
         }
         while pos < self.size_bytes {
             let header = self.read_header_at(pos)?;
-            if header.base_offset != expected {
+            // A cleaned segment has gaps where whole batches were removed; offsets still
+            // only grow.
+            if header.base_offset < expected {
                 return Err(LogError::corrupt(format!(
-                    "batch at position {pos} starts at offset {}, expected {expected}",
+                    "batch at position {pos} starts at offset {}, below {expected}",
                     header.base_offset
                 )));
             }
@@ -444,14 +466,16 @@ impl Segment {
             if pos == file_len {
                 break None;
             }
-            let header = match reader.batch_at(&log, pos).and_then(validate_batch) {
+            // Stored batches, not a producer's: compaction leaves gaps in offset deltas and
+            // empty batches, and followers store the leader's cleaned batches as they are.
+            let header = match reader.batch_at(&log, pos).and_then(validate_stored_batch) {
                 Ok(header) => header,
                 Err(err @ LogError::Io { .. }) => return Err(err),
                 Err(err) => break Some(err.to_string()),
             };
-            if header.base_offset != self.next_offset {
+            if header.base_offset < self.next_offset {
                 break Some(format!(
-                    "batch starts at offset {}, expected {}",
+                    "batch starts at offset {}, below {}",
                     header.base_offset, self.next_offset
                 ));
             }
@@ -640,7 +664,7 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::assign_offsets;
+    use crate::batch::{assign_offsets, validate_batch};
     use crate::builder::RecordBatchBuilder;
     use crate::types::LeaderEpoch;
 

@@ -359,7 +359,7 @@ impl GroupCoordinator {
             }
             .into());
         }
-        let batch = delete_batch(group_id, now_ms());
+        let batch = delete_batch(group_id, group.offsets.keys(), now_ms());
         partition
             .append(batch, Acks::All, COMMIT_TIMEOUT)
             .await
@@ -384,7 +384,9 @@ impl GroupCoordinator {
             partitions: self.config.offsets_partitions,
             // min(3, live brokers), as for any topic.
             replication_factor: 0,
-            configs: BTreeMap::new(),
+            // Compacted, as in Kafka: only each key's latest commit is kept, so a
+            // coordinator that takes over replays a log no longer than its groups' offsets.
+            configs: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
         };
         // `None`: another broker created it first.
         let created = self.broker.control_plane().create_internal_topic(topic);

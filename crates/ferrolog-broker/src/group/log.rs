@@ -1,12 +1,20 @@
 //! What `__consumer_offsets` holds: one record per committed offset, keyed by group, topic
-//! and partition (so compaction keeps the latest), and a record per deleted group. A
-//! coordinator rebuilds its groups' offsets by replaying its partition.
+//! and partition (so compaction keeps the latest), and, when a group is deleted, a tombstone
+//! for each of its offsets and one for the group. A coordinator rebuilds its groups' offsets
+//! by replaying its partition.
+//!
+//! The topic is compacted (`cleanup.policy=compact`), so a replay reads only the latest
+//! record of each key, with gaps between offsets, and tombstones vanish once older than
+//! `delete.retention.ms`. That is why a deletion writes tombstones: a group-deleted record
+//! alone would leave the group's old commits, each under its own key, in the compacted log
+//! forever. Replay applies a tombstone by its key, and still understands the
+//! `GroupDeleted` records older brokers wrote.
 
 use std::collections::BTreeMap;
 
 use ferrolog_log::{BatchIter, RecordBatchBuilder, decode_records};
 use ferrolog_proto::v1::group_log_record::Record;
-use ferrolog_proto::v1::{GroupDeletedRecord, GroupLogRecord, OffsetCommitRecord};
+use ferrolog_proto::v1::{GroupLogRecord, OffsetCommitRecord};
 use prost::Message;
 
 use super::assignor::TopicPartition;
@@ -28,6 +36,11 @@ pub fn partition_for(group: &str, partitions: u32) -> u32 {
     (hash & 0x7fff_ffff) as u32 % partitions.max(1)
 }
 
+/// The key of `group`'s committed offset of `tp`.
+fn offset_key(group: &str, tp: &TopicPartition) -> String {
+    format!("{group}\0{}\0{}", tp.topic, tp.partition)
+}
+
 /// The batch that records `offsets` as committed by `group`.
 pub fn commit_batch(
     group: &str,
@@ -36,7 +49,7 @@ pub fn commit_batch(
 ) -> bytes::BytesMut {
     let mut builder = RecordBatchBuilder::new(now_ms);
     for (tp, committed) in offsets {
-        let key = format!("{group}\0{}\0{}", tp.topic, tp.partition);
+        let key = offset_key(group, tp);
         let value = GroupLogRecord {
             record: Some(Record::OffsetCommit(OffsetCommitRecord {
                 group_id: group.to_owned(),
@@ -53,17 +66,49 @@ pub fn commit_batch(
     builder.build()
 }
 
-/// The batch that records `group` as deleted.
-pub fn delete_batch(group: &str, now_ms: i64) -> bytes::BytesMut {
+/// The batch that records `group` as deleted: a tombstone for each of its committed
+/// offsets (`offsets`), then one for the group's own key, which compaction removes with
+/// the rest once `delete.retention.ms` has passed.
+pub fn delete_batch<'a>(
+    group: &str,
+    offsets: impl IntoIterator<Item = &'a TopicPartition>,
+    now_ms: i64,
+) -> bytes::BytesMut {
     let mut builder = RecordBatchBuilder::new(now_ms);
-    let value = GroupLogRecord {
-        record: Some(Record::GroupDeleted(GroupDeletedRecord {
-            group_id: group.to_owned(),
-        })),
+    for tp in offsets {
+        builder.push(now_ms, Some(offset_key(group, tp).as_bytes()), None, &[]);
     }
-    .encode_to_vec();
-    builder.push(now_ms, Some(group.as_bytes()), Some(&value), &[]);
+    builder.push(now_ms, Some(group.as_bytes()), None, &[]);
     builder.build()
+}
+
+/// Applies a tombstone: the key names a committed offset (`group\0topic\0partition`) or a
+/// whole group.
+fn apply_tombstone(key: &[u8], groups: &mut LoadedOffsets) {
+    let Ok(key) = std::str::from_utf8(key) else {
+        return;
+    };
+    let mut parts = key.split('\0');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(group), None, None, None) => {
+            groups.remove(group);
+        }
+        (Some(group), Some(topic), Some(partition), None) => {
+            let Ok(partition) = partition.parse::<u32>() else {
+                return;
+            };
+            if let Some(offsets) = groups.get_mut(group) {
+                offsets.remove(&TopicPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                });
+                if offsets.is_empty() {
+                    groups.remove(group);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Committed offsets per group, as replaying a partition yields them.
@@ -75,6 +120,9 @@ pub fn replay(batches: &[u8], groups: &mut LoadedOffsets) -> Result<(), BrokerEr
         let (_, bytes) = batch?;
         for record in decode_records(bytes)? {
             let Some(value) = record.value else {
+                if let Some(key) = &record.key {
+                    apply_tombstone(key, groups);
+                }
                 continue;
             };
             let decoded = GroupLogRecord::decode(value.as_ref()).map_err(|e| {
@@ -162,11 +210,80 @@ mod tests {
         ));
         push(commit_batch("b", &[(tp(0), committed(3))], 2));
         push(commit_batch("a", &[(tp(0), committed(6))], 3));
-        push(delete_batch("b", 4));
+        push(delete_batch("b", [&tp(0)], 4));
         let mut groups = LoadedOffsets::new();
         replay(&log, &mut groups).expect("replay");
         assert_eq!(groups.len(), 1, "b was deleted");
         assert_eq!(groups["a"][&tp(0)].offset, 6);
         assert_eq!(groups["a"][&tp(1)].offset, 9);
+    }
+
+    #[test]
+    fn replaying_the_compacted_log_gives_the_same_offsets_as_the_whole_log() {
+        let tp = |p| TopicPartition {
+            topic: "t".to_owned(),
+            partition: p,
+        };
+        let committed = |offset| Committed {
+            offset,
+            metadata: String::new(),
+            commit_timestamp_ms: 7,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = ferrolog_log::LogConfig {
+            segment_bytes: 512,
+            compaction: Some(ferrolog_log::CompactionConfig {
+                min_cleanable_dirty_ratio: 0.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut log = ferrolog_log::Log::open(dir.path(), config).expect("open");
+        let mut append = |mut batch: bytes::BytesMut| {
+            log.append_batch(&mut batch, LeaderEpoch(0), 1_000)
+                .expect("append");
+        };
+        for round in 0..40 {
+            append(commit_batch(
+                "a",
+                &[(tp(round % 3), committed(i64::from(round)))],
+                1,
+            ));
+            append(commit_batch(
+                "b",
+                &[(tp(0), committed(i64::from(round)))],
+                1,
+            ));
+            if round == 30 {
+                append(delete_batch("b", [&tp(0)], 1));
+            }
+        }
+        let end = log.log_end_offset();
+        log.checkpoint_high_watermark(end).expect("hw");
+        let replay_all = |log: &ferrolog_log::Log| {
+            let read = log.read(Offset(0), u32::MAX, end).expect("read");
+            let mut groups = LoadedOffsets::new();
+            replay(&read.batches, &mut groups).expect("replay");
+            groups
+        };
+        let before = replay_all(&log);
+        let size = log.size_bytes();
+        log.clean(
+            1_000,
+            end,
+            &ferrolog_log::CleanerOptions::default(),
+            &ferrolog_log::CompactEveryDataBatch,
+            &ferrolog_log::Throttle::unlimited(),
+        )
+        .expect("cleans");
+        assert!(log.size_bytes() < size, "compaction removed old commits");
+        let after = replay_all(&log);
+        assert_eq!(before, after);
+        assert_eq!(after["a"][&tp(0)].offset, 39);
+        assert_eq!(
+            after["b"][&tp(0)].offset,
+            39,
+            "b committed again after its deletion"
+        );
     }
 }

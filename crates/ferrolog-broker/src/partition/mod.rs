@@ -18,6 +18,7 @@
 //! - `flusher`: the group commit;
 //! - `lifecycle`: opening, role changes, upkeep, closing and deleting.
 
+mod cleaning;
 mod divergence;
 mod flusher;
 

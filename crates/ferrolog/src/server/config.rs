@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use ferrolog_broker::cleaner::{
+    CleanerSettings, DEFAULT_CLEANER_BACKOFF, DEFAULT_CLEANER_IO_MAX_BYTES_PER_SECOND,
+};
 use ferrolog_broker::group::{self, GroupConfig};
 use ferrolog_controller::liveness;
-use ferrolog_log::FlushPolicy;
+use ferrolog_log::{DEFAULT_DEDUPE_BUFFER_BYTES, FlushPolicy};
 use ferrolog_metadata::TopicConfig;
 use serde::Deserialize;
 
@@ -115,6 +118,26 @@ pub struct ServerSettings {
     /// How often consumer-group members heartbeat [default: 1000]
     #[arg(long, value_name = "MS", env = "FERROLOG_GROUP_HEARTBEAT_INTERVAL_MS")]
     group_heartbeat_interval_ms: Option<u64>,
+    /// The log cleaner's I/O limit, bytes read plus written per second; 0 is no limit
+    /// (Kafka's log.cleaner.io.max.bytes.per.second) [default: 67108864]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "FERROLOG_LOG_CLEANER_IO_MAX_BYTES_PER_SECOND"
+    )]
+    log_cleaner_io_max_bytes_per_second: Option<u64>,
+    /// Memory for one cleaning's key -> offset map (Kafka's log.cleaner.dedupe.buffer.size)
+    /// [default: 134217728]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "FERROLOG_LOG_CLEANER_DEDUPE_BUFFER_BYTES"
+    )]
+    log_cleaner_dedupe_buffer_bytes: Option<u64>,
+    /// The log cleaner's pause when no compacted log needs cleaning (Kafka's
+    /// log.cleaner.backoff.ms) [default: 15000]
+    #[arg(long, value_name = "MS", env = "FERROLOG_LOG_CLEANER_BACKOFF_MS")]
+    log_cleaner_backoff_ms: Option<u64>,
     /// `[log]`: broker-wide storage settings.
     #[arg(skip)]
     #[serde(default)]
@@ -291,6 +314,21 @@ impl ServerSettings {
             leader_rebalance_interval_ms: given!(leader_rebalance_interval_ms)
                 .or(ferrolog_controller::DEFAULT_LEADER_REBALANCE_INTERVAL.as_millis() as u64),
             groups,
+            cleaner: CleanerSettings {
+                enabled: true,
+                io_max_bytes_per_second: Some(
+                    given!(log_cleaner_io_max_bytes_per_second)
+                        .or(DEFAULT_CLEANER_IO_MAX_BYTES_PER_SECOND),
+                )
+                .filter(|rate| *rate > 0),
+                dedupe_buffer_bytes: given!(log_cleaner_dedupe_buffer_bytes)
+                    .check(is_positive, must_be_positive)?
+                    .or(DEFAULT_DEDUPE_BUFFER_BYTES as u64)
+                    as usize,
+                backoff: given!(log_cleaner_backoff_ms)
+                    .check(is_positive, must_be_positive)?
+                    .millis_or(DEFAULT_CLEANER_BACKOFF),
+            },
         })
     }
 }
@@ -556,6 +594,8 @@ pub struct ServerConfig {
     pub leader_rebalance_interval_ms: u64,
     /// Consumer groups: see ferrolog_broker::group for why these defaults.
     pub groups: GroupConfig,
+    /// The log cleaner: see ferrolog_broker::cleaner for why these defaults.
+    pub cleaner: CleanerSettings,
 }
 
 #[cfg(test)]

@@ -163,6 +163,7 @@ pub async fn run(settings: ServerSettings) -> anyhow::Result<()> {
                 max_fetch_wait: Duration::from_secs(60),
                 replica_lag_time_max: Duration::from_millis(config.replica_lag_time_max_ms),
                 heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
+                cleaner: config.cleaner.clone(),
             },
             metadata,
             Arc::new(control_plane::ControllerPlane(Arc::clone(&controller))),
