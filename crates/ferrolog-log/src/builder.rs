@@ -3,14 +3,13 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::batch::{BATCH_HEADER_BYTES, CRC_START, LOG_OVERHEAD_BYTES, MAGIC_V2};
+use crate::batch::{BATCH_HEADER_BYTES, BatchHeader, CRC_START, LOG_OVERHEAD_BYTES, MAGIC_V2};
 use crate::compression::{Compression, compress};
 use crate::error::LogError;
 use crate::record::Header;
 use crate::varint::{put_varlong, varlong_len};
 
-/// Kafka's "no producer id / epoch / sequence" marker, used since batches here are not
-/// idempotent yet.
+/// Kafka's "no producer id / epoch / sequence" marker: the batch is not idempotent.
 const NO_PRODUCER: i64 = -1;
 /// Written as the partition leader epoch until the leader stamps its own on append.
 const NO_PARTITION_LEADER_EPOCH: i32 = -1;
@@ -21,6 +20,24 @@ pub struct RecordBatchBuilder {
     base_timestamp_ms: i64,
     max_timestamp_ms: i64,
     record_count: u32,
+    producer: ProducerFields,
+}
+
+/// The idempotence fields of a batch header: producer id, producer epoch and the sequence
+/// number of the batch's first record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProducerFields {
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+impl ProducerFields {
+    const NONE: ProducerFields = ProducerFields {
+        producer_id: NO_PRODUCER,
+        producer_epoch: NO_PRODUCER as i16,
+        base_sequence: NO_PRODUCER as i32,
+    };
 }
 
 fn nullable_len(bytes: Option<&[u8]>) -> usize {
@@ -55,7 +72,25 @@ impl RecordBatchBuilder {
             base_timestamp_ms,
             max_timestamp_ms: -1,
             record_count: 0,
+            producer: ProducerFields::NONE,
         }
+    }
+
+    /// Stamps the batch as an idempotent producer's: its producer id, epoch and the sequence
+    /// number of its first record (the log checks them on append). Without it the batch
+    /// carries Kafka's "no producer" marker (-1) and the log checks nothing.
+    pub fn with_producer(
+        mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> Self {
+        self.producer = ProducerFields {
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        };
+        self
     }
 
     /// Appends a record; timestamp_ms must be >= 0.
@@ -109,16 +144,20 @@ impl RecordBatchBuilder {
         self.record_count == 0
     }
 
-    /// Finishes: writes header fields (length, lastOffsetDelta, timestamps, producerId -1,
-    /// epoch -1, seq -1, count), computes CRC-32C.
+    /// Finishes: writes header fields (length, lastOffsetDelta, timestamps, producer id,
+    /// epoch and base sequence (-1 unless `with_producer` set them), count), computes CRC-32C.
     pub fn build(self) -> BytesMut {
-        let (buf, record_count, base, max) = (
-            self.buf,
-            self.record_count,
-            self.base_timestamp_ms,
-            self.max_timestamp_ms,
-        );
-        finish(buf, Compression::None, record_count, base, max)
+        let fields = self.header_fields();
+        finish(self.buf, Compression::None, fields)
+    }
+
+    fn header_fields(&self) -> HeaderFields {
+        HeaderFields {
+            record_count: self.record_count,
+            base_timestamp_ms: self.base_timestamp_ms,
+            max_timestamp_ms: self.max_timestamp_ms,
+            producer: self.producer,
+        }
     }
 
     /// Finishes with the records section compressed by `codec` (the codec's id goes into the
@@ -135,14 +174,41 @@ impl RecordBatchBuilder {
         let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + packed.len());
         buf.put_bytes(0, BATCH_HEADER_BYTES);
         buf.put_slice(packed);
-        finish(
-            buf,
-            codec,
-            self.record_count,
-            self.base_timestamp_ms,
-            self.max_timestamp_ms,
-        )
+        finish(buf, codec, self.header_fields())
     }
+}
+
+/// Stamps producer id, epoch and base sequence on an already built batch (one whole batch,
+/// uncompressed or not) and recomputes its CRC. A producer assigns sequences when it sends a
+/// batch, not when it builds it, so it stamps them here; a retry sends the same stamp again.
+pub fn set_producer_fields(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<(), LogError> {
+    let header = BatchHeader::parse(batch)?;
+    if header.total_size_bytes() != batch.len() {
+        return Err(LogError::corrupt(format!(
+            "batch length says {} bytes but the buffer holds {}",
+            header.total_size_bytes(),
+            batch.len()
+        )));
+    }
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
+}
+
+/// The header fields `finish` writes besides length, codec and CRC.
+struct HeaderFields {
+    record_count: u32,
+    base_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+    producer: ProducerFields,
 }
 
 /// Compresses an uncompressed batch built by `RecordBatchBuilder::build` (or read from a log)
@@ -171,15 +237,9 @@ pub fn compress_batch(batch: &[u8], codec: Compression) -> Result<BytesMut, LogE
 
 /// Writes the header of a batch whose records section already follows it in `buf`, and its
 /// CRC-32C.
-fn finish(
-    mut buf: BytesMut,
-    codec: Compression,
-    record_count: u32,
-    base_timestamp_ms: i64,
-    max_timestamp_ms: i64,
-) -> BytesMut {
+fn finish(mut buf: BytesMut, codec: Compression, fields: HeaderFields) -> BytesMut {
     let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
-    let count = record_count as i32;
+    let count = fields.record_count as i32;
     let mut header = &mut buf[..BATCH_HEADER_BYTES];
     header.put_i64(0);
     header.put_i32(batch_length);
@@ -188,11 +248,11 @@ fn finish(
     header.put_u32(0);
     header.put_i16(codec.id());
     header.put_i32(count - 1);
-    header.put_i64(base_timestamp_ms);
-    header.put_i64(max_timestamp_ms);
-    header.put_i64(NO_PRODUCER);
-    header.put_i16(NO_PRODUCER as i16);
-    header.put_i32(NO_PRODUCER as i32);
+    header.put_i64(fields.base_timestamp_ms);
+    header.put_i64(fields.max_timestamp_ms);
+    header.put_i64(fields.producer.producer_id);
+    header.put_i16(fields.producer.producer_epoch);
+    header.put_i32(fields.producer.base_sequence);
     header.put_i32(count);
     let crc = crc32c::crc32c(&buf[CRC_START..]);
     buf[17..21].copy_from_slice(&crc.to_be_bytes());
@@ -224,6 +284,67 @@ mod tests {
             );
             validate_batch(&later).expect("valid");
         }
+    }
+
+    #[test]
+    fn producer_fields_survive_building_compressing_and_restamping() -> Result<(), LogError> {
+        let mut builder = RecordBatchBuilder::new(10).with_producer(42, 3, 7);
+        builder.push(10, Some(b"k"), Some(b"v"), &[]);
+        builder.push(11, Some(b"k"), Some(b"w"), &[]);
+        let built = builder.build();
+        let header = validate_batch(&built)?;
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (42, 3, 7)
+        );
+        let compressed = compress_batch(&built, Compression::Zstd)?;
+        let header = validate_batch(&compressed)?;
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (42, 3, 7)
+        );
+        let mut restamped = compressed.clone();
+        set_producer_fields(&mut restamped, 9, 1, i32::MAX)?;
+        let header = validate_batch(&restamped)?;
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (9, 1, i32::MAX),
+            "the CRC was recomputed, so the batch still validates"
+        );
+        let mut plain = RecordBatchBuilder::new(10);
+        plain.push(10, None, Some(b"v"), &[]);
+        let header = validate_batch(&plain.build())?;
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (-1, -1, -1)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn setting_producer_fields_refuses_a_partial_batch() {
+        let mut builder = RecordBatchBuilder::new(10);
+        builder.push(10, None, Some(b"v"), &[]);
+        let mut built = builder.build();
+        let len = built.len();
+        assert!(set_producer_fields(&mut built[..len - 1], 1, 0, 0).is_err());
+        assert!(set_producer_fields(&mut built[..20], 1, 0, 0).is_err());
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct LogConfig {
     /// Compaction settings when the log is compacted (`cleanup.policy` includes `compact`);
     /// `None` for a log that is never compacted.
     pub compaction: Option<CompactionConfig>,
+    /// How long the partition remembers an idempotent producer after its last batch
+    /// (`producer.id.expiration.ms`): after that a retry is no longer recognised as a
+    /// duplicate, and the producer may start over at any sequence.
+    pub producer_id_expiration_ms: u64,
 }
 
 /// How a compacted log is cleaned (Kafka topic config names in parentheses).
@@ -89,6 +93,7 @@ impl Default for LogConfig {
             compression: None,
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
             compaction: None,
+            producer_id_expiration_ms: DAY_MS,
         }
     }
 }
@@ -107,5 +112,6 @@ mod tests {
         assert_eq!(config.index_interval_bytes, 4096);
         assert_eq!(config.max_message_bytes, 1_048_588);
         assert_eq!(config.flush_policy, FlushPolicy::EveryAppend);
+        assert_eq!(config.producer_id_expiration_ms, 86_400_000);
     }
 }

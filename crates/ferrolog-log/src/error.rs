@@ -5,8 +5,8 @@ use crate::types::Offset;
 
 /// Everything that can go wrong in the storage engine. Variants that a client can cause
 /// (`CorruptBatch`, `UnsupportedCompression`, `DecompressedTooLarge`, `RecordTooLarge`,
-/// `OffsetOutOfRange`) are meant to
-/// be mapped to a client-visible code by the broker; the others are local failures.
+/// `OffsetOutOfRange`, `ProducerFenced`, `OutOfOrderSequence`) are meant to be mapped to a
+/// client-visible code by the broker; the others are local failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// A file system operation failed; `context` says which one, as a short verb phrase.
@@ -72,6 +72,31 @@ pub enum LogError {
     /// recovery sees what the disk really holds.
     #[error("an earlier fsync of this log failed; it is offline until the broker restarts")]
     SyncFailed,
+    /// An idempotent producer's batch carries an epoch older than one the partition has
+    /// seen for its producer id: a newer instance of the producer took over (Kafka's
+    /// INVALID_PRODUCER_EPOCH / PRODUCER_FENCED). Nothing was appended.
+    #[error(
+        "producer {producer_id} is fenced: its batch has epoch {epoch} but the partition has \
+         seen epoch {current_epoch}"
+    )]
+    ProducerFenced {
+        producer_id: i64,
+        epoch: i16,
+        current_epoch: i16,
+    },
+    /// An idempotent producer's batch does not follow its previous one: a gap, a batch from
+    /// before the last five, or a new epoch not starting at 0 (Kafka's
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER). Nothing was appended.
+    #[error(
+        "out of order sequence number for producer {producer_id} (epoch {epoch}): expected \
+         sequence {expected}, got {got}"
+    )]
+    OutOfOrderSequence {
+        producer_id: i64,
+        epoch: i16,
+        expected: i32,
+        got: i32,
+    },
 }
 
 impl LogError {
@@ -107,6 +132,29 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "offset 3 is out of range; valid offsets are 10..20"
+        );
+    }
+
+    #[test]
+    fn producer_errors_name_the_producer_epochs_and_sequences() {
+        let fenced = LogError::ProducerFenced {
+            producer_id: 7,
+            epoch: 2,
+            current_epoch: 3,
+        };
+        assert_eq!(
+            fenced.to_string(),
+            "producer 7 is fenced: its batch has epoch 2 but the partition has seen epoch 3"
+        );
+        let out_of_order = LogError::OutOfOrderSequence {
+            producer_id: 7,
+            epoch: 3,
+            expected: 10,
+            got: 12,
+        };
+        assert_eq!(
+            out_of_order.to_string(),
+            "out of order sequence number for producer 7 (epoch 3): expected sequence 10, got 12"
         );
     }
 

@@ -1,7 +1,8 @@
 //! The storage engine of one Ferrolog partition: Kafka RecordBatch v2 batches (uncompressed or
 //! with Kafka's gzip, snappy, lz4 and zstd codecs) in segment files with sparse offset and time
-//! indexes, crash recovery, retention, compaction (the log cleaner, `cleaner`), and the
-//! per-partition replication state (high watermark, leader-epoch cache).
+//! indexes, crash recovery, retention, compaction (the log cleaner, `cleaner`), the
+//! per-partition replication state (high watermark, leader-epoch cache), and idempotent
+//! producers' state with its snapshots (`producer_state`).
 //!
 //! This crate **must not depend on networking, async runtimes or Raft**: it is synchronous
 //! `std::fs` code. Durability policy and group commit belong to the broker, which drives
@@ -18,6 +19,7 @@ mod error;
 mod fsutil;
 mod index;
 mod log;
+mod producer_state;
 mod recent;
 mod record;
 mod segment;
@@ -31,7 +33,7 @@ pub use batch::{
     BATCH_HEADER_BYTES, BatchHeader, BatchIter, assign_offsets, validate_batch,
     validate_batch_within, verify_crc,
 };
-pub use builder::{RecordBatchBuilder, compress_batch};
+pub use builder::{RecordBatchBuilder, compress_batch, set_producer_fields};
 pub use cleaner::{
     BatchRetention, BatchVerdict, CleanOutcome, CleanStats, CleanTask, CleanedLog, CleanerOptions,
     CompactEveryDataBatch, DEFAULT_DEDUPE_BUFFER_BYTES, DirtyState, Throttle,
@@ -40,6 +42,9 @@ pub use compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, compress, dec
 pub use config::{CompactionConfig, FlushPolicy, LogConfig};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, ReadResult, RetentionOutcome, SyncHandle};
+pub use producer_state::{
+    PRODUCER_BATCHES_CACHED, PRODUCER_SNAPSHOTS_KEPT, ProducerSnapshotEntry, ProducerStateRecovery,
+};
 pub use recent::{PARTITION_RECENT_MAX_BYTES, RecentBatchBudget};
 pub use record::{Header, Record, decode_records};
 pub use stored_batch::validate_stored_batch;

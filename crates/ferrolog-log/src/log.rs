@@ -24,6 +24,9 @@ use crate::config::LogConfig;
 use crate::epoch_cache::LeaderEpochCache;
 use crate::error::{IoContext, LogError};
 use crate::fsutil::{TEMP_SUFFIX, remove_if_exists, sync_dir};
+use crate::producer_state::{
+    AppendCheck, ProducerSnapshotEntry, ProducerStateManager, ProducerStateRecovery,
+};
 use crate::recent::{RecentBatchBudget, RecentBatches};
 use crate::record::decode_records;
 use crate::segment::{
@@ -40,7 +43,12 @@ pub struct AppendInfo {
     pub last_offset: Offset,
     pub max_timestamp_ms: i64,
     pub record_count: u32,
+    /// Bytes written: 0 for a duplicate.
     pub size_bytes: u32,
+    /// The batch was an idempotent producer's retry of a batch already in the log: nothing
+    /// was written, and the offsets and max timestamp are the original batch's. The caller
+    /// answers it as a success once those offsets are as safe as `acks` asks.
+    pub duplicate: bool,
 }
 
 /// The answer to a read: whole batches, plus the log's bounds at the time of the read so a
@@ -120,7 +128,13 @@ pub struct Log {
     sync_failed: bool,
     /// Where the cleaner stopped (persisted in `cleaner-offset-checkpoint`).
     cleaner: CleanerCheckpoint,
+    /// Idempotent producers and their snapshot files (`producer_state`).
+    producers: ProducerStateManager,
+    producer_recovery: ProducerStateRecovery,
 }
+
+/// How much of a segment rebuilding the producer state reads at once.
+const PRODUCER_REPLAY_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Lists the segment base offsets in `dir`, removing leftovers of interrupted writes and
 /// deletions: temporary files, and index files whose log file is gone.
@@ -244,6 +258,11 @@ impl Log {
         let checkpointed_high_watermark = read_high_watermark(dir)?;
         let cleaner = cleaner::checkpoint::read(dir)?;
         let checkpointed_log_start = read_log_start_offset(dir)?;
+        let segments_end = segments
+            .values()
+            .next_back()
+            .map_or(Offset::ZERO, Segment::next_offset);
+        let (producers, replay_from) = ProducerStateManager::open(dir, segments_end)?;
         let mut log = Log {
             dir: dir.to_path_buf(),
             config,
@@ -257,6 +276,8 @@ impl Log {
             recent: Mutex::default(),
             sync_failed: false,
             cleaner,
+            producers,
+            producer_recovery: ProducerStateRecovery::default(),
         };
         // A checkpoint beyond the log end (recovery truncated what it pointed into) gives way.
         log.log_start_offset = checkpointed_log_start
@@ -270,12 +291,18 @@ impl Log {
             .clamp(start, end);
         log.epochs.truncate_from_end(end)?;
         log.epochs.truncate_from_start(start)?;
+        log.producer_recovery = ProducerStateRecovery {
+            snapshot_offset: replay_from,
+            replayed_batches: log.replay_producer_state(replay_from),
+        };
         tracing::info!(
             dir = %dir.display(),
             segments = log.segments.len(),
             log_start_offset = %start,
             log_end_offset = %end,
             high_watermark = %log.high_watermark,
+            producer_snapshot = ?replay_from,
+            producer_batches_replayed = log.producer_recovery.replayed_batches,
             "opened log"
         );
         Ok(log)
@@ -320,6 +347,9 @@ impl Log {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         let header = self.check_batch(batch)?;
+        if let Some(original) = self.check_producer(&header)? {
+            return Ok(original);
+        }
         if let Some(mut rebuilt) = self.recompress(batch, &header)? {
             let header = self.stamp(&mut rebuilt, epoch)?;
             return self.append_validated(&rebuilt, &header, now_ms, None);
@@ -338,6 +368,9 @@ impl Log {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         let header = self.check_batch(&batch)?;
+        if let Some(original) = self.check_producer(&header)? {
+            return Ok(original);
+        }
         if let Some(rebuilt) = self.recompress(&batch, &header)? {
             batch = rebuilt;
         }
@@ -363,6 +396,28 @@ impl Log {
         Ok(header)
     }
 
+    /// Checks an idempotent producer's batch against the producer state (fenced epoch, out
+    /// of order sequence); `Some` answers a duplicate with the original batch's offsets.
+    fn check_producer(&self, header: &BatchHeader) -> Result<Option<AppendInfo>, LogError> {
+        self.check_not_sync_failed()?;
+        match self.producers.check_leader_append(header)? {
+            AppendCheck::Append => Ok(None),
+            AppendCheck::Duplicate(original) => {
+                tracing::debug!(dir = %self.dir.display(), producer_id = header.producer_id,
+                    base_sequence = header.base_sequence, base_offset = %original.first_offset,
+                    "duplicate batch from an idempotent producer; answered with its offsets");
+                Ok(Some(AppendInfo {
+                    base_offset: original.first_offset,
+                    last_offset: original.last_offset,
+                    max_timestamp_ms: original.max_timestamp_ms,
+                    record_count: header.record_count as u32,
+                    size_bytes: 0,
+                    duplicate: true,
+                }))
+            }
+        }
+    }
+
     /// The batch rebuilt with the log's codec, if the topic's `compression.type` names one and
     /// the producer used another (Kafka recompresses then too); `None` keeps the producer's
     /// bytes.
@@ -373,10 +428,15 @@ impl Log {
         if header.compression()? == codec {
             return Ok(None);
         }
-        // Producer id, epoch and sequence are not carried over: batches have none until
-        // idempotent producers land, and then the rebuilt header must keep them.
+        // Producer id, epoch and sequence carry over: the producer state checked them and
+        // records them from the stored batch, and a follower rebuilds its state from it.
         let records = decode_records(batch)?;
-        let mut builder = RecordBatchBuilder::with_capacity(header.base_timestamp_ms, batch.len());
+        let mut builder = RecordBatchBuilder::with_capacity(header.base_timestamp_ms, batch.len())
+            .with_producer(
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+            );
         for record in &records {
             builder.push(
                 record.timestamp_ms,
@@ -498,12 +558,14 @@ impl Log {
             _ => recent.clear(),
         }
         appended?;
+        self.producers.record_batch(header);
         Ok(AppendInfo {
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
             max_timestamp_ms: header.max_timestamp_ms,
             record_count: header.record_count as u32,
             size_bytes: batch.len() as u32,
+            duplicate: false,
         })
     }
 
@@ -545,7 +607,96 @@ impl Log {
         sync_dir(&self.dir)?;
         self.segments.insert(base_offset, segment);
         tracing::info!(dir = %self.dir.display(), base_offset = %base_offset, reason, "rolled segment");
+        self.snapshot_producers(base_offset);
         Ok(())
+    }
+
+    /// Snapshots the producer state at `offset`, the log end, whose batches are all fsynced.
+    /// A failure only costs a longer replay at the next open, so it is logged, not returned:
+    /// the append or flush that asked for it has already succeeded.
+    fn snapshot_producers(&mut self, offset: Offset) {
+        if let Err(error) = self.producers.take_snapshot(offset) {
+            tracing::warn!(dir = %self.dir.display(), %offset, %error,
+                "cannot snapshot the producer state; the next open replays more of the log");
+        }
+    }
+
+    /// Records in the producer state every batch from `from` (a snapshot's offset; `None`
+    /// for the start of the files) to the log end, and returns how many it read. A batch
+    /// that cannot be read ends the replay with a warning: producers it would have named
+    /// are then unknown, which the producer state tolerates (as after expiry), and the read
+    /// path reports the batch itself.
+    fn replay_producer_state(&mut self, from: Option<Offset>) -> u64 {
+        let Log {
+            segments,
+            producers,
+            dir,
+            ..
+        } = self;
+        let start = from.unwrap_or(Offset::ZERO);
+        let mut next = start;
+        let mut replayed = 0u64;
+        let mut buf = BytesMut::new();
+        for segment in segments.values().filter(|s| s.next_offset() > start) {
+            loop {
+                buf.clear();
+                let target = next.max(segment.base_offset());
+                let progress = match segment.read_into(
+                    target,
+                    PRODUCER_REPLAY_CHUNK_BYTES,
+                    Offset(i64::MAX),
+                    &mut buf,
+                ) {
+                    Ok(progress) => progress,
+                    Err(error) => {
+                        tracing::warn!(dir = %dir.display(), offset = %target, %error,
+                            "producer state replay stopped at an unreadable batch");
+                        return replayed;
+                    }
+                };
+                let mut rest = &buf[..];
+                while let Ok(header) = BatchHeader::parse(rest) {
+                    // `read_into` returns whole batches, CRC-checked.
+                    let Some(after) = rest.get(header.total_size_bytes()..) else {
+                        break;
+                    };
+                    rest = after;
+                    if header.base_offset >= next {
+                        producers.record_batch(&header);
+                        replayed += 1;
+                    }
+                    next = next.max(header.next_offset());
+                }
+                if progress == ReadProgress::SegmentExhausted {
+                    break;
+                }
+            }
+        }
+        replayed
+    }
+
+    /// Every idempotent producer this partition knows, ordered by producer id (for
+    /// `ferrolog producer list` and Kafka's DescribeProducers).
+    pub fn producers(&self) -> Vec<ProducerSnapshotEntry> {
+        self.producers.entries()
+    }
+
+    /// Forgets producers whose last batch is older than `producer_id_expiration_ms` at
+    /// `now_ms` (never one with an open transaction); returns how many. The broker calls it
+    /// periodically, as Kafka's `producer.id.expiration.check.interval.ms` task does.
+    pub fn expire_producers(&mut self, now_ms: i64) -> usize {
+        let expired = self
+            .producers
+            .expire(now_ms, self.config.producer_id_expiration_ms);
+        if expired > 0 {
+            tracing::info!(dir = %self.dir.display(), expired, "expired idempotent producers");
+        }
+        expired
+    }
+
+    /// How `open` rebuilt the producer state (snapshot used, batches replayed).
+    pub fn producer_state_recovery(&self) -> ProducerStateRecovery {
+        self.producer_recovery
     }
 
     /// Reads whole batches starting at the batch that contains `from`, up to `max_bytes`
@@ -685,6 +836,7 @@ impl Log {
         }
         self.flushed_offset = self.flushed_offset.max(offset);
         self.epochs.truncate_from_start(offset)?;
+        self.producers.delete_snapshots_below(offset)?;
         tracing::info!(dir = %self.dir.display(), log_start_offset = %offset,
             deleted_segments = deleted, "moved the log start offset");
         Ok(true)
@@ -740,10 +892,14 @@ impl Log {
         true
     }
 
-    /// fsync everything (active segment + its indexes) and mark flushed.
+    /// fsync everything (active segment + its indexes) and mark flushed, then snapshot the
+    /// producer state at the log end, so that the next open replays nothing (the broker
+    /// flushes when it closes a partition).
     pub fn flush(&mut self) -> Result<(), LogError> {
         self.sync_active()?;
-        self.mark_flushed(self.log_end_offset());
+        let end = self.log_end_offset();
+        self.mark_flushed(end);
+        self.snapshot_producers(end);
         Ok(())
     }
 
@@ -838,6 +994,7 @@ impl Log {
             self.high_watermark = self.high_watermark.max(start);
             self.flushed_offset = self.flushed_offset.max(start);
             self.epochs.truncate_from_start(start)?;
+            self.producers.delete_snapshots_below(start)?;
         }
         Ok(outcome)
     }
@@ -900,6 +1057,10 @@ impl Log {
         self.high_watermark = self.high_watermark.min(end);
         self.epochs.truncate_from_end(end)?;
         self.lower_first_dirty(end)?;
+        // The state goes back to the newest snapshot at or below the new end, plus the
+        // batches after it: a removed batch is no longer a duplicate.
+        let replay_from = self.producers.truncate_to(end)?;
+        self.replay_producer_state(replay_from);
         tracing::info!(dir = %self.dir.display(), requested = %offset, log_end_offset = %end,
             "truncated log");
         Ok(())
@@ -929,6 +1090,7 @@ impl Log {
         self.high_watermark = offset;
         self.epochs.clear()?;
         self.lower_first_dirty(offset)?;
+        self.producers.truncate_fully()?;
         tracing::warn!(dir = %self.dir.display(), log_start_offset = %offset,
             "emptied the log to restart at the leader's log start");
         Ok(())
@@ -1073,6 +1235,7 @@ impl Log {
                 .max_decompressed_bytes
                 .max(crate::compression::DEFAULT_MAX_DECOMPRESSED_BYTES),
             now_ms,
+            producer_last_offsets: self.producers.last_batch_offsets(),
         })
     }
 

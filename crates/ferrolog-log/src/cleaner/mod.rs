@@ -34,6 +34,7 @@ mod throttle;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -231,6 +232,18 @@ pub struct CleanTask {
     /// The most a compressed batch may decompress to.
     pub(crate) max_decompressed_bytes: usize,
     pub(crate) now_ms: i64,
+    /// Producer id -> last offset of its last batch. That batch stays, empty if compaction
+    /// removes all its records (as Kafka's cleaner keeps it), so the producer's sequence
+    /// and epoch survive in the log for a rebuild of the producer state.
+    pub(crate) producer_last_offsets: HashMap<i64, Offset>,
+}
+
+impl CleanTask {
+    /// Whether `header` is the last batch its idempotent producer wrote.
+    fn is_producers_last_batch(&self, header: &BatchHeader) -> bool {
+        header.producer_id >= 0
+            && self.producer_last_offsets.get(&header.producer_id) == Some(&header.last_offset())
+    }
 }
 
 /// One cleaned segment waiting in `.cleaned` files, and the segments it replaces.
@@ -422,11 +435,17 @@ impl CleanTask {
                             )?,
                         }
                     };
+                    let must_stay = last_batch || self.is_producers_last_batch(&header);
+                    // An empty batch left by an earlier cleaning goes once nothing needs it.
+                    let stale_empty = header.record_count == 0
+                        && header.base_offset < map_end
+                        && matches!(filtered, Filtered::Unchanged);
                     let rebuilt = match filtered {
+                        _ if stale_empty && !must_stay => continue,
                         Filtered::Unchanged => None,
                         Filtered::Rewritten(bytes) => Some(bytes),
                         // The group's last batch fixes where the cleaned segment ends.
-                        Filtered::Dropped if last_batch => Some(empty_batch(&header)),
+                        Filtered::Dropped if must_stay => Some(empty_batch(&header)),
                         Filtered::Dropped => continue,
                     };
                     let bytes = rebuilt.as_deref().unwrap_or(batch);
