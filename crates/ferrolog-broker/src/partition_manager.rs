@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use ferrolog_log::{
-    CompactionConfig, Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, FlushPolicy, LogConfig,
-    RecentBatchBudget,
+    CompactionConfig, Compression, DEFAULT_MAX_DECOMPRESSED_BYTES,
+    DEFAULT_PRODUCER_ID_EXPIRATION_MS, FlushPolicy, LogConfig, RecentBatchBudget,
 };
 use ferrolog_metadata::{
     BrokerId, ClusterImage, PartitionId, TopicCompression, TopicConfig, TopicImage,
@@ -149,6 +149,8 @@ impl PartitionManager {
             compression: stored_codec(config.compression),
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
             compaction,
+            // Kafka's broker-wide `producer.id.expiration.ms`, not configurable here yet.
+            producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
     }
 

@@ -4,6 +4,8 @@ use crate::compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES};
 
 const MINUTE_MS: u64 = 60 * 1000;
 const DAY_MS: u64 = 24 * 60 * MINUTE_MS;
+/// Kafka's `producer.id.expiration.ms` default: a day.
+pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: u64 = DAY_MS;
 
 /// When appended data is fsynced. The log itself never fsyncs on append (except when it rolls a
 /// segment); the broker reads this policy and drives `Log::flush` / `SyncHandle::sync`, which
@@ -93,7 +95,7 @@ impl Default for LogConfig {
             compression: None,
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
             compaction: None,
-            producer_id_expiration_ms: DAY_MS,
+            producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
     }
 }

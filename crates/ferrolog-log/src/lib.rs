@@ -39,7 +39,7 @@ pub use cleaner::{
     CompactEveryDataBatch, DEFAULT_DEDUPE_BUFFER_BYTES, DirtyState, Throttle,
 };
 pub use compression::{Compression, DEFAULT_MAX_DECOMPRESSED_BYTES, compress, decompress};
-pub use config::{CompactionConfig, FlushPolicy, LogConfig};
+pub use config::{CompactionConfig, DEFAULT_PRODUCER_ID_EXPIRATION_MS, FlushPolicy, LogConfig};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, ReadResult, RetentionOutcome, SyncHandle};
 pub use producer_state::{

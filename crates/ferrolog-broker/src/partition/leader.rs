@@ -55,7 +55,11 @@ impl Partition {
             (info, log.config().flush_policy, self.generation())
         };
         let end = info.last_offset.next();
-        self.appended.send_replace(end);
+        // A duplicate (an idempotent producer's retry) wrote nothing: the log end stays, and
+        // the wait below covers the original batch.
+        if !info.duplicate {
+            self.appended.send_replace(end);
+        }
         match policy {
             FlushPolicy::EveryAppend => self.dirty.notify_one(),
             // Data counts as durable before an fsync by the operator's choice.
