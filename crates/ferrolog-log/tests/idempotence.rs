@@ -485,5 +485,34 @@ fn compaction_keeps_each_producers_last_batch_so_a_rebuild_still_knows_its_seque
         append(&mut log, PRODUCER, 0, 9, 1),
         Err(LogError::OutOfOrderSequence { expected: 8, .. })
     ));
+
+    tracing::info!("once the producer writes again, a later cleaning drops the old empty batch");
+    let newer = append(&mut log, PRODUCER, 0, 8, 1)?;
+    for _ in 0..40 {
+        let mut builder = RecordBatchBuilder::new(T0_MS);
+        builder.push(T0_MS, Some(b"seq-8"), Some(&[1u8; 60]), &[]);
+        builder.push(T0_MS, Some(b"k"), Some(&[2u8; 60]), &[]);
+        log.append_batch(&mut builder.build(), EPOCH, T0_MS)?;
+    }
+    let end = log.log_end_offset();
+    log.checkpoint_high_watermark(end)?;
+    log.clean(
+        T0_MS,
+        end,
+        &CleanerOptions::default(),
+        &CompactEveryDataBatch,
+        &Throttle::unlimited(),
+    )?;
+    let stored = log.read(log.log_start_offset(), u32::MAX, end)?;
+    let producer_batches: Vec<(Offset, i32)> = BatchIter::new(&stored.batches)
+        .filter_map(|item| item.ok())
+        .filter(|(header, _)| header.producer_id == PRODUCER)
+        .map(|(header, _)| (header.base_offset, header.record_count))
+        .collect();
+    assert_eq!(
+        producer_batches,
+        vec![(newer.base_offset, 0)],
+        "only the producer's last batch stays, emptied"
+    );
     Ok(())
 }
