@@ -36,7 +36,9 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::UnknownMemberId
         | ErrorCode::StaleMemberEpoch
         | ErrorCode::NonEmptyGroup
-        | ErrorCode::DuplicateBrokerId => Code::FailedPrecondition,
+        | ErrorCode::DuplicateBrokerId
+        | ErrorCode::OutOfOrderSequenceNumber
+        | ErrorCode::InvalidProducerEpoch => Code::FailedPrecondition,
         ErrorCode::NotEnoughReplicas
         | ErrorCode::BrokerShuttingDown
         | ErrorCode::BrokerNotAvailable => Code::Unavailable,
