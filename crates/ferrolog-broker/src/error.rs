@@ -120,6 +120,8 @@ impl BrokerError {
                 LogError::OffsetOutOfRange { .. } | LogError::BeyondHighWatermark { .. } => {
                     ErrorCode::OffsetOutOfRange
                 }
+                LogError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
+                LogError::ProducerFenced { .. } => ErrorCode::InvalidProducerEpoch,
                 _ => ErrorCode::StorageError,
             },
             Self::Config(_) => ErrorCode::InvalidConfig,

@@ -148,7 +148,8 @@ impl Partition {
         }))
     }
 
-    /// Periodic upkeep: time-based roll, retention, and a high-watermark checkpoint.
+    /// Periodic upkeep: time-based roll, retention, idempotent producers past
+    /// `producer.id.expiration.ms`, and a high-watermark checkpoint.
     pub fn maintain(&self) -> Result<(), BrokerError> {
         self.check_open()?;
         let mut log = self.log_write();
@@ -164,6 +165,11 @@ impl Partition {
             tracing::info!(topic = %self.topic, partition = %self.id,
                 segments = outcome.deleted_segments, bytes = outcome.deleted_bytes,
                 log_start_offset = %outcome.log_start_offset, "retention deleted segments");
+        }
+        let expired = log.expire_producers(now_ms());
+        if expired > 0 {
+            tracing::info!(topic = %self.topic, partition = %self.id, producers = expired,
+                "expired idle producers' state");
         }
         if log.high_watermark() != high_watermark {
             log.checkpoint_high_watermark(high_watermark)?;
