@@ -25,6 +25,11 @@ step "build the ferrolog binary the cluster tests start"
 cargo build --locked --bin ferrolog
 export FERROLOG_BIN="$PWD/target/debug/ferrolog"
 
+step "the Python venv of the compression cross-check (kafka-python, pinned)"
+# tests/tests/compression.rs would make it on first use (tests/src/python.rs); made here so
+# that no test pays for the install inside its time limit.
+scripts/python-env.sh
+
 step "validate the Kubernetes manifests (deploy/k8s)"
 scripts/validate-k8s.sh
 

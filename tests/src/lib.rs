@@ -8,7 +8,8 @@
 //!
 //! What a node knows (topic layout, ISR, offsets, the quorum, brokers, groups) is read
 //! through [`describe`], the admin API in wire types; [`workload`] and [`history`] are the
-//! acks=all producer and the checker every fault test judges its history with.
+//! acks=all producer and the checker every fault test judges its history with; [`python`] runs
+//! kafka-python, the independent implementation the compression tests cross-check against.
 //!
 //! Every test calls [`init_logging`] first and tells its story in phases, each opened by
 //! `tracing::info!("phase: ...")` saying why the next step matters, so a failure's output
@@ -16,6 +17,7 @@
 
 pub mod describe;
 pub mod history;
+pub mod python;
 pub mod readme;
 pub mod workload;
 

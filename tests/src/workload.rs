@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use ferrolog_client::{
-    Acks, Admin, ClientConfig, Consumer, ConsumerConfig, OffsetQuery, Producer, ProducerConfig,
-    ProducerRecord, StartOffset,
+    Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig, OffsetQuery, Producer,
+    ProducerConfig, ProducerRecord, StartOffset,
 };
 
 use crate::history::{Ack, Read};
@@ -64,6 +64,17 @@ impl Workload {
         partitions: u32,
         first_id: u64,
     ) -> Self {
+        Self::start_compressed(client, topic, partitions, first_id, Compression::None)
+    }
+
+    /// Like [`Workload::start_numbered`], the producer compressing every batch with `codec`.
+    pub fn start_compressed(
+        client: ClientConfig,
+        topic: &str,
+        partitions: u32,
+        first_id: u64,
+        codec: Compression,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(AtomicU64::new(0));
         let topic = topic.to_owned();
@@ -71,7 +82,7 @@ impl Workload {
         let thread = {
             let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
             std::thread::spawn(move || {
-                produce(client, &topic, partitions, ids, &stop, acknowledged)
+                produce(client, codec, &topic, partitions, ids, &stop, acknowledged)
             })
         };
         Self {
@@ -116,6 +127,7 @@ impl Workload {
 
 fn produce(
     client: ClientConfig,
+    codec: Compression,
     topic: &str,
     partitions: u32,
     ids: Range<u64>,
@@ -131,6 +143,7 @@ fn produce(
         config.acks = Acks::All;
         config.linger_ms = 1;
         config.delivery_timeout_ms = DELIVERY_TIMEOUT_MS;
+        config.compression = codec;
         let producer = Producer::connect(config).await?;
         // Each acknowledgement is counted as it arrives, so a test can watch progress.
         let mut outcomes = Vec::new();
