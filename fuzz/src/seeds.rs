@@ -8,9 +8,9 @@ use ferrolog_log::{Compression, Header, LeaderEpoch, Offset, RecordBatchBuilder,
 use ferrolog_metadata::ClusterImage;
 use ferrolog_metadata::raft::fuzzing::encode_snapshot_image;
 use ferrolog_metadata::records::{
-    ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord,
-    FenceBrokerRecord, MetadataRecord, PartitionAssignment, PartitionChangeRecord, Record,
-    RegisterBrokerRecord, UnfenceBrokerRecord,
+    ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord,
+    DeleteTopicRecord, FenceBrokerRecord, MetadataRecord, PartitionAssignment,
+    PartitionChangeRecord, ProducerIdsRecord, Record, RegisterBrokerRecord, UnfenceBrokerRecord,
 };
 use ferrolog_proto::v1;
 use prost::Message;
@@ -227,6 +227,7 @@ pub fn base_image() -> ClusterImage {
         cluster_config(&[("segment.ms", "3600000")], &[]),
         create_topic("orders", &[&[1, 2], &[2, 3]], &[("retention.ms", "60000")]),
         create_topic("audit", &[&[1]], &[]),
+        producer_ids(1, 0, 1000),
     ];
     let mut image = ClusterImage::default();
     for (i, record) in records.iter().enumerate() {
@@ -313,7 +314,25 @@ fn record_sequences() -> Vec<(&'static str, Vec<u8>)> {
             delimited(&[delete("audit"), create_topic("audit", &[&[2]], &[])]),
         ),
         ("refused-delete", delimited(&[delete("missing")])),
+        (
+            "producer-id-blocks",
+            // Two blocks, then one that overlaps them (refused).
+            delimited(&[
+                producer_ids(1, 0, 1000),
+                producer_ids(2, 1000, 2000),
+                producer_ids(1, 1500, 2500),
+            ]),
+        ),
     ]
+}
+
+fn producer_ids(broker_id: i32, first: i64, next: i64) -> MetadataRecord {
+    metadata(Record::ProducerIds(ProducerIdsRecord {
+        broker_id,
+        incarnation_id: 100 + broker_id as u64,
+        first_producer_id: first,
+        next_producer_id: next,
+    }))
 }
 
 fn snapshots() -> Vec<(&'static str, Vec<u8>)> {

@@ -15,6 +15,7 @@ use crate::control_plane::{AdminChange, AlterIsrRequest, ControlPlane};
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 use crate::partition_manager::{PartitionManager, StorageSettings};
+use crate::producer_ids::ProducerIdManager;
 use crate::replica::LeaderState;
 
 /// Pause between registration attempts while no controller accepts it: a node may start
@@ -59,6 +60,8 @@ pub struct Broker {
     metrics: Arc<BrokerMetrics>,
     /// This process's incarnation, registered with the controller.
     incarnation_id: u64,
+    /// Producer ids for idempotent producers, from blocks the controller gives this process.
+    producer_ids: ProducerIdManager,
     shutting_down: AtomicBool,
 }
 
@@ -78,6 +81,13 @@ impl Broker {
             config.storage.clone(),
             Arc::clone(&metrics),
         ));
+        let producer_ids = ProducerIdManager::new(
+            config.node_id,
+            incarnation_id,
+            Arc::clone(&control_plane),
+            metadata.clone(),
+            Arc::clone(&metrics),
+        );
         let broker = Arc::new(Self {
             config,
             metadata,
@@ -85,6 +95,7 @@ impl Broker {
             partitions,
             metrics,
             incarnation_id,
+            producer_ids,
             shutting_down: AtomicBool::new(false),
         });
         // Subscribe before the first reconcile so no change committed in between is missed.
@@ -117,6 +128,12 @@ impl Broker {
     /// process's (a restart registers a new one).
     pub fn incarnation_id(&self) -> u64 {
         self.incarnation_id
+    }
+
+    /// A new idempotent producer's id and epoch (0): an id never given before in this
+    /// cluster (Kafka's InitProducerId without a transactional id).
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), BrokerError> {
+        Ok((self.producer_ids.next_producer_id().await?, 0))
     }
 
     /// The cluster image as this node has applied it.

@@ -105,6 +105,14 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Asks to shrink or expand a partition's ISR.
     async fn alter_isr(&self, request: AlterIsrRequest) -> Result<u64, ControlPlaneError>;
 
+    /// Asks for the next block of producer ids for this broker process; the block is in the
+    /// image once it has applied the returned index.
+    async fn allocate_producer_ids(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<u64, ControlPlaneError>;
+
     /// Asks to move this broker's leaderships to other in-sync replicas before it stops.
     async fn controlled_shutdown(&self, broker: BrokerId) -> Result<u64, ControlPlaneError>;
 

@@ -17,6 +17,7 @@ mod grpc_wire;
 pub mod metrics;
 mod partition;
 mod partition_manager;
+pub mod producer_ids;
 pub mod replica;
 mod replica_fetch_call;
 pub mod service;

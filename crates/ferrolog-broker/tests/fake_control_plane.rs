@@ -117,6 +117,22 @@ impl ControlPlane for FakeControlPlane {
         })
     }
 
+    async fn allocate_producer_ids(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<u64, ControlPlaneError> {
+        let first = self.image.borrow().next_producer_id;
+        Ok(self.commit(Record::ProducerIds(
+            ferrolog_metadata::records::ProducerIdsRecord {
+                broker_id: broker.0,
+                incarnation_id,
+                first_producer_id: first,
+                next_producer_id: first + 1000,
+            },
+        )))
+    }
+
     async fn controlled_shutdown(&self, _broker: BrokerId) -> Result<u64, ControlPlaneError> {
         Ok(self.image.borrow().applied_index)
     }

@@ -206,6 +206,17 @@ impl ClientService for FakeBroker {
         Err(Status::unimplemented("the fake broker does not stream"))
     }
 
+    async fn init_producer_id(
+        &self,
+        _request: Request<ferrolog_proto::v1::InitProducerIdRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::InitProducerIdResponse>, Status> {
+        // One producer per fake: its batches are checked by the fake's own log, if at all.
+        Ok(Response::new(ferrolog_proto::v1::InitProducerIdResponse {
+            producer_id: 1,
+            producer_epoch: 0,
+        }))
+    }
+
     async fn delete_records(
         &self,
         _request: Request<ferrolog_proto::v1::DeleteRecordsRequest>,

@@ -55,6 +55,12 @@ pub enum Change {
     /// Sets and deletes configs of a topic or of the cluster defaults (Kafka's
     /// IncrementalAlterConfigs), all of it or none.
     AlterConfigs(AlterConfigsRequest),
+    /// Gives process `incarnation_id` of broker `broker` the next block of producer ids
+    /// (Kafka's AllocateProducerIds, KIP-730); the broker reads it from its image.
+    AllocateProducerIds {
+        broker: BrokerId,
+        incarnation_id: u64,
+    },
 }
 
 /// An incremental config change of one resource, as the admin API receives it.

@@ -12,9 +12,9 @@ use ferrolog_metadata::{BrokerId, MetadataError, MetadataQuorum, QuorumStatus, T
 use crate::ControllerError;
 use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
 use crate::decide::{
-    decide_alter_configs, decide_alter_partition, decide_create_partitions, decide_create_topic,
-    decide_delete_topic, decide_elect_leader, decide_reassign_partition, decide_register_broker,
-    validate,
+    decide_allocate_producer_ids, decide_alter_configs, decide_alter_partition,
+    decide_create_partitions, decide_create_topic, decide_delete_topic, decide_elect_leader,
+    decide_reassign_partition, decide_register_broker, validate,
 };
 use crate::forward::{Forwarder, is_retriable, remote_error};
 use crate::liveness::{
@@ -201,6 +201,10 @@ impl Controller {
                     Ok(decide_fence_broker(image, *broker, &live))
                 }
                 Change::AlterConfigs(request) => decide_alter_configs(image, request, defaults),
+                Change::AllocateProducerIds {
+                    broker,
+                    incarnation_id,
+                } => decide_allocate_producer_ids(image, *broker, *incarnation_id),
             })
             .await
     }
@@ -226,6 +230,20 @@ impl Controller {
         self.submit(Change::RegisterBroker {
             id,
             address: address.to_owned(),
+            incarnation_id,
+        })
+        .await
+    }
+
+    /// Gives the broker process the next block of producer ids; it reads the block from its
+    /// image once the returned index is applied. A thin [`Controller::submit`].
+    pub async fn allocate_producer_ids(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::AllocateProducerIds {
+            broker,
             incarnation_id,
         })
         .await

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ferrolog_metadata::records::{
     ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord,
-    DeleteTopicRecord, MetadataRecord, PartitionAssignment, Record, RegisterBrokerRecord,
+    DeleteTopicRecord, MetadataRecord, PartitionAssignment, ProducerIdsRecord, Record,
+    RegisterBrokerRecord,
 };
 use ferrolog_metadata::{
     BrokerId, ClusterImage, ConfigError, ConfigResource, PartitionImage, TopicConfig,
@@ -40,8 +41,45 @@ pub(crate) fn validate(change: &Change, defaults: &TopicConfig) -> Result<(), Co
         | Change::ElectLeader { .. }
         | Change::ControlledShutdown(_)
         | Change::CreatePartitions { .. }
-        | Change::ReassignPartition { .. } => Ok(()),
+        | Change::ReassignPartition { .. }
+        | Change::AllocateProducerIds { .. } => Ok(()),
     }
+}
+
+/// Producer ids per block a broker is given (Kafka's, KIP-730): a broker asks again only
+/// every thousand idempotent producers.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// Gives broker `broker`'s process `incarnation_id` the next block of producer ids, if that
+/// process is the one registered (a restarted broker's old process gets none).
+pub fn decide_allocate_producer_ids(
+    image: &ClusterImage,
+    broker: BrokerId,
+    incarnation_id: u64,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let registered = image.brokers.get(&broker);
+    if registered.is_none_or(|b| b.incarnation_id != incarnation_id) {
+        return Err(ControllerError::StaleBrokerIncarnation {
+            broker: broker.0,
+            incarnation_id,
+            registered: registered.map_or_else(
+                || "it is not registered".to_owned(),
+                |b| format!("registered incarnation {}", b.incarnation_id),
+            ),
+        });
+    }
+    let first = image.next_producer_id;
+    let next = first
+        .checked_add(PRODUCER_ID_BLOCK_SIZE)
+        .ok_or(ControllerError::ProducerIdsExhausted { next: first })?;
+    Ok(vec![MetadataRecord {
+        record: Some(Record::ProducerIds(ProducerIdsRecord {
+            broker_id: broker.0,
+            incarnation_id,
+            first_producer_id: first,
+            next_producer_id: next,
+        })),
+    }])
 }
 
 /// Checks a broker registration: node ids are never negative, and the address is where
@@ -536,6 +574,31 @@ mod tests {
             image.apply(1, &record).expect("apply");
         }
         image
+    }
+
+    #[test]
+    fn a_registered_broker_gets_the_next_block_of_producer_ids_and_a_stale_process_none() {
+        let mut image = image_with_broker();
+        for (index, first) in [(2, 0), (3, PRODUCER_ID_BLOCK_SIZE)] {
+            let records = decide_allocate_producer_ids(&image, BrokerId(1), 7).expect("block");
+            image.apply(index, &records[0]).expect("apply");
+            let block = image.producer_id_blocks[&BrokerId(1)];
+            assert_eq!(
+                (block.first, block.next),
+                (first, first + PRODUCER_ID_BLOCK_SIZE)
+            );
+        }
+        for (broker, incarnation) in [(1, 6), (2, 7)] {
+            let refused = decide_allocate_producer_ids(&image, BrokerId(broker), incarnation)
+                .expect_err("not the registered process");
+            assert_eq!(refused.code(), ErrorCode::FencedEpoch, "{refused}");
+        }
+        image.next_producer_id = i64::MAX - 10;
+        let exhausted = decide_allocate_producer_ids(&image, BrokerId(1), 7).expect_err("end");
+        assert!(matches!(
+            exhausted,
+            ControllerError::ProducerIdsExhausted { .. }
+        ));
     }
 
     fn request(name: &str, partitions: i64) -> CreateTopicRequest {

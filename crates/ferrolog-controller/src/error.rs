@@ -98,6 +98,17 @@ pub enum ControllerError {
          elected; retry in a moment"
     )]
     NoBrokersRegistered,
+    #[error(
+        "broker {broker} (incarnation {incarnation_id}) is not registered as that process \
+         ({registered}); it gets producer ids once it has registered"
+    )]
+    StaleBrokerIncarnation {
+        broker: i32,
+        incarnation_id: u64,
+        registered: String,
+    },
+    #[error("no producer ids are left: the next block after {next} would pass the largest id")]
+    ProducerIdsExhausted { next: i64 },
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
     #[error("invalid config resource: {0}")]
@@ -129,7 +140,10 @@ impl ControllerError {
             // Its text tells the user to retry, so its code must be one clients retry.
             Self::NoBrokersRegistered => ErrorCode::BrokerNotAvailable,
             Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-            Self::FencedEpoch { .. } => ErrorCode::FencedEpoch,
+            Self::FencedEpoch { .. } | Self::StaleBrokerIncarnation { .. } => {
+                ErrorCode::FencedEpoch
+            }
+            Self::ProducerIdsExhausted { .. } => ErrorCode::InternalError,
             Self::IneligibleReplica { .. } => ErrorCode::IneligibleReplica,
             Self::InvalidIsr { .. } | Self::InvalidBrokerRegistration { .. } => {
                 ErrorCode::InvalidRequest

@@ -136,6 +136,16 @@ impl ControllerService for ControllerApi {
         Ok(Response::new(v1::AlterPartitionResponse { metadata_index }))
     }
 
+    async fn allocate_producer_ids(
+        &self,
+        request: Request<v1::AllocateProducerIdsRequest>,
+    ) -> Result<Response<v1::AllocateProducerIdsResponse>, Status> {
+        let metadata_index = self.commit(request.into_inner()).await?;
+        Ok(Response::new(v1::AllocateProducerIdsResponse {
+            metadata_index,
+        }))
+    }
+
     async fn elect_leader(
         &self,
         request: Request<v1::ElectLeaderRequest>,

@@ -95,6 +95,16 @@ pub(crate) async fn send(
             }
         ),
         Change::AlterConfigs(r) => call!(alter_configs, alter_configs_to_wire(r)),
+        Change::AllocateProducerIds {
+            broker,
+            incarnation_id,
+        } => call!(
+            allocate_producer_ids,
+            v1::AllocateProducerIdsRequest {
+                broker_id: broker.0,
+                incarnation_id: *incarnation_id,
+            }
+        ),
     })
 }
 
@@ -187,6 +197,15 @@ impl From<v1::ElectLeaderRequest> for Change {
 impl From<v1::ControlledShutdownRequest> for Change {
     fn from(r: v1::ControlledShutdownRequest) -> Self {
         Self::ControlledShutdown(BrokerId(r.broker_id))
+    }
+}
+
+impl From<v1::AllocateProducerIdsRequest> for Change {
+    fn from(r: v1::AllocateProducerIdsRequest) -> Self {
+        Self::AllocateProducerIds {
+            broker: BrokerId(r.broker_id),
+            incarnation_id: r.incarnation_id,
+        }
     }
 }
 

@@ -103,6 +103,20 @@ pub struct ClusterImage {
     /// its own. Like a topic's configs, only what was set is stored, so the static defaults
     /// below show through for the rest.
     pub cluster_configs: BTreeMap<String, String>,
+    /// The first producer id no block has taken yet: blocks only move it forward, so no id
+    /// is ever handed out twice.
+    pub next_producer_id: i64,
+    /// The last block of producer ids each broker was given, with the incarnation it was
+    /// given to: a broker reads its new block here once the allocation is applied.
+    pub producer_id_blocks: BTreeMap<BrokerId, ProducerIdBlock>,
+}
+
+/// Producer ids `first..next` given to one broker incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerIdBlock {
+    pub incarnation_id: u64,
+    pub first: i64,
+    pub next: i64,
 }
 
 impl ClusterImage {
@@ -175,6 +189,21 @@ impl ClusterImage {
                     })),
                 });
             }
+        }
+        // Oldest block first, so each applies after the ones below it. The newest block ever
+        // given is its broker's latest, so the last record restores `next_producer_id`.
+        let mut blocks: Vec<(&BrokerId, &ProducerIdBlock)> =
+            self.producer_id_blocks.iter().collect();
+        blocks.sort_by_key(|(_, block)| block.first);
+        for (broker, block) in blocks {
+            records.push(MetadataRecord {
+                record: Some(Record::ProducerIds(crate::records::ProducerIdsRecord {
+                    broker_id: broker.0,
+                    incarnation_id: block.incarnation_id,
+                    first_producer_id: block.first,
+                    next_producer_id: block.next,
+                })),
+            });
         }
         for topic in self.topics.values() {
             records.push(MetadataRecord {
@@ -379,6 +408,32 @@ impl ClusterImage {
                 for k in &r.delete {
                     configs.remove(k);
                 }
+            }
+            Record::ProducerIds(r) => {
+                if r.broker_id < 0 {
+                    return Err(MetadataError::InvalidRecord(format!(
+                        "producer ids for broker {}: broker ids are not negative",
+                        r.broker_id
+                    )));
+                }
+                if r.first_producer_id < self.next_producer_id
+                    || r.next_producer_id <= r.first_producer_id
+                {
+                    return Err(MetadataError::InvalidRecord(format!(
+                        "producer id block {}..{} for broker {} overlaps ids already given \
+                         (next free id {}) or is empty",
+                        r.first_producer_id, r.next_producer_id, r.broker_id, self.next_producer_id
+                    )));
+                }
+                self.next_producer_id = r.next_producer_id;
+                self.producer_id_blocks.insert(
+                    BrokerId(r.broker_id),
+                    ProducerIdBlock {
+                        incarnation_id: r.incarnation_id,
+                        first: r.first_producer_id,
+                        next: r.next_producer_id,
+                    },
+                );
             }
         }
         self.applied_index = index;
@@ -730,5 +785,57 @@ mod tests {
         };
         assert!(image.apply(3, &delete_unknown).is_err());
         assert_eq!(image, before);
+    }
+
+    fn producer_ids(broker_id: i32, incarnation_id: u64, first: i64, next: i64) -> MetadataRecord {
+        MetadataRecord {
+            record: Some(Record::ProducerIds(crate::records::ProducerIdsRecord {
+                broker_id,
+                incarnation_id,
+                first_producer_id: first,
+                next_producer_id: next,
+            })),
+        }
+    }
+
+    #[test]
+    fn producer_id_blocks_only_move_forward_and_survive_a_snapshot() {
+        let mut image = ClusterImage::default();
+        image
+            .apply(1, &producer_ids(1, 11, 0, 1000))
+            .expect("first block");
+        image
+            .apply(2, &producer_ids(2, 22, 1000, 2000))
+            .expect("second block");
+        image
+            .apply(3, &producer_ids(1, 12, 2000, 3000))
+            .expect("a restarted broker's block");
+        assert_eq!(image.next_producer_id, 3000);
+        assert_eq!(
+            image.producer_id_blocks[&BrokerId(1)],
+            ProducerIdBlock {
+                incarnation_id: 12,
+                first: 2000,
+                next: 3000
+            }
+        );
+        for (first, next) in [(2999, 4000), (0, 500), (3000, 3000), (3500, 3400)] {
+            let before = image.clone();
+            assert!(
+                image.apply(4, &producer_ids(3, 33, first, next)).is_err(),
+                "{first}..{next} must be refused"
+            );
+            assert_eq!(image, before, "a refused block changes nothing");
+        }
+        assert!(image.apply(4, &producer_ids(-1, 1, 3000, 4000)).is_err());
+
+        let mut rebuilt = ClusterImage::default();
+        for (i, record) in image.to_records().iter().enumerate() {
+            rebuilt
+                .apply(i as u64 + 1, record)
+                .expect("snapshot records apply");
+        }
+        assert_eq!(rebuilt.next_producer_id, image.next_producer_id);
+        assert_eq!(rebuilt.producer_id_blocks, image.producer_id_blocks);
     }
 }

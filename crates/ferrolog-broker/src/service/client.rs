@@ -186,6 +186,25 @@ impl ClientApi {
         })
     }
 
+    #[tracing::instrument(name = "init_producer_id", skip_all)]
+    async fn init_producer_id_inner(
+        &self,
+        request: v1::InitProducerIdRequest,
+    ) -> Result<v1::InitProducerIdResponse, BrokerError> {
+        if !request.transactional_id.is_empty() {
+            return Err(BrokerError::InvalidRequest(format!(
+                "transactional id '{}': transactions are not supported yet; leave it empty for \
+                 an idempotent producer",
+                request.transactional_id
+            )));
+        }
+        let (producer_id, epoch) = self.broker.init_producer_id().await?;
+        Ok(v1::InitProducerIdResponse {
+            producer_id,
+            producer_epoch: i32::from(epoch),
+        })
+    }
+
     #[tracing::instrument(name = "delete_records", skip_all, fields(topic = %request.topic, partition = request.partition, before = request.before_offset))]
     fn delete_records_inner(
         &self,
@@ -440,6 +459,15 @@ impl ClientService for ClientApi {
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
         let result = self.list_offsets_inner(request.into_inner());
         self.count("list_offsets", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn init_producer_id(
+        &self,
+        request: Request<v1::InitProducerIdRequest>,
+    ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        let result = self.init_producer_id_inner(request.into_inner()).await;
+        self.count("init_producer_id", &result);
         result.map(Response::new).map_err(Status::from)
     }
 

@@ -64,6 +64,17 @@ impl ControlPlane for ControllerPlane {
             .map_err(refused)
     }
 
+    async fn allocate_producer_ids(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<u64, ControlPlaneError> {
+        self.0
+            .allocate_producer_ids(broker, incarnation_id)
+            .await
+            .map_err(refused)
+    }
+
     async fn controlled_shutdown(&self, broker: BrokerId) -> Result<u64, ControlPlaneError> {
         self.0.controlled_shutdown(broker).await.map_err(refused)
     }
