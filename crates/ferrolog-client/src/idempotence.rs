@@ -71,6 +71,8 @@ pub(crate) async fn init_producer_id(cluster: &Cluster) -> Result<ProducerIdenti
 pub(crate) struct Sequencer {
     identity: ProducerIdentity,
     next: HashMap<(Arc<str>, u32), i32>,
+    /// The epoch in which each partition has acknowledged a batch of this producer.
+    acknowledged_in: HashMap<(Arc<str>, u32), i16>,
     /// A stamped batch was given up: move to the next epoch once the old one is settled.
     bump_pending: bool,
 }
@@ -80,8 +82,25 @@ impl Sequencer {
         Sequencer {
             identity,
             next: HashMap::new(),
+            acknowledged_in: HashMap::new(),
             bump_pending: false,
         }
+    }
+
+    /// Whether the partition has acknowledged a batch of the current epoch. Until it has, the
+    /// producer sends it one batch at a time: a leader that does not know the producer (or
+    /// this epoch) takes the first batch that arrives as the start of its sequence, and gRPC
+    /// may hand it a later batch first.
+    pub(crate) fn partition_knows_epoch(&self, topic: &Arc<str>, partition: u32) -> bool {
+        self.acknowledged_in
+            .get(&(Arc::clone(topic), partition))
+            .is_some_and(|epoch| *epoch == self.identity.epoch)
+    }
+
+    /// Records that the partition acknowledged a batch stamped with `epoch`.
+    pub(crate) fn acknowledged(&mut self, topic: &Arc<str>, partition: u32, epoch: i16) {
+        self.acknowledged_in
+            .insert((Arc::clone(topic), partition), epoch);
     }
 
     pub(crate) fn identity(&self) -> ProducerIdentity {

@@ -201,7 +201,13 @@ impl Sender {
                 continue;
             }
             queue.retry_after = None;
-            while queue.in_flight < max_in_flight {
+            // See `Sequencer::partition_knows_epoch`: one at a time until the partition has
+            // acknowledged a batch of this epoch.
+            let limit = match &self.sequencer {
+                Some(sequencer) if !sequencer.partition_knows_epoch(topic, *partition) => 1,
+                _ => max_in_flight,
+            };
+            while queue.in_flight < limit {
                 if hold_unstamped
                     && queue
                         .pending
@@ -274,6 +280,11 @@ impl Sender {
         let error = match result {
             Ok(response) => {
                 check_offsets(&batch, &response);
+                if let (Some(sequencer), Some((epoch, _))) =
+                    (&mut self.sequencer, batch.producer_stamp)
+                {
+                    sequencer.acknowledged(&batch.topic, batch.partition, epoch);
+                }
                 self.finish(batch, Ok(response.base_offset));
                 return;
             }
