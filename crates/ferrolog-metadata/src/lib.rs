@@ -19,7 +19,7 @@ mod view;
 
 pub use error::MetadataError;
 pub use follower::MetadataFollower;
-pub use ids::{BrokerId, PartitionId, new_incarnation_id, random_id};
+pub use ids::{BrokerId, PartitionId, ProducerIdBlock, new_incarnation_id, random_id};
 pub use image::{BrokerImage, ClusterImage, PartitionImage, TopicImage};
 pub use quorum::{MetadataQuorum, QuorumConfig, QuorumStatus};
 pub use recent_commands::{
@@ -36,6 +36,7 @@ pub mod records {
     pub use ferrolog_proto::v1::{
         ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord,
         DeleteTopicRecord, FenceBrokerRecord, MetadataRecord, PartitionAssignment,
-        PartitionChangeRecord, RegisterBrokerRecord, UnfenceBrokerRecord, metadata_record::Record,
+        PartitionChangeRecord, ProducerIdsRecord, RegisterBrokerRecord, UnfenceBrokerRecord,
+        metadata_record::Record,
     };
 }
