@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ferrolog_metadata::records::{
     ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord,
-    DeleteTopicRecord, MetadataRecord, PartitionAssignment, Record, RegisterBrokerRecord,
+    DeleteTopicRecord, MetadataRecord, PartitionAssignment, ProducerIdsRecord, Record,
+    RegisterBrokerRecord,
 };
 use ferrolog_metadata::{
-    BrokerId, ClusterImage, ConfigError, ConfigResource, PartitionImage, TopicConfig,
-    alter_overrides, random_id,
+    BrokerId, ClusterImage, ConfigError, ConfigResource, PartitionImage, ProducerIdBlock,
+    TopicConfig, alter_overrides, random_id,
 };
 
 use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
@@ -27,6 +28,9 @@ pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
 /// Replication factor when a request does not say: 3 (capped at the live brokers), the
 /// smallest that survives losing a broker while another is down for maintenance.
 pub const DEFAULT_REPLICATION_FACTOR: i64 = 3;
+/// Producer ids per block a broker is given (Kafka's, KIP-730): a broker asks the controller
+/// once per thousand idempotent producers, and a restarted broker skips at most that many.
+pub const PRODUCER_ID_BLOCK_SIZE: u32 = 1000;
 
 /// Checks what can be checked without the image, so a bad request is refused by the node
 /// that receives it, before it is forwarded or proposed.
@@ -40,7 +44,8 @@ pub(crate) fn validate(change: &Change, defaults: &TopicConfig) -> Result<(), Co
         | Change::ElectLeader { .. }
         | Change::ControlledShutdown(_)
         | Change::CreatePartitions { .. }
-        | Change::ReassignPartition { .. } => Ok(()),
+        | Change::ReassignPartition { .. }
+        | Change::AllocateProducerIds { .. } => Ok(()),
     }
 }
 
@@ -516,6 +521,47 @@ pub fn decide_register_broker(
     records
 }
 
+/// Gives process `incarnation_id` of broker `broker` the next [`PRODUCER_ID_BLOCK_SIZE`]
+/// producer ids, from the image's `next_producer_id`: the record and the block it gives.
+/// Refused unless that process is the registered one (a restarted broker's old process gets
+/// none), and when the block would pass `i64::MAX`.
+pub fn decide_allocate_producer_ids(
+    image: &ClusterImage,
+    broker: BrokerId,
+    incarnation_id: u64,
+) -> Result<(Vec<MetadataRecord>, ProducerIdBlock), ControllerError> {
+    match image.brokers.get(&broker) {
+        None => return Err(ControllerError::UnregisteredBroker { broker: broker.0 }),
+        Some(registered) if registered.incarnation_id != incarnation_id => {
+            return Err(ControllerError::StaleBrokerIncarnation {
+                broker: broker.0,
+                incarnation_id,
+                registered: registered.incarnation_id,
+            });
+        }
+        Some(_) => {}
+    }
+    let block = ProducerIdBlock {
+        first_producer_id: image.next_producer_id,
+        producer_id_count: PRODUCER_ID_BLOCK_SIZE,
+    };
+    let next_producer_id = image
+        .next_producer_id
+        .checked_add(i64::from(PRODUCER_ID_BLOCK_SIZE))
+        .ok_or(ControllerError::ProducerIdsExhausted {
+            next_producer_id: image.next_producer_id,
+            block: PRODUCER_ID_BLOCK_SIZE,
+        })?;
+    let record = MetadataRecord {
+        record: Some(Record::ProducerIds(ProducerIdsRecord {
+            broker_id: broker.0,
+            incarnation_id,
+            next_producer_id,
+        })),
+    };
+    Ok((vec![record], block))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -536,6 +582,67 @@ mod tests {
             image.apply(1, &record).expect("apply");
         }
         image
+    }
+
+    /// Decides and applies one allocation, as the active controller does; the block given.
+    fn allocate(image: &mut ClusterImage, broker: i32, incarnation_id: u64) -> ProducerIdBlock {
+        let (records, block) = decide_allocate_producer_ids(image, BrokerId(broker), incarnation_id)
+            .expect("the registered process gets a block");
+        let index = image.applied_index + 1;
+        for record in &records {
+            image.apply(index, record).expect("the block applies");
+        }
+        block
+    }
+
+    #[test]
+    fn a_registered_process_gets_consecutive_blocks_of_producer_ids_that_never_overlap() {
+        let mut image = image_with_broker();
+        let first = allocate(&mut image, 1, 7);
+        let second = allocate(&mut image, 1, 7);
+        assert_eq!(
+            first,
+            ProducerIdBlock {
+                first_producer_id: 0,
+                producer_id_count: PRODUCER_ID_BLOCK_SIZE,
+            }
+        );
+        assert_eq!(second.first_producer_id, first.end());
+        assert_eq!(image.next_producer_id, second.end());
+        assert_eq!(second.end(), 2 * i64::from(PRODUCER_ID_BLOCK_SIZE));
+    }
+
+    #[test]
+    fn a_stale_or_unregistered_broker_process_gets_no_producer_ids_and_nothing_changes() {
+        let image = image_with_broker();
+        for (broker, incarnation_id) in [(1, 6), (2, 7)] {
+            let refused = decide_allocate_producer_ids(&image, BrokerId(broker), incarnation_id)
+                .expect_err("not the registered process");
+            assert_eq!(refused.code(), ErrorCode::FencedEpoch, "{refused}");
+        }
+        assert!(matches!(
+            decide_allocate_producer_ids(&image, BrokerId(1), 6),
+            Err(ControllerError::StaleBrokerIncarnation { registered: 7, .. })
+        ));
+        assert!(matches!(
+            decide_allocate_producer_ids(&image, BrokerId(2), 7),
+            Err(ControllerError::UnregisteredBroker { broker: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_block_that_would_pass_the_largest_producer_id_is_refused() {
+        let mut image = image_with_broker();
+        image.next_producer_id = i64::MAX - i64::from(PRODUCER_ID_BLOCK_SIZE);
+        let last = allocate(&mut image, 1, 7);
+        assert_eq!(last.end(), i64::MAX);
+        let refused =
+            decide_allocate_producer_ids(&image, BrokerId(1), 7).expect_err("no ids are left");
+        assert!(
+            matches!(refused, ControllerError::ProducerIdsExhausted { .. }),
+            "{refused}"
+        );
+        assert_eq!(refused.code(), ErrorCode::InternalError);
     }
 
     fn request(name: &str, partitions: i64) -> CreateTopicRequest {

@@ -98,6 +98,25 @@ pub enum ControllerError {
          elected; retry in a moment"
     )]
     NoBrokersRegistered,
+    #[error(
+        "broker {broker} is not registered: it gets producer ids once its registration is \
+         committed"
+    )]
+    UnregisteredBroker { broker: i32 },
+    #[error(
+        "broker {broker} process {incarnation_id} is stale: the registered process is \
+         {registered}; only it gets producer ids"
+    )]
+    StaleBrokerIncarnation {
+        broker: i32,
+        incarnation_id: u64,
+        registered: u64,
+    },
+    #[error(
+        "no producer ids are left: a block of {block} after {next_producer_id} would pass the \
+         largest producer id"
+    )]
+    ProducerIdsExhausted { next_producer_id: i64, block: u32 },
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
     #[error("invalid config resource: {0}")]
@@ -129,7 +148,13 @@ impl ControllerError {
             // Its text tells the user to retry, so its code must be one clients retry.
             Self::NoBrokersRegistered => ErrorCode::BrokerNotAvailable,
             Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-            Self::FencedEpoch { .. } => ErrorCode::FencedEpoch,
+            // A process that is not the registered one must register (again) first, as a
+            // heartbeat from it is told.
+            Self::FencedEpoch { .. }
+            | Self::UnregisteredBroker { .. }
+            | Self::StaleBrokerIncarnation { .. } => ErrorCode::FencedEpoch,
+            // Not a bug, but nothing a retry fixes either.
+            Self::ProducerIdsExhausted { .. } => ErrorCode::InternalError,
             Self::IneligibleReplica { .. } => ErrorCode::IneligibleReplica,
             Self::InvalidIsr { .. } | Self::InvalidBrokerRegistration { .. } => {
                 ErrorCode::InvalidRequest

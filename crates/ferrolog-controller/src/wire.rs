@@ -2,23 +2,25 @@
 //! a [`Change`] becomes one request when a node forwards it, and each request becomes that
 //! [`Change`] again at the active controller; a quorum status goes out and comes back.
 
-use ferrolog_metadata::{BrokerId, ConfigResource};
+use ferrolog_metadata::{BrokerId, ConfigResource, ProducerIdBlock};
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
 use tonic::transport::Channel;
 
 use crate::ControllerError;
-use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
+use crate::change::{
+    AlterConfigsRequest, AlterPartitionRequest, Change, Committed, CreateTopicRequest,
+};
 
-/// Sends `change` as its ControllerService request; the metadata log index it committed at.
+/// Sends `change` as its ControllerService request; what it answered once committed.
 pub(crate) async fn send(
     client: &mut ControllerServiceClient<Channel>,
     change: &Change,
-) -> Result<u64, tonic::Status> {
+) -> Result<Committed, tonic::Status> {
     // Every ControllerService write answers with the index it committed at.
     macro_rules! call {
         ($method:ident, $request:expr) => {
-            client.$method($request).await?.into_inner().metadata_index
+            Committed::at(client.$method($request).await?.into_inner().metadata_index)
         };
     }
     Ok(match change {
@@ -95,6 +97,25 @@ pub(crate) async fn send(
             }
         ),
         Change::AlterConfigs(r) => call!(alter_configs, alter_configs_to_wire(r)),
+        Change::AllocateProducerIds {
+            broker,
+            incarnation_id,
+        } => {
+            let answer = client
+                .allocate_producer_ids(v1::AllocateProducerIdsRequest {
+                    broker_id: broker.0,
+                    incarnation_id: *incarnation_id,
+                })
+                .await?
+                .into_inner();
+            Committed {
+                index: answer.metadata_index,
+                producer_ids: Some(ProducerIdBlock {
+                    first_producer_id: answer.first_producer_id,
+                    producer_id_count: answer.producer_id_count,
+                }),
+            }
+        }
     })
 }
 
@@ -187,6 +208,15 @@ impl From<v1::ElectLeaderRequest> for Change {
 impl From<v1::ControlledShutdownRequest> for Change {
     fn from(r: v1::ControlledShutdownRequest) -> Self {
         Self::ControlledShutdown(BrokerId(r.broker_id))
+    }
+}
+
+impl From<v1::AllocateProducerIdsRequest> for Change {
+    fn from(r: v1::AllocateProducerIdsRequest) -> Self {
+        Self::AllocateProducerIds {
+            broker: BrokerId(r.broker_id),
+            incarnation_id: r.incarnation_id,
+        }
     }
 }
 
