@@ -12,7 +12,6 @@ use ferrolog_metadata::{
 };
 
 use crate::ControllerError;
-use ferrolog_proto::v1::ErrorCode;
 use crate::change::{
     AlterConfigsRequest, AlterPartitionRequest, Change, Committed, CreateTopicRequest,
 };
@@ -25,6 +24,7 @@ use crate::forward::{Forwarder, is_retriable, remote_error};
 use crate::liveness::{
     BrokerSessions, DEFAULT_LEADER_REBALANCE_INTERVAL, DEFAULT_SESSION_TIMEOUT, decide_fence_broker,
 };
+use ferrolog_proto::v1::ErrorCode;
 
 /// How long a request keeps looking for an active controller before it gives up.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);

@@ -586,8 +586,9 @@ mod tests {
 
     /// Decides and applies one allocation, as the active controller does; the block given.
     fn allocate(image: &mut ClusterImage, broker: i32, incarnation_id: u64) -> ProducerIdBlock {
-        let (records, block) = decide_allocate_producer_ids(image, BrokerId(broker), incarnation_id)
-            .expect("the registered process gets a block");
+        let (records, block) =
+            decide_allocate_producer_ids(image, BrokerId(broker), incarnation_id)
+                .expect("the registered process gets a block");
         let index = image.applied_index + 1;
         for record in &records {
             image.apply(index, record).expect("the block applies");

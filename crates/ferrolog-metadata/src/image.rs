@@ -777,8 +777,12 @@ mod tests {
     fn producer_id_blocks_move_the_next_producer_id_forward_and_survive_a_snapshot() {
         let mut image = ClusterImage::default();
         assert_eq!(image.next_producer_id, 0, "a new cluster starts at 0");
-        image.apply(1, &producer_ids(1, 11, 1000)).expect("first block");
-        image.apply(2, &producer_ids(2, 22, 2000)).expect("second block");
+        image
+            .apply(1, &producer_ids(1, 11, 1000))
+            .expect("first block");
+        image
+            .apply(2, &producer_ids(2, 22, 2000))
+            .expect("second block");
         image
             .apply(3, &producer_ids(1, 12, 3000))
             .expect("a restarted broker's block");
@@ -798,7 +802,9 @@ mod tests {
     fn producer_id_records_that_do_not_move_forward_or_name_negative_ids_are_refused_and_change_nothing()
      {
         let mut image = ClusterImage::default();
-        image.apply(1, &producer_ids(1, 11, 1000)).expect("first block");
+        image
+            .apply(1, &producer_ids(1, 11, 1000))
+            .expect("first block");
         let before = image.clone();
         for (i, record) in [
             producer_ids(1, 11, 1000),  // does not move
