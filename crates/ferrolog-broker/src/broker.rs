@@ -15,6 +15,7 @@ use crate::control_plane::{AdminChange, AlterIsrRequest, ControlPlane};
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 use crate::partition_manager::{PartitionManager, StorageSettings};
+use crate::producer_ids::{ProducerIdManager, ProducerIdSettings};
 use crate::replica::LeaderState;
 
 /// Pause between registration attempts while no controller accepts it: a node may start
@@ -59,6 +60,8 @@ pub struct Broker {
     metrics: Arc<BrokerMetrics>,
     /// This process's incarnation, registered with the controller.
     incarnation_id: u64,
+    /// Producer ids for new idempotent producers, from this process's blocks.
+    producer_ids: ProducerIdManager,
     shutting_down: AtomicBool,
 }
 
@@ -78,6 +81,13 @@ impl Broker {
             config.storage.clone(),
             Arc::clone(&metrics),
         ));
+        let producer_ids = ProducerIdManager::new(
+            config.node_id,
+            incarnation_id,
+            Arc::clone(&control_plane),
+            Arc::clone(&metrics),
+            ProducerIdSettings::default(),
+        );
         let broker = Arc::new(Self {
             config,
             metadata,
@@ -85,6 +95,7 @@ impl Broker {
             partitions,
             metrics,
             incarnation_id,
+            producer_ids,
             shutting_down: AtomicBool::new(false),
         });
         // Subscribe before the first reconcile so no change committed in between is missed.
@@ -117,6 +128,25 @@ impl Broker {
     /// process's (a restart registers a new one).
     pub fn incarnation_id(&self) -> u64 {
         self.incarnation_id
+    }
+
+    /// A new idempotent producer's id and epoch (Kafka's InitProducerId): an id no broker of
+    /// this cluster has handed out before, at epoch 0. A transactional id must be empty:
+    /// transactions are not supported yet.
+    pub async fn init_producer_id(
+        &self,
+        transactional_id: &str,
+    ) -> Result<(i64, i16), BrokerError> {
+        if !transactional_id.is_empty() {
+            return Err(BrokerError::InvalidRequest(format!(
+                "transactional id '{transactional_id}': transactions are not supported yet; \
+                 leave it empty for an idempotent producer"
+            )));
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        Ok((self.producer_ids.next_producer_id().await?, 0))
     }
 
     /// The cluster image as this node has applied it.

@@ -37,6 +37,9 @@ pub struct BrokerMetrics {
     /// ISR changes this broker asked the controller for, and those refused.
     pub isr_changes: Counter,
     pub isr_change_failures: Counter,
+    /// Blocks of producer ids the controller gave this broker, and the ids it handed out.
+    pub producer_id_blocks: Counter,
+    pub producer_ids: Counter,
     pub produce_seconds: Histogram,
     pub fetch_seconds: Histogram,
     pub flush_seconds: Histogram,
@@ -75,6 +78,8 @@ impl BrokerMetrics {
             replicated_from_memory_bytes: Counter::default(),
             isr_changes: Counter::default(),
             isr_change_failures: Counter::default(),
+            producer_id_blocks: Counter::default(),
+            producer_ids: Counter::default(),
             produce_seconds: latency(),
             fetch_seconds: latency(),
             flush_seconds: latency(),
@@ -122,6 +127,16 @@ impl BrokerMetrics {
             "isr_change_failures",
             "ISR change requests the controller refused or that failed",
             metrics.isr_change_failures.clone(),
+        );
+        r.register(
+            "producer_id_blocks",
+            "Blocks of producer ids the controller gave this broker",
+            metrics.producer_id_blocks.clone(),
+        );
+        r.register(
+            "producer_ids",
+            "Producer ids this broker handed out to new idempotent producers",
+            metrics.producer_ids.clone(),
         );
         r.register(
             "produce_latency_seconds",

@@ -186,6 +186,23 @@ impl ClientApi {
         })
     }
 
+    #[tracing::instrument(name = "init_producer_id", skip_all, fields(producer_id))]
+    async fn init_producer_id_inner(
+        &self,
+        request: v1::InitProducerIdRequest,
+    ) -> Result<v1::InitProducerIdResponse, BrokerError> {
+        // `transaction_timeout_ms` is reserved for transactions and ignored until then.
+        let (producer_id, producer_epoch) = self
+            .broker
+            .init_producer_id(&request.transactional_id)
+            .await?;
+        tracing::Span::current().record("producer_id", producer_id);
+        Ok(v1::InitProducerIdResponse {
+            producer_id,
+            producer_epoch: i32::from(producer_epoch),
+        })
+    }
+
     #[tracing::instrument(name = "delete_records", skip_all, fields(topic = %request.topic, partition = request.partition, before = request.before_offset))]
     fn delete_records_inner(
         &self,
@@ -449,6 +466,15 @@ impl ClientService for ClientApi {
     ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
         let result = self.delete_records_inner(request.into_inner());
         self.count("delete_records", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn init_producer_id(
+        &self,
+        request: Request<v1::InitProducerIdRequest>,
+    ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        let result = self.init_producer_id_inner(request.into_inner()).await;
+        self.count("init_producer_id", &result);
         result.map(Response::new).map_err(Status::from)
     }
 

@@ -10,7 +10,7 @@ use ferrolog_broker::{
 use ferrolog_controller::{
     AlterConfigsRequest, AlterPartitionRequest, Controller, ControllerError, CreateTopicRequest,
 };
-use ferrolog_metadata::{BrokerId, QuorumStatus};
+use ferrolog_metadata::{BrokerId, ProducerIdBlock, QuorumStatus};
 use ferrolog_proto::v1::ErrorCode;
 
 /// The node's controller (a quorum member, or a forwarder on a broker-only node) as the
@@ -60,6 +60,17 @@ impl ControlPlane for ControllerPlane {
                 partition_epoch: request.partition_epoch,
                 new_isr: request.new_isr,
             })
+            .await
+            .map_err(refused)
+    }
+
+    async fn allocate_producer_ids(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<ProducerIdBlock, ControlPlaneError> {
+        self.0
+            .allocate_producer_ids(broker, incarnation_id)
             .await
             .map_err(refused)
     }
