@@ -8,9 +8,9 @@ use ferrolog_log::{Compression, Header, LeaderEpoch, Offset, RecordBatchBuilder,
 use ferrolog_metadata::ClusterImage;
 use ferrolog_metadata::raft::fuzzing::encode_snapshot_image;
 use ferrolog_metadata::records::{
-    ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord, DeleteTopicRecord,
-    FenceBrokerRecord, MetadataRecord, PartitionAssignment, PartitionChangeRecord, Record,
-    RegisterBrokerRecord, UnfenceBrokerRecord,
+    ConfigChangeRecord, ConfigResourceType, CreatePartitionsRecord, CreateTopicRecord,
+    DeleteTopicRecord, FenceBrokerRecord, MetadataRecord, PartitionAssignment,
+    PartitionChangeRecord, ProducerIdsRecord, Record, RegisterBrokerRecord, UnfenceBrokerRecord,
 };
 use ferrolog_proto::v1;
 use prost::Message;
@@ -280,6 +280,13 @@ fn record_sequences() -> Vec<(&'static str, Vec<u8>)> {
         broker_id: 3,
         incarnation_id: 103,
     }));
+    let producer_ids = |broker_id, next_producer_id| {
+        metadata(Record::ProducerIds(ProducerIdsRecord {
+            broker_id,
+            incarnation_id: 100 + broker_id as u64,
+            next_producer_id,
+        }))
+    };
     let delete = |name: &str| {
         metadata(Record::DeleteTopic(DeleteTopicRecord {
             name: name.into(),
@@ -313,6 +320,15 @@ fn record_sequences() -> Vec<(&'static str, Vec<u8>)> {
             delimited(&[delete("audit"), create_topic("audit", &[&[2]], &[])]),
         ),
         ("refused-delete", delimited(&[delete("missing")])),
+        (
+            // Two blocks, then one that does not move the next producer id forward.
+            "producer-id-blocks",
+            delimited(&[
+                producer_ids(1, 1000),
+                producer_ids(2, 2000),
+                producer_ids(3, 2000),
+            ]),
+        ),
     ]
 }
 
@@ -327,9 +343,21 @@ fn snapshots() -> Vec<(&'static str, Vec<u8>)> {
         .iter()
         .map(Message::encode_to_vec)
         .collect();
+    let mut with_producer_ids = base.clone();
+    with_producer_ids
+        .apply(
+            base.applied_index + 1,
+            &metadata(Record::ProducerIds(ProducerIdsRecord {
+                broker_id: 1,
+                incarnation_id: 101,
+                next_producer_id: 3000,
+            })),
+        )
+        .expect("a producer id block applies to the base image");
     vec![
         ("empty-image", snapshot(&ClusterImage::default())),
         ("base-image", snapshot(&base)),
+        ("producer-ids-image", snapshot(&with_producer_ids)),
         (
             "framed-records",
             [vec![1u8], join_framed(&records)].concat(),
