@@ -227,6 +227,7 @@ pub fn base_image() -> ClusterImage {
         cluster_config(&[("segment.ms", "3600000")], &[]),
         create_topic("orders", &[&[1, 2], &[2, 3]], &[("retention.ms", "60000")]),
         create_topic("audit", &[&[1]], &[]),
+        producer_ids(1, 0, 1000),
     ];
     let mut image = ClusterImage::default();
     for (i, record) in records.iter().enumerate() {
@@ -280,13 +281,6 @@ fn record_sequences() -> Vec<(&'static str, Vec<u8>)> {
         broker_id: 3,
         incarnation_id: 103,
     }));
-    let producer_ids = |broker_id, next_producer_id| {
-        metadata(Record::ProducerIds(ProducerIdsRecord {
-            broker_id,
-            incarnation_id: 100 + broker_id as u64,
-            next_producer_id,
-        }))
-    };
     let delete = |name: &str| {
         metadata(Record::DeleteTopic(DeleteTopicRecord {
             name: name.into(),
@@ -321,15 +315,24 @@ fn record_sequences() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("refused-delete", delimited(&[delete("missing")])),
         (
-            // Two blocks, then one that does not move the next producer id forward.
             "producer-id-blocks",
+            // Two blocks, then one that overlaps them (refused).
             delimited(&[
-                producer_ids(1, 1000),
-                producer_ids(2, 2000),
-                producer_ids(3, 2000),
+                producer_ids(1, 0, 1000),
+                producer_ids(2, 1000, 2000),
+                producer_ids(1, 1500, 2500),
             ]),
         ),
     ]
+}
+
+fn producer_ids(broker_id: i32, first: i64, next: i64) -> MetadataRecord {
+    metadata(Record::ProducerIds(ProducerIdsRecord {
+        broker_id,
+        incarnation_id: 100 + broker_id as u64,
+        first_producer_id: first,
+        next_producer_id: next,
+    }))
 }
 
 fn snapshots() -> Vec<(&'static str, Vec<u8>)> {
@@ -343,21 +346,9 @@ fn snapshots() -> Vec<(&'static str, Vec<u8>)> {
         .iter()
         .map(Message::encode_to_vec)
         .collect();
-    let mut with_producer_ids = base.clone();
-    with_producer_ids
-        .apply(
-            base.applied_index + 1,
-            &metadata(Record::ProducerIds(ProducerIdsRecord {
-                broker_id: 1,
-                incarnation_id: 101,
-                next_producer_id: 3000,
-            })),
-        )
-        .expect("a producer id block applies to the base image");
     vec![
         ("empty-image", snapshot(&ClusterImage::default())),
         ("base-image", snapshot(&base)),
-        ("producer-ids-image", snapshot(&with_producer_ids)),
         (
             "framed-records",
             [vec![1u8], join_framed(&records)].concat(),

@@ -170,7 +170,10 @@ async fn producer_ids_are_never_handed_out_twice_across_blocks_failover_and_rest
         .await?;
     let (_, metrics) = http_get(&cluster.node(nodes[0]).http_address, "/metrics")?;
     assert!(metric_sum(&metrics, "ferrolog_producer_id_blocks_total", &[]) >= 2.0);
-    assert!(metric_sum(&metrics, "ferrolog_producer_ids_total", &[]) >= CALLS_PER_NODE as f64);
+    assert!(
+        metric_sum(&metrics, "ferrolog_producer_ids_handed_out_total", &[])
+            >= CALLS_PER_NODE as f64
+    );
 
     tracing::info!(
         "phase: SIGKILL the active controller while the other nodes hand out ids: they need \

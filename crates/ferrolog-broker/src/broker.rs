@@ -15,7 +15,7 @@ use crate::control_plane::{AdminChange, AlterIsrRequest, ControlPlane};
 use crate::metrics::BrokerMetrics;
 use crate::partition::Partition;
 use crate::partition_manager::{PartitionManager, StorageSettings};
-use crate::producer_ids::{ProducerIdManager, ProducerIdSettings};
+use crate::producer_ids::ProducerIdManager;
 use crate::replica::LeaderState;
 
 /// Pause between registration attempts while no controller accepts it: a node may start
@@ -60,7 +60,7 @@ pub struct Broker {
     metrics: Arc<BrokerMetrics>,
     /// This process's incarnation, registered with the controller.
     incarnation_id: u64,
-    /// Producer ids for new idempotent producers, from this process's blocks.
+    /// Producer ids for idempotent producers, from blocks the controller gives this process.
     producer_ids: ProducerIdManager,
     shutting_down: AtomicBool,
 }
@@ -85,8 +85,8 @@ impl Broker {
             config.node_id,
             incarnation_id,
             Arc::clone(&control_plane),
+            metadata.clone(),
             Arc::clone(&metrics),
-            ProducerIdSettings::default(),
         );
         let broker = Arc::new(Self {
             config,
@@ -130,22 +130,9 @@ impl Broker {
         self.incarnation_id
     }
 
-    /// A new idempotent producer's id and epoch (Kafka's InitProducerId): an id no broker of
-    /// this cluster has handed out before, at epoch 0. A transactional id must be empty:
-    /// transactions are not supported yet.
-    pub async fn init_producer_id(
-        &self,
-        transactional_id: &str,
-    ) -> Result<(i64, i16), BrokerError> {
-        if !transactional_id.is_empty() {
-            return Err(BrokerError::InvalidRequest(format!(
-                "transactional id '{transactional_id}': transactions are not supported yet; \
-                 leave it empty for an idempotent producer"
-            )));
-        }
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(BrokerError::ShuttingDown);
-        }
+    /// A new idempotent producer's id and epoch (0): an id never given before in this
+    /// cluster (Kafka's InitProducerId without a transactional id).
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), BrokerError> {
         Ok((self.producer_ids.next_producer_id().await?, 0))
     }
 

@@ -1,14 +1,14 @@
 //! What the broker needs from the control plane, as a trait the broker owns.
 //!
 //! The broker never depends on the controller crate: it states here the few calls it makes
-//! (register, heartbeat, ISR changes, producer id blocks, controlled shutdown, creating an
-//! internal topic, submitting an admin change, reading the quorum's status), and the binary
-//! wires the controller in behind them. Tests run a broker against a fake.
+//! (register, heartbeat, ISR changes, controlled shutdown, creating an internal topic,
+//! submitting an admin change, reading the quorum's status), and the binary wires the
+//! controller in behind them. Tests run a broker against a fake.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferrolog_metadata::{BrokerId, ConfigResource, ProducerIdBlock, QuorumStatus};
+use ferrolog_metadata::{BrokerId, ConfigResource, QuorumStatus};
 use ferrolog_proto::v1::ErrorCode;
 use thiserror::Error;
 
@@ -105,15 +105,13 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Asks to shrink or expand a partition's ISR.
     async fn alter_isr(&self, request: AlterIsrRequest) -> Result<u64, ControlPlaneError>;
 
-    /// Asks for the next block of producer ids for process `incarnation_id` of this broker
-    /// (Kafka's AllocateProducerIds), answered once the block is committed. The block is this
-    /// process's alone and above every block given before; `FENCED_EPOCH` while the process
-    /// is not the registered one, `NOT_CONTROLLER` while no controller is active.
+    /// Asks for the next block of producer ids for this broker process; the block is in the
+    /// image once it has applied the returned index.
     async fn allocate_producer_ids(
         &self,
         broker: BrokerId,
         incarnation_id: u64,
-    ) -> Result<ProducerIdBlock, ControlPlaneError>;
+    ) -> Result<u64, ControlPlaneError>;
 
     /// Asks to move this broker's leaderships to other in-sync replicas before it stops.
     async fn controlled_shutdown(&self, broker: BrokerId) -> Result<u64, ControlPlaneError>;

@@ -58,11 +58,6 @@ pub enum BrokerError {
         partition: u32,
         reason: String,
     },
-    #[error(
-        "no producer id within {timeout_ms} ms: this broker could not get a block of producer \
-         ids from the controller (last error: {last_error}); retry"
-    )]
-    ProducerIdsUnavailable { timeout_ms: u64, last_error: String },
     #[error("broker is shutting down")]
     ShuttingDown,
     /// A failure inside this node (a task that died, partitions that cannot be opened).
@@ -109,9 +104,7 @@ impl BrokerError {
             Self::NotLeader { .. } | Self::LeaderEpochMismatch { .. } => ErrorCode::NotLeader,
             Self::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
-            Self::Timeout { .. } | Self::ProducerIdsUnavailable { .. } => {
-                ErrorCode::RequestTimedOut
-            }
+            Self::Timeout { .. } => ErrorCode::RequestTimedOut,
             Self::StorageOffline { .. } => ErrorCode::StorageError,
             Self::ShuttingDown => ErrorCode::BrokerShuttingDown,
             // Not STORAGE_ERROR: clients retry that, and a bug does not go away on retry.

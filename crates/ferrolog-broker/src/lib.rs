@@ -34,7 +34,6 @@ pub use partition::{
     Divergence, FetchOutcome, FlushRound, FollowerAssignment, Partition, PartitionShared, Progress,
 };
 pub use partition_manager::{PartitionManager, StorageSettings};
-pub use producer_ids::{ProducerIdManager, ProducerIdSettings};
 
 /// The largest HTTP/2 frame a broker accepts, on its server and on its replica fetchers'
 /// connections. At HTTP/2's default of 16 KiB, each megabyte of a produce request or a

@@ -37,9 +37,9 @@ pub struct BrokerMetrics {
     /// ISR changes this broker asked the controller for, and those refused.
     pub isr_changes: Counter,
     pub isr_change_failures: Counter,
-    /// Blocks of producer ids the controller gave this broker, and the ids it handed out.
+    /// Producer ids this broker gave idempotent producers, and the blocks it took for them.
+    pub producer_ids_handed_out: Counter,
     pub producer_id_blocks: Counter,
-    pub producer_ids: Counter,
     pub produce_seconds: Histogram,
     pub fetch_seconds: Histogram,
     pub flush_seconds: Histogram,
@@ -78,8 +78,8 @@ impl BrokerMetrics {
             replicated_from_memory_bytes: Counter::default(),
             isr_changes: Counter::default(),
             isr_change_failures: Counter::default(),
+            producer_ids_handed_out: Counter::default(),
             producer_id_blocks: Counter::default(),
-            producer_ids: Counter::default(),
             produce_seconds: latency(),
             fetch_seconds: latency(),
             flush_seconds: latency(),
@@ -124,19 +124,19 @@ impl BrokerMetrics {
             metrics.isr_changes.clone(),
         );
         r.register(
-            "isr_change_failures",
-            "ISR change requests the controller refused or that failed",
-            metrics.isr_change_failures.clone(),
+            "producer_ids_handed_out",
+            "Producer ids this broker gave idempotent producers (InitProducerId)",
+            metrics.producer_ids_handed_out.clone(),
         );
         r.register(
             "producer_id_blocks",
-            "Blocks of producer ids the controller gave this broker",
+            "Blocks of producer ids this broker took from the controller",
             metrics.producer_id_blocks.clone(),
         );
         r.register(
-            "producer_ids",
-            "Producer ids this broker handed out to new idempotent producers",
-            metrics.producer_ids.clone(),
+            "isr_change_failures",
+            "ISR change requests the controller refused or that failed",
+            metrics.isr_change_failures.clone(),
         );
         r.register(
             "produce_latency_seconds",

@@ -13,12 +13,9 @@ use ferrolog_broker::{
 };
 use ferrolog_log::{FlushPolicy, Offset, RecordBatchBuilder};
 use ferrolog_metadata::records::{
-    CreateTopicRecord, MetadataRecord, PartitionAssignment, ProducerIdsRecord, Record,
-    RegisterBrokerRecord,
+    CreateTopicRecord, MetadataRecord, PartitionAssignment, Record, RegisterBrokerRecord,
 };
-use ferrolog_metadata::{
-    BrokerId, ClusterImage, MetadataView, ProducerIdBlock, QuorumStatus, TopicConfig,
-};
+use ferrolog_metadata::{BrokerId, ClusterImage, MetadataView, QuorumStatus, TopicConfig};
 use ferrolog_proto::v1::{Acks, ErrorCode};
 use tokio::sync::watch;
 
@@ -120,24 +117,20 @@ impl ControlPlane for FakeControlPlane {
         })
     }
 
-    /// Gives the next block of a thousand ids, committed like the controller's.
     async fn allocate_producer_ids(
         &self,
         broker: BrokerId,
         incarnation_id: u64,
-    ) -> Result<ProducerIdBlock, ControlPlaneError> {
-        const BLOCK: u32 = 1000;
-        let first_producer_id = self.image.borrow().next_producer_id;
-        let block = ProducerIdBlock {
-            first_producer_id,
-            producer_id_count: BLOCK,
-        };
-        self.commit(Record::ProducerIds(ProducerIdsRecord {
-            broker_id: broker.0,
-            incarnation_id,
-            next_producer_id: block.end(),
-        }));
-        Ok(block)
+    ) -> Result<u64, ControlPlaneError> {
+        let first = self.image.borrow().next_producer_id;
+        Ok(self.commit(Record::ProducerIds(
+            ferrolog_metadata::records::ProducerIdsRecord {
+                broker_id: broker.0,
+                incarnation_id,
+                first_producer_id: first,
+                next_producer_id: first + 1000,
+            },
+        )))
     }
 
     async fn controlled_shutdown(&self, _broker: BrokerId) -> Result<u64, ControlPlaneError> {

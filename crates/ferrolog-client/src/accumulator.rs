@@ -71,6 +71,9 @@ pub(crate) struct ReadyBatch {
     pub(crate) reserved_bytes: usize,
     /// Produce attempts that failed with a retriable error so far.
     pub(crate) attempts: u32,
+    /// The idempotent producer's epoch and base sequence stamped on the batch when it was
+    /// first sent; a retry resends the same, so the leader recognises it.
+    pub(crate) producer_stamp: Option<(i16, i32)>,
     pub(crate) last_error: Option<ClientError>,
 }
 
@@ -429,6 +432,7 @@ fn seal(topic: Arc<str>, partition: u32, batch: OpenBatch) -> ReadyBatch {
         created_at: batch.created_at,
         reserved_bytes: batch.reserved_bytes,
         attempts: 0,
+        producer_stamp: None,
         last_error: None,
     }
 }

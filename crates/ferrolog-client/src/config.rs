@@ -86,16 +86,18 @@ pub struct ProducerConfig {
     pub linger_ms: u64,
     /// A batch is sent as soon as it reaches this size.
     pub batch_size_bytes: usize,
-    /// Produce requests in flight per partition.
-    ///
-    /// Defaults to 1: without idempotence (no producer ids and sequence numbers on the broker
-    /// yet) this is the only setting where a retried batch can never land after a batch sent
-    /// later, i.e. per-partition order survives retries (Kafka gives the same advice for
-    /// non-idempotent producers). Throughput stays high because the next batch keeps
-    /// filling (up to `batch_size_bytes`) while one is in flight. With more than 1, a batch
-    /// that fails with a retriable error stops further sends on its partition until it is
-    /// retried, but batches already in flight behind it may be appended first.
+    /// Produce requests in flight per partition: 5 by default, Kafka's limit for an
+    /// idempotent producer (the partition leader remembers its last five batches, so any of
+    /// them can be retried). With idempotence the leader refuses a batch that does not follow
+    /// the one before it, so order survives retries at any setting up to 5. Without it, only
+    /// 1 keeps a retried batch from landing after a later one.
     pub max_in_flight_per_partition: usize,
+    /// Whether the producer is idempotent (Kafka's `enable.idempotence`, on by default as in
+    /// Kafka since 3.0): it takes a producer id from the cluster and numbers its batches per
+    /// partition, so a retried batch that had landed is answered with its first offsets
+    /// instead of being appended again, and no retry reorders a partition. Only with
+    /// `Acks::All`: acks 0 or 1 turn it off, as in Kafka.
+    pub enable_idempotence: bool,
     /// Upper bound on the time from `send` to the record's success or failure, retries
     /// included (Kafka's `delivery.timeout.ms`).
     pub delivery_timeout_ms: u64,
@@ -114,6 +116,10 @@ pub struct ProducerConfig {
     pub compression: Compression,
 }
 
+/// The most produce requests an idempotent producer keeps in flight per partition: the
+/// partition leader remembers this many batches per producer (Kafka's limit too).
+pub const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
+
 impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
@@ -121,7 +127,8 @@ impl Default for ProducerConfig {
             acks: Acks::All,
             linger_ms: 5,
             batch_size_bytes: 1024 * 1024,
-            max_in_flight_per_partition: 1,
+            max_in_flight_per_partition: MAX_IN_FLIGHT_IDEMPOTENT,
+            enable_idempotence: true,
             delivery_timeout_ms: 120_000,
             max_request_bytes: 4 * 1024 * 1024,
             buffer_memory_bytes: 64 * 1024 * 1024,

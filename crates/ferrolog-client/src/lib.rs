@@ -18,6 +18,7 @@ mod delivery;
 mod error;
 mod group;
 mod group_admin;
+mod idempotence;
 mod metadata;
 mod partitioner;
 mod producer;

@@ -18,9 +18,10 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::accumulator::{Accumulator, PendingRecord, estimate_record_bytes};
-use crate::config::ProducerConfig;
+use crate::config::{Acks, MAX_IN_FLIGHT_IDEMPOTENT, ProducerConfig};
 use crate::delivery::DeliveryFuture;
 use crate::error::{ClientError, Result};
+use crate::idempotence;
 use crate::metadata::{Cluster, TopicInfo};
 use crate::record::ProducerRecord;
 use crate::sender;
@@ -91,7 +92,22 @@ impl Producer {
                 "max_in_flight_per_partition must be at least 1".to_owned(),
             ));
         }
+        // As Kafka's producer: acks 0 or 1 ask for less than idempotence needs, and turn it
+        // off rather than fail.
+        let idempotent = config.enable_idempotence && config.acks == Acks::All;
+        if idempotent && config.max_in_flight_per_partition > MAX_IN_FLIGHT_IDEMPOTENT {
+            return Err(ClientError::InvalidArgument(format!(
+                "an idempotent producer keeps at most {MAX_IN_FLIGHT_IDEMPOTENT} requests in \
+                 flight per partition (the leader remembers that many batches), not {}",
+                config.max_in_flight_per_partition
+            )));
+        }
         let cluster = Cluster::connect(config.client.clone()).await?;
+        let identity = if idempotent {
+            Some(idempotence::init_producer_id(&cluster).await?)
+        } else {
+            None
+        };
         // A batch must fit in one request.
         let batch_size_bytes = config
             .batch_size_bytes
@@ -108,7 +124,7 @@ impl Producer {
             completed_below: watch::Sender::new(0),
             config,
         });
-        let sender_task = tokio::spawn(sender::run(Arc::clone(&shared)));
+        let sender_task = tokio::spawn(sender::run(Arc::clone(&shared), identity));
         Ok(Producer {
             handle: Arc::new(Handle {
                 shared,

@@ -2,7 +2,11 @@
 //! its partition's leader, retries retriable failures, and completes the records' futures.
 //!
 //! Per partition, batches are sent in creation order with at most
-//! `max_in_flight_per_partition` requests outstanding. A batch that fails with a retriable
+//! `max_in_flight_per_partition` requests outstanding. An idempotent producer stamps each
+//! batch with its producer id, epoch and the partition's next sequence number when it first
+//! sends it (see `idempotence.rs`); a batch the leader refuses as out of order while an
+//! earlier batch of its partition is still being retried waits for that one, like any
+//! retriable failure. A batch that fails with a retriable
 //! error goes back to the front of its partition's queue and the partition pauses for a
 //! backoff delay (exponential, with jitter), after a metadata refresh when the error suggests
 //! the leader moved. A batch is failed with its last error once `delivery_timeout_ms` has
@@ -14,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferrolog_log::{Compression, compress_batch};
+use ferrolog_log::{Compression, compress_batch, set_producer_fields};
 use ferrolog_proto::v1::client_service_client::ClientServiceClient;
 use ferrolog_proto::v1::{ErrorCode, ProduceRequest, ProduceResponse};
 use tokio::task::{Id, JoinError, JoinSet};
@@ -23,6 +27,7 @@ use crate::accumulator::ReadyBatch;
 use crate::config::Acks;
 use crate::connection::call;
 use crate::error::{ClientError, Result};
+use crate::idempotence::{ProducerIdentity, Sequencer};
 use crate::metadata::Cluster;
 use crate::producer::Shared;
 use ferrolog_proto::retry::Backoff;
@@ -47,10 +52,12 @@ struct Sender {
     queues: HashMap<(Arc<str>, u32), PartitionQueue>,
     requests: JoinSet<Result<ProduceResponse>>,
     in_flight: HashMap<Id, ReadyBatch>,
+    /// The idempotent producer's numbering; `None` for a producer without idempotence.
+    sequencer: Option<Sequencer>,
 }
 
 /// Runs until the producer is closed (or every handle dropped) and nothing is left to send.
-pub(crate) async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(shared: Arc<Shared>, identity: Option<ProducerIdentity>) {
     let config = &shared.config;
     let mut sender = Sender {
         backoff: Backoff::from_millis(
@@ -62,6 +69,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         queues: HashMap::new(),
         requests: JoinSet::new(),
         in_flight: HashMap::new(),
+        sequencer: identity.map(Sequencer::new),
     };
     loop {
         let now = Instant::now();
@@ -151,18 +159,88 @@ impl Sender {
         }
     }
 
+    /// Moves the idempotent producer to its next epoch once a batch was given up and every
+    /// batch stamped with the old epoch is settled (none waits or is in flight); until then
+    /// unstamped batches wait.
+    fn maybe_bump_epoch(&mut self) {
+        let Some(sequencer) = &mut self.sequencer else {
+            return;
+        };
+        if !sequencer.bump_pending() {
+            return;
+        }
+        let old_epoch_busy = !self.in_flight.is_empty()
+            || self
+                .queues
+                .values()
+                .any(|q| q.pending.iter().any(|b| b.producer_stamp.is_some()));
+        if old_epoch_busy {
+            return;
+        }
+        if let Err(error) = sequencer.bump_epoch() {
+            // No epoch left: every waiting batch fails rather than be sent with a number the
+            // leader cannot accept.
+            let waiting: Vec<ReadyBatch> = self
+                .queues
+                .values_mut()
+                .flat_map(|q| q.pending.drain(..))
+                .collect();
+            for batch in waiting {
+                self.finish(batch, Err(error.clone()));
+            }
+        }
+    }
+
     /// Starts produce requests for every partition that may send now.
     fn dispatch(&mut self, now: Instant) {
+        self.maybe_bump_epoch();
         let max_in_flight = self.shared.config.max_in_flight_per_partition;
-        for queue in self.queues.values_mut() {
+        let hold_unstamped = self.sequencer.as_ref().is_some_and(Sequencer::bump_pending);
+        for ((topic, partition), queue) in self.queues.iter_mut() {
             if queue.retry_after.is_some_and(|t| t > now) {
                 continue;
             }
             queue.retry_after = None;
-            while queue.in_flight < max_in_flight {
-                let Some(batch) = queue.pending.pop_front() else {
+            // See `Sequencer::partition_knows_epoch`: one at a time until the partition has
+            // acknowledged a batch of this epoch.
+            let limit = match &self.sequencer {
+                Some(sequencer) if !sequencer.partition_knows_epoch(topic, *partition) => 1,
+                _ => max_in_flight,
+            };
+            while queue.in_flight < limit {
+                if hold_unstamped
+                    && queue
+                        .pending
+                        .front()
+                        .is_some_and(|b| b.producer_stamp.is_none())
+                {
+                    break;
+                }
+                let Some(mut batch) = queue.pending.pop_front() else {
                     break;
                 };
+                if let Some(sequencer) = &mut self.sequencer
+                    && batch.producer_stamp.is_none()
+                {
+                    let identity = sequencer.identity();
+                    let base = sequencer.take(topic, *partition, batch.record_count);
+                    let mut bytes = match std::mem::take(&mut batch.records).try_into_mut() {
+                        Ok(owned) => owned,
+                        Err(shared) => bytes::BytesMut::from(&shared[..]),
+                    };
+                    match set_producer_fields(
+                        &mut bytes,
+                        identity.producer_id,
+                        identity.epoch,
+                        base,
+                    ) {
+                        Ok(()) => {}
+                        // Cannot happen for a batch this producer built.
+                        Err(error) => tracing::error!(%error, "could not stamp a batch"),
+                    }
+                    batch.records = bytes.freeze();
+                    batch.producer_stamp = Some((identity.epoch, base));
+                }
                 queue.in_flight += 1;
                 let request = produce(
                     self.shared.cluster.clone(),
@@ -197,16 +275,28 @@ impl Sender {
             return;
         };
         let key = (Arc::clone(&batch.topic), batch.partition);
-        let queue = self.queues.entry(key).or_default();
+        let queue = self.queues.entry(key.clone()).or_default();
         queue.in_flight = queue.in_flight.saturating_sub(1);
         let error = match result {
             Ok(response) => {
                 check_offsets(&batch, &response);
+                if let (Some(sequencer), Some((epoch, _))) =
+                    (&mut self.sequencer, batch.producer_stamp)
+                {
+                    sequencer.acknowledged(&batch.topic, batch.partition, epoch);
+                }
                 self.finish(batch, Ok(response.base_offset));
                 return;
             }
             Err(error) => error,
         };
+        // Out of order: an earlier batch of the partition has not landed yet (it failed and
+        // waits for its retry, or is still in flight, or was answered a moment ago). Retried
+        // like any retriable failure, behind it, unless a batch of this epoch was given up:
+        // then the gap is for good, and the producer moves to its next epoch instead.
+        let follows_a_retry = error.code() == Some(ErrorCode::OutOfOrderSequenceNumber)
+            && !self.sequencer.as_ref().is_some_and(Sequencer::bump_pending);
+        let queue = self.queues.entry(key).or_default();
         if error.invalidates_metadata() {
             self.shared.cluster.invalidate();
         }
@@ -214,7 +304,7 @@ impl Sender {
         let now = Instant::now();
         let delay = self.backoff.jittered(batch.attempts, rand::random());
         let deadline = batch.created_at + self.delivery_timeout;
-        if !error.is_retriable() || now + delay >= deadline {
+        if !(error.is_retriable() || follows_a_retry) || now + delay >= deadline {
             self.finish(batch, Err(error));
             return;
         }
@@ -237,7 +327,15 @@ impl Sender {
     }
 
     /// Completes a batch's records, gives back its memory and advances the flush watermark.
-    fn finish(&self, batch: ReadyBatch, result: Result<i64>) {
+    /// A stamped batch given up may leave a hole in its partition's sequence: the idempotent
+    /// producer then moves to its next epoch (see `idempotence.rs`).
+    fn finish(&mut self, batch: ReadyBatch, result: Result<i64>) {
+        if result.is_err()
+            && batch.producer_stamp.is_some()
+            && let Some(sequencer) = &mut self.sequencer
+        {
+            sequencer.batch_given_up();
+        }
         if let Err(error) = &result {
             tracing::warn!(
                 topic = %batch.topic,

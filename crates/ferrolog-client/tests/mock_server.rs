@@ -62,8 +62,6 @@ struct FakeState {
     metadata_requests: usize,
     /// Answers for the next produce requests, before any real work.
     scripted_produce_failures: VecDeque<Status>,
-    /// Producer ids handed out so far: the next InitProducerId gets this one.
-    producer_ids: i64,
 }
 
 /// One fake broker (id 1) that leads every partition.
@@ -208,6 +206,17 @@ impl ClientService for FakeBroker {
         Err(Status::unimplemented("the fake broker does not stream"))
     }
 
+    async fn init_producer_id(
+        &self,
+        _request: Request<ferrolog_proto::v1::InitProducerIdRequest>,
+    ) -> Result<Response<ferrolog_proto::v1::InitProducerIdResponse>, Status> {
+        // One producer per fake: its batches are checked by the fake's own log, if at all.
+        Ok(Response::new(ferrolog_proto::v1::InitProducerIdResponse {
+            producer_id: 1,
+            producer_epoch: 0,
+        }))
+    }
+
     async fn delete_records(
         &self,
         _request: Request<ferrolog_proto::v1::DeleteRecordsRequest>,
@@ -215,24 +224,6 @@ impl ClientService for FakeBroker {
         Err(Status::unimplemented(
             "the fake broker does not delete records",
         ))
-    }
-
-    async fn init_producer_id(
-        &self,
-        request: Request<ferrolog_proto::v1::InitProducerIdRequest>,
-    ) -> Result<Response<ferrolog_proto::v1::InitProducerIdResponse>, Status> {
-        if !request.get_ref().transactional_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "transactions are not supported yet",
-            ));
-        }
-        let mut state = self.lock();
-        let producer_id = state.producer_ids;
-        state.producer_ids += 1;
-        Ok(Response::new(ferrolog_proto::v1::InitProducerIdResponse {
-            producer_id,
-            producer_epoch: 0,
-        }))
     }
 
     async fn list_offsets(

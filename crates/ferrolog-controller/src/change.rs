@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ferrolog_metadata::{BrokerId, ConfigResource, ProducerIdBlock};
+use ferrolog_metadata::{BrokerId, ConfigResource};
 
 /// A create-topic request as the admin API receives it, before validation.
 #[derive(Clone, Debug, Default)]
@@ -56,29 +56,11 @@ pub enum Change {
     /// IncrementalAlterConfigs), all of it or none.
     AlterConfigs(AlterConfigsRequest),
     /// Gives process `incarnation_id` of broker `broker` the next block of producer ids
-    /// (Kafka's AllocateProducerIds, KIP-730), if that process is the registered one.
+    /// (Kafka's AllocateProducerIds, KIP-730); the broker reads it from its image.
     AllocateProducerIds {
         broker: BrokerId,
         incarnation_id: u64,
     },
-}
-
-/// What a committed [`Change`] answers: the metadata log index it committed at, and for
-/// [`Change::AllocateProducerIds`] the block it gave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Committed {
-    pub(crate) index: u64,
-    pub(crate) producer_ids: Option<ProducerIdBlock>,
-}
-
-impl Committed {
-    /// A change that answers only its index.
-    pub(crate) fn at(index: u64) -> Self {
-        Self {
-            index,
-            producer_ids: None,
-        }
-    }
 }
 
 /// An incremental config change of one resource, as the admin API receives it.

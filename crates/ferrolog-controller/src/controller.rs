@@ -7,14 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrolog_metadata::{
-    BrokerId, MetadataError, MetadataQuorum, ProducerIdBlock, QuorumStatus, TopicConfig,
-};
+use ferrolog_metadata::{BrokerId, MetadataError, MetadataQuorum, QuorumStatus, TopicConfig};
 
 use crate::ControllerError;
-use crate::change::{
-    AlterConfigsRequest, AlterPartitionRequest, Change, Committed, CreateTopicRequest,
-};
+use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
 use crate::decide::{
     decide_allocate_producer_ids, decide_alter_configs, decide_alter_partition,
     decide_create_partitions, decide_create_topic, decide_delete_topic, decide_elect_leader,
@@ -24,7 +20,6 @@ use crate::forward::{Forwarder, is_retriable, remote_error};
 use crate::liveness::{
     BrokerSessions, DEFAULT_LEADER_REBALANCE_INTERVAL, DEFAULT_SESSION_TIMEOUT, decide_fence_broker,
 };
-use ferrolog_proto::v1::ErrorCode;
 
 /// How long a request keeps looking for an active controller before it gives up.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -100,23 +95,18 @@ impl Controller {
     /// Submits `change`: commits it here when this node is the active controller, or
     /// forwards it to the one that is, retrying (bounded by the forward timeout) while none
     /// is known. Returns the metadata log index the change committed at.
-    pub async fn submit(&self, change: Change) -> Result<u64, ControllerError> {
-        Ok(self.submit_for_answer(change).await?.index)
-    }
-
-    /// [`Controller::submit`], answering everything the change answers once committed.
     #[tracing::instrument(skip(self))]
-    async fn submit_for_answer(&self, change: Change) -> Result<Committed, ControllerError> {
+    pub async fn submit(&self, change: Change) -> Result<u64, ControllerError> {
         validate(&change, &self.topic_defaults)?;
         let deadline = Instant::now() + self.forward_timeout;
         loop {
             let last_error = match self.propose(&change).await {
-                Ok(committed) => return Ok(committed),
+                Ok(index) => return Ok(index),
                 Err(ControllerError::Metadata(MetadataError::NotController { leader })) => {
                     match leader {
                         Some((id, address)) if Some(id) != self.node_id() => {
                             match self.forwarder.forward(&address, &change).await {
-                                Ok(committed) => return Ok(committed),
+                                Ok(index) => return Ok(index),
                                 Err(status) if is_retriable(&status) => {
                                     format!("leader {id} at {address}: {}", status.message())
                                 }
@@ -126,7 +116,7 @@ impl Controller {
                         Some(_) => "no controller leader is known".to_owned(),
                         None if self.quorum.is_none() => {
                             match self.forwarder.forward_to_any(&change).await {
-                                Ok(committed) => return Ok(committed),
+                                Ok(index) => return Ok(index),
                                 Err(Some(fatal)) => return Err(fatal),
                                 Err(None) => "no controller accepted the request".to_owned(),
                             }
@@ -150,9 +140,9 @@ impl Controller {
 
     /// Commits `change` if this node is the active controller, never forwarding: the
     /// ControllerService calls this, so a request is forwarded at most once.
-    pub(crate) async fn commit_here(&self, change: &Change) -> Result<Committed, ControllerError> {
+    pub(crate) async fn commit_here(&self, change: &Change) -> Result<u64, ControllerError> {
         validate(change, &self.topic_defaults)?;
-        let committed = self.propose(change).await?;
+        let index = self.propose(change).await?;
         if let Change::RegisterBroker {
             id, incarnation_id, ..
         } = change
@@ -162,20 +152,17 @@ impl Controller {
             self.sessions
                 .heartbeat(*id, *incarnation_id, Instant::now());
         }
-        Ok(committed)
+        Ok(index)
     }
 
     /// Proposes the records `change` decides on, if this node is the active controller; the
-    /// quorum runs the decision on a linearizable image. A producer id block is answered as
-    /// decided: proposals from this node are serialized and each decides on an image that has
-    /// applied every earlier commit, so the block committed is the one decided.
-    async fn propose(&self, change: &Change) -> Result<Committed, ControllerError> {
+    /// quorum runs the decision on a linearizable image.
+    async fn propose(&self, change: &Change) -> Result<u64, ControllerError> {
         let defaults = &self.topic_defaults;
         let Some(quorum) = &self.quorum else {
             return Err(MetadataError::NotController { leader: None }.into());
         };
-        let mut producer_ids = None;
-        let index = quorum
+        quorum
             .propose_with(|image| match change {
                 Change::CreateTopic(request) => decide_create_topic(image, request, defaults),
                 Change::DeleteTopic(name) => decide_delete_topic(image, name),
@@ -217,18 +204,9 @@ impl Controller {
                 Change::AllocateProducerIds {
                     broker,
                     incarnation_id,
-                } => decide_allocate_producer_ids(image, *broker, *incarnation_id).map(
-                    |(records, block)| {
-                        producer_ids = Some(block);
-                        records
-                    },
-                ),
+                } => decide_allocate_producer_ids(image, *broker, *incarnation_id),
             })
-            .await?;
-        Ok(Committed {
-            index,
-            producer_ids,
-        })
+            .await
     }
 
     /// Creates a topic; returns the metadata log index. A thin [`Controller::submit`].
@@ -252,6 +230,20 @@ impl Controller {
         self.submit(Change::RegisterBroker {
             id,
             address: address.to_owned(),
+            incarnation_id,
+        })
+        .await
+    }
+
+    /// Gives the broker process the next block of producer ids; it reads the block from its
+    /// image once the returned index is applied. A thin [`Controller::submit`].
+    pub async fn allocate_producer_ids(
+        &self,
+        broker: BrokerId,
+        incarnation_id: u64,
+    ) -> Result<u64, ControllerError> {
+        self.submit(Change::AllocateProducerIds {
+            broker,
             incarnation_id,
         })
         .await
@@ -316,33 +308,6 @@ impl Controller {
         request: AlterConfigsRequest,
     ) -> Result<u64, ControllerError> {
         self.submit(Change::AlterConfigs(request)).await
-    }
-
-    /// Gives process `incarnation_id` of broker `broker` the next block of producer ids once
-    /// it is committed (see [`Change::AllocateProducerIds`]), here or at the active
-    /// controller.
-    pub async fn allocate_producer_ids(
-        &self,
-        broker: BrokerId,
-        incarnation_id: u64,
-    ) -> Result<ProducerIdBlock, ControllerError> {
-        let committed = self
-            .submit_for_answer(Change::AllocateProducerIds {
-                broker,
-                incarnation_id,
-            })
-            .await?;
-        committed
-            .producer_ids
-            .filter(|block| block.producer_id_count > 0)
-            .ok_or(ControllerError::Remote {
-                code: ErrorCode::InternalError,
-                message: format!(
-                    "the controller answered producer id allocation for broker {broker} with \
-                     no block (at index {})",
-                    committed.index
-                ),
-            })
     }
 
     /// Moves `broker`'s leaderships to other live in-sync replicas and fences it, before

@@ -12,8 +12,8 @@ use ferrolog_metadata::records::{
     RegisterBrokerRecord,
 };
 use ferrolog_metadata::{
-    BrokerId, ClusterImage, ConfigError, ConfigResource, PartitionImage, ProducerIdBlock,
-    TopicConfig, alter_overrides, random_id,
+    BrokerId, ClusterImage, ConfigError, ConfigResource, PartitionImage, TopicConfig,
+    alter_overrides, random_id,
 };
 
 use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
@@ -28,9 +28,6 @@ pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
 /// Replication factor when a request does not say: 3 (capped at the live brokers), the
 /// smallest that survives losing a broker while another is down for maintenance.
 pub const DEFAULT_REPLICATION_FACTOR: i64 = 3;
-/// Producer ids per block a broker is given (Kafka's, KIP-730): a broker asks the controller
-/// once per thousand idempotent producers, and a restarted broker skips at most that many.
-pub const PRODUCER_ID_BLOCK_SIZE: u32 = 1000;
 
 /// Checks what can be checked without the image, so a bad request is refused by the node
 /// that receives it, before it is forwarded or proposed.
@@ -47,6 +44,42 @@ pub(crate) fn validate(change: &Change, defaults: &TopicConfig) -> Result<(), Co
         | Change::ReassignPartition { .. }
         | Change::AllocateProducerIds { .. } => Ok(()),
     }
+}
+
+/// Producer ids per block a broker is given (Kafka's, KIP-730): a broker asks again only
+/// every thousand idempotent producers.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// Gives broker `broker`'s process `incarnation_id` the next block of producer ids, if that
+/// process is the one registered (a restarted broker's old process gets none).
+pub fn decide_allocate_producer_ids(
+    image: &ClusterImage,
+    broker: BrokerId,
+    incarnation_id: u64,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let registered = image.brokers.get(&broker);
+    if registered.is_none_or(|b| b.incarnation_id != incarnation_id) {
+        return Err(ControllerError::StaleBrokerIncarnation {
+            broker: broker.0,
+            incarnation_id,
+            registered: registered.map_or_else(
+                || "it is not registered".to_owned(),
+                |b| format!("registered incarnation {}", b.incarnation_id),
+            ),
+        });
+    }
+    let first = image.next_producer_id;
+    let next = first
+        .checked_add(PRODUCER_ID_BLOCK_SIZE)
+        .ok_or(ControllerError::ProducerIdsExhausted { next: first })?;
+    Ok(vec![MetadataRecord {
+        record: Some(Record::ProducerIds(ProducerIdsRecord {
+            broker_id: broker.0,
+            incarnation_id,
+            first_producer_id: first,
+            next_producer_id: next,
+        })),
+    }])
 }
 
 /// Checks a broker registration: node ids are never negative, and the address is where
@@ -521,47 +554,6 @@ pub fn decide_register_broker(
     records
 }
 
-/// Gives process `incarnation_id` of broker `broker` the next [`PRODUCER_ID_BLOCK_SIZE`]
-/// producer ids, from the image's `next_producer_id`: the record and the block it gives.
-/// Refused unless that process is the registered one (a restarted broker's old process gets
-/// none), and when the block would pass `i64::MAX`.
-pub fn decide_allocate_producer_ids(
-    image: &ClusterImage,
-    broker: BrokerId,
-    incarnation_id: u64,
-) -> Result<(Vec<MetadataRecord>, ProducerIdBlock), ControllerError> {
-    match image.brokers.get(&broker) {
-        None => return Err(ControllerError::UnregisteredBroker { broker: broker.0 }),
-        Some(registered) if registered.incarnation_id != incarnation_id => {
-            return Err(ControllerError::StaleBrokerIncarnation {
-                broker: broker.0,
-                incarnation_id,
-                registered: registered.incarnation_id,
-            });
-        }
-        Some(_) => {}
-    }
-    let block = ProducerIdBlock {
-        first_producer_id: image.next_producer_id,
-        producer_id_count: PRODUCER_ID_BLOCK_SIZE,
-    };
-    let next_producer_id = image
-        .next_producer_id
-        .checked_add(i64::from(PRODUCER_ID_BLOCK_SIZE))
-        .ok_or(ControllerError::ProducerIdsExhausted {
-            next_producer_id: image.next_producer_id,
-            block: PRODUCER_ID_BLOCK_SIZE,
-        })?;
-    let record = MetadataRecord {
-        record: Some(Record::ProducerIds(ProducerIdsRecord {
-            broker_id: broker.0,
-            incarnation_id,
-            next_producer_id,
-        })),
-    };
-    Ok((vec![record], block))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -584,66 +576,29 @@ mod tests {
         image
     }
 
-    /// Decides and applies one allocation, as the active controller does; the block given.
-    fn allocate(image: &mut ClusterImage, broker: i32, incarnation_id: u64) -> ProducerIdBlock {
-        let (records, block) =
-            decide_allocate_producer_ids(image, BrokerId(broker), incarnation_id)
-                .expect("the registered process gets a block");
-        let index = image.applied_index + 1;
-        for record in &records {
-            image.apply(index, record).expect("the block applies");
-        }
-        block
-    }
-
     #[test]
-    fn a_registered_process_gets_consecutive_blocks_of_producer_ids_that_never_overlap() {
+    fn a_registered_broker_gets_the_next_block_of_producer_ids_and_a_stale_process_none() {
         let mut image = image_with_broker();
-        let first = allocate(&mut image, 1, 7);
-        let second = allocate(&mut image, 1, 7);
-        assert_eq!(
-            first,
-            ProducerIdBlock {
-                first_producer_id: 0,
-                producer_id_count: PRODUCER_ID_BLOCK_SIZE,
-            }
-        );
-        assert_eq!(second.first_producer_id, first.end());
-        assert_eq!(image.next_producer_id, second.end());
-        assert_eq!(second.end(), 2 * i64::from(PRODUCER_ID_BLOCK_SIZE));
-    }
-
-    #[test]
-    fn a_stale_or_unregistered_broker_process_gets_no_producer_ids_and_nothing_changes() {
-        let image = image_with_broker();
-        for (broker, incarnation_id) in [(1, 6), (2, 7)] {
-            let refused = decide_allocate_producer_ids(&image, BrokerId(broker), incarnation_id)
+        for (index, first) in [(2, 0), (3, PRODUCER_ID_BLOCK_SIZE)] {
+            let records = decide_allocate_producer_ids(&image, BrokerId(1), 7).expect("block");
+            image.apply(index, &records[0]).expect("apply");
+            let block = image.producer_id_blocks[&BrokerId(1)];
+            assert_eq!(
+                (block.first, block.next),
+                (first, first + PRODUCER_ID_BLOCK_SIZE)
+            );
+        }
+        for (broker, incarnation) in [(1, 6), (2, 7)] {
+            let refused = decide_allocate_producer_ids(&image, BrokerId(broker), incarnation)
                 .expect_err("not the registered process");
             assert_eq!(refused.code(), ErrorCode::FencedEpoch, "{refused}");
         }
+        image.next_producer_id = i64::MAX - 10;
+        let exhausted = decide_allocate_producer_ids(&image, BrokerId(1), 7).expect_err("end");
         assert!(matches!(
-            decide_allocate_producer_ids(&image, BrokerId(1), 6),
-            Err(ControllerError::StaleBrokerIncarnation { registered: 7, .. })
+            exhausted,
+            ControllerError::ProducerIdsExhausted { .. }
         ));
-        assert!(matches!(
-            decide_allocate_producer_ids(&image, BrokerId(2), 7),
-            Err(ControllerError::UnregisteredBroker { broker: 2 })
-        ));
-    }
-
-    #[test]
-    fn a_block_that_would_pass_the_largest_producer_id_is_refused() {
-        let mut image = image_with_broker();
-        image.next_producer_id = i64::MAX - i64::from(PRODUCER_ID_BLOCK_SIZE);
-        let last = allocate(&mut image, 1, 7);
-        assert_eq!(last.end(), i64::MAX);
-        let refused =
-            decide_allocate_producer_ids(&image, BrokerId(1), 7).expect_err("no ids are left");
-        assert!(
-            matches!(refused, ControllerError::ProducerIdsExhausted { .. }),
-            "{refused}"
-        );
-        assert_eq!(refused.code(), ErrorCode::InternalError);
     }
 
     fn request(name: &str, partitions: i64) -> CreateTopicRequest {

@@ -99,24 +99,16 @@ pub enum ControllerError {
     )]
     NoBrokersRegistered,
     #[error(
-        "broker {broker} is not registered: it gets producer ids once its registration is \
-         committed"
-    )]
-    UnregisteredBroker { broker: i32 },
-    #[error(
-        "broker {broker} process {incarnation_id} is stale: the registered process is \
-         {registered}; only it gets producer ids"
+        "broker {broker} (incarnation {incarnation_id}) is not registered as that process \
+         ({registered}); it gets producer ids once it has registered"
     )]
     StaleBrokerIncarnation {
         broker: i32,
         incarnation_id: u64,
-        registered: u64,
+        registered: String,
     },
-    #[error(
-        "no producer ids are left: a block of {block} after {next_producer_id} would pass the \
-         largest producer id"
-    )]
-    ProducerIdsExhausted { next_producer_id: i64, block: u32 },
+    #[error("no producer ids are left: the next block after {next} would pass the largest id")]
+    ProducerIdsExhausted { next: i64 },
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
     #[error("invalid config resource: {0}")]
@@ -148,12 +140,9 @@ impl ControllerError {
             // Its text tells the user to retry, so its code must be one clients retry.
             Self::NoBrokersRegistered => ErrorCode::BrokerNotAvailable,
             Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-            // A process that is not the registered one must register (again) first, as a
-            // heartbeat from it is told.
-            Self::FencedEpoch { .. }
-            | Self::UnregisteredBroker { .. }
-            | Self::StaleBrokerIncarnation { .. } => ErrorCode::FencedEpoch,
-            // Not a bug, but nothing a retry fixes either.
+            Self::FencedEpoch { .. } | Self::StaleBrokerIncarnation { .. } => {
+                ErrorCode::FencedEpoch
+            }
             Self::ProducerIdsExhausted { .. } => ErrorCode::InternalError,
             Self::IneligibleReplica { .. } => ErrorCode::IneligibleReplica,
             Self::InvalidIsr { .. } | Self::InvalidBrokerRegistration { .. } => {

@@ -13,7 +13,7 @@ use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
 use ferrolog_proto::v1::{self, ErrorCode};
 use tonic::transport::Channel;
 
-use crate::change::{Change, Committed};
+use crate::change::Change;
 use crate::wire;
 use crate::{ControllerError, code_of};
 use ferrolog_proto::status::code_name_of;
@@ -68,12 +68,12 @@ impl Forwarder {
         Ok(ControllerServiceClient::new(channel))
     }
 
-    /// Sends `change` to the controller at `address`; what it answered once committed there.
+    /// Sends `change` to the controller at `address`; the index it committed at there.
     pub(crate) async fn forward(
         &self,
         address: &str,
         change: &Change,
-    ) -> Result<Committed, tonic::Status> {
+    ) -> Result<u64, tonic::Status> {
         let mut client = self.client(address)?;
         wire::send(&mut client, change).await
     }
@@ -83,10 +83,10 @@ impl Forwarder {
     pub(crate) async fn forward_to_any(
         &self,
         change: &Change,
-    ) -> Result<Committed, Option<ControllerError>> {
+    ) -> Result<u64, Option<ControllerError>> {
         for address in &self.voters {
             match self.forward(address, change).await {
-                Ok(committed) => return Ok(committed),
+                Ok(index) => return Ok(index),
                 Err(status) if is_retriable(&status) => continue,
                 Err(status) => return Err(Some(remote_error(&status))),
             }

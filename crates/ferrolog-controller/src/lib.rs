@@ -21,15 +21,12 @@ mod wire;
 
 pub use change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
 pub use controller::{Controller, DEFAULT_FORWARD_TIMEOUT};
-pub use decide::{DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC, PRODUCER_ID_BLOCK_SIZE};
+pub use decide::{DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC};
 /// The controller's pure decisions, public so that the data-path simulation
 /// (`crates/ferrolog-sim`) runs the very rules the active controller does (creating
 /// topics, ISR changes, registration, fencing, electing leaders) on its own image.
 pub mod decisions {
-    pub use crate::decide::{
-        decide_allocate_producer_ids, decide_alter_partition, decide_create_topic,
-        decide_register_broker,
-    };
+    pub use crate::decide::{decide_alter_partition, decide_create_topic, decide_register_broker};
     pub use crate::liveness::{
         decide_elect_offline, decide_fence_broker, decide_preferred_leaders,
     };

@@ -33,7 +33,7 @@ impl ControllerApi {
     /// Commits the change a request carries on this node, never forwarding it again (see
     /// [`Controller::commit_here`]); the metadata log index it committed at.
     async fn commit(&self, request: impl Into<Change>) -> Result<u64, Status> {
-        Ok(self.controller.commit_here(&request.into()).await?.index)
+        Ok(self.controller.commit_here(&request.into()).await?)
     }
 
     fn quorum(&self) -> Result<&Arc<MetadataQuorum>, Status> {
@@ -136,6 +136,16 @@ impl ControllerService for ControllerApi {
         Ok(Response::new(v1::AlterPartitionResponse { metadata_index }))
     }
 
+    async fn allocate_producer_ids(
+        &self,
+        request: Request<v1::AllocateProducerIdsRequest>,
+    ) -> Result<Response<v1::AllocateProducerIdsResponse>, Status> {
+        let metadata_index = self.commit(request.into_inner()).await?;
+        Ok(Response::new(v1::AllocateProducerIdsResponse {
+            metadata_index,
+        }))
+    }
+
     async fn elect_leader(
         &self,
         request: Request<v1::ElectLeaderRequest>,
@@ -194,29 +204,6 @@ impl ControllerService for ControllerApi {
         let metadata_index = self.commit(request.into_inner()).await?;
         Ok(Response::new(v1::ControlledShutdownResponse {
             metadata_index,
-        }))
-    }
-
-    #[tracing::instrument(name = "controller_allocate_producer_ids", skip_all,
-        fields(broker = request.get_ref().broker_id))]
-    async fn allocate_producer_ids(
-        &self,
-        request: Request<v1::AllocateProducerIdsRequest>,
-    ) -> Result<Response<v1::AllocateProducerIdsResponse>, Status> {
-        let committed = self
-            .controller
-            .commit_here(&request.into_inner().into())
-            .await?;
-        let block = committed.producer_ids.ok_or_else(|| {
-            status_with_code(
-                ErrorCode::InternalError,
-                "a producer id allocation committed without a block".to_owned(),
-            )
-        })?;
-        Ok(Response::new(v1::AllocateProducerIdsResponse {
-            metadata_index: committed.index,
-            first_producer_id: block.first_producer_id,
-            producer_id_count: block.producer_id_count,
         }))
     }
 

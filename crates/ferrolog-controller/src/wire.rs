@@ -2,25 +2,23 @@
 //! a [`Change`] becomes one request when a node forwards it, and each request becomes that
 //! [`Change`] again at the active controller; a quorum status goes out and comes back.
 
-use ferrolog_metadata::{BrokerId, ConfigResource, ProducerIdBlock};
+use ferrolog_metadata::{BrokerId, ConfigResource};
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::controller_service_client::ControllerServiceClient;
 use tonic::transport::Channel;
 
 use crate::ControllerError;
-use crate::change::{
-    AlterConfigsRequest, AlterPartitionRequest, Change, Committed, CreateTopicRequest,
-};
+use crate::change::{AlterConfigsRequest, AlterPartitionRequest, Change, CreateTopicRequest};
 
-/// Sends `change` as its ControllerService request; what it answered once committed.
+/// Sends `change` as its ControllerService request; the metadata log index it committed at.
 pub(crate) async fn send(
     client: &mut ControllerServiceClient<Channel>,
     change: &Change,
-) -> Result<Committed, tonic::Status> {
+) -> Result<u64, tonic::Status> {
     // Every ControllerService write answers with the index it committed at.
     macro_rules! call {
         ($method:ident, $request:expr) => {
-            Committed::at(client.$method($request).await?.into_inner().metadata_index)
+            client.$method($request).await?.into_inner().metadata_index
         };
     }
     Ok(match change {
@@ -100,22 +98,13 @@ pub(crate) async fn send(
         Change::AllocateProducerIds {
             broker,
             incarnation_id,
-        } => {
-            let answer = client
-                .allocate_producer_ids(v1::AllocateProducerIdsRequest {
-                    broker_id: broker.0,
-                    incarnation_id: *incarnation_id,
-                })
-                .await?
-                .into_inner();
-            Committed {
-                index: answer.metadata_index,
-                producer_ids: Some(ProducerIdBlock {
-                    first_producer_id: answer.first_producer_id,
-                    producer_id_count: answer.producer_id_count,
-                }),
+        } => call!(
+            allocate_producer_ids,
+            v1::AllocateProducerIdsRequest {
+                broker_id: broker.0,
+                incarnation_id: *incarnation_id,
             }
-        }
+        ),
     })
 }
 

@@ -396,6 +396,14 @@ impl Log {
         Ok(header)
     }
 
+    /// Checks, without appending, whether a producer's batch would pass the idempotent
+    /// producer checks now (`OutOfOrderSequence`, `ProducerFenced`); a duplicate passes. The
+    /// broker uses it to let a batch that arrived just ahead of its predecessor wait for it.
+    pub fn check_producer_batch(&self, batch: &[u8]) -> Result<(), LogError> {
+        let header = BatchHeader::parse(batch)?;
+        self.producers.check_leader_append(&header).map(|_| ())
+    }
+
     /// Checks an idempotent producer's batch against the producer state (fenced epoch, out
     /// of order sequence); `Some` answers a duplicate with the original batch's offsets.
     fn check_producer(&self, header: &BatchHeader) -> Result<Option<AppendInfo>, LogError> {

@@ -46,20 +46,3 @@ mod tests {
         assert_ne!(new_incarnation_id(), new_incarnation_id());
     }
 }
-
-/// A block of producer ids the controller gave one broker process: `first_producer_id` up to
-/// [`ProducerIdBlock::end`] (excluded). Blocks never overlap, so a broker hands each id out
-/// without asking anyone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProducerIdBlock {
-    pub first_producer_id: i64,
-    pub producer_id_count: u32,
-}
-
-impl ProducerIdBlock {
-    /// The first id after the block.
-    pub fn end(&self) -> i64 {
-        self.first_producer_id
-            .saturating_add(i64::from(self.producer_id_count))
-    }
-}

@@ -103,10 +103,20 @@ pub struct ClusterImage {
     /// its own. Like a topic's configs, only what was set is stored, so the static defaults
     /// below show through for the rest.
     pub cluster_configs: BTreeMap<String, String>,
-    /// The first producer id no block has taken yet (0 in a new cluster, and in an image from
-    /// a snapshot written before producer ids existed). Blocks only move it forward, so no
-    /// producer id is ever given to two broker processes.
+    /// The first producer id no block has taken yet: blocks only move it forward, so no id
+    /// is ever handed out twice.
     pub next_producer_id: i64,
+    /// The last block of producer ids each broker was given, with the incarnation it was
+    /// given to: a broker reads its new block here once the allocation is applied.
+    pub producer_id_blocks: BTreeMap<BrokerId, ProducerIdBlock>,
+}
+
+/// Producer ids `first..next` given to one broker incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerIdBlock {
+    pub incarnation_id: u64,
+    pub first: i64,
+    pub next: i64,
 }
 
 impl ClusterImage {
@@ -180,13 +190,18 @@ impl ClusterImage {
                 });
             }
         }
-        if self.next_producer_id != 0 {
-            // Which process took the last block is history, not state: the record names none.
+        // Oldest block first, so each applies after the ones below it. The newest block ever
+        // given is its broker's latest, so the last record restores `next_producer_id`.
+        let mut blocks: Vec<(&BrokerId, &ProducerIdBlock)> =
+            self.producer_id_blocks.iter().collect();
+        blocks.sort_by_key(|(_, block)| block.first);
+        for (broker, block) in blocks {
             records.push(MetadataRecord {
                 record: Some(Record::ProducerIds(crate::records::ProducerIdsRecord {
-                    broker_id: 0,
-                    incarnation_id: 0,
-                    next_producer_id: self.next_producer_id,
+                    broker_id: broker.0,
+                    incarnation_id: block.incarnation_id,
+                    first_producer_id: block.first,
+                    next_producer_id: block.next,
                 })),
             });
         }
@@ -401,15 +416,24 @@ impl ClusterImage {
                         r.broker_id
                     )));
                 }
-                // Also refuses a negative id, since the image starts at 0.
-                if r.next_producer_id <= self.next_producer_id {
+                if r.first_producer_id < self.next_producer_id
+                    || r.next_producer_id <= r.first_producer_id
+                {
                     return Err(MetadataError::InvalidRecord(format!(
-                        "producer ids for broker {} up to {}: the next free producer id is \
-                         already {}, and blocks only move it forward",
-                        r.broker_id, r.next_producer_id, self.next_producer_id
+                        "producer id block {}..{} for broker {} overlaps ids already given \
+                         (next free id {}) or is empty",
+                        r.first_producer_id, r.next_producer_id, r.broker_id, self.next_producer_id
                     )));
                 }
                 self.next_producer_id = r.next_producer_id;
+                self.producer_id_blocks.insert(
+                    BrokerId(r.broker_id),
+                    ProducerIdBlock {
+                        incarnation_id: r.incarnation_id,
+                        first: r.first_producer_id,
+                        next: r.next_producer_id,
+                    },
+                );
             }
         }
         self.applied_index = index;
@@ -763,85 +787,55 @@ mod tests {
         assert_eq!(image, before);
     }
 
-    fn producer_ids(broker_id: i32, incarnation_id: u64, next_producer_id: i64) -> MetadataRecord {
+    fn producer_ids(broker_id: i32, incarnation_id: u64, first: i64, next: i64) -> MetadataRecord {
         MetadataRecord {
             record: Some(Record::ProducerIds(crate::records::ProducerIdsRecord {
                 broker_id,
                 incarnation_id,
-                next_producer_id,
+                first_producer_id: first,
+                next_producer_id: next,
             })),
         }
     }
 
     #[test]
-    fn producer_id_blocks_move_the_next_producer_id_forward_and_survive_a_snapshot() {
+    fn producer_id_blocks_only_move_forward_and_survive_a_snapshot() {
         let mut image = ClusterImage::default();
-        assert_eq!(image.next_producer_id, 0, "a new cluster starts at 0");
         image
-            .apply(1, &producer_ids(1, 11, 1000))
+            .apply(1, &producer_ids(1, 11, 0, 1000))
             .expect("first block");
         image
-            .apply(2, &producer_ids(2, 22, 2000))
+            .apply(2, &producer_ids(2, 22, 1000, 2000))
             .expect("second block");
         image
-            .apply(3, &producer_ids(1, 12, 3000))
+            .apply(3, &producer_ids(1, 12, 2000, 3000))
             .expect("a restarted broker's block");
         assert_eq!(image.next_producer_id, 3000);
-        assert_eq!(image.applied_index, 3);
-
-        let encoded: Vec<Vec<u8>> = image
-            .to_records()
-            .iter()
-            .map(prost::Message::encode_to_vec)
-            .collect();
-        let rebuilt = ClusterImage::from_records(3, &encoded).expect("snapshot records apply");
-        assert_eq!(rebuilt, image);
-    }
-
-    #[test]
-    fn producer_id_records_that_do_not_move_forward_or_name_negative_ids_are_refused_and_change_nothing()
-     {
-        let mut image = ClusterImage::default();
-        image
-            .apply(1, &producer_ids(1, 11, 1000))
-            .expect("first block");
-        let before = image.clone();
-        for (i, record) in [
-            producer_ids(1, 11, 1000),  // does not move
-            producer_ids(1, 11, 999),   // moves back
-            producer_ids(1, 11, -1000), // a negative id
-            producer_ids(-3, 11, 2000), // a negative broker id
-        ]
-        .iter()
-        .enumerate()
-        {
-            let refused = image.apply(2 + i as u64, record);
-            assert!(
-                matches!(refused, Err(MetadataError::InvalidRecord(_))),
-                "record {i}: {refused:?}"
-            );
-            assert_eq!(image, before, "record {i} changed the image");
-        }
-        let mut fresh = ClusterImage::default();
-        assert!(fresh.apply(1, &producer_ids(1, 11, -5)).is_err());
-        assert!(fresh.apply(1, &producer_ids(1, 11, 0)).is_err());
-        assert_eq!(fresh, ClusterImage::default());
-    }
-
-    #[test]
-    fn a_snapshot_written_before_producer_ids_existed_starts_them_at_zero() {
-        let mut old = ClusterImage::default();
-        old.apply(1, &create("orders", &[&[1, 2]])).expect("apply");
-        let records = old.to_records();
-        assert!(
-            !records
-                .iter()
-                .any(|r| matches!(r.record, Some(Record::ProducerIds(_)))),
-            "an image that never gave producer ids writes no producer id record"
+        assert_eq!(
+            image.producer_id_blocks[&BrokerId(1)],
+            ProducerIdBlock {
+                incarnation_id: 12,
+                first: 2000,
+                next: 3000
+            }
         );
-        let encoded: Vec<Vec<u8>> = records.iter().map(prost::Message::encode_to_vec).collect();
-        let rebuilt = ClusterImage::from_records(1, &encoded).expect("old snapshot decodes");
-        assert_eq!(rebuilt.next_producer_id, 0);
-        assert_eq!(rebuilt, old);
+        for (first, next) in [(2999, 4000), (0, 500), (3000, 3000), (3500, 3400)] {
+            let before = image.clone();
+            assert!(
+                image.apply(4, &producer_ids(3, 33, first, next)).is_err(),
+                "{first}..{next} must be refused"
+            );
+            assert_eq!(image, before, "a refused block changes nothing");
+        }
+        assert!(image.apply(4, &producer_ids(-1, 1, 3000, 4000)).is_err());
+
+        let mut rebuilt = ClusterImage::default();
+        for (i, record) in image.to_records().iter().enumerate() {
+            rebuilt
+                .apply(i as u64 + 1, record)
+                .expect("snapshot records apply");
+        }
+        assert_eq!(rebuilt.next_producer_id, image.next_producer_id);
+        assert_eq!(rebuilt.producer_id_blocks, image.producer_id_blocks);
     }
 }

@@ -19,8 +19,8 @@ mod view;
 
 pub use error::MetadataError;
 pub use follower::MetadataFollower;
-pub use ids::{BrokerId, PartitionId, ProducerIdBlock, new_incarnation_id, random_id};
-pub use image::{BrokerImage, ClusterImage, PartitionImage, TopicImage};
+pub use ids::{BrokerId, PartitionId, new_incarnation_id, random_id};
+pub use image::{BrokerImage, ClusterImage, PartitionImage, ProducerIdBlock, TopicImage};
 pub use quorum::{MetadataQuorum, QuorumConfig, QuorumStatus};
 pub use recent_commands::{
     AppliedCommand, MAX_RECENT_COMMAND_BYTES, MAX_RECENT_COMMANDS, MetadataChanges,

@@ -739,15 +739,17 @@ impl Sim {
 
     /// Proposes the next block of producer ids for broker `broker`, decided on the leader's
     /// image as the controller decides it; a block decided on an image that has not applied
-    /// an earlier one yet does not move the next producer id forward and is refused.
+    /// an earlier one yet overlaps that one and is refused.
     async fn allocate_producer_ids(&mut self, broker: NodeId) -> String {
         let Some(leader) = self.leader() else {
             return "allocate producer ids: no leader".into();
         };
-        let next_producer_id = self.nodes[&leader].state_machine.image().next_producer_id + 1000;
+        let first_producer_id = self.nodes[&leader].state_machine.image().next_producer_id;
+        let next_producer_id = first_producer_id + 1000;
         let record = Record::ProducerIds(ProducerIdsRecord {
             broker_id: broker as i32,
             incarnation_id: broker,
+            first_producer_id,
             next_producer_id,
         });
         let acknowledged = self.propose(record).await;

@@ -20,8 +20,9 @@ use ferrolog_controller::decisions::{
 };
 use ferrolog_controller::{AlterPartitionRequest, CreateTopicRequest};
 use ferrolog_log::{
-    AppendInfo, BatchIter, LogConfig, LogError, Offset, PARTITION_RECENT_MAX_BYTES,
-    RecentBatchBudget, RecordBatchBuilder, decode_records,
+    AppendInfo, BatchIter, CleanOutcome, CleanTask, CleanedLog, CleanerOptions,
+    CompactEveryDataBatch, CompactionConfig, Header, LogConfig, LogError, Offset,
+    PARTITION_RECENT_MAX_BYTES, RecentBatchBudget, RecordBatchBuilder, Throttle, decode_records,
 };
 use ferrolog_metadata::records::MetadataRecord;
 use ferrolog_metadata::{BrokerId, ClusterImage, PartitionId, TopicConfig};
@@ -29,7 +30,7 @@ use ferrolog_proto::v1::{self, Acks};
 
 use crate::SeedReport;
 use crate::disk;
-use crate::invariants::{self, Acked, CommittedLog, Leaders, TopicPartition};
+use crate::invariants::{self, Acked, CommittedLog, Entry, Leaders, TopicPartition};
 use crate::rng::Rng;
 
 /// The controller's node id on the simulated network; brokers are 1..=N.
@@ -57,6 +58,18 @@ const MAX_STEP_MS: u64 = 20;
 const CONVERGE_STEPS_MAX: u64 = 3000;
 /// The trace lines a failure prints.
 const TRACE_TAIL: usize = 40;
+/// The compacted topic (`cleanup.policy=compact`, one partition), beside the `t*` topics.
+const COMPACTED_TOPIC: &str = "c0";
+/// Keys of the compacted topic: few, so that keys repeat and compaction removes records.
+const KEY_SPACE: u64 = 6;
+/// Share of the compacted topic's records that are tombstones.
+const TOMBSTONE_PERCENT: u64 = 15;
+/// The compacted topic's `delete.retention.ms`, in simulated time (a seed runs a few
+/// simulated seconds), so that tombstones expire within seeds.
+const DELETE_RETENTION_MS: u64 = 1000;
+/// The compacted topic's `segment.bytes`: a few batches, so segments roll (and close, and
+/// become cleanable) within a seed.
+const COMPACTED_SEGMENT_BYTES: u64 = 512;
 
 /// What a seed runs.
 #[derive(Clone, Debug)]
@@ -134,6 +147,12 @@ impl std::error::Error for Violation {}
 
 type Produce = Pin<Box<dyn Future<Output = Result<AppendInfo, BrokerError>>>>;
 
+/// Records as a trace shows them.
+fn list(entries: &[Entry]) -> String {
+    let items: Vec<String> = entries.iter().map(Entry::to_string).collect();
+    format!("[{}]", items.join(", "))
+}
+
 /// Polls `future` once, outside tokio's cooperative budget: the simulation polls its
 /// futures itself, after every step, instead of spawning them.
 fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
@@ -207,9 +226,19 @@ struct Process {
     /// One group-commit round at a time per partition, as the flusher task runs them.
     flushing: BTreeMap<TopicPartition, FlushRound>,
     image_index: u64,
+    /// A cleaning in progress per compacted partition, between its phases.
+    cleanings: BTreeMap<TopicPartition, Cleaning>,
     shared: PartitionShared,
     last_heartbeat_ms: u64,
     last_isr_check_ms: u64,
+}
+
+/// A cleaning between its phases, as the broker's cleaner holds it: a snapshot taken under
+/// the read lock (phase 1 done), or cleaned segments written as `.cleaned` files and waiting
+/// for the write lock (phase 2 done).
+enum Cleaning {
+    Prepared(CleanTask),
+    Built(CleanedLog),
 }
 
 struct Broker {
@@ -242,7 +271,7 @@ struct PendingProduce {
     incarnation: u64,
     tp: TopicPartition,
     acks: Acks,
-    values: Vec<u64>,
+    entries: Vec<Entry>,
     future: Produce,
 }
 
@@ -271,6 +300,10 @@ struct Sim<'a> {
     high_watermarks: BTreeMap<(BrokerId, u64, TopicPartition), i64>,
     /// How far each replica process's committed prefix has been compared.
     compared_to: BTreeMap<(BrokerId, u64, TopicPartition), i64>,
+    /// Replica processes of the compacted topic to read whole and check against compaction's
+    /// invariants at the end of this step: each after a cleaning installs, and once when it
+    /// opens (after recovery finished or undid an interrupted cleaning).
+    compaction_unchecked: BTreeSet<(BrokerId, u64, TopicPartition)>,
     hasher: DefaultHasher,
     tail: Vec<String>,
     report: SeedReport,
@@ -287,25 +320,76 @@ pub async fn run(seed: u64, settings: &Settings) -> Result<SeedReport, Violation
     Ok(sim.report)
 }
 
-fn log_config() -> LogConfig {
-    LogConfig {
+/// The log settings of `topic`'s replicas: what the broker's `PartitionManager::log_config`
+/// would derive from its topic config, with segments small enough to roll within a seed.
+fn log_config(topic: &str) -> LogConfig {
+    let base = LogConfig {
         // Small, so segments roll (and rolls fsync) within a seed.
         segment_bytes: 2048,
         index_interval_bytes: 256,
         retention_ms: None,
         ..LogConfig::default()
+    };
+    if topic != COMPACTED_TOPIC {
+        return base;
+    }
+    LogConfig {
+        segment_bytes: COMPACTED_SEGMENT_BYTES,
+        index_interval_bytes: 128,
+        retention_bytes: None,
+        compaction: Some(CompactionConfig {
+            min_compaction_lag_ms: 0,
+            delete_retention_ms: DELETE_RETENTION_MS,
+            ..CompactionConfig::default()
+        }),
+        ..base
     }
 }
 
-fn value_of(record: &ferrolog_log::Record) -> Option<u64> {
-    let value = record.value.as_ref()?;
-    let bytes: [u8; 8] = value.as_ref().try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
+/// The `id` header that carries a compacted record's identity (a tombstone has no value).
+const ID_HEADER: &str = "id";
+
+/// What identifies `record`: see [`Entry`].
+fn entry_of(record: &ferrolog_log::Record) -> Result<Entry, String> {
+    let number = |bytes: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(bytes.try_into().ok()?)) };
+    let key = match &record.key {
+        Some(key) => Some(u32::from_be_bytes(key.as_ref().try_into().map_err(
+            |_| {
+                format!(
+                    "offset {} holds a key of {} bytes",
+                    record.offset,
+                    key.len()
+                )
+            },
+        )?)),
+        None => None,
+    };
+    let id = record
+        .headers
+        .iter()
+        .find(|h| h.key == ID_HEADER)
+        .and_then(|h| h.value.as_deref())
+        .or(record.value.as_deref())
+        .and_then(number)
+        .ok_or_else(|| format!("offset {} holds no record id", record.offset))?;
+    Ok(Entry {
+        id,
+        key,
+        tombstone: record.value.is_none(),
+    })
+}
+
+/// One record a read returned, with the high watermark of the read that returned it.
+struct Seen {
+    offset: i64,
+    entry: Entry,
+    high_watermark: i64,
 }
 
 /// Reads the records of `partition` in `from..to`, below its high watermark, as a consumer
-/// would; each with the high watermark of the read that returned it.
-fn read_records(partition: &Partition, from: i64, to: i64) -> Result<Vec<(i64, u64, i64)>, String> {
+/// would. A compacted log has gaps and may hold empty batches: the read goes on after each
+/// batch it gets.
+fn read_records(partition: &Partition, from: i64, to: i64) -> Result<Vec<Seen>, String> {
     let mut out = Vec::new();
     let mut offset = from;
     // Bounded: each round moves on by at least one batch or stops.
@@ -322,16 +406,23 @@ fn read_records(partition: &Partition, from: i64, to: i64) -> Result<Vec<(i64, u
         };
         let mut moved = false;
         for batch in BatchIter::new(&outcome.read.batches) {
-            let (_, batch) = batch.map_err(|e| format!("read at {offset}: {e}"))?;
+            let (header, batch) = batch.map_err(|e| format!("read at {offset}: {e}"))?;
             let records = decode_records(batch).map_err(|e| format!("decode: {e}"))?;
             for record in records {
-                let value = value_of(&record)
-                    .ok_or_else(|| format!("offset {} holds no record value", record.offset))?;
+                let entry = entry_of(&record)?;
                 if record.offset.0 >= offset {
-                    out.push((record.offset.0, value, outcome.high_watermark.0));
+                    out.push(Seen {
+                        offset: record.offset.0,
+                        entry,
+                        high_watermark: outcome.high_watermark.0,
+                    });
                     offset = record.offset.0 + 1;
                     moved = true;
                 }
+            }
+            if header.next_offset().0 > offset {
+                offset = header.next_offset().0;
+                moved = true;
             }
         }
         if !moved {
@@ -391,6 +482,7 @@ impl<'a> Sim<'a> {
             acked: Vec::new(),
             high_watermarks: BTreeMap::new(),
             compared_to: BTreeMap::new(),
+            compaction_unchecked: BTreeSet::new(),
             hasher: DefaultHasher::new(),
             tail: Vec::new(),
             report: SeedReport {
@@ -404,6 +496,11 @@ impl<'a> Sim<'a> {
                 leader_changes: 0,
                 isr_changes: 0,
                 records_checked: 0,
+                cleanings: 0,
+                cleanings_abandoned: 0,
+                crashes_between_cleaning_phases: 0,
+                compaction_checks: 0,
+                deletes_missed: 0,
             },
         };
         // Every broker registers, then the first topic is created: both committed before
@@ -424,6 +521,7 @@ impl<'a> Sim<'a> {
             sim.controller.sessions.insert(*id, (incarnation, 0));
         }
         sim.create_topic(2);
+        sim.create_compacted_topic();
         let image = Arc::new(sim.controller.image.clone());
         for id in &ids {
             sim.apply_image(*id, Arc::clone(&image))?;
@@ -512,6 +610,31 @@ impl<'a> Sim<'a> {
                 self.trace(format!("create topic {name} with {partitions} partitions"));
             }
             Err(error) => self.trace(format!("create topic {name} refused: {error}")),
+        }
+    }
+
+    /// Creates the compacted topic: one partition, `cleanup.policy=compact`, tombstones kept
+    /// for `DELETE_RETENTION_MS` of simulated time.
+    fn create_compacted_topic(&mut self) {
+        let request = CreateTopicRequest {
+            name: COMPACTED_TOPIC.to_owned(),
+            partitions: 1,
+            replication_factor: 3.min(i64::from(self.settings.brokers)),
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_owned(), "compact".to_owned()),
+                ("min.compaction.lag.ms".to_owned(), "0".to_owned()),
+                (
+                    "delete.retention.ms".to_owned(),
+                    DELETE_RETENTION_MS.to_string(),
+                ),
+            ]),
+        };
+        match decide_create_topic(&self.controller.image, &request, &TopicConfig::default()) {
+            Ok(records) => {
+                self.commit(records);
+                self.trace(format!("create compacted topic {COMPACTED_TOPIC}"));
+            }
+            Err(error) => self.trace(format!("create topic {COMPACTED_TOPIC} refused: {error}")),
         }
     }
 
@@ -694,6 +817,7 @@ impl<'a> Sim<'a> {
             outstanding: BTreeMap::new(),
             flushing: BTreeMap::new(),
             image_index: 0,
+            cleanings: BTreeMap::new(),
             shared: PartitionShared {
                 metrics: Arc::new(BrokerMetrics::unregistered()),
                 recent_budget: RecentBatchBudget::new(PARTITION_RECENT_MAX_BYTES),
@@ -723,8 +847,27 @@ impl<'a> Sim<'a> {
             return Ok(());
         };
         broker.paused = false;
-        drop(process);
         let dir = broker.dir.clone();
+        let built = process
+            .cleanings
+            .values()
+            .any(|c| matches!(c, Cleaning::Built(_)));
+        if built {
+            // A crash runs no destructor: the `.cleaned` files stay for recovery to remove,
+            // which dropping the cleaning here would do instead.
+            self.report.crashes_between_cleaning_phases += 1;
+            let keep = disk::keep_cleaned_files(&dir)
+                .map_err(|e| self.violation(format!("crash of broker {id}: {e}")))?;
+            drop(process);
+            disk::restore_cleaned_files(&keep)
+                .map_err(|e| self.violation(format!("crash of broker {id}: {e}")))?;
+            self.trace(format!(
+                "crash broker {id} between cleaning phases: {} cleaned files left",
+                keep.len()
+            ));
+        } else {
+            drop(process);
+        }
         let cuts = disk::crash(&dir, &mut self.rng)
             .map_err(|e| self.violation(format!("crash of broker {id}: {e}")))?;
         self.report.crashes += 1;
@@ -770,7 +913,7 @@ impl<'a> Sim<'a> {
                         &topic.topic_id,
                         id,
                         &path,
-                        log_config(),
+                        log_config(&topic.name),
                         process.shared.clone(),
                     ) {
                         Ok(partition) => {
@@ -1086,16 +1229,38 @@ impl<'a> Sim<'a> {
         };
         let count = 1 + self.rng.below(3);
         let mut builder = RecordBatchBuilder::new(self.now_ms as i64);
-        let mut values = Vec::new();
+        let mut entries = Vec::new();
+        let compacted = tp.0 == COMPACTED_TOPIC;
         for _ in 0..count {
             self.next_value += 1;
-            values.push(self.next_value);
-            builder.push(
-                self.now_ms as i64,
-                None,
-                Some(&self.next_value.to_be_bytes()),
-                &[],
-            );
+            let id = self.next_value.to_be_bytes();
+            if compacted {
+                // Keyed, from a small key space; the value is the record's id, or none for a
+                // tombstone; the id header names a tombstone too.
+                let key = self.rng.below(KEY_SPACE) as u32;
+                let tombstone = self.rng.chance(TOMBSTONE_PERCENT);
+                builder.push(
+                    self.now_ms as i64,
+                    Some(&key.to_be_bytes()),
+                    (!tombstone).then_some(&id[..]),
+                    &[Header {
+                        key: ID_HEADER.to_owned(),
+                        value: Some(id.to_vec().into()),
+                    }],
+                );
+                entries.push(Entry {
+                    id: self.next_value,
+                    key: Some(key),
+                    tombstone,
+                });
+            } else {
+                builder.push(self.now_ms as i64, None, Some(&id), &[]);
+                entries.push(Entry {
+                    id: self.next_value,
+                    key: None,
+                    tombstone: false,
+                });
+            }
         }
         let batch = builder.build();
         let mut future: Produce =
@@ -1103,15 +1268,18 @@ impl<'a> Sim<'a> {
         // The first poll appends (or refuses); the wait for acks goes on after each step.
         let first = poll_once(future.as_mut());
         self.trace(format!(
-            "produce {:?} {}-{} to broker {leader}: {:?}",
-            acks, tp.0, tp.1, values
+            "produce {:?} {}-{} to broker {leader}: {}",
+            acks,
+            tp.0,
+            tp.1,
+            list(&entries)
         ));
         let pending = PendingProduce {
             broker: leader,
             incarnation,
             tp,
             acks,
-            values,
+            entries,
             future,
         };
         match first {
@@ -1133,27 +1301,33 @@ impl<'a> Sim<'a> {
         match result {
             Ok(info) => {
                 self.trace(format!(
-                    "ack {:?} {}-{} from broker {}: {:?} at {}",
-                    pending.acks, tp.0, tp.1, pending.broker, pending.values, info.base_offset
+                    "ack {:?} {}-{} from broker {}: {} at {}",
+                    pending.acks,
+                    tp.0,
+                    tp.1,
+                    pending.broker,
+                    list(&pending.entries),
+                    info.base_offset
                 ));
                 if pending.acks != Acks::All {
                     self.report.acked_leader += 1;
                     return Ok(());
                 }
                 self.report.acked_all += 1;
-                for (i, value) in pending.values.iter().enumerate() {
+                for (i, entry) in pending.entries.iter().enumerate() {
                     let acked = Acked {
                         tp: tp.clone(),
                         offset: info.base_offset.0 + i as i64,
-                        value: *value,
+                        entry: *entry,
                     };
                     let replica = format!("the acknowledgement from broker {}", pending.broker);
                     self.committed
                         .committed_prefix_is_identical_on_every_replica(
                             tp,
                             acked.offset,
-                            acked.value,
+                            acked.entry,
                             &replica,
+                            self.now_ms,
                         )
                         .map_err(|m| self.violation(m))?;
                     self.acked.push(acked);
@@ -1187,7 +1361,7 @@ impl<'a> Sim<'a> {
                             incarnation: pending.incarnation,
                             tp: pending.tp.clone(),
                             acks: pending.acks,
-                            values: pending.values.clone(),
+                            entries: pending.entries.clone(),
                             future: Box::pin(std::future::pending()),
                         },
                         result,
@@ -1233,13 +1407,19 @@ impl<'a> Sim<'a> {
             .map_err(|m| self.violation(format!("consumer on broker {broker}: {m}")))?;
         let replica = format!("a consumer of broker {broker}");
         let count = records.len();
-        for (offset, value, high_watermark) in records {
-            invariants::no_read_above_high_watermark(&tp, offset, high_watermark)
+        for seen in records {
+            invariants::no_read_above_high_watermark(&tp, seen.offset, seen.high_watermark)
                 .map_err(|m| self.violation(m))?;
             self.committed
-                .committed_prefix_is_identical_on_every_replica(&tp, offset, value, &replica)
+                .committed_prefix_is_identical_on_every_replica(
+                    &tp,
+                    seen.offset,
+                    seen.entry,
+                    &replica,
+                    self.now_ms,
+                )
                 .map_err(|m| self.violation(m))?;
-            self.consumers.insert(tp.clone(), offset + 1);
+            self.consumers.insert(tp.clone(), seen.offset + 1);
         }
         self.trace(format!(
             "consume {}-{} from broker {broker} at {position}: {count} records",
@@ -1293,6 +1473,116 @@ impl<'a> Sim<'a> {
             self.trace(format!("broker {id} {}-{}: fsync failed", tp.0, tp.1));
         } else {
             self.trace(format!("broker {id} {}-{}: fsynced to {end}", tp.0, tp.1));
+        }
+    }
+
+    // ---- The log cleaner ----
+
+    /// The broker's log cleaner, one phase at a time, on `id`'s replica of the compacted
+    /// partition: phase 1 (snapshot under the read lock), phase 2 (the offset map and the
+    /// `.cleaned` files, without a lock), phase 3 (the swap under the write lock, abandoned
+    /// if the log changed). Each call takes the next phase and may go on to the following
+    /// one, so other steps (appends, truncations, crashes) fall between phases or not.
+    fn clean(&mut self, id: BrokerId) -> Result<(), Violation> {
+        let tp: TopicPartition = (COMPACTED_TOPIC.to_owned(), 0);
+        let Some(partition) = self.brokers[&id]
+            .serving()
+            .and_then(|p| p.partitions.get(&tp))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        // The model sees every record now below a high watermark before any can be
+        // compacted away: what was committed is known, whatever the cleaner removes.
+        self.check()?;
+        let name = format!("broker {id} {}-{}", tp.0, tp.1);
+        loop {
+            let process = self
+                .brokers
+                .get_mut(&id)
+                .and_then(|b| b.process.as_mut())
+                .expect("a serving broker has a process");
+            let incarnation = process.incarnation;
+            match process.cleanings.remove(&tp) {
+                None => match partition.prepare_cleaning(self.now_ms as i64) {
+                    Ok(Some(task)) => {
+                        process
+                            .cleanings
+                            .insert(tp.clone(), Cleaning::Prepared(task));
+                        self.trace(format!(
+                            "{name}: cleaning prepared below the high watermark {} (first \
+                             dirty {})",
+                            partition.high_watermark(),
+                            partition.cleaner_first_dirty()
+                        ));
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(error) => {
+                        self.trace(format!("{name}: cleaning cannot start: {error}"));
+                        return Ok(());
+                    }
+                },
+                Some(Cleaning::Prepared(task)) => {
+                    // Sometimes a dedupe buffer of a few keys: the map fills, and the
+                    // cleaning stops inside the dirty part.
+                    let dedupe_buffer_bytes = if self.rng.chance(30) {
+                        32 * (3 + self.rng.below(4) as usize)
+                    } else {
+                        64 * 1024
+                    };
+                    let options = CleanerOptions {
+                        dedupe_buffer_bytes,
+                    };
+                    match task.run(&options, &CompactEveryDataBatch, &Throttle::unlimited()) {
+                        Ok(cleaned) => {
+                            self.trace(format!(
+                                "{name}: cleaned segments written ({} of {} records kept, \
+                                 {} keys mapped)",
+                                cleaned.stats.records_kept,
+                                cleaned.stats.records_read,
+                                cleaned.stats.keys_mapped
+                            ));
+                            let process = self
+                                .brokers
+                                .get_mut(&id)
+                                .and_then(|b| b.process.as_mut())
+                                .expect("a serving broker has a process");
+                            process
+                                .cleanings
+                                .insert(tp.clone(), Cleaning::Built(cleaned));
+                        }
+                        Err(error) => {
+                            self.trace(format!("{name}: cleaning failed: {error}"));
+                            return Ok(());
+                        }
+                    }
+                }
+                Some(Cleaning::Built(cleaned)) => {
+                    match partition.install_cleaned(cleaned) {
+                        Ok(CleanOutcome::Installed { first_dirty, stats }) => {
+                            self.report.cleanings += 1;
+                            self.trace(format!(
+                                "{name}: cleaned segments installed ({} -> {} segments), first \
+                                 dirty {first_dirty}",
+                                stats.segments_before, stats.segments_after
+                            ));
+                        }
+                        Ok(CleanOutcome::Abandoned) => {
+                            self.report.cleanings_abandoned += 1;
+                            self.trace(format!("{name}: the log changed; cleaning abandoned"));
+                        }
+                        Err(error) => {
+                            self.trace(format!("{name}: installing the cleaning failed: {error}"))
+                        }
+                    }
+                    self.compaction_unchecked
+                        .insert((id, incarnation, tp.clone()));
+                    return Ok(());
+                }
+            }
+            if !self.rng.chance(60) {
+                return Ok(());
+            }
         }
     }
 
@@ -1464,6 +1754,7 @@ impl<'a> Sim<'a> {
             }
             77 if faults && self.topics_created < 3 && self.rng.chance(10) => self.create_topic(1),
             78..=84 if faults => self.fault()?,
+            85..=90 => self.clean(id)?,
             _ => {}
         }
         self.poll_producing()?;
@@ -1500,23 +1791,107 @@ impl<'a> Sim<'a> {
             let previous = self.high_watermarks.insert(key.clone(), high_watermark);
             invariants::high_watermark_never_moves_back(&name, previous, high_watermark)
                 .map_err(|m| self.violation(m))?;
-            let from = self
-                .compared_to
-                .get(&key)
-                .copied()
-                .unwrap_or_else(|| partition.log_start_offset().0);
+            let from = match self.compared_to.get(&key) {
+                Some(from) => *from,
+                None => {
+                    if tp.0 == COMPACTED_TOPIC {
+                        // A replica process opened its log: recovery may have finished or
+                        // undone an interrupted cleaning.
+                        self.compaction_unchecked.insert(key.clone());
+                    }
+                    let start = partition.log_start_offset().0;
+                    self.compared_to.insert(key.clone(), start);
+                    start
+                }
+            };
             if from < high_watermark {
                 let records = read_records(&partition, from, high_watermark)
                     .map_err(|m| self.violation(format!("{name}: {m}")))?;
-                for (offset, value, _) in records {
+                for seen in records {
                     self.committed
-                        .committed_prefix_is_identical_on_every_replica(&tp, offset, value, &name)
+                        .committed_prefix_is_identical_on_every_replica(
+                            &tp,
+                            seen.offset,
+                            seen.entry,
+                            &name,
+                            self.now_ms,
+                        )
                         .map_err(|m| self.violation(m))?;
                     self.report.records_checked += 1;
                 }
                 self.compared_to.insert(key, high_watermark);
             }
         }
+        for key in std::mem::take(&mut self.compaction_unchecked) {
+            self.check_compacted(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one replica of the compacted topic whole, from its log start to its high
+    /// watermark, and checks compaction's invariants on it: every record is the committed
+    /// one at its offset (none moved), the newest committed record of every key is there
+    /// (a tombstone may have expired), and the cleaned part holds one record per key.
+    fn check_compacted(&mut self, key: &(BrokerId, u64, TopicPartition)) -> Result<(), Violation> {
+        let (id, incarnation, tp) = key;
+        let Some(partition) = self.brokers[id]
+            .process
+            .as_ref()
+            .filter(|p| p.incarnation == *incarnation)
+            .and_then(|p| p.partitions.get(tp))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let name = format!("broker {id} (process {incarnation}) {}-{}", tp.0, tp.1);
+        let high_watermark = partition.high_watermark().0;
+        let first_dirty = partition.cleaner_first_dirty().0;
+        let from = partition.log_start_offset().0;
+        let records = read_records(&partition, from, high_watermark)
+            .map_err(|m| self.violation(format!("{name}: {m}")))?;
+        let mut entries = Vec::with_capacity(records.len());
+        for seen in records {
+            self.committed
+                .committed_prefix_is_identical_on_every_replica(
+                    tp,
+                    seen.offset,
+                    seen.entry,
+                    &name,
+                    self.now_ms,
+                )
+                .map_err(|m| self.violation(m))?;
+            if seen.offset < high_watermark {
+                entries.push((seen.offset, seen.entry));
+            }
+        }
+        let empty = BTreeMap::new();
+        let committed = self.committed.of(tp).unwrap_or(&empty);
+        let mut missed = Vec::new();
+        invariants::latest_value_per_key_survives(
+            &name,
+            committed,
+            &entries,
+            high_watermark,
+            partition.log_end_offset().0,
+            self.now_ms,
+            DELETE_RETENTION_MS,
+            &mut missed,
+        )
+        .map_err(|m| self.violation(m))?;
+        invariants::cleaned_part_holds_one_record_per_key(
+            &name,
+            first_dirty.min(high_watermark),
+            &entries,
+        )
+        .map_err(|m| self.violation(m))?;
+        self.report.compaction_checks += 1;
+        if !missed.is_empty() {
+            self.trace(format!(
+                "{name}: an older value where an expired tombstone was: {}",
+                missed.join("; ")
+            ));
+        }
+        self.report.deletes_missed += missed.len() as u64;
         Ok(())
     }
 
@@ -1550,7 +1925,7 @@ impl<'a> Sim<'a> {
         // Every acks=all record is on the leader, below its high watermark, where it was
         // acknowledged.
         let image = self.controller.image.clone();
-        let mut logs: BTreeMap<TopicPartition, (BTreeMap<i64, u64>, i64)> = BTreeMap::new();
+        let mut logs: BTreeMap<TopicPartition, (BTreeMap<i64, Entry>, i64)> = BTreeMap::new();
         for topic in image.topics.values() {
             for p in &topic.partitions {
                 let tp = (topic.name.clone(), p.partition.0);
@@ -1568,7 +1943,7 @@ impl<'a> Sim<'a> {
                 logs.insert(
                     tp,
                     (
-                        records.into_iter().map(|(o, v, _)| (o, v)).collect(),
+                        records.into_iter().map(|s| (s.offset, s.entry)).collect(),
                         high_watermark,
                     ),
                 );
@@ -1579,8 +1954,44 @@ impl<'a> Sim<'a> {
                 .get(&acked.tp)
                 .map(|(records, hw)| (records.get(&acked.offset).copied(), *hw))
                 .unwrap_or((None, 0));
-            invariants::acknowledged_record_never_lost_nor_moved(&acked, found, high_watermark)
-                .map_err(|m| self.violation(m))?;
+            // Compaction may remove a record only if a newer one of its key was committed,
+            // or it is a tombstone past `delete.retention.ms`; nothing else may be gone.
+            let compacted = acked.tp.0 == COMPACTED_TOPIC;
+            let superseded = compacted
+                && acked
+                    .entry
+                    .key
+                    .is_some_and(|key| self.committed.superseded(&acked.tp, key, acked.offset));
+            let tombstone_expired = compacted
+                && acked.entry.tombstone
+                && self
+                    .committed
+                    .get(&acked.tp, acked.offset)
+                    .is_some_and(|c| self.now_ms >= c.at_ms.saturating_add(DELETE_RETENTION_MS));
+            invariants::acknowledged_record_never_lost_nor_moved(
+                &acked,
+                found,
+                high_watermark,
+                superseded,
+                tombstone_expired,
+            )
+            .map_err(|m| self.violation(m))?;
+        }
+        // Every replica of the compacted topic, caught up, keeps the newest record per key.
+        let replicas: Vec<(BrokerId, u64, TopicPartition)> = self
+            .brokers
+            .values()
+            .filter_map(|b| {
+                let process = b.process.as_ref()?;
+                process
+                    .partitions
+                    .keys()
+                    .any(|tp| tp.0 == COMPACTED_TOPIC)
+                    .then(|| (b.id, process.incarnation, (COMPACTED_TOPIC.to_owned(), 0)))
+            })
+            .collect();
+        for key in replicas {
+            self.check_compacted(&key)?;
         }
         self.report.leader_changes = self.report.leader_changes.max(self.leaders.count());
         self.trace(format!("converged: {}", self.describe()));

@@ -128,3 +128,44 @@ pub fn crash(dir: &Path, rng: &mut Rng) -> std::io::Result<Vec<Cut>> {
     }
     Ok(cuts)
 }
+
+/// The log cleaner's `.cleaned` files under `dir`, sorted.
+fn cleaned_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            cleaned_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "cleaned") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Suffix of a hard link that keeps a `.cleaned` file through the drop of its cleaning.
+const KEPT_SUFFIX: &str = "sim-kept";
+
+/// Hard-links every `.cleaned` file under `dir` aside, so that dropping the cleaning that
+/// owns them (which deletes them, as a live process does) leaves them on disk, as a crash
+/// does. Returns what [`restore_cleaned_files`] puts back. The links share the inodes, so
+/// the durable lengths stay known.
+pub fn keep_cleaned_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    if dir.exists() {
+        cleaned_files(dir, &mut files)?;
+    }
+    for file in &files {
+        std::fs::hard_link(file, file.with_extension(format!("cleaned.{KEPT_SUFFIX}")))?;
+    }
+    Ok(files)
+}
+
+/// Puts the files [`keep_cleaned_files`] kept back under their names.
+pub fn restore_cleaned_files(files: &[std::path::PathBuf]) -> std::io::Result<()> {
+    for file in files {
+        std::fs::rename(file.with_extension(format!("cleaned.{KEPT_SUFFIX}")), file)?;
+    }
+    Ok(())
+}

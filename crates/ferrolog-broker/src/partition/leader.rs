@@ -23,6 +23,13 @@ use crate::replica::{LeaderState, Role};
 /// lost (the controller changing, say) is sent again after this.
 const ISR_CHANGE_REQUEST_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// How long an idempotent producer's batch that arrived ahead of its predecessor waits for
+/// it. gRPC serves the requests of one connection concurrently, so with several in flight a
+/// later batch can reach the log first; Kafka's broker reads one request per connection at a
+/// time and never sees this. Past the wait the batch is refused OUT_OF_ORDER_SEQUENCE_NUMBER
+/// and the producer retries it behind the missing one.
+const SEQUENCE_GAP_WAIT: Duration = Duration::from_millis(200);
+
 impl Partition {
     /// Appends one producer batch (validated by the log on append) and returns once it is
     /// as safe as `acks` asks: at once (`None`), durable here (`Leader`), or below the high
@@ -35,6 +42,7 @@ impl Partition {
         timeout: Duration,
     ) -> Result<AppendInfo, BrokerError> {
         self.check_open()?;
+        self.wait_for_predecessor(&batch).await;
         let (info, policy, generation) = {
             let mut log = self.log_write();
             self.check_open()?;
@@ -87,6 +95,29 @@ impl Partition {
             }
         }
         Ok(info)
+    }
+
+    /// Waits (at most `SEQUENCE_GAP_WAIT`) while `batch` is an idempotent producer's batch
+    /// whose sequence runs ahead of what the log has from that producer: its predecessor is
+    /// most likely a request of the same producer a moment behind it. The append that follows
+    /// checks again and refuses the batch if the gap is still there.
+    async fn wait_for_predecessor(&self, batch: &[u8]) {
+        let deadline = Instant::now() + SEQUENCE_GAP_WAIT;
+        loop {
+            let mut appended = self.appended.subscribe();
+            let verdict = self.log_read().check_producer_batch(batch);
+            match verdict {
+                Err(ferrolog_log::LogError::OutOfOrderSequence { expected, got, .. })
+                    if got > expected =>
+                {
+                    match tokio::time::timeout_at(deadline, appended.changed()).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Waits until `target` is durable here (`committed` false) or below the high

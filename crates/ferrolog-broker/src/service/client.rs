@@ -186,20 +186,22 @@ impl ClientApi {
         })
     }
 
-    #[tracing::instrument(name = "init_producer_id", skip_all, fields(producer_id))]
+    #[tracing::instrument(name = "init_producer_id", skip_all)]
     async fn init_producer_id_inner(
         &self,
         request: v1::InitProducerIdRequest,
     ) -> Result<v1::InitProducerIdResponse, BrokerError> {
-        // `transaction_timeout_ms` is reserved for transactions and ignored until then.
-        let (producer_id, producer_epoch) = self
-            .broker
-            .init_producer_id(&request.transactional_id)
-            .await?;
-        tracing::Span::current().record("producer_id", producer_id);
+        if !request.transactional_id.is_empty() {
+            return Err(BrokerError::InvalidRequest(format!(
+                "transactional id '{}': transactions are not supported yet; leave it empty for \
+                 an idempotent producer",
+                request.transactional_id
+            )));
+        }
+        let (producer_id, epoch) = self.broker.init_producer_id().await?;
         Ok(v1::InitProducerIdResponse {
             producer_id,
-            producer_epoch: i32::from(producer_epoch),
+            producer_epoch: i32::from(epoch),
         })
     }
 
@@ -460,21 +462,21 @@ impl ClientService for ClientApi {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn delete_records(
-        &self,
-        request: Request<v1::DeleteRecordsRequest>,
-    ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
-        let result = self.delete_records_inner(request.into_inner());
-        self.count("delete_records", &result);
-        result.map(Response::new).map_err(Status::from)
-    }
-
     async fn init_producer_id(
         &self,
         request: Request<v1::InitProducerIdRequest>,
     ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
         let result = self.init_producer_id_inner(request.into_inner()).await;
         self.count("init_producer_id", &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn delete_records(
+        &self,
+        request: Request<v1::DeleteRecordsRequest>,
+    ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
+        let result = self.delete_records_inner(request.into_inner());
+        self.count("delete_records", &result);
         result.map(Response::new).map_err(Status::from)
     }
 

@@ -87,9 +87,13 @@ pub struct ProduceBench {
     /// Concurrent producers (each with its own connection)
     #[arg(long, default_value_t = 1)]
     producers: u32,
-    /// Produce requests in flight per partition (the client default keeps order on retry)
+    /// Produce requests in flight per partition [default: 5, the client's]
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// A plain producer instead of the default idempotent one (which acks=all implies), to
+    /// compare the two
+    #[arg(long)]
+    no_idempotence: bool,
     /// Target records/s over all producers; 0 sends as fast as possible. Latency is only
     /// meaningful below saturation: at full speed it is mostly time queued in the client.
     #[arg(long, default_value_t = 0)]
@@ -206,6 +210,7 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
             + u64::from(p < args.records % u64::from(args.producers));
         let mut config = ProducerConfig::new(args.client.config());
         config.acks = args.acks;
+        config.enable_idempotence = !args.no_idempotence;
         config.compression = args.compression;
         config.batch_size_bytes = args.batch_size;
         config.linger_ms = args.linger_ms;

@@ -10,7 +10,7 @@ use ferrolog_broker::{
 use ferrolog_controller::{
     AlterConfigsRequest, AlterPartitionRequest, Controller, ControllerError, CreateTopicRequest,
 };
-use ferrolog_metadata::{BrokerId, ProducerIdBlock, QuorumStatus};
+use ferrolog_metadata::{BrokerId, QuorumStatus};
 use ferrolog_proto::v1::ErrorCode;
 
 /// The node's controller (a quorum member, or a forwarder on a broker-only node) as the
@@ -68,7 +68,7 @@ impl ControlPlane for ControllerPlane {
         &self,
         broker: BrokerId,
         incarnation_id: u64,
-    ) -> Result<ProducerIdBlock, ControlPlaneError> {
+    ) -> Result<u64, ControlPlaneError> {
         self.0
             .allocate_producer_ids(broker, incarnation_id)
             .await
