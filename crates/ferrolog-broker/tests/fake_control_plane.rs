@@ -39,6 +39,8 @@ enum Call {
 /// A control plane that commits every change by publishing the next image itself.
 struct FakeControlPlane {
     image: Arc<watch::Sender<Arc<ClusterImage>>>,
+    /// The image as brokers read it, for another broker process started later.
+    metadata: MetadataView,
     calls: Mutex<Vec<Call>>,
 }
 
@@ -173,16 +175,39 @@ async fn start_broker() -> Started {
     let (metadata, image) = MetadataView::local(ClusterImage::default());
     let plane = Arc::new(FakeControlPlane {
         image,
+        metadata: metadata.clone(),
         calls: Mutex::new(Vec::new()),
     });
     plane.commit(create_topic("orders", 2));
+    let broker = broker_process(&plane, data.path()).await;
+    Started {
+        broker,
+        plane,
+        _data: data,
+    }
+}
+
+/// Another process of broker [`ME`] (a new incarnation) against the same control plane, as
+/// after a restart.
+async fn start_broker_on(plane: Arc<FakeControlPlane>) -> Started {
+    let data = tempfile::tempdir().expect("temp dir");
+    let broker = broker_process(&plane, data.path()).await;
+    Started {
+        broker,
+        plane,
+        _data: data,
+    }
+}
+
+async fn broker_process(plane: &Arc<FakeControlPlane>, data: &std::path::Path) -> Arc<Broker> {
+    let metadata = plane.metadata.clone();
     let metrics = Arc::new(BrokerMetrics::new(&mut Default::default()));
-    let broker = Broker::start(
+    Broker::start(
         BrokerConfig {
             node_id: ME,
             advertised_address: "127.0.0.1:1".to_owned(),
             storage: StorageSettings {
-                data_dir: data.path().to_owned(),
+                data_dir: data.to_owned(),
                 flush_policy: FlushPolicy::EveryAppend,
                 index_interval_bytes: 4096,
                 topic_defaults: TopicConfig::default(),
@@ -195,16 +220,11 @@ async fn start_broker() -> Started {
             cleaner: Default::default(),
         },
         metadata,
-        Arc::clone(&plane) as Arc<dyn ControlPlane>,
+        Arc::clone(plane) as Arc<dyn ControlPlane>,
         metrics,
     )
     .await
-    .expect("broker starts");
-    Started {
-        broker,
-        plane,
-        _data: data,
-    }
+    .expect("broker starts")
 }
 
 /// Polls `condition` every 10 ms until it holds or `DEADLINE` passes.
@@ -316,4 +336,42 @@ async fn the_group_coordinator_creates_the_offsets_topic_through_the_control_pla
     let offsets = image.topic(OFFSETS_TOPIC).expect("created");
     assert_eq!(offsets.partitions.len(), 3);
     broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_get_distinct_ids_across_blocks_and_a_restart_skips_the_old_block() {
+    let started = start_broker().await;
+    tracing::info!("phase: 16 callers at once ask for 2,560 ids, crossing two block boundaries");
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let broker = Arc::clone(&started.broker);
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..160 {
+                    let (id, epoch) = broker.init_producer_id().await.expect("a producer id");
+                    assert_eq!(epoch, 0, "a new producer starts at epoch 0");
+                    ids.push(id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut handed = std::collections::BTreeSet::new();
+    for caller in callers {
+        for id in caller.await.expect("caller") {
+            assert!(handed.insert(id), "producer id {id} handed out twice");
+        }
+    }
+    assert_eq!(handed.len(), 2_560);
+    assert_eq!(handed.first().copied(), Some(0));
+    assert_eq!(started.plane.image.borrow().next_producer_id, 3_000);
+
+    tracing::info!("phase: a new process of the same broker takes a fresh block above them all");
+    let restarted = start_broker_on(Arc::clone(&started.plane)).await;
+    let (id, _) = restarted
+        .broker
+        .init_producer_id()
+        .await
+        .expect("an id after restart");
+    assert_eq!(id, 3_000, "the rest of the old process's block is skipped");
 }

@@ -838,4 +838,22 @@ mod tests {
         assert_eq!(rebuilt.next_producer_id, image.next_producer_id);
         assert_eq!(rebuilt.producer_id_blocks, image.producer_id_blocks);
     }
+
+    #[test]
+    fn a_snapshot_written_before_producer_ids_existed_starts_them_at_zero() {
+        let mut old = ClusterImage::default();
+        old.apply(1, &create("orders", &[&[1, 2]])).expect("apply");
+        let records = old.to_records();
+        assert!(
+            !records
+                .iter()
+                .any(|r| matches!(r.record, Some(Record::ProducerIds(_)))),
+            "an image that never gave producer ids writes no producer id record"
+        );
+        let encoded: Vec<Vec<u8>> = records.iter().map(prost::Message::encode_to_vec).collect();
+        let rebuilt = ClusterImage::from_records(1, &encoded).expect("old snapshot decodes");
+        assert_eq!(rebuilt.next_producer_id, 0);
+        assert!(rebuilt.producer_id_blocks.is_empty());
+        assert_eq!(rebuilt, old);
+    }
 }

@@ -8,8 +8,11 @@
 //!   every node ever applied at that index (same log id, same payload);
 //! - every node's image equals the replay, from an empty image, of the committed log up to
 //!   that node's applied index;
+//! - the image's next producer id never decreases along the log, and every node has the same
+//!   one at the same applied index (producer id blocks never overlap);
 //! - at the end, after healing, every node holds the same image, and every acknowledged
-//!   proposal is in it (or, for a delete, gone from it).
+//!   proposal is in it (or, for a delete, gone from it; for a producer id block, below the
+//!   next producer id).
 //!
 //! A crash loses what was not flushed, as on a real disk. sled cannot run on a simulated
 //! disk (ferrolog-sim's, which cuts segment files back to their last fsync), so each
@@ -58,7 +61,8 @@ use ferrolog_metadata::raft::{
     TypeConfig, seed_election_rng,
 };
 use ferrolog_metadata::records::{
-    CreateTopicRecord, DeleteTopicRecord, MetadataRecord, PartitionAssignment, Record,
+    CreateTopicRecord, DeleteTopicRecord, MetadataRecord, PartitionAssignment, ProducerIdsRecord,
+    Record,
 };
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -494,6 +498,10 @@ struct History {
     kept_unflushed: u64,
     /// Crashes after which sled's I/O threads still held the database for a moment.
     waited_for_sled: u64,
+    /// Each node image's next producer id by its applied index, as first seen by any node;
+    /// it must never decrease along the index. The largest acknowledged block's end.
+    next_producer_id_at: BTreeMap<u64, i64>,
+    acknowledged_next_producer_id: i64,
 }
 
 struct Sim {
@@ -729,6 +737,32 @@ impl Sim {
         format!("delete {name}: {}", if acknowledged { "ok" } else { "no" })
     }
 
+    /// Proposes the next block of producer ids for broker `broker`, decided on the leader's
+    /// image as the controller decides it; a block decided on an image that has not applied
+    /// an earlier one yet overlaps that one and is refused.
+    async fn allocate_producer_ids(&mut self, broker: NodeId) -> String {
+        let Some(leader) = self.leader() else {
+            return "allocate producer ids: no leader".into();
+        };
+        let first_producer_id = self.nodes[&leader].state_machine.image().next_producer_id;
+        let next_producer_id = first_producer_id + 1000;
+        let record = Record::ProducerIds(ProducerIdsRecord {
+            broker_id: broker as i32,
+            incarnation_id: broker,
+            first_producer_id,
+            next_producer_id,
+        });
+        let acknowledged = self.propose(record).await;
+        if acknowledged {
+            let acked = &mut self.history.acknowledged_next_producer_id;
+            *acked = (*acked).max(next_producer_id);
+        }
+        format!(
+            "producer ids up to {next_producer_id} for {broker}: {}",
+            if acknowledged { "ok" } else { "no" }
+        )
+    }
+
     /// One random fault or action, then time passes.
     async fn step(&mut self) {
         let step = self.trace.len() + 1;
@@ -739,6 +773,7 @@ impl Sim {
         let action = match choice {
             0..=3 => self.create_topic().await,
             4 => self.delete_topic().await,
+            9 => self.allocate_producer_ids(target).await,
             5 => {
                 lock(&self.net).isolated.insert(target);
                 format!("isolate {target}")
@@ -805,6 +840,27 @@ impl Sim {
                 );
             }
             let image = node.state_machine.image();
+            let (index, next) = (image.applied_index, image.next_producer_id);
+            let seen = &mut self.history.next_producer_id_at;
+            if let Some((at, earlier)) = seen.range(..index).next_back() {
+                assert!(
+                    *earlier <= next,
+                    "seed {seed}: node {id}'s next producer id is {next} at applied index \
+                     {index}, below {earlier} at index {at}"
+                );
+            }
+            if let Some((at, later)) = seen.range(index..).next() {
+                assert!(
+                    if *at == index {
+                        *later == next
+                    } else {
+                        *later >= next
+                    },
+                    "seed {seed}: node {id}'s next producer id is {next} at applied index \
+                     {index}, but {later} at index {at}"
+                );
+            }
+            seen.insert(index, next);
             match lock(&self.log).replay(image.applied_index) {
                 Some(replayed) => {
                     assert_eq!(
@@ -886,10 +942,19 @@ impl Sim {
                 self.seed
             );
         }
+        assert!(
+            image.next_producer_id >= self.history.acknowledged_next_producer_id,
+            "seed {}: an acknowledged producer id block up to {} is missing: the next producer \
+             id is {}",
+            self.seed,
+            self.history.acknowledged_next_producer_id,
+            image.next_producer_id
+        );
         self.trace.push(format!(
-            "converged at applied index {} with {} topics",
+            "converged at applied index {} with {} topics, next producer id {}",
             image.applied_index,
-            image.topics.len()
+            image.topics.len(),
+            image.next_producer_id
         ));
         self.doing.set("stopping every node".into());
         for id in NODES {
