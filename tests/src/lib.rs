@@ -365,25 +365,36 @@ pub fn run_cli_within(
             let _ = pipe.write_all(input.as_bytes());
         });
     }
+    wait_bounded(child, limit, &format!("`ferrolog {}`", args.join(" ")))
+}
+
+/// Waits for `child` and collects its output, or SIGKILLs it and fails once `limit` has
+/// passed; `what` names it in the error.
+pub fn wait_bounded(child: Child, limit: Duration, what: &str) -> anyhow::Result<Output> {
     let pid = child.id() as i32;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(limit) {
-        Ok(output) => Ok(output?),
+        Ok(output) => output.with_context(|| format!("wait for {what}")),
         Err(_) => {
-            #[allow(unsafe_code)]
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            bail!(
-                "`ferrolog {}` did not finish within {limit:?}",
-                args.join(" ")
-            )
+            send_signal(pid, libc::SIGKILL);
+            bail!("{what} did not finish within {limit:?}")
         }
     }
+}
+
+/// Runs `command` (no standard input; output collected) to its end within `limit`, SIGKILLing
+/// it past that.
+pub fn run_bounded(command: &mut Command, limit: Duration, what: &str) -> anyhow::Result<Output> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {what}"))?;
+    wait_bounded(child, limit, what)
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline`.

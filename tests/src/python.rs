@@ -7,11 +7,11 @@
 //! with the pinned packages, so the tests need nothing installed by hand beyond `python3`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
 /// How long making the virtualenv may take: a cold `pip install` of the pinned wheels.
 const PYTHON_ENV_DEADLINE: Duration = Duration::from_secs(600);
@@ -40,7 +40,7 @@ fn make_env() -> anyhow::Result<PathBuf> {
     let script = repo_root().join("scripts/python-env.sh");
     let mut command = Command::new("bash");
     command.arg(&script);
-    let out = run_bounded(command, PYTHON_ENV_DEADLINE, "scripts/python-env.sh")?;
+    let out = crate::run_bounded(&mut command, PYTHON_ENV_DEADLINE, "scripts/python-env.sh")?;
     ensure!(
         out.status.success(),
         "scripts/python-env.sh failed ({}): {}",
@@ -64,7 +64,7 @@ pub fn kafka_batches(args: &[&str]) -> anyhow::Result<serde_json::Value> {
         .arg(repo_root().join("tests/python/kafka_batches.py"))
         .args(args);
     let what = format!("kafka_batches.py {}", args.join(" "));
-    let out = run_bounded(command, SCRIPT_DEADLINE, &what)?;
+    let out = crate::run_bounded(&mut command, SCRIPT_DEADLINE, &what)?;
     ensure!(
         out.status.success(),
         "{what} failed ({}): {}",
@@ -72,28 +72,6 @@ pub fn kafka_batches(args: &[&str]) -> anyhow::Result<serde_json::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).with_context(|| format!("{what} printed no JSON"))
-}
-
-/// Runs `command` to its end, or SIGKILLs it after `limit`.
-fn run_bounded(mut command: Command, limit: Duration, what: &str) -> anyhow::Result<Output> {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {what}"))?;
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => Ok(output?),
-        Err(_) => {
-            crate::send_signal(pid, libc::SIGKILL);
-            bail!("{what} did not finish within {limit:?}")
-        }
-    }
 }
 
 /// Bytes from the lowercase or uppercase hex the script prints.

@@ -12,7 +12,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -128,22 +127,11 @@ impl TourCommand {
                 let _ = pipe.write_all(input.as_bytes());
             });
         }
-        let pid = child.id() as i32;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(limit) {
-            Ok(output) => Ok(output?),
-            Err(_) => {
-                crate::send_signal(pid, libc::SIGKILL);
-                bail!(
-                    "README.md line {}: `{}` did not finish within {limit:?}",
-                    self.line,
-                    self.text
-                )
-            }
-        }
+        crate::wait_bounded(
+            child,
+            limit,
+            &format!("README.md line {}: `{}`", self.line, self.text),
+        )
     }
 }
 

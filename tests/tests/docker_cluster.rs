@@ -16,11 +16,10 @@
 //! one, derived from the process id, collides with a network on the host.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use ferrolog_client::ClientConfig;
 use ferrolog_tests::workload::{Outcome, Workload, read_all};
 use ferrolog_tests::{describe, history};
@@ -57,28 +56,7 @@ fn repo_root() -> PathBuf {
 /// Runs a command to completion within `limit`, SIGKILLing it past that.
 fn run_bounded(command: &mut Command, limit: Duration) -> anyhow::Result<Output> {
     let what = format!("{command:?}");
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {what}"))?;
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.with_context(|| format!("wait for {what}")),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            bail!("{what} did not finish within {limit:?}")
-        }
-    }
+    ferrolog_tests::run_bounded(command, limit, &what)
 }
 
 fn ensure_success(output: &Output, what: &str) -> anyhow::Result<()> {
