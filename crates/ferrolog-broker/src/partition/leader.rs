@@ -102,6 +102,10 @@ impl Partition {
     /// most likely a request of the same producer a moment behind it. The append that follows
     /// checks again and refuses the batch if the gap is still there.
     async fn wait_for_predecessor(&self, batch: &[u8]) {
+        // A batch without a producer id (not idempotent) has no predecessor: no log lock.
+        if ferrolog_log::BatchHeader::parse(batch).is_ok_and(|h| h.producer_id < 0) {
+            return;
+        }
         let deadline = Instant::now() + SEQUENCE_GAP_WAIT;
         loop {
             let mut appended = self.appended.subscribe();
