@@ -38,6 +38,10 @@ pub(crate) const MAGIC_V2: i8 = 2;
 pub(crate) const CRC_START: usize = 21;
 /// Attribute bit saying the broker replaced record timestamps by the batch max timestamp.
 const LOG_APPEND_TIME_FLAG: i16 = 0x08;
+/// Attribute bit of a batch written inside a transaction (Kafka's `TRANSACTIONAL_FLAG_MASK`).
+pub(crate) const TRANSACTIONAL_FLAG: i16 = 0x10;
+/// Attribute bit of a control batch: a transaction marker (Kafka's `CONTROL_FLAG_MASK`).
+pub(crate) const CONTROL_FLAG: i16 = 0x20;
 
 /// Parsed fixed header of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +156,18 @@ impl BatchHeader {
     /// record's own timestamp.
     pub fn has_log_append_time(&self) -> bool {
         self.attributes & LOG_APPEND_TIME_FLAG != 0
+    }
+
+    /// Whether the batch belongs to a transaction: its records are visible to read_committed
+    /// consumers only once the transaction's COMMIT marker is in the log.
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL_FLAG != 0
+    }
+
+    /// Whether the batch is a control batch (a transaction marker, see `control`): it holds
+    /// no data for consumers.
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL_FLAG != 0
     }
 }
 

@@ -3,7 +3,10 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::batch::{BATCH_HEADER_BYTES, BatchHeader, CRC_START, LOG_OVERHEAD_BYTES, MAGIC_V2};
+use crate::batch::{
+    BATCH_HEADER_BYTES, BatchHeader, CONTROL_FLAG, CRC_START, LOG_OVERHEAD_BYTES, MAGIC_V2,
+    TRANSACTIONAL_FLAG,
+};
 use crate::compression::{Compression, compress};
 use crate::error::LogError;
 use crate::record::Header;
@@ -21,6 +24,8 @@ pub struct RecordBatchBuilder {
     max_timestamp_ms: i64,
     record_count: u32,
     producer: ProducerFields,
+    /// Transactional and control attribute bits; the codec bits are added on `build`.
+    flags: i16,
 }
 
 /// The idempotence fields of a batch header: producer id, producer epoch and the sequence
@@ -73,6 +78,7 @@ impl RecordBatchBuilder {
             max_timestamp_ms: -1,
             record_count: 0,
             producer: ProducerFields::NONE,
+            flags: 0,
         }
     }
 
@@ -90,6 +96,20 @@ impl RecordBatchBuilder {
             producer_epoch,
             base_sequence,
         };
+        self
+    }
+
+    /// Marks the batch as part of its producer's open transaction (attribute bit 0x10). Only
+    /// meaningful with `with_producer`: the log refuses a transactional batch without a
+    /// producer id as corrupt, since no marker could ever end its transaction.
+    pub fn transactional(mut self) -> Self {
+        self.flags |= TRANSACTIONAL_FLAG;
+        self
+    }
+
+    /// Marks the batch as a control batch (a transaction marker); `control` builds them.
+    pub(crate) fn control(mut self) -> Self {
+        self.flags |= CONTROL_FLAG;
         self
     }
 
@@ -157,6 +177,7 @@ impl RecordBatchBuilder {
             base_timestamp_ms: self.base_timestamp_ms,
             max_timestamp_ms: self.max_timestamp_ms,
             producer: self.producer,
+            flags: self.flags,
         }
     }
 
@@ -209,6 +230,7 @@ struct HeaderFields {
     base_timestamp_ms: i64,
     max_timestamp_ms: i64,
     producer: ProducerFields,
+    flags: i16,
 }
 
 /// Compresses an uncompressed batch built by `RecordBatchBuilder::build` (or read from a log)
@@ -246,7 +268,7 @@ fn finish(mut buf: BytesMut, codec: Compression, fields: HeaderFields) -> BytesM
     header.put_i32(NO_PARTITION_LEADER_EPOCH);
     header.put_i8(MAGIC_V2);
     header.put_u32(0);
-    header.put_i16(codec.id());
+    header.put_i16(codec.id() | fields.flags);
     header.put_i32(count - 1);
     header.put_i64(fields.base_timestamp_ms);
     header.put_i64(fields.max_timestamp_ms);

@@ -5,7 +5,7 @@ use crate::types::Offset;
 
 /// Everything that can go wrong in the storage engine. Variants that a client can cause
 /// (`CorruptBatch`, `UnsupportedCompression`, `DecompressedTooLarge`, `RecordTooLarge`,
-/// `OffsetOutOfRange`, `ProducerFenced`, `OutOfOrderSequence`) are meant to be mapped to a
+/// `OffsetOutOfRange`, `ProducerFenced`, `OutOfOrderSequence`, `InvalidTxnState`) are meant to be mapped to a
 /// client-visible code by the broker; the others are local failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -97,6 +97,11 @@ pub enum LogError {
         expected: i32,
         got: i32,
     },
+    /// A producer's batch does not fit its transaction state: a non-transactional batch while
+    /// the producer has a transaction open in this partition (Kafka's INVALID_TXN_STATE; the
+    /// producer must end the transaction first). Nothing was appended.
+    #[error("invalid transaction state for producer {producer_id}: {reason}")]
+    InvalidTxnState { producer_id: i64, reason: String },
 }
 
 impl LogError {

@@ -21,11 +21,12 @@ use crate::cleaner::{
     SegmentRef, Throttle,
 };
 use crate::config::LogConfig;
+use crate::control::{ControlType, parse_control_batch};
 use crate::epoch_cache::LeaderEpochCache;
 use crate::error::{IoContext, LogError};
 use crate::fsutil::{TEMP_SUFFIX, remove_if_exists, sync_dir};
 use crate::producer_state::{
-    AppendCheck, ProducerSnapshotEntry, ProducerStateManager, ProducerStateRecovery,
+    AppendCheck, CompletedTxn, ProducerSnapshotEntry, ProducerStateManager, ProducerStateRecovery,
 };
 use crate::recent::{RecentBatchBudget, RecentBatches};
 use crate::record::decode_records;
@@ -34,6 +35,7 @@ use crate::segment::{
     segment_file_name,
 };
 use crate::test_faults;
+use crate::txn_index::{AbortedTxn, TXN_INDEX_SUFFIX, TxnIndexEntry};
 use crate::types::{LeaderEpoch, Offset};
 
 /// What an append stored.
@@ -152,6 +154,7 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
             logs.push(base);
         } else if let Some(base) = parse_segment_file_name(name, INDEX_SUFFIX)
             .or_else(|| parse_segment_file_name(name, TIME_INDEX_SUFFIX))
+            .or_else(|| parse_segment_file_name(name, TXN_INDEX_SUFFIX))
         {
             indexes.push((base, entry.path()));
         }
@@ -164,6 +167,28 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
         }
     }
     Ok(logs)
+}
+
+/// Whether a stored batch is an ABORT marker. A control batch that cannot be read (one a
+/// leader's cleaner emptied) is not: it ends its producer's transaction all the same, but
+/// there is nothing left for the index to describe.
+fn is_abort_marker(batch: &[u8]) -> bool {
+    matches!(
+        parse_control_batch(batch),
+        Ok(Some((ControlType::Abort, _)))
+    )
+}
+
+/// The index entry of a completed transaction.
+fn index_entry(txn: CompletedTxn) -> TxnIndexEntry {
+    TxnIndexEntry {
+        txn: AbortedTxn {
+            producer_id: txn.producer_id,
+            first_offset: txn.first_offset,
+            last_offset: txn.last_offset,
+        },
+        last_stable_offset: txn.last_stable_offset,
+    }
 }
 
 /// A compacted log cannot compact a record without a key: it refuses the batch, as Kafka's
@@ -188,7 +213,12 @@ fn refuse_null_keys(
 }
 
 fn remove_segment_files(dir: &Path, base_offset: Offset) -> Result<(), LogError> {
-    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+    for suffix in [
+        LOG_SUFFIX,
+        INDEX_SUFFIX,
+        TIME_INDEX_SUFFIX,
+        TXN_INDEX_SUFFIX,
+    ] {
         remove_if_exists(&dir.join(segment_file_name(base_offset, suffix)))?;
     }
     Ok(())
@@ -390,6 +420,10 @@ impl Log {
             });
         }
         let header = validate_batch_within(batch, self.config.max_decompressed_bytes)?;
+        if header.is_control() {
+            // A marker the leader appends must say what it is; followers copy it as stored.
+            parse_control_batch(batch)?;
+        }
         if self.config.compaction.is_some() {
             refuse_null_keys(batch, &header, self.config.max_decompressed_bytes)?;
         }
@@ -433,7 +467,8 @@ impl Log {
         let Some(codec) = self.config.compression else {
             return Ok(None);
         };
-        if header.compression()? == codec {
+        // Markers stay as the coordinator built them: uncompressed, as Kafka writes them.
+        if header.compression()? == codec || header.is_control() {
             return Ok(None);
         }
         // Producer id, epoch and sequence carry over: the producer state checked them and
@@ -445,6 +480,9 @@ impl Log {
                 header.producer_epoch,
                 header.base_sequence,
             );
+        if header.is_transactional() {
+            builder = builder.transactional();
+        }
         for record in &records {
             builder.push(
                 record.timestamp_ms,
@@ -566,7 +604,18 @@ impl Log {
             _ => recent.clear(),
         }
         appended?;
-        self.producers.record_batch(header);
+        if let Some(txn) = self.producers.record_batch(header)
+            && is_abort_marker(batch)
+        {
+            // The marker is stored but unindexed: read_committed consumers would see the
+            // aborted data. The log goes offline; reopening rebuilds the entry by replay.
+            if let Err(error) = self.active_mut().append_aborted_txn(index_entry(txn)) {
+                tracing::error!(dir = %self.dir.display(), %error,
+                    "cannot index an aborted transaction; the log takes no more writes");
+                self.sync_failed = true;
+                return Err(error);
+            }
+        }
         Ok(AppendInfo {
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
@@ -630,7 +679,10 @@ impl Log {
     }
 
     /// Records in the producer state every batch from `from` (a snapshot's offset; `None`
-    /// for the start of the files) to the log end, and returns how many it read. A batch
+    /// for the start of the files) to the log end, and returns how many it read. The
+    /// aborted-transaction index follows: its entries from `from` on are dropped and
+    /// rebuilt from the markers replayed, so an entry torn or lost in a crash comes back,
+    /// with the first offset the producer state knows. A batch
     /// that cannot be read ends the replay with a warning: producers it would have named
     /// are then unknown, which the producer state tolerates (as after expiry), and the read
     /// path reports the batch itself.
@@ -639,13 +691,23 @@ impl Log {
             segments,
             producers,
             dir,
+            sync_failed,
             ..
         } = self;
         let start = from.unwrap_or(Offset::ZERO);
         let mut next = start;
         let mut replayed = 0u64;
         let mut buf = BytesMut::new();
-        for segment in segments.values().filter(|s| s.next_offset() > start) {
+        let mut aborted = Vec::new();
+        let mut index_ok = true;
+        for segment in segments.values_mut().filter(|s| s.next_offset() > start) {
+            if let Err(error) = segment.truncate_aborted_txns_from(start) {
+                tracing::warn!(dir = %dir.display(), %error,
+                    "cannot cut the transaction index before rebuilding it");
+                index_ok = false;
+            }
+        }
+        'segments: for segment in segments.values().filter(|s| s.next_offset() > start) {
             loop {
                 buf.clear();
                 let target = next.max(segment.base_offset());
@@ -659,18 +721,23 @@ impl Log {
                     Err(error) => {
                         tracing::warn!(dir = %dir.display(), offset = %target, %error,
                             "producer state replay stopped at an unreadable batch");
-                        return replayed;
+                        break 'segments;
                     }
                 };
                 let mut rest = &buf[..];
                 while let Ok(header) = BatchHeader::parse(rest) {
                     // `read_into` returns whole batches, CRC-checked.
-                    let Some(after) = rest.get(header.total_size_bytes()..) else {
+                    let size = header.total_size_bytes();
+                    let (Some(batch), Some(after)) = (rest.get(..size), rest.get(size..)) else {
                         break;
                     };
                     rest = after;
                     if header.base_offset >= next {
-                        producers.record_batch(&header);
+                        if let Some(txn) = producers.record_batch(&header)
+                            && is_abort_marker(batch)
+                        {
+                            aborted.push(index_entry(txn));
+                        }
                         replayed += 1;
                     }
                     next = next.max(header.next_offset());
@@ -679,6 +746,22 @@ impl Log {
                     break;
                 }
             }
+        }
+        for entry in aborted {
+            let indexed = match segments.range_mut(..=entry.txn.last_offset).next_back() {
+                Some((_, segment)) => segment.append_aborted_txn(entry),
+                None => Ok(()),
+            };
+            if let Err(error) = indexed {
+                tracing::warn!(dir = %dir.display(), %error,
+                    "cannot rebuild a transaction index entry");
+                index_ok = false;
+            }
+        }
+        if !index_ok {
+            // read_committed must not serve aborted data as committed: no more writes until
+            // a reopen rebuilds the index.
+            *sync_failed = true;
         }
         replayed
     }
@@ -705,6 +788,52 @@ impl Log {
     /// How `open` rebuilt the producer state (snapshot used, batches replayed).
     pub fn producer_state_recovery(&self) -> ProducerStateRecovery {
         self.producer_recovery
+    }
+
+    /// The first offset of the earliest open transaction, `None` when none is open.
+    pub fn first_unstable_offset(&self) -> Option<Offset> {
+        self.producers.first_unstable_offset()
+    }
+
+    /// The last stable offset (Kafka's LSO): read_committed consumers read below it only.
+    /// It is `high_watermark` (the broker's, which may be ahead of the checkpointed
+    /// `Log::high_watermark`) unless a transaction opened below it is still open, in which
+    /// case it is that transaction's first offset: its outcome is not known yet.
+    pub fn last_stable_offset(&self, high_watermark: Offset) -> Offset {
+        let high_watermark = high_watermark.min(self.log_end_offset());
+        self.first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// Every open transaction as (producer id, first offset), earliest first (Kafka's
+    /// DescribeTransactions / ListTransactions view of a partition).
+    pub fn open_transactions(&self) -> Vec<(i64, Offset)> {
+        self.producers.open_transactions()
+    }
+
+    /// Every aborted transaction whose range overlaps `[from, upper)`: what a read_committed
+    /// fetch from `from` up to `upper` (the LSO) hands its consumer, ordered by marker offset.
+    /// Entries come from the segments' aborted-transaction indexes, held in memory.
+    pub fn aborted_transactions(
+        &self,
+        from: Offset,
+        upper: Offset,
+    ) -> Result<Vec<AbortedTxn>, LogError> {
+        // An entry sits in the segment of its marker, which is at or after `from` when the
+        // entry overlaps, so earlier segments cannot hold one; later ones may (a transaction
+        // that began below `upper` and ended above it).
+        let floor = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(Offset(i64::MIN), |(base, _)| *base);
+        Ok(self
+            .segments
+            .range(floor..)
+            .flat_map(|(_, segment)| segment.aborted_txns())
+            .map(|entry| entry.txn)
+            .filter(|txn| txn.last_offset >= from && txn.first_offset < upper)
+            .collect())
     }
 
     /// Reads whole batches starting at the batch that contains `from`, up to `max_bytes`
@@ -1164,6 +1293,8 @@ impl Log {
         let Some(compaction) = self.config.compaction else {
             return Vec::new();
         };
+        // Never above the LSO: whether an open transaction's batches stay is not known yet.
+        let upper_bound = self.last_stable_offset(upper_bound);
         let min_lag_ms = i64::try_from(compaction.min_compaction_lag_ms).unwrap_or(i64::MAX);
         let closed = self.segments.len() - 1;
         self.segments

@@ -1,4 +1,5 @@
-//! One segment: a file of whole batches named by its base offset, plus its two indexes.
+//! One segment: a file of whole batches named by its base offset, plus its two indexes and
+//! its aborted-transaction index (`txn_index`).
 //!
 //! Only the log's active (last) segment is ever appended to. Reads use positioned reads on a
 //! shared `Arc<File>`, so they need no `&mut` access.
@@ -17,6 +18,7 @@ use crate::index::{IndexFile, OffsetEntry, TimeEntry};
 use crate::record::decode_records;
 use crate::stored_batch::validate_stored_batch;
 use crate::test_faults;
+use crate::txn_index::{TXN_INDEX_SUFFIX, TxnIndex, TxnIndexEntry};
 use crate::types::Offset;
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
@@ -59,6 +61,8 @@ pub(crate) struct Segment {
     size_bytes: u64,
     offset_index: IndexFile<OffsetEntry>,
     time_index: IndexFile<TimeEntry>,
+    /// ABORT markers in this segment (`txn_index`).
+    txn_index: TxnIndex,
     /// Largest batch max timestamp in the segment, -1 if none.
     max_timestamp_ms: i64,
     /// Base offset of the first batch that reached `max_timestamp_ms`.
@@ -77,6 +81,14 @@ fn segment_paths(dir: &Path, base_offset: Offset) -> [PathBuf; 3] {
 fn segment_paths_in_state(dir: &Path, base_offset: Offset, state: &str) -> [PathBuf; 3] {
     [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX]
         .map(|s| dir.join(format!("{}{state}", segment_file_name(base_offset, s))))
+}
+
+/// The segment's aborted-transaction index path, with `state` appended as for the others.
+pub(crate) fn txn_index_path(dir: &Path, base_offset: Offset, state: &str) -> PathBuf {
+    dir.join(format!(
+        "{}{state}",
+        segment_file_name(base_offset, TXN_INDEX_SUFFIX)
+    ))
 }
 
 /// Reads a segment file in large chunks while recovery walks it batch by batch.
@@ -166,6 +178,7 @@ impl Segment {
             size_bytes: 0,
             offset_index: IndexFile::create(&index_path)?,
             time_index: IndexFile::create(&time_index_path)?,
+            txn_index: TxnIndex::create(txn_index_path(dir, base_offset, state))?,
             max_timestamp_ms: -1,
             offset_of_max_timestamp: base_offset,
             bytes_since_index_entry: 0,
@@ -217,22 +230,34 @@ impl Segment {
             size_bytes: file_len,
             offset_index,
             time_index,
+            // Loaded below, once the segment's end is known.
+            txn_index: TxnIndex::create_unloaded(txn_index_path(dir, base_offset, "")),
             max_timestamp_ms: -1,
             offset_of_max_timestamp: base_offset,
             bytes_since_index_entry: 0,
             roll_base_ms: None,
         };
+        let mut truncated_bytes = 0;
+        let mut scan = needs_scan;
         if !needs_scan {
             match segment.load_tail() {
-                Ok(()) => return Ok((segment, 0)),
+                Ok(()) => {}
                 Err(err @ LogError::Io { .. }) => return Err(err),
                 Err(err) => {
                     tracing::warn!(segment = %segment.log_path.display(), error = %err,
                         "segment does not match its index; scanning it");
+                    scan = true;
                 }
             }
         }
-        let truncated_bytes = segment.recover(index_interval_bytes)?;
+        if scan {
+            truncated_bytes = segment.recover(index_interval_bytes)?;
+        }
+        segment.txn_index = TxnIndex::load(
+            txn_index_path(dir, base_offset, ""),
+            base_offset,
+            segment.next_offset,
+        )?;
         Ok((segment, truncated_bytes))
     }
 
@@ -619,14 +644,34 @@ impl Segment {
         self.maybe_append_time_entry()
     }
 
-    /// Fsyncs the log file and both indexes.
+    /// Fsyncs the log file and the indexes.
     pub(crate) fn sync_all(&self) -> Result<(), LogError> {
         test_faults::before_fsync(&self.log_path)
             .and_then(|()| self.log.sync_data())
             .context("fsync segment")?;
         crate::sync_probe::synced(&self.log);
         self.offset_index.sync()?;
-        self.time_index.sync()
+        self.time_index.sync()?;
+        self.txn_index.sync()
+    }
+
+    /// Records an aborted transaction whose marker this segment holds.
+    pub(crate) fn append_aborted_txn(&mut self, entry: TxnIndexEntry) -> Result<(), LogError> {
+        debug_assert!(
+            entry.txn.last_offset >= self.base_offset,
+            "a marker lies in its segment"
+        );
+        self.txn_index.append(entry)
+    }
+
+    /// The aborted transactions whose markers this segment holds, in marker order.
+    pub(crate) fn aborted_txns(&self) -> &[TxnIndexEntry] {
+        self.txn_index.entries()
+    }
+
+    /// Forgets the aborted transactions whose markers are at or after `from`.
+    pub(crate) fn truncate_aborted_txns_from(&mut self, from: Offset) -> Result<(), LogError> {
+        self.txn_index.truncate_from(from)
     }
 
     /// Removes the batch containing `offset` and everything after it (Kafka truncates to the
@@ -650,14 +695,16 @@ impl Segment {
             .entries()
             .partition_point(|e| e.relative_offset < new_end);
         self.time_index.truncate(keep_times)?;
-        self.load_tail()
+        self.load_tail()?;
+        self.txn_index.truncate_from(self.next_offset)
     }
 
     /// Deletes the segment's files. Open handles (readers, sync handles) stay valid.
     pub(crate) fn delete_files(&self) -> Result<(), LogError> {
         remove_if_exists(&self.log_path)?;
         remove_if_exists(self.offset_index.path())?;
-        remove_if_exists(self.time_index.path())
+        remove_if_exists(self.time_index.path())?;
+        remove_if_exists(self.txn_index.path())
     }
 }
 

@@ -9,11 +9,20 @@
 //! then updates the state (`record_batch`): followers mirror their leader without checking,
 //! so whichever replica leads next knows the same producers.
 //!
+//! Transactions (Kafka's design, transactions v2 / KIP-890): a transactional data batch from
+//! a producer with no open transaction opens one at its base offset; a control batch (a
+//! marker, `control`) ends it. The leader refuses a non-transactional batch while the
+//! producer's transaction is open (`InvalidTxnState`) and a marker of an older epoch
+//! (`ProducerFenced`); markers skip the sequence checks. A marker of a newer epoch (v2 bumps
+//! the epoch at every transaction end) moves the producer to it with an empty batch cache,
+//! so its next batch must start at sequence 0, as a data batch of a new epoch must. The open
+//! transactions give the last stable offset (`first_unstable_offset`).
+//!
 //! The state is a function of the log, so it follows it: truncation rebuilds it, and
 //! recovery rebuilds it from a snapshot (`snapshot`) plus the batches after it. Producers
 //! whose batches retention deleted stay until they expire (`producer.id.expiration.ms`).
 
-mod snapshot;
+pub(crate) mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -31,8 +40,6 @@ pub const PRODUCER_BATCHES_CACHED: usize = 5;
 /// inside the active segment) or a corrupt newest snapshot fall back without rescanning
 /// the whole log. Kafka keeps one per segment; a fixed bound keeps the directory small.
 pub const PRODUCER_SNAPSHOTS_KEPT: usize = 3;
-/// Attribute bit of a control batch (transaction markers).
-const CONTROL_FLAG: i16 = 0x20;
 
 /// Sequence numbers and offsets of one appended batch of a producer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +61,8 @@ pub(crate) struct ProducerEntry {
     pub(crate) batches: VecDeque<BatchMetadata>,
     /// The max timestamp of the producer's last batch; expiry counts from it.
     pub(crate) last_timestamp_ms: i64,
-    /// First offset of the producer's open transaction. Transactions are a later step:
-    /// nothing sets it yet, but an entry with one never expires and snapshots carry it.
+    /// First offset of the producer's open transaction: set by its first transactional
+    /// batch, cleared by a marker. An entry with one never expires, and snapshots carry it.
     pub(crate) current_txn_first_offset: Option<Offset>,
 }
 
@@ -85,7 +92,7 @@ pub struct ProducerSnapshotEntry {
     /// Offsets of the producer's last batch.
     pub first_offset: Offset,
     pub last_offset: Offset,
-    /// First offset of the producer's open transaction (none until transactions land).
+    /// First offset of the producer's open transaction, if one is open.
     pub current_txn_first_offset: Option<Offset>,
 }
 
@@ -97,6 +104,20 @@ pub struct ProducerStateRecovery {
     /// The offset of the snapshot loaded, `None` if none was usable.
     pub snapshot_offset: Option<Offset>,
     pub replayed_batches: u64,
+}
+
+/// A transaction a marker ended, as the aborted-transaction index records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CompletedTxn {
+    pub(crate) producer_id: i64,
+    /// The transaction's first offset; the marker's own offset if the partition saw no data
+    /// of it (a transaction with no batch here, or whose batches retention deleted).
+    pub(crate) first_offset: Offset,
+    /// The marker's offset.
+    pub(crate) last_offset: Offset,
+    /// The last stable offset once this transaction is complete: the first offset of the
+    /// earliest other open transaction, or right after the marker (Kafka's entry field).
+    pub(crate) last_stable_offset: Offset,
 }
 
 /// The verdict on a leader append.
@@ -136,6 +157,9 @@ pub(crate) struct ProducerStateManager {
     producers: BTreeMap<i64, ProducerEntry>,
     /// Offsets of the snapshot files in `dir`.
     snapshots: BTreeSet<Offset>,
+    /// Open transactions: first offset -> producer id, mirroring `current_txn_first_offset`
+    /// of `producers`, so that the last stable offset costs a lookup, not a scan.
+    ongoing: BTreeMap<Offset, i64>,
 }
 
 impl ProducerStateManager {
@@ -151,6 +175,7 @@ impl ProducerStateManager {
             dir: dir.to_path_buf(),
             producers: BTreeMap::new(),
             snapshots: snapshot::list(dir)?,
+            ongoing: BTreeMap::new(),
         };
         let from = manager.load_newest_at_or_below(log_end)?;
         Ok((manager, from))
@@ -162,10 +187,12 @@ impl ProducerStateManager {
         let above: Vec<Offset> = self.snapshots.range(end.next()..).copied().collect();
         self.remove_snapshots(&above)?;
         self.producers.clear();
+        self.ongoing.clear();
         while let Some(&offset) = self.snapshots.last() {
             match snapshot::read(&self.dir, offset) {
                 Ok(producers) => {
                     self.producers = producers;
+                    self.rebuild_ongoing();
                     return Ok(Some(offset));
                 }
                 Err(error) => {
@@ -176,6 +203,14 @@ impl ProducerStateManager {
             }
         }
         Ok(None)
+    }
+
+    fn rebuild_ongoing(&mut self) {
+        self.ongoing = self
+            .producers
+            .iter()
+            .filter_map(|(&id, entry)| Some((entry.current_txn_first_offset?, id)))
+            .collect();
     }
 
     /// Removes snapshot files, fsyncing the directory: a deleted snapshot that came back
@@ -203,10 +238,18 @@ impl ProducerStateManager {
         &self,
         header: &BatchHeader,
     ) -> Result<AppendCheck, LogError> {
-        if !is_idempotent(header) || header.attributes & CONTROL_FLAG != 0 {
+        if !is_idempotent(header) {
+            if header.is_transactional() || header.is_control() {
+                return Err(LogError::corrupt(
+                    "a transactional or control batch needs a producer id",
+                ));
+            }
             return Ok(AppendCheck::Append);
         }
         let producer_id = header.producer_id;
+        if header.is_control() {
+            return self.check_marker(header);
+        }
         if header.producer_epoch < 0 || header.base_sequence < 0 {
             return Err(LogError::corrupt(format!(
                 "batch of producer {producer_id} has epoch {} and base sequence {}; an \
@@ -225,6 +268,17 @@ impl ProducerStateManager {
                 current_epoch: entry.epoch,
             });
         }
+        if let Some(first) = entry.current_txn_first_offset
+            && !header.is_transactional()
+        {
+            return Err(LogError::InvalidTxnState {
+                producer_id,
+                reason: format!(
+                    "a non-transactional batch arrived while the producer's transaction \
+                     from offset {first} is open; end the transaction first"
+                ),
+            });
+        }
         if epoch > entry.epoch {
             // A new epoch restarts the sequence: anything else means batches were lost.
             if first_seq != 0 {
@@ -240,27 +294,70 @@ impl ProducerStateManager {
         if let Some(original) = entry.find_duplicate(first_seq, last_sequence(header)) {
             return Ok(AppendCheck::Duplicate(original));
         }
-        match entry.last_batch() {
-            Some(last) if increment_sequence(last.last_seq, 1) != first_seq => {
-                Err(LogError::OutOfOrderSequence {
-                    producer_id,
-                    epoch,
-                    expected: increment_sequence(last.last_seq, 1),
-                    got: first_seq,
-                })
-            }
+        // An entry without batches is one a marker moved to a new epoch: like a data batch
+        // of a new epoch, the producer's first batch in it starts at 0.
+        let expected = entry
+            .last_batch()
+            .map_or(0, |last| increment_sequence(last.last_seq, 1));
+        if expected != first_seq {
+            return Err(LogError::OutOfOrderSequence {
+                producer_id,
+                epoch,
+                expected,
+                got: first_seq,
+            });
+        }
+        Ok(AppendCheck::Append)
+    }
+
+    /// Checks a transaction marker the coordinator has the leader append: only its epoch,
+    /// which must not be older than the producer's (a zombie coordinator's marker, or one
+    /// for a producer instance already replaced, is fenced). Markers carry no sequence.
+    fn check_marker(&self, header: &BatchHeader) -> Result<AppendCheck, LogError> {
+        let producer_id = header.producer_id;
+        let epoch = header.producer_epoch;
+        if epoch < 0 {
+            return Err(LogError::corrupt(format!(
+                "transaction marker of producer {producer_id} has epoch {epoch}"
+            )));
+        }
+        match self.producers.get(&producer_id) {
+            Some(entry) if epoch < entry.epoch => Err(LogError::ProducerFenced {
+                producer_id,
+                epoch,
+                current_epoch: entry.epoch,
+            }),
             _ => Ok(AppendCheck::Append),
         }
+    }
+
+    /// The first offset of the earliest open transaction: read_committed consumers see
+    /// nothing at or above it (the last stable offset is the smaller of it and the high
+    /// watermark).
+    pub(crate) fn first_unstable_offset(&self) -> Option<Offset> {
+        self.ongoing.keys().next().copied()
+    }
+
+    /// Every open transaction as (producer id, first offset), earliest first.
+    pub(crate) fn open_transactions(&self) -> Vec<(i64, Offset)> {
+        self.ongoing
+            .iter()
+            .map(|(&first, &id)| (id, first))
+            .collect()
     }
 
     /// Records an appended batch, unchecked (leader appends were checked before, replicated
     /// ones mirror the leader). A batch at or below the producer's last recorded one is
     /// ignored, so that replaying an overlapping range cannot record a batch twice.
-    pub(crate) fn record_batch(&mut self, header: &BatchHeader) {
-        // Control batches (transaction markers) carry no sequence: transactions will end
-        // the producer's open transaction here.
-        if !is_idempotent(header) || header.attributes & CONTROL_FLAG != 0 {
-            return;
+    ///
+    /// A marker ends the producer's transaction and returns it; the caller records an
+    /// aborted one in the aborted-transaction index.
+    pub(crate) fn record_batch(&mut self, header: &BatchHeader) -> Option<CompletedTxn> {
+        if !is_idempotent(header) {
+            return None;
+        }
+        if header.is_control() {
+            return self.record_marker(header);
         }
         let entry = self
             .producers
@@ -275,7 +372,7 @@ impl ProducerStateManager {
             .last_batch()
             .is_some_and(|last| last.last_offset >= header.base_offset)
         {
-            return;
+            return None;
         }
         if entry.epoch != header.producer_epoch {
             entry.epoch = header.producer_epoch;
@@ -292,6 +389,53 @@ impl ProducerStateManager {
             max_timestamp_ms: header.max_timestamp_ms,
         });
         entry.last_timestamp_ms = header.max_timestamp_ms;
+        if header.is_transactional() && entry.current_txn_first_offset.is_none() {
+            entry.current_txn_first_offset = Some(header.base_offset);
+            self.ongoing.insert(header.base_offset, header.producer_id);
+        }
+        None
+    }
+
+    /// Records a marker: ends the producer's open transaction and, for a newer epoch, moves
+    /// the producer to it with no cached batch (see `check_leader_append`).
+    fn record_marker(&mut self, header: &BatchHeader) -> Option<CompletedTxn> {
+        let producer_id = header.producer_id;
+        let marker_offset = header.base_offset;
+        let entry = self
+            .producers
+            .entry(producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: header.producer_epoch,
+                batches: VecDeque::with_capacity(PRODUCER_BATCHES_CACHED),
+                last_timestamp_ms: header.max_timestamp_ms,
+                current_txn_first_offset: None,
+            });
+        // A replay overlapping what is recorded must not end a later transaction.
+        if entry
+            .last_batch()
+            .is_some_and(|last| last.last_offset >= marker_offset)
+        {
+            return None;
+        }
+        if header.producer_epoch > entry.epoch {
+            entry.epoch = header.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.last_timestamp_ms = entry.last_timestamp_ms.max(header.max_timestamp_ms);
+        let first_offset = match entry.current_txn_first_offset.take() {
+            Some(first) => {
+                self.ongoing.remove(&first);
+                first
+            }
+            None => marker_offset,
+        };
+        let last_stable_offset = self.first_unstable_offset().unwrap_or(marker_offset.next());
+        Some(CompletedTxn {
+            producer_id,
+            first_offset,
+            last_offset: marker_offset,
+            last_stable_offset,
+        })
     }
 
     /// Writes a snapshot of the state as of `offset` (the log end: every batch below it is
@@ -317,6 +461,7 @@ impl ProducerStateManager {
     /// The log was emptied: forgets every producer and snapshot.
     pub(crate) fn truncate_fully(&mut self) -> Result<(), LogError> {
         self.producers.clear();
+        self.ongoing.clear();
         let all: Vec<Offset> = self.snapshots.iter().copied().collect();
         self.remove_snapshots(&all)
     }

@@ -15,7 +15,8 @@
 //! |   epoch             | i16  |                                                    |
 //! |   last timestamp    | i64  |                                                    |
 //! |   txn first offset  | i64  | -1 for none                                        |
-//! |   batch count       | u8   | 1 to `PRODUCER_BATCHES_CACHED`, oldest first       |
+//! |   batch count       | u8   | 0 to `PRODUCER_BATCHES_CACHED`, oldest first (0:   |
+//! |                     |      | a marker moved the producer to a new epoch)        |
 //! |   per batch:        |      | first seq i32, last seq i32, first offset i64,     |
 //! |                     |      | last offset i64, max timestamp i64                 |
 //!
@@ -84,7 +85,7 @@ pub(super) fn remove(dir: &Path, offset: Offset) -> Result<(), LogError> {
     remove_if_exists(&dir.join(segment_file_name(offset, SNAPSHOT_SUFFIX)))
 }
 
-pub(super) fn encode(offset: Offset, producers: &BTreeMap<i64, ProducerEntry>) -> Vec<u8> {
+pub(crate) fn encode(offset: Offset, producers: &BTreeMap<i64, ProducerEntry>) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         PREAMBLE_BYTES + 12 + producers.len() * (ENTRY_FIXED_BYTES + 2 * BATCH_BYTES),
     );
@@ -159,7 +160,7 @@ fn corrupt(reason: impl Into<String>) -> LogError {
 }
 
 /// Parses a snapshot expected to be at `offset`, checking everything it can.
-pub(super) fn decode(
+pub(crate) fn decode(
     bytes: &[u8],
     offset: Offset,
 ) -> Result<BTreeMap<i64, ProducerEntry>, LogError> {
@@ -203,10 +204,16 @@ pub(super) fn decode(
         let last_timestamp_ms = cursor.i64("last timestamp")?;
         let txn_first_offset = cursor.i64("transaction first offset")?;
         let batch_count = usize::from(cursor.u8("batch count")?);
-        if batch_count == 0 || batch_count > PRODUCER_BATCHES_CACHED {
+        if batch_count > PRODUCER_BATCHES_CACHED {
             return Err(corrupt(format!(
-                "producer {producer_id} has {batch_count} batches, expected 1 to \
+                "producer {producer_id} has {batch_count} batches, expected at most \
                  {PRODUCER_BATCHES_CACHED}"
+            )));
+        }
+        if txn_first_offset != NO_OFFSET && !(0..offset.0).contains(&txn_first_offset) {
+            return Err(corrupt(format!(
+                "producer {producer_id} has a transaction open from offset \
+                 {txn_first_offset} in a snapshot at {offset}"
             )));
         }
         let mut batches = VecDeque::with_capacity(batch_count);
