@@ -350,3 +350,151 @@ fn a_corrupt_newest_snapshot_falls_back_to_the_one_before() -> Result<(), LogErr
     );
     Ok(())
 }
+
+const TXN: i16 = crate::batch::TRANSACTIONAL_FLAG;
+const MARKER: i16 = crate::batch::TRANSACTIONAL_FLAG | crate::batch::CONTROL_FLAG;
+
+/// `header` with attribute bits set.
+fn with_attributes(mut header: BatchHeader, attributes: i16) -> BatchHeader {
+    header.attributes = attributes;
+    header
+}
+
+/// A marker of `producer_id` at `offset` (base sequence -1, one record).
+fn marker(producer_id: i64, epoch: i16, offset: i64) -> BatchHeader {
+    with_attributes(header(producer_id, epoch, -1, 1, offset), MARKER)
+}
+
+#[test]
+fn a_transactional_batch_opens_a_transaction_and_a_marker_ends_it() -> Result<(), LogError> {
+    let (_dir, mut manager) = manager();
+    append(&mut manager, &with_attributes(header(1, 0, 0, 2, 10), TXN))?;
+    append(&mut manager, &with_attributes(header(2, 0, 0, 1, 12), TXN))?;
+    append(&mut manager, &with_attributes(header(1, 0, 2, 1, 13), TXN))?;
+    assert_eq!(
+        manager.open_transactions(),
+        vec![(1, Offset(10)), (2, Offset(12))]
+    );
+    assert_eq!(manager.first_unstable_offset(), Some(Offset(10)));
+    assert_eq!(
+        manager.check_leader_append(&marker(1, 0, 14))?,
+        AppendCheck::Append
+    );
+    let completed = manager.record_batch(&marker(1, 0, 14));
+    assert_eq!(
+        completed,
+        Some(CompletedTxn {
+            producer_id: 1,
+            first_offset: Offset(10),
+            last_offset: Offset(14),
+            last_stable_offset: Offset(12),
+        }),
+        "the LSO after it is producer 2's open transaction"
+    );
+    assert_eq!(manager.first_unstable_offset(), Some(Offset(12)));
+    let completed = manager.record_batch(&marker(2, 0, 15));
+    assert_eq!(completed.map(|t| t.last_stable_offset), Some(Offset(16)));
+    assert_eq!(manager.first_unstable_offset(), None);
+    // Same epoch: the sequence carries on into the next transaction.
+    assert_eq!(
+        append(&mut manager, &with_attributes(header(1, 0, 3, 1, 16), TXN))?,
+        AppendCheck::Append
+    );
+    Ok(())
+}
+
+#[test]
+fn a_marker_for_a_producer_without_a_transaction_completes_an_empty_one() {
+    let (_dir, mut manager) = manager();
+    let completed = manager.record_batch(&marker(4, 2, 30));
+    assert_eq!(
+        completed.map(|t| (t.first_offset, t.last_offset)),
+        Some((Offset(30), Offset(30)))
+    );
+    assert!(matches!(
+        manager.check_leader_append(&with_attributes(header(4, 1, 0, 1, 31), TXN)),
+        Err(LogError::ProducerFenced {
+            current_epoch: 2,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_newer_epoch_marker_empties_the_cache_and_an_older_one_is_fenced() -> Result<(), LogError> {
+    let (_dir, mut manager) = manager();
+    append(&mut manager, &with_attributes(header(1, 3, 0, 5, 0), TXN))?;
+    assert!(matches!(
+        manager.check_leader_append(&marker(1, 2, 5)),
+        Err(LogError::ProducerFenced {
+            epoch: 2,
+            current_epoch: 3,
+            ..
+        })
+    ));
+    manager.record_batch(&marker(1, 4, 5));
+    assert!(manager.entries().is_empty(), "no batch of epoch 4 yet");
+    assert!(matches!(
+        manager.check_leader_append(&with_attributes(header(1, 4, 5, 1, 6), TXN)),
+        Err(LogError::OutOfOrderSequence {
+            expected: 0,
+            got: 5,
+            ..
+        })
+    ));
+    append(&mut manager, &with_attributes(header(1, 4, 0, 1, 6), TXN))?;
+    assert_eq!(manager.open_transactions(), vec![(1, Offset(6))]);
+    Ok(())
+}
+
+#[test]
+fn a_plain_batch_during_a_transaction_is_refused_but_mirrored_from_a_leader() {
+    let (_dir, mut manager) = manager();
+    manager.record_batch(&with_attributes(header(1, 0, 0, 1, 0), TXN));
+    let plain = header(1, 0, 1, 1, 1);
+    assert!(matches!(
+        manager.check_leader_append(&plain),
+        Err(LogError::InvalidTxnState { producer_id: 1, .. })
+    ));
+    assert!(matches!(
+        manager.check_leader_append(&with_attributes(header(-1, -1, -1, 1, 1), TXN)),
+        Err(LogError::CorruptBatch { .. })
+    ));
+    manager.record_batch(&plain);
+    assert_eq!(manager.entries()[0].last_sequence, 1);
+}
+
+#[test]
+fn a_snapshot_round_trips_open_transactions_and_producers_moved_by_a_marker() -> Result<(), LogError>
+{
+    let (dir, mut manager) = manager();
+    manager.record_batch(&with_attributes(header(1, 0, 0, 2, 0), TXN));
+    manager.record_batch(&with_attributes(header(2, 0, 0, 1, 2), TXN));
+    manager.record_batch(&marker(2, 1, 3));
+    manager.take_snapshot(Offset(4))?;
+    let bytes = std::fs::read(dir.path().join("00000000000000000004.snapshot")).expect("read");
+    let decoded = decode(&bytes, Offset(4))?;
+    assert_eq!(decoded, manager.producers);
+    assert!(decoded[&2].batches.is_empty());
+    let (reopened, from) = ProducerStateManager::open(dir.path(), Offset(4))?;
+    assert_eq!(from, Some(Offset(4)));
+    assert_eq!(reopened.open_transactions(), vec![(1, Offset(0))]);
+    assert!(matches!(
+        reopened.check_leader_append(&header(2, 1, 3, 1, 4)),
+        Err(LogError::OutOfOrderSequence { expected: 0, .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn a_snapshot_with_a_transaction_opened_at_or_past_its_offset_is_refused() {
+    let (_dir, mut manager) = manager();
+    manager.record_batch(&header(1, 0, 0, 1, 0));
+    manager
+        .producers
+        .get_mut(&1)
+        .expect("recorded")
+        .current_txn_first_offset = Some(Offset(1));
+    assert!(decode(&encode(Offset(1), &manager.producers), Offset(1)).is_err());
+    assert!(decode(&encode(Offset(2), &manager.producers), Offset(2)).is_ok());
+}
