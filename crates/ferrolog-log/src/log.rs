@@ -1375,6 +1375,11 @@ impl Log {
                 .max(crate::compression::DEFAULT_MAX_DECOMPRESSED_BYTES),
             now_ms,
             producer_last_offsets: self.producers.last_batch_offsets(),
+            aborted: cleaner::AbortedIndex::new(
+                self.segments
+                    .values()
+                    .flat_map(|segment| segment.aborted_txns().iter().copied()),
+            ),
         })
     }
 

@@ -18,8 +18,15 @@
 //!    the work is then thrown away), swaps the cleaned segments in crash-safely (`swap`),
 //!    and records the new first dirty offset in the cleaner checkpoint.
 //!
-//! What stays whole: the active segment, everything at or above the high watermark, and
-//! batches that a `BatchRetention` keeps (control batches, by default). Records without a
+//! What stays whole: the active segment, everything at or above the high watermark and the
+//! last stable offset (an open transaction's batches are not decided yet), and batches that
+//! a `BatchRetention` keeps (control batches, by default).
+//!
+//! Transactions (`txn`): before the `BatchRetention` is asked, batches of aborted
+//! transactions (as the aborted-transaction index names them) are removed and never mapped,
+//! and a marker is removed once `delete.retention.ms` has passed since it was written and
+//! no batch of its transaction is left before it. The cleaned segment's aborted-transaction
+//! index holds the entries of the ABORT markers it keeps. Records without a
 //! key cannot be compacted: a compacted log refuses them on append (as Kafka's broker does
 //! with INVALID_RECORD), and the cleaner keeps any it finds (written before the topic
 //! became compacted).
@@ -30,6 +37,7 @@ mod offset_map;
 mod rebuild;
 pub(crate) mod swap;
 mod throttle;
+mod txn;
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +59,7 @@ use crate::types::Offset;
 use offset_map::OffsetMap;
 use rebuild::{Filtered, empty_batch, filter_batch, for_each_key};
 use swap::CLEANED_SUFFIX;
+pub(crate) use txn::AbortedIndex;
 
 pub(crate) use rebuild::for_each_key as for_each_record_key;
 
@@ -59,8 +68,6 @@ pub(crate) use rebuild::for_each_key as for_each_record_key;
 pub const DEFAULT_DEDUPE_BUFFER_BYTES: usize = 128 * 1024 * 1024;
 /// How much the cleaner reads from a segment at once.
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
-/// Attribute bit of a control batch (transaction markers).
-const CONTROL_FLAG: i16 = 0x20;
 
 /// What the cleaner does with one batch before looking at its records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +100,7 @@ pub struct CompactEveryDataBatch;
 
 impl BatchRetention for CompactEveryDataBatch {
     fn verdict(&self, header: &BatchHeader) -> BatchVerdict {
-        if header.attributes & CONTROL_FLAG != 0 {
+        if header.is_control() {
             BatchVerdict::Keep
         } else {
             BatchVerdict::Compact
@@ -236,6 +243,9 @@ pub struct CleanTask {
     /// removes all its records (as Kafka's cleaner keeps it), so the producer's sequence
     /// and epoch survive in the log for a rebuild of the producer state.
     pub(crate) producer_last_offsets: HashMap<i64, Offset>,
+    /// The log's aborted transactions, by marker offset (from every segment's index: a
+    /// cleanable batch's marker may lie in a later segment).
+    pub(crate) aborted: txn::AbortedIndex,
 }
 
 impl CleanTask {
@@ -402,6 +412,7 @@ impl CleanTask {
         let delete_retention_ms =
             i64::try_from(self.compaction.delete_retention_ms).unwrap_or(i64::MAX);
         let new_horizon_ms = self.now_ms.saturating_add(delete_retention_ms);
+        let mut txns = txn::TxnTracker::new(&self.aborted, self.now_ms, delete_retention_ms);
         for group in self.groups(map_end) {
             let base = group[0].base;
             // Registered first, so that a failure below removes its files too.
@@ -421,7 +432,10 @@ impl CleanTask {
                     let filtered = if header.base_offset >= map_end {
                         Filtered::Unchanged
                     } else {
-                        match retention.verdict(&header) {
+                        let verdict = txns
+                            .verdict(&header)
+                            .unwrap_or_else(|| retention.verdict(&header));
+                        match verdict {
                             BatchVerdict::Keep => Filtered::Unchanged,
                             BatchVerdict::Discard => Filtered::Dropped,
                             BatchVerdict::Compact => filter_batch(
@@ -453,6 +467,9 @@ impl CleanTask {
                         Some(bytes) => BatchHeader::parse(bytes)?,
                         None => header,
                     };
+                    if let Some(entry) = txns.written(&written) {
+                        out.append_aborted_txn(entry)?;
+                    }
                     cleaned.stats.records_kept += written.record_count.max(0) as u64;
                     out.append(bytes, &written, self.index_interval_bytes, self.now_ms)?;
                     throttle.charge(bytes.len() as u64);
@@ -483,6 +500,7 @@ impl CleanTask {
             let mut reader = BatchReader::new(segment);
             while let Some((header, batch, _)) = reader.next(throttle, stats)? {
                 if header.last_offset() < first_dirty
+                    || self.aborted.is_aborted_data(&header)
                     || retention.verdict(&header) != BatchVerdict::Compact
                 {
                     continue;

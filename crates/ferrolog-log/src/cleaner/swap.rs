@@ -19,6 +19,10 @@
 //! point). The old indexes are always gone before the new log takes the name, so a stale
 //! index never describes a cleaned log; indexes are a cache that `Segment::open` rebuilds
 //! when missing.
+//!
+//! The aborted-transaction index (`.txnindex`) moves like the other indexes, but only
+//! exists when the cleaned segment keeps an ABORT marker, so each of its steps is skipped
+//! when its file is absent.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -30,13 +34,26 @@ use crate::fsutil::{remove_if_exists, sync_dir};
 use crate::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, parse_segment_file_name, segment_file_name,
 };
+use crate::txn_index::TXN_INDEX_SUFFIX;
 use crate::types::Offset;
 
 /// Suffix of a cleaned file being written.
 pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 /// Suffix of a complete cleaned file waiting to replace the originals.
 pub(crate) const SWAP_SUFFIX: &str = ".swap";
-const SUFFIXES: [&str; 3] = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX];
+const SUFFIXES: [&str; 4] = [
+    LOG_SUFFIX,
+    INDEX_SUFFIX,
+    TIME_INDEX_SUFFIX,
+    TXN_INDEX_SUFFIX,
+];
+/// The order files move in: indexes first, the log (the commit point) last.
+const MOVE_ORDER: [&str; 4] = [
+    TXN_INDEX_SUFFIX,
+    INDEX_SUFFIX,
+    TIME_INDEX_SUFFIX,
+    LOG_SUFFIX,
+];
 
 /// Counts the steps of a swap, and in tests stops it after a given number, as a crash
 /// would. `Steps::unlimited()` in production.
@@ -94,13 +111,13 @@ pub(crate) fn swap_in(
     originals: &[Offset],
     steps: &mut Steps,
 ) -> Result<(), LogError> {
-    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
+    for suffix in MOVE_ORDER {
+        let from = named(base, suffix, CLEANED_SUFFIX);
+        if suffix == TXN_INDEX_SUFFIX && !dir.join(&from).exists() {
+            continue;
+        }
         steps.step()?;
-        rename(
-            dir,
-            &named(base, suffix, CLEANED_SUFFIX),
-            &named(base, suffix, SWAP_SUFFIX),
-        )?;
+        rename(dir, &from, &named(base, suffix, SWAP_SUFFIX))?;
     }
     steps.step()?;
     sync_dir(dir)?;
@@ -116,13 +133,17 @@ fn finish_swap(
 ) -> Result<(), LogError> {
     for original in originals {
         for suffix in SUFFIXES {
+            let path = dir.join(segment_file_name(*original, suffix));
+            if suffix == TXN_INDEX_SUFFIX && !path.exists() {
+                continue;
+            }
             steps.step()?;
-            remove_if_exists(&dir.join(segment_file_name(*original, suffix)))?;
+            remove_if_exists(&path)?;
         }
     }
     steps.step()?;
     sync_dir(dir)?;
-    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
+    for suffix in MOVE_ORDER {
         let from = named(base, suffix, SWAP_SUFFIX);
         if dir.join(&from).exists() {
             steps.step()?;
@@ -176,6 +197,7 @@ pub(crate) fn recover(dir: &Path) -> Result<bool, LogError> {
                 log_swaps.push(base);
             } else if let Some(base) = parse_segment_file_name(stem, INDEX_SUFFIX)
                 .or_else(|| parse_segment_file_name(stem, TIME_INDEX_SUFFIX))
+                .or_else(|| parse_segment_file_name(stem, TXN_INDEX_SUFFIX))
             {
                 index_swaps.push((base, entry.path()));
             }

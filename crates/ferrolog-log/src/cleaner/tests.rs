@@ -414,3 +414,183 @@ fn an_empty_retained_batch_is_a_valid_stored_batch_but_not_a_valid_produce() {
     assert_eq!(stored.next_offset(), header.next_offset());
     assert!(crate::batch::validate_batch(&empty).is_err());
 }
+
+mod transactions {
+    use super::*;
+    use crate::control::{ControlType, build_control_batch};
+    use crate::read_committed::filter_read_committed;
+
+    fn put(log: &mut Log, producer: Option<(i64, i32)>, key: &str, value: &str) -> Offset {
+        let mut builder = RecordBatchBuilder::new(T0_MS);
+        if let Some((producer_id, seq)) = producer {
+            builder = builder.with_producer(producer_id, 0, seq).transactional();
+        }
+        builder.push(T0_MS, Some(key.as_bytes()), Some(value.as_bytes()), &[]);
+        log.append_batch(&mut builder.build(), LeaderEpoch(1), T0_MS)
+            .expect("appends")
+            .base_offset
+    }
+
+    fn marker(log: &mut Log, producer_id: i64, kind: ControlType) -> Offset {
+        let mut batch = build_control_batch(producer_id, 0, kind, 0, T0_MS);
+        log.append_batch(&mut batch, LeaderEpoch(1), T0_MS)
+            .expect("appends")
+            .base_offset
+    }
+
+    /// Plain records of distinct keys until the log has rolled `segments` more times.
+    fn roll(log: &mut Log, segments: usize) {
+        let target = log.segment_count() + segments;
+        let mut i = 0;
+        while log.segment_count() < target {
+            put(log, None, &format!("fill-{i}"), &"x".repeat(100));
+            i += 1;
+        }
+    }
+
+    /// key -> value as a read_committed consumer sees the whole log.
+    fn visible(log: &Log) -> BTreeMap<String, String> {
+        let (start, end) = (log.log_start_offset(), log.log_end_offset());
+        let read = log.read(start, u32::MAX, end).expect("reads");
+        let aborted = log.aborted_transactions(start, end).expect("index");
+        let kept = filter_read_committed(&read.batches, aborted).expect("filters");
+        let mut out = BTreeMap::new();
+        for item in crate::batch::BatchIter::new(&kept) {
+            let (_, batch) = item.expect("whole batch");
+            for record in decode_records(batch).expect("decodes") {
+                out.insert(
+                    as_text(&record.key).expect("keyed"),
+                    as_text(&record.value).unwrap_or_default(),
+                );
+            }
+        }
+        out
+    }
+
+    fn markers(log: &Log) -> Vec<Offset> {
+        let read = log
+            .read(log.log_start_offset(), u32::MAX, log.log_end_offset())
+            .expect("reads");
+        crate::batch::BatchIter::new(&read.batches)
+            .map(|item| item.expect("whole batch").0)
+            .filter(|header| header.is_control() && header.record_count > 0)
+            .map(|header| header.base_offset)
+            .collect()
+    }
+
+    fn clean_until(log: &mut Log, now_ms: i64) {
+        let end = log.log_end_offset();
+        log.checkpoint_high_watermark(end).expect("hw");
+        log.clean(
+            now_ms,
+            end,
+            &CleanerOptions::default(),
+            &CompactEveryDataBatch,
+            &Throttle::unlimited(),
+        )
+        .expect("cleans");
+    }
+
+    #[test]
+    fn the_cleaner_drops_aborted_data_without_letting_it_shadow_committed_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Log::open(dir.path(), compacted_config()).expect("opens");
+        put(&mut log, None, "a", "old");
+        put(&mut log, Some((1, 0)), "a", "aborted");
+        put(&mut log, Some((2, 0)), "b", "committed");
+        let abort = marker(&mut log, 1, ControlType::Abort);
+        let commit = marker(&mut log, 2, ControlType::Commit);
+        roll(&mut log, 2);
+        let open_first = put(&mut log, Some((3, 0)), "c", "open");
+        roll(&mut log, 2);
+        let before = visible(&log);
+        assert_eq!(before["a"], "old");
+
+        clean_until(&mut log, T0_MS);
+        assert!(
+            log.cleaner_first_dirty() <= open_first,
+            "nothing at or above the open transaction is cleaned"
+        );
+        assert_eq!(visible(&log), before);
+        let read = log.read(Offset(0), u32::MAX, abort).expect("reads");
+        let stored: Vec<Option<String>> = crate::batch::BatchIter::new(&read.batches)
+            .flat_map(|item| decode_records(item.expect("whole batch").1).expect("decodes"))
+            .map(|record| as_text(&record.value))
+            .collect();
+        assert!(stored.contains(&Some("old".into())));
+        assert!(
+            !stored.contains(&Some("aborted".into())),
+            "the aborted record is gone from the log itself"
+        );
+        assert_eq!(
+            markers(&log),
+            vec![abort, commit],
+            "markers stay within retention"
+        );
+        assert_eq!(
+            log.aborted_transactions(Offset(0), log.log_end_offset())
+                .expect("index")
+                .len(),
+            1
+        );
+
+        // The open transaction commits; the cleaner may now pass it.
+        marker(&mut log, 3, ControlType::Commit);
+        roll(&mut log, 1);
+        clean_until(&mut log, T0_MS);
+        assert!(log.cleaner_first_dirty() > open_first);
+        assert_eq!(visible(&log)["c"], "open");
+        drop(log);
+        let log = Log::open(dir.path(), compacted_config()).expect("reopens");
+        assert_eq!(
+            visible(&log)["a"],
+            "old",
+            "the cleaned index survives a restart"
+        );
+        assert_eq!(
+            log.aborted_transactions(Offset(0), log.log_end_offset())
+                .expect("index")
+                .len(),
+            1,
+            "the cleaned segment's index holds the abort it kept, across a restart"
+        );
+    }
+
+    #[test]
+    fn markers_go_after_delete_retention_once_their_transaction_left_no_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Log::open(dir.path(), compacted_config()).expect("opens");
+        put(&mut log, Some((1, 0)), "a", "aborted");
+        put(&mut log, Some((2, 0)), "b", "committed");
+        put(&mut log, Some((4, 0)), "d", "kept");
+        let abort = marker(&mut log, 1, ControlType::Abort);
+        marker(&mut log, 2, ControlType::Commit);
+        let kept_commit = marker(&mut log, 4, ControlType::Commit);
+        put(&mut log, None, "b", "overwritten");
+        roll(&mut log, 2);
+        clean_until(&mut log, T0_MS);
+        assert_eq!(markers(&log).len(), 3);
+
+        let later_ms = T0_MS + RETENTION_MS as i64 + 1;
+        roll(&mut log, 1);
+        clean_until(&mut log, later_ms);
+        assert_eq!(
+            markers(&log),
+            vec![kept_commit],
+            "the abort and the commit whose data compaction removed go; the commit of \
+             kept data stays"
+        );
+        let end = log.log_end_offset();
+        assert!(
+            log.aborted_transactions(Offset(0), end)
+                .expect("index")
+                .is_empty()
+        );
+        assert!(abort < kept_commit);
+        let visible = visible(&log);
+        assert_eq!(visible["b"], "overwritten");
+        assert_eq!(visible["d"], "kept");
+        assert!(!visible.contains_key("a"));
+        assert!(leftover_cleaner_files(dir.path()).is_empty());
+    }
+}
