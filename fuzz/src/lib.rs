@@ -10,9 +10,10 @@
 
 use bytes::Buf;
 use ferrolog_broker::service::fuzzing::{batches_to_records, next_offset, records_to_batch};
+use ferrolog_log::fuzzing::{reencode_producer_snapshot, reencode_txn_index};
 use ferrolog_log::{
-    BatchHeader, BatchIter, LeaderEpoch, Offset, RecordBatchBuilder, assign_offsets,
-    decode_records, validate_batch, verify_crc,
+    BatchHeader, BatchIter, LeaderEpoch, Offset, RecordBatchBuilder, TXN_INDEX_ENTRY_BYTES,
+    assign_offsets, decode_records, validate_batch, verify_crc,
 };
 use ferrolog_metadata::raft::fuzzing::{decode_snapshot_image, encode_snapshot_image};
 use ferrolog_metadata::records::MetadataRecord;
@@ -261,6 +262,47 @@ pub fn metadata_snapshot(data: &[u8]) {
     assert_eq!(decoded, image, "an image changed through its own snapshot");
 }
 
+/// Where a producer state snapshot names its offset (after magic, version and CRC); the
+/// target reads the expected offset from there so that inputs reach past the offset check.
+const SNAPSHOT_OFFSET_AT: usize = 10;
+
+/// Producer state snapshot decoding (ferrolog-log), as `Log::open` reads a `.snapshot`
+/// file, expecting the offset the input itself names.
+///
+/// Checks: decoding never panics; a snapshot it accepts encodes to a canonical form that
+/// decodes again and encodes to the same bytes.
+pub fn producer_snapshot(data: &[u8]) {
+    let offset = data
+        .get(SNAPSHOT_OFFSET_AT..SNAPSHOT_OFFSET_AT + 8)
+        .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+        .map_or(0, i64::from_be_bytes);
+    let Ok(canonical) = reencode_producer_snapshot(data, Offset(offset)) else {
+        return;
+    };
+    let again = reencode_producer_snapshot(&canonical, Offset(offset))
+        .expect("a snapshot's own encoding decodes");
+    assert_eq!(
+        again, canonical,
+        "a snapshot changed through its own encoding"
+    );
+}
+
+/// Aborted-transaction index decoding (ferrolog-log), as a segment load reads a
+/// `.txnindex` file.
+///
+/// Checks: decoding never panics; it keeps a prefix of whole entries, and that prefix is
+/// exactly what its entries encode to.
+pub fn txn_index(data: &[u8]) {
+    let (kept, encoded) = reencode_txn_index(data);
+    assert!(kept <= data.len(), "kept more than the input");
+    assert_eq!(kept % TXN_INDEX_ENTRY_BYTES, 0, "kept a partial entry");
+    assert_eq!(
+        encoded,
+        data[..kept],
+        "the kept entries re-encode differently"
+    );
+}
+
 /// Splits `bytes` into records framed by a 2-byte little-endian length; a short last frame
 /// takes what is left.
 pub fn split_framed(mut bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -325,6 +367,8 @@ mod tests {
                 "grpc_records" => grpc_records(&bytes),
                 "metadata_record" => metadata_record(&bytes),
                 "metadata_snapshot" => metadata_snapshot(&bytes),
+                "producer_snapshot" => producer_snapshot(&bytes),
+                "txn_index" => txn_index(&bytes),
                 other => panic!("seed for unknown target {other}"),
             }
             let path = corpus.join(target).join(&name);
@@ -337,6 +381,25 @@ mod tests {
                 "{} is stale; run the write_corpus example",
                 path.display()
             );
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_and_cut_of_the_log_state_seeds_runs_clean() {
+        let (snapshot, index) = seeds::log_state_files();
+        for (bytes, target) in [
+            (snapshot, producer_snapshot as fn(&[u8])),
+            (index, txn_index as fn(&[u8])),
+        ] {
+            target(&bytes);
+            for at in 0..bytes.len() {
+                target(&bytes[..at]);
+                for bit in 0..8 {
+                    let mut flipped = bytes.clone();
+                    flipped[at] ^= 1 << bit;
+                    target(&flipped);
+                }
+            }
         }
     }
 

@@ -4,7 +4,10 @@
 
 use bytes::Bytes;
 use ferrolog_broker::service::fuzzing::records_to_batch;
-use ferrolog_log::{Compression, Header, LeaderEpoch, Offset, RecordBatchBuilder, assign_offsets};
+use ferrolog_log::{
+    Compression, ControlType, Header, LeaderEpoch, Log, LogConfig, Offset, RecordBatchBuilder,
+    assign_offsets, build_control_batch,
+};
 use ferrolog_metadata::ClusterImage;
 use ferrolog_metadata::raft::fuzzing::encode_snapshot_image;
 use ferrolog_metadata::records::{
@@ -38,6 +41,9 @@ pub fn all() -> Vec<Seed> {
     for (name, bytes) in snapshots() {
         add("metadata_snapshot", name, bytes);
     }
+    let (producer_snapshot, txn_index) = log_state_files();
+    add("producer_snapshot", "transactions", producer_snapshot);
+    add("txn_index", "two-aborts", txn_index);
     seeds
 }
 
@@ -354,4 +360,51 @@ fn snapshots() -> Vec<(&'static str, Vec<u8>)> {
             [vec![1u8], join_framed(&records)].concat(),
         ),
     ]
+}
+
+/// A producer state snapshot and an aborted-transaction index as a `Log` writes them: an
+/// idempotent producer, a transaction left open, an aborted one, and one aborted under a
+/// bumped epoch (KIP-890), so the snapshot holds an open transaction and a producer with
+/// no cached batch. Built in a scratch directory that is removed again.
+pub fn log_state_files() -> (Vec<u8>, Vec<u8>) {
+    // Unique per call: the corpus tests build these seeds on parallel threads.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("ferrolog-fuzz-seeds-{}-{call}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let files = write_log_state(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    files
+}
+
+fn write_log_state(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    const EPOCH: LeaderEpoch = LeaderEpoch(1);
+    let mut log = Log::open(dir, LogConfig::default()).expect("a scratch log opens");
+    let mut append = |producer_id: i64, epoch: i16, seq: i32, transactional: bool| {
+        let mut builder = RecordBatchBuilder::new(NOW_MS).with_producer(producer_id, epoch, seq);
+        if transactional {
+            builder = builder.transactional();
+        }
+        builder.push(NOW_MS, Some(b"key"), Some(b"value"), &[]);
+        log.append_batch(&mut builder.build(), EPOCH, NOW_MS)
+            .expect("a seed batch appends");
+    };
+    append(1, 0, 0, false);
+    append(2, 0, 0, true);
+    append(3, 0, 0, true);
+    append(4, 0, 0, true);
+    append(1, 0, 1, false);
+    for (producer_id, epoch) in [(3, 0), (4, 1)] {
+        let mut marker = build_control_batch(producer_id, epoch, ControlType::Abort, 5, NOW_MS);
+        log.append_batch(&mut marker, EPOCH, NOW_MS)
+            .expect("a seed marker appends");
+    }
+    log.flush().expect("the scratch log flushes");
+    let end = log.log_end_offset();
+    let snapshot = std::fs::read(dir.join(format!("{:020}.snapshot", end.0)))
+        .expect("flush wrote a snapshot at the log end");
+    let index =
+        std::fs::read(dir.join(format!("{:020}.txnindex", 0))).expect("the aborts wrote an index");
+    (snapshot, index)
 }
