@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(record_batch grpc_records metadata_record metadata_snapshot)
+TARGETS=(record_batch grpc_records metadata_record metadata_snapshot producer_snapshot txn_index)
 # libFuzzer limits: an input that runs this long hangs; one allocation this large from an
 # input of a few KiB is unbounded.
 INPUT_TIMEOUT_SECS=10

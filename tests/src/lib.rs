@@ -19,6 +19,7 @@ pub mod describe;
 pub mod history;
 pub mod python;
 pub mod readme;
+pub mod txn_history;
 pub mod workload;
 
 use std::collections::{BTreeSet, VecDeque};

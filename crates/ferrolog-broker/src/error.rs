@@ -4,6 +4,7 @@ use ferrolog_proto::v1::ErrorCode;
 use thiserror::Error;
 
 use crate::control_plane::ControlPlaneError;
+use crate::txn::TxnError;
 
 /// Why a data-plane request failed. Each variant maps to a stable [`ErrorCode`] and a gRPC
 /// status (see `service::status`).
@@ -68,10 +69,20 @@ pub enum BrokerError {
         group: String,
         coordinator: Option<(i32, String)>,
     },
+    #[error(
+        "this broker does not coordinate transactional id '{transactional_id}'{}",
+        coordinator_hint(.coordinator)
+    )]
+    NotTxnCoordinator {
+        transactional_id: String,
+        coordinator: Option<(i32, String)>,
+    },
     #[error("group '{0}' does not exist")]
     GroupNotFound(String),
     #[error(transparent)]
     Group(#[from] crate::group::GroupError),
+    #[error(transparent)]
+    Txn(#[from] crate::txn::TxnError),
     #[error(transparent)]
     Log(#[from] LogError),
     /// A topic configuration that does not parse or is out of range.
@@ -122,11 +133,23 @@ impl BrokerError {
                 }
                 LogError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
                 LogError::ProducerFenced { .. } => ErrorCode::InvalidProducerEpoch,
+                LogError::InvalidTxnState { .. } => ErrorCode::InvalidTxnState,
                 _ => ErrorCode::StorageError,
+            },
+            Self::Txn(e) => match e {
+                TxnError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+                TxnError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+                TxnError::InvalidProducerIdMapping { .. } => ErrorCode::InvalidProducerIdMapping,
+                TxnError::UnknownTransactionalId(_) => ErrorCode::TransactionalIdNotFound,
+                TxnError::InvalidState { .. } => ErrorCode::InvalidTxnState,
+                TxnError::Concurrent(_) => ErrorCode::ConcurrentTransactions,
+                TxnError::InvalidTimeout { .. } => ErrorCode::InvalidTransactionTimeout,
             },
             Self::Config(_) => ErrorCode::InvalidConfig,
             Self::ControlPlane(e) => e.code,
-            Self::NotCoordinator { .. } => ErrorCode::NotCoordinator,
+            Self::NotCoordinator { .. } | Self::NotTxnCoordinator { .. } => {
+                ErrorCode::NotCoordinator
+            }
             Self::GroupNotFound(_) => ErrorCode::GroupIdNotFound,
             Self::Group(e) => match e {
                 crate::group::GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,

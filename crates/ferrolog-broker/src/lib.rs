@@ -14,6 +14,7 @@ mod error;
 mod fetcher;
 pub mod group;
 mod grpc_wire;
+mod internal_topic;
 pub mod metrics;
 mod partition;
 mod partition_manager;
@@ -21,6 +22,7 @@ pub mod producer_ids;
 pub mod replica;
 mod replica_fetch_call;
 pub mod service;
+pub mod txn;
 
 pub use broker::{Broker, BrokerConfig};
 pub use control_plane::{

@@ -24,6 +24,23 @@ pub struct GroupPartitionLabels {
     pub partition: u32,
 }
 
+/// Labels of transaction counters: how a transaction ended ("commit", "abort", or
+/// "timeout" for the coordinator's own abort of one open too long).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TxnOutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// Metrics of the transaction coordinator, under `ferrolog_transaction_`.
+pub struct TxnMetrics {
+    /// Transactions this broker's coordinator ended, by outcome.
+    pub ended: Family<TxnOutcomeLabels, Counter>,
+    /// From a transaction's first partition to its completed end.
+    pub duration_seconds: Histogram,
+    /// Markers this broker appended to partitions it leads.
+    pub markers_written: Counter,
+}
+
 /// Every metric the broker updates.
 pub struct BrokerMetrics {
     pub requests: Family<RequestLabels, Counter>,
@@ -50,6 +67,7 @@ pub struct BrokerMetrics {
     /// The log cleaner (compaction): what it read and wrote, the dirtiest compacted log's
     /// dirty ratio, and when its last cleaning ended and how long it took.
     pub cleaner: CleanerMetrics,
+    pub transactions: TxnMetrics,
 }
 
 /// Metrics of the log cleaner, under `ferrolog_log_cleaner_`.
@@ -86,6 +104,12 @@ impl BrokerMetrics {
             partitions: Gauge::default(),
             consumer_lag: Family::default(),
             cleaner: CleanerMetrics::default(),
+            transactions: TxnMetrics {
+                ended: Family::default(),
+                // 1 ms .. ~9 min: transactions commit every few milliseconds to minutes.
+                duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+                markers_written: Counter::default(),
+            },
         };
         let r = registry.sub_registry_with_prefix("ferrolog");
         r.register(
@@ -163,6 +187,22 @@ impl BrokerMetrics {
             "Records between a group's committed offset and the high watermark, by group \
              and partition (exported by the group's coordinator)",
             metrics.consumer_lag.clone(),
+        );
+        let t = r.sub_registry_with_prefix("transaction");
+        t.register(
+            "ended",
+            "Transactions this broker's coordinator ended, by outcome (commit, abort, timeout)",
+            metrics.transactions.ended.clone(),
+        );
+        t.register(
+            "duration_seconds",
+            "Time from a transaction's first partition to its completed end",
+            metrics.transactions.duration_seconds.clone(),
+        );
+        t.register(
+            "markers_written",
+            "Commit and abort markers this broker appended to partitions it leads",
+            metrics.transactions.markers_written.clone(),
         );
         let c = r.sub_registry_with_prefix("log_cleaner");
         c.register(

@@ -329,6 +329,8 @@ async fn fetch(
         max_bytes,
         max_wait_ms,
         format: FetchFormat::Batches as i32,
+        // Replaced by the consumer's isolation setting with the transactional client.
+        isolation_level: 0,
     };
     let timeout =
         cluster.config().request_timeout() + Duration::from_millis(u64::from(max_wait_ms));

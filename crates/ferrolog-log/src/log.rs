@@ -457,6 +457,21 @@ impl Log {
                     duplicate: true,
                 }))
             }
+            AppendCheck::StaleMarker => {
+                tracing::debug!(dir = %self.dir.display(), producer_id = header.producer_id,
+                    epoch = header.producer_epoch, "transaction marker already applied; skipped");
+                // Answered at the log end: once that is committed, so is the marker that
+                // made this one stale.
+                let last = Offset(self.log_end_offset().0.saturating_sub(1).max(0));
+                Ok(Some(AppendInfo {
+                    base_offset: last,
+                    last_offset: last,
+                    max_timestamp_ms: header.max_timestamp_ms,
+                    record_count: 0,
+                    size_bytes: 0,
+                    duplicate: true,
+                }))
+            }
         }
     }
 

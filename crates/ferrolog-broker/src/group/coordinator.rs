@@ -18,17 +18,18 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::assignor::{Assignor, TopicPartition};
 use super::log::{
-    DEFAULT_OFFSETS_PARTITIONS, LoadedOffsets, OFFSETS_TOPIC, commit_batch, delete_batch,
-    partition_for, replay,
+    DEFAULT_OFFSETS_PARTITIONS, LoadedOffsets, OFFSETS_TOPIC, PendingOffset, PendingTxnOffsets,
+    commit_batch, delete_batch, partition_for, replay_with_pending, txn_commit_batch,
+    txn_settle_batch,
 };
 use super::requests::{
     CommittedOffset, CoordinatorLocation, GroupDescription, GroupSummary, HeartbeatRequest,
-    HeartbeatResponse, MemberDescription, OffsetCommitRequest,
+    HeartbeatResponse, MemberDescription, OffsetCommitRequest, OffsetToCommit,
 };
 use super::state::{Committed, GroupState, Heartbeat};
 use crate::partition::now_ms;
 use crate::replica::Role;
-use crate::{Broker, BrokerError, InternalTopic, Partition};
+use crate::{Broker, BrokerError, Partition};
 
 /// How long a member may stay silent before it leaves the group. Kafka's KIP-848 default is
 /// 45 s; 10 s hands a crashed member's partitions over sooner while still allowing nine
@@ -39,15 +40,8 @@ pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an offset commit waits for the in-sync replicas.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a new coordinator waits for its partition's records to be committed before
-/// loading them (acknowledged commits of the previous leader are among them).
-const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expired members are removed and lag gauges refreshed.
 const TICK: Duration = Duration::from_millis(500);
-/// How long the broker that creates `__consumer_offsets` waits for its partitions to open.
-const CREATE_OFFSETS_TOPIC_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes read per step while replaying a partition.
-const LOAD_READ_BYTES: u32 = 4 * 1024 * 1024;
 
 /// Group settings of a broker.
 #[derive(Clone, Debug)]
@@ -78,6 +72,11 @@ struct Shard {
     groups: BTreeMap<String, GroupState>,
     /// Serializes each group's offset commits (see `GroupCoordinator::commit`).
     commit_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Offsets committed inside open transactions, by producer id.
+    pending_txn: PendingTxnOffsets,
+    /// The newest transaction-marker epoch settled per producer id since the load: an offset
+    /// commit of an older epoch is a zombie's and refused.
+    settled_epochs: HashMap<i64, i16>,
 }
 
 impl Shard {
@@ -189,10 +188,153 @@ impl GroupCoordinator {
         offsets = request.offsets.len()))]
     pub async fn commit(&self, request: OffsetCommitRequest) -> Result<(), BrokerError> {
         validate_group_id(&request.group_id)?;
-        let mut offsets = Vec::with_capacity(request.offsets.len());
         let now = now_ms();
+        let offsets = self.checked_offsets(&request.offsets, now)?;
+        let group_id = request.group_id.as_str();
+        let (partition, mut shard) = self.shard_for(group_id, true).await?;
+        shard
+            .group(group_id)
+            .check_commit(&request.member_id, request.member_epoch)?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        // The append waits for the in-sync replicas, which may take until a dead one
+        // leaves the ISR: only this group's other commits wait for it (so the log holds
+        // them in the order they apply), never heartbeats or other groups.
+        let serial = shard.commit_lock(group_id);
+        let loaded_at = shard.loaded_at;
+        drop(shard);
+        let _serial = serial.lock().await;
+        let batch = commit_batch(group_id, &offsets, now);
+        partition
+            .append(batch, Acks::All, COMMIT_TIMEOUT)
+            .await
+            .map_err(|e| self.not_coordinator_if_moved(group_id, e))?;
+        // Durable now. If the shard was reloaded meanwhile, the replay included it.
+        if let Ok((_, mut shard)) = self.shard_for(group_id, false).await
+            && shard.loaded_at == loaded_at
+        {
+            shard.group(group_id).offsets.extend(offsets);
+        }
+        Ok(())
+    }
+
+    /// Offsets committed inside producer `producer_id`'s transaction (TxnOffsetCommit): kept
+    /// pending in `__consumer_offsets` until the transaction's marker settles them
+    /// (`settle_transaction`). The transaction coordinator added this group's offsets
+    /// partition to the transaction (AddOffsetsToTxn) before the producer sends this.
+    #[tracing::instrument(skip_all, fields(group = %group_id, producer_id, producer_epoch,
+        offsets = offsets.len()))]
+    pub async fn txn_commit(
+        &self,
+        group_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        offsets: &[OffsetToCommit],
+    ) -> Result<(), BrokerError> {
+        validate_group_id(group_id)?;
+        let now = now_ms();
+        let offsets = self.checked_offsets(offsets, now)?;
+        let (partition, mut shard) = self.shard_for(group_id, true).await?;
+        if let Some(&settled) = shard.settled_epochs.get(&producer_id)
+            && producer_epoch < settled
+        {
+            return Err(crate::txn::TxnError::ProducerFenced {
+                transactional_id: format!("of producer id {producer_id}"),
+                asked: producer_epoch,
+                current: settled,
+            }
+            .into());
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let serial = shard.commit_lock(group_id);
+        let loaded_at = shard.loaded_at;
+        drop(shard);
+        let _serial = serial.lock().await;
+        let batch = txn_commit_batch(producer_id, producer_epoch, group_id, &offsets, now);
+        partition
+            .append(batch, Acks::All, COMMIT_TIMEOUT)
+            .await
+            .map_err(|e| self.not_coordinator_if_moved(group_id, e))?;
+        if let Ok((_, mut shard)) = self.shard_for(group_id, false).await
+            && shard.loaded_at == loaded_at
+        {
+            let pending = shard.pending_txn.entry(producer_id).or_default();
+            for (tp, committed) in offsets {
+                pending.insert(
+                    (group_id.to_owned(), tp),
+                    PendingOffset {
+                        producer_epoch,
+                        committed,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A transaction marker for offsets partition `index`: producer `producer_id`'s pending
+    /// offsets take effect (`commit`) or are dropped. The marker's epoch is the one the
+    /// producer moved to when its transaction ended, so only offsets committed at the epoch
+    /// just before it belong to that transaction; older ones are a zombie's and are dropped.
+    /// Idempotent: a marker sent again finds nothing pending.
+    #[tracing::instrument(skip(self))]
+    pub async fn settle_transaction(
+        &self,
+        index: u32,
+        producer_id: i64,
+        marker_epoch: i16,
+        commit: bool,
+    ) -> Result<(), BrokerError> {
+        let what = format!("offsets partition {index}");
+        let (partition, mut shard) = self.shard_at(index, &what).await?;
+        let settled = shard
+            .settled_epochs
+            .entry(producer_id)
+            .or_insert(marker_epoch);
+        *settled = (*settled).max(marker_epoch);
+        let Some(pending) = shard.pending_txn.get(&producer_id).cloned() else {
+            return Ok(());
+        };
+        let txn_epoch = marker_epoch.saturating_sub(1);
+        let committed: Vec<(&String, &TopicPartition, &Committed)> = pending
+            .iter()
+            .filter(|(_, p)| commit && p.producer_epoch == txn_epoch)
+            .map(|((group, tp), p)| (group, tp, &p.committed))
+            .collect();
+        let batch = txn_settle_batch(
+            producer_id,
+            committed.iter().copied(),
+            pending.keys().map(|(group, tp)| (group, tp)),
+            now_ms(),
+        );
+        // Under the shard lock: the settle is rare (one per transaction and offsets
+        // partition) and must not interleave with a reload of the same pending offsets.
+        partition
+            .append(batch, Acks::All, COMMIT_TIMEOUT)
+            .await
+            .map_err(|e| self.not_coordinator_if_moved(&what, e))?;
+        for (group, tp, offset) in committed {
+            shard
+                .group(group)
+                .offsets
+                .insert(tp.clone(), offset.clone());
+        }
+        shard.pending_txn.remove(&producer_id);
+        Ok(())
+    }
+
+    /// The offsets of a commit, checked: non-negative, of partitions that exist.
+    fn checked_offsets(
+        &self,
+        requested: &[OffsetToCommit],
+        now: i64,
+    ) -> Result<Vec<(TopicPartition, Committed)>, BrokerError> {
+        let mut offsets = Vec::with_capacity(requested.len());
         let counts = self.partition_counts();
-        for o in &request.offsets {
+        for o in requested {
             if o.offset < 0 {
                 return Err(BrokerError::InvalidRequest(format!(
                     "offset {} for {}-{} is negative",
@@ -223,33 +365,7 @@ impl GroupCoordinator {
                 },
             ));
         }
-        let group_id = request.group_id.as_str();
-        let (partition, mut shard) = self.shard_for(group_id, true).await?;
-        shard
-            .group(group_id)
-            .check_commit(&request.member_id, request.member_epoch)?;
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        // The append waits for the in-sync replicas, which may take until a dead one
-        // leaves the ISR: only this group's other commits wait for it (so the log holds
-        // them in the order they apply), never heartbeats or other groups.
-        let serial = shard.commit_lock(group_id);
-        let loaded_at = shard.loaded_at;
-        drop(shard);
-        let _serial = serial.lock().await;
-        let batch = commit_batch(group_id, &offsets, now);
-        partition
-            .append(batch, Acks::All, COMMIT_TIMEOUT)
-            .await
-            .map_err(|e| self.not_coordinator_if_moved(group_id, e))?;
-        // Durable now. If the shard was reloaded meanwhile, the replay included it.
-        if let Ok((_, mut shard)) = self.shard_for(group_id, false).await
-            && shard.loaded_at == loaded_at
-        {
-            shard.group(group_id).offsets.extend(offsets);
-        }
-        Ok(())
+        Ok(offsets)
     }
 
     /// The group's committed offsets of `topics` (all topics when empty); none for a group
@@ -373,40 +489,22 @@ impl GroupCoordinator {
 
     /// Partition count of `__consumer_offsets`, creating the topic when `create` is set.
     async fn offsets_partitions(&self, create: bool) -> Result<u32, BrokerError> {
-        if let Some(topic) = self.broker.image().topic(OFFSETS_TOPIC) {
-            return Ok(topic.partitions.len() as u32);
-        }
-        if !create {
-            return Err(BrokerError::GroupNotFound(String::new()));
-        }
-        let topic = InternalTopic {
-            name: OFFSETS_TOPIC.to_owned(),
-            partitions: self.config.offsets_partitions,
-            // min(3, live brokers), as for any topic.
-            replication_factor: 0,
-            // Compacted, as in Kafka: only each key's latest commit is kept, so a
-            // coordinator that takes over replays a log no longer than its groups' offsets.
-            configs: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
-        };
-        // `None`: another broker created it first.
-        let created = self.broker.control_plane().create_internal_topic(topic);
-        if let Some(index) = created.await? {
-            tracing::info!(
-                partitions = self.config.offsets_partitions,
-                "created {OFFSETS_TOPIC}"
-            );
-            self.broker
-                .wait_reconciled(index, CREATE_OFFSETS_TOPIC_TIMEOUT)
-                .await?;
-        }
-        self.broker
-            .image()
-            .topic(OFFSETS_TOPIC)
-            .map(|t| t.partitions.len() as u32)
-            .ok_or_else(|| BrokerError::NotCoordinator {
+        let partitions = self.config.offsets_partitions;
+        match crate::internal_topic::ensure_compacted(
+            &self.broker,
+            OFFSETS_TOPIC,
+            partitions,
+            create,
+        )
+        .await?
+        {
+            Some(count) => Ok(count),
+            None if create => Err(BrokerError::NotCoordinator {
                 group: String::new(),
                 coordinator: None,
-            })
+            }),
+            None => Err(BrokerError::GroupNotFound(String::new())),
+        }
     }
 
     /// The offsets partition of `group` and its shard, locked and loaded.
@@ -450,7 +548,9 @@ impl GroupCoordinator {
         let mut shard = shard.lock_owned().await;
         if shard.loaded_at != Some(state.leader_epoch) {
             let started = Instant::now();
-            let loaded = load(&partition).await?;
+            let (loaded, pending_txn) = load(&partition).await?;
+            shard.pending_txn = pending_txn;
+            shard.settled_epochs.clear();
             shard.groups = loaded
                 .into_iter()
                 .map(|(id, offsets)| {
@@ -571,34 +671,16 @@ impl GroupCoordinator {
     }
 }
 
-/// Replays `partition` into committed offsets per group. Waits (bounded) until everything
-/// in its log when the load starts is committed, so acknowledged commits of the previous
-/// leader are all seen.
-async fn load(partition: &Partition) -> Result<LoadedOffsets, BrokerError> {
-    let end = partition.log_end_offset();
-    let deadline = Instant::now() + LOAD_TIMEOUT;
-    while partition.high_watermark() < end {
-        if Instant::now() >= deadline {
-            return Err(BrokerError::Timeout {
-                timeout_ms: LOAD_TIMEOUT.as_millis() as u64,
-                waiting_for: "the offsets partition's records to be committed before loading",
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Replays `partition` into committed offsets per group, and the offsets pending in
+/// transactions.
+async fn load(partition: &Partition) -> Result<(LoadedOffsets, PendingTxnOffsets), BrokerError> {
     let mut groups = LoadedOffsets::new();
-    let mut offset = partition.log_start_offset();
-    while offset < end {
-        let fetched = partition
-            .fetch(offset, LOAD_READ_BYTES, Duration::ZERO)
-            .await?;
-        if fetched.read.batches.is_empty() {
-            break;
-        }
-        replay(&fetched.read.batches, &mut groups)?;
-        offset = crate::service::next_offset(&fetched.read.batches, offset);
-    }
-    Ok(groups)
+    let mut pending = PendingTxnOffsets::new();
+    crate::internal_topic::replay_committed(partition, |batches| {
+        replay_with_pending(batches, &mut groups, &mut pending)
+    })
+    .await?;
+    Ok((groups, pending))
 }
 
 fn validate_group_id(group: &str) -> Result<(), BrokerError> {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use ferrolog_log::{BatchIter, RecordBatchBuilder, decode_records};
 use ferrolog_proto::v1::group_log_record::Record;
-use ferrolog_proto::v1::{GroupLogRecord, OffsetCommitRecord};
+use ferrolog_proto::v1::{GroupLogRecord, OffsetCommitRecord, TxnOffsetCommitRecord};
 use prost::Message;
 
 use super::assignor::TopicPartition;
@@ -66,6 +66,91 @@ pub fn commit_batch(
     builder.build()
 }
 
+/// The prefix of a pending transactional offset's key; a group id cannot start with it
+/// (group ids hold no control characters).
+const TXN_KEY_PREFIX: &str = "\u{1}txn\0";
+
+/// The key of an offset `group` committed for `tp` inside producer `producer_id`'s transaction.
+fn txn_offset_key(producer_id: i64, group: &str, tp: &TopicPartition) -> String {
+    format!("{TXN_KEY_PREFIX}{producer_id}\0{}", offset_key(group, tp))
+}
+
+fn offset_record(group: &str, tp: &TopicPartition, committed: &Committed) -> OffsetCommitRecord {
+    OffsetCommitRecord {
+        group_id: group.to_owned(),
+        topic: tp.topic.clone(),
+        partition: tp.partition as i32,
+        offset: committed.offset,
+        metadata: committed.metadata.clone(),
+        commit_timestamp_ms: committed.commit_timestamp_ms,
+    }
+}
+
+/// An offset committed inside a transaction, waiting for its outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingOffset {
+    /// The epoch of the transaction that committed it.
+    pub producer_epoch: i16,
+    pub committed: Committed,
+}
+
+/// Offsets committed inside open transactions: by producer id, then group and partition.
+pub type PendingTxnOffsets = BTreeMap<i64, BTreeMap<(String, TopicPartition), PendingOffset>>;
+
+/// The batch that records `offsets` as committed by `group` inside the transaction of
+/// `producer_id` at `producer_epoch`: pending until its marker.
+pub fn txn_commit_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    group: &str,
+    offsets: &[(TopicPartition, Committed)],
+    now_ms: i64,
+) -> bytes::BytesMut {
+    let mut builder = RecordBatchBuilder::new(now_ms);
+    for (tp, committed) in offsets {
+        let key = txn_offset_key(producer_id, group, tp);
+        let value = GroupLogRecord {
+            record: Some(Record::TxnOffsetCommit(TxnOffsetCommitRecord {
+                producer_id,
+                producer_epoch: i32::from(producer_epoch),
+                offset: Some(offset_record(group, tp, committed)),
+            })),
+        }
+        .encode_to_vec();
+        builder.push(now_ms, Some(key.as_bytes()), Some(&value), &[]);
+    }
+    builder.build()
+}
+
+/// The batch that settles producer `producer_id`'s pending offsets at its transaction's
+/// marker: `committed` written as plain commits (empty on abort), then a tombstone for every
+/// pending key, so that a replay after this batch sees them settled.
+pub fn txn_settle_batch<'a>(
+    producer_id: i64,
+    committed: impl IntoIterator<Item = (&'a String, &'a TopicPartition, &'a Committed)>,
+    pending: impl IntoIterator<Item = (&'a String, &'a TopicPartition)>,
+    now_ms: i64,
+) -> bytes::BytesMut {
+    let mut builder = RecordBatchBuilder::new(now_ms);
+    for (group, tp, offset) in committed {
+        let value = GroupLogRecord {
+            record: Some(Record::OffsetCommit(offset_record(group, tp, offset))),
+        }
+        .encode_to_vec();
+        builder.push(
+            now_ms,
+            Some(offset_key(group, tp).as_bytes()),
+            Some(&value),
+            &[],
+        );
+    }
+    for (group, tp) in pending {
+        let key = txn_offset_key(producer_id, group, tp);
+        builder.push(now_ms, Some(key.as_bytes()), None, &[]);
+    }
+    builder.build()
+}
+
 /// The batch that records `group` as deleted: a tombstone for each of its committed
 /// offsets (`offsets`), then one for the group's own key, which compaction removes with
 /// the rest once `delete.retention.ms` has passed.
@@ -82,12 +167,36 @@ pub fn delete_batch<'a>(
     builder.build()
 }
 
-/// Applies a tombstone: the key names a committed offset (`group\0topic\0partition`) or a
-/// whole group.
-fn apply_tombstone(key: &[u8], groups: &mut LoadedOffsets) {
+/// Applies a tombstone: the key names a committed offset (`group\0topic\0partition`), a
+/// whole group, or a pending transactional offset.
+fn apply_tombstone(key: &[u8], groups: &mut LoadedOffsets, pending: &mut PendingTxnOffsets) {
     let Ok(key) = std::str::from_utf8(key) else {
         return;
     };
+    if let Some(rest) = key.strip_prefix(TXN_KEY_PREFIX) {
+        let mut parts = rest.split('\0');
+        let (Some(Ok(producer_id)), Some(group), Some(topic), Some(Ok(partition))) = (
+            parts.next().map(str::parse::<i64>),
+            parts.next(),
+            parts.next(),
+            parts.next().map(str::parse::<u32>),
+        ) else {
+            return;
+        };
+        if let Some(offsets) = pending.get_mut(&producer_id) {
+            offsets.remove(&(
+                group.to_owned(),
+                TopicPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                },
+            ));
+            if offsets.is_empty() {
+                pending.remove(&producer_id);
+            }
+        }
+        return;
+    }
     let mut parts = key.split('\0');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(group), None, None, None) => {
@@ -114,14 +223,26 @@ fn apply_tombstone(key: &[u8], groups: &mut LoadedOffsets) {
 /// Committed offsets per group, as replaying a partition yields them.
 pub type LoadedOffsets = BTreeMap<String, BTreeMap<TopicPartition, Committed>>;
 
-/// Applies the records of `batches` (concatenated RecordBatch v2) to `groups`.
+/// Applies the records of `batches` (concatenated RecordBatch v2) to `groups`, ignoring
+/// pending transactional offsets.
+#[cfg(test)]
 pub fn replay(batches: &[u8], groups: &mut LoadedOffsets) -> Result<(), BrokerError> {
+    replay_with_pending(batches, groups, &mut PendingTxnOffsets::new())
+}
+
+/// Applies the records of `batches` (concatenated RecordBatch v2) to `groups` and to the
+/// offsets pending in transactions.
+pub fn replay_with_pending(
+    batches: &[u8],
+    groups: &mut LoadedOffsets,
+    pending: &mut PendingTxnOffsets,
+) -> Result<(), BrokerError> {
     for batch in BatchIter::new(batches) {
         let (_, bytes) = batch?;
         for record in decode_records(bytes)? {
             let Some(value) = record.value else {
                 if let Some(key) = &record.key {
-                    apply_tombstone(key, groups);
+                    apply_tombstone(key, groups, pending);
                 }
                 continue;
             };
@@ -150,6 +271,31 @@ pub fn replay(batches: &[u8], groups: &mut LoadedOffsets) -> Result<(), BrokerEr
                 }
                 Some(Record::GroupDeleted(d)) => {
                     groups.remove(&d.group_id);
+                }
+                Some(Record::TxnOffsetCommit(t)) => {
+                    let (Some(c), Ok(epoch)) = (t.offset, i16::try_from(t.producer_epoch)) else {
+                        continue;
+                    };
+                    let Ok(partition) = u32::try_from(c.partition) else {
+                        continue;
+                    };
+                    pending.entry(t.producer_id).or_default().insert(
+                        (
+                            c.group_id,
+                            TopicPartition {
+                                topic: c.topic,
+                                partition,
+                            },
+                        ),
+                        PendingOffset {
+                            producer_epoch: epoch,
+                            committed: Committed {
+                                offset: c.offset,
+                                metadata: c.metadata,
+                                commit_timestamp_ms: c.commit_timestamp_ms,
+                            },
+                        },
+                    );
                 }
                 None => {}
             }

@@ -280,9 +280,14 @@ impl Partition {
             let end = log.log_end_offset();
             log.read(fetch_offset, max_bytes, end)?
         };
+        let high_watermark = self.high_watermark();
+        let next_offset = crate::service::next_offset(&read.batches, fetch_offset);
         Ok(FetchOutcome {
             read,
-            high_watermark: self.high_watermark(),
+            high_watermark,
+            // Followers copy the log as it is; isolation is for consumers.
+            last_stable_offset: high_watermark,
+            next_offset,
         })
     }
 

@@ -141,6 +141,11 @@ pub struct PartitionShared {
 pub struct FetchOutcome {
     pub read: ReadResult,
     pub high_watermark: Offset,
+    /// The first offset of a transaction still open, or the high watermark.
+    pub last_stable_offset: Offset,
+    /// Where the next fetch starts: past every batch read, including batches a
+    /// read_committed fetch left out of `read` (aborted ones, markers).
+    pub next_offset: Offset,
 }
 
 impl Partition {
@@ -296,31 +301,77 @@ impl Partition {
         max_bytes: u32,
         max_wait: Duration,
     ) -> Result<FetchOutcome, BrokerError> {
+        self.fetch_isolated(offset, max_bytes, max_wait, false)
+            .await
+    }
+
+    /// `fetch`, and with `read_committed` as Kafka's isolation level of that name: only
+    /// below the last stable offset, without the batches of aborted transactions and
+    /// without transaction markers.
+    pub async fn fetch_isolated(
+        &self,
+        offset: Offset,
+        max_bytes: u32,
+        max_wait: Duration,
+        read_committed: bool,
+    ) -> Result<FetchOutcome, BrokerError> {
         let deadline = Instant::now() + max_wait;
         let mut progress = self.progress.subscribe();
         loop {
             self.check_open()?;
             let high_watermark = progress.borrow_and_update().high_watermark;
-            let read = self.log_read().read(offset, max_bytes, high_watermark)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if !read.batches.is_empty() || remaining.is_zero() {
-                return Ok(FetchOutcome {
-                    read,
-                    high_watermark,
-                });
+            let outcome = self.read_isolated(offset, max_bytes, high_watermark, read_committed)?;
+            if outcome.next_offset > offset || remaining.is_zero() {
+                return Ok(outcome);
             }
             match tokio::time::timeout(remaining, progress.changed()).await {
                 Ok(Ok(())) => continue,
                 // The partition closed or the wait ran out: answer with what there is.
                 Ok(Err(_)) | Err(_) => {
-                    let read = self.log_read().read(offset, max_bytes, high_watermark)?;
-                    return Ok(FetchOutcome {
-                        read,
-                        high_watermark,
-                    });
+                    let high_watermark = progress.borrow().high_watermark;
+                    return self.read_isolated(offset, max_bytes, high_watermark, read_committed);
                 }
             }
         }
+    }
+
+    /// One read below the high watermark, or below the last stable offset and filtered for
+    /// `read_committed`.
+    fn read_isolated(
+        &self,
+        offset: Offset,
+        max_bytes: u32,
+        high_watermark: Offset,
+        read_committed: bool,
+    ) -> Result<FetchOutcome, BrokerError> {
+        let log = self.log_read();
+        let last_stable_offset = log.last_stable_offset(high_watermark);
+        let upper = if read_committed {
+            last_stable_offset
+        } else {
+            high_watermark
+        };
+        let mut read = log.read(offset, max_bytes, upper)?;
+        let next_offset = crate::service::next_offset(&read.batches, offset);
+        if read_committed && !read.batches.is_empty() {
+            let aborted = log.aborted_transactions(offset, next_offset)?;
+            drop(log);
+            read.batches = ferrolog_log::filter_read_committed(&read.batches, aborted)?.freeze();
+        }
+        Ok(FetchOutcome {
+            read,
+            high_watermark,
+            last_stable_offset,
+            next_offset,
+        })
+    }
+
+    /// The producers this replica knows, and its last stable offset (DescribeProducers).
+    pub fn producers(&self) -> (Vec<ferrolog_log::ProducerSnapshotEntry>, Offset) {
+        let high_watermark = self.high_watermark();
+        let log = self.log_read();
+        (log.producers(), log.last_stable_offset(high_watermark))
     }
 
     /// First offset at or after `timestamp_ms` that consumers may read, if any.

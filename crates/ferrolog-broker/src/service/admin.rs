@@ -13,6 +13,7 @@ use ferrolog_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use crate::group::OFFSETS_TOPIC;
+use crate::txn::TRANSACTION_STATE_TOPIC;
 use crate::{AdminChange, Broker, BrokerError};
 
 /// How long an admin call waits for local partitions to open after its commit.
@@ -312,15 +313,17 @@ fn config_entry_to_wire(entry: ConfigEntry) -> v1::ConfigEntry {
 }
 
 /// Refuses to delete or grow an internal topic: either loses what it holds (growing
-/// `__consumer_offsets` moves groups to partitions that do not have their offsets).
+/// `__consumer_offsets` moves groups to partitions that do not have their offsets, and
+/// growing `__transaction_state` moves transactional ids away from their state).
 fn refuse_internal_topic(topic: &str, action: &str) -> Result<(), BrokerError> {
-    if topic == OFFSETS_TOPIC {
-        return Err(BrokerError::InvalidRequest(format!(
-            "cannot {action} internal topic {OFFSETS_TOPIC}: it holds the committed offsets of \
-             consumer groups"
-        )));
-    }
-    Ok(())
+    let holds = match topic {
+        OFFSETS_TOPIC => "the committed offsets of consumer groups",
+        TRANSACTION_STATE_TOPIC => "the state of transactional producers",
+        _ => return Ok(()),
+    };
+    Err(BrokerError::InvalidRequest(format!(
+        "cannot {action} internal topic {topic}: it holds {holds}"
+    )))
 }
 
 #[tonic::async_trait]

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{batches_to_records, next_offset, records_to_batch};
 use crate::group::OFFSETS_TOPIC;
 use crate::partition::{FetchOutcome, now_ms};
+use crate::txn::{TRANSACTION_STATE_TOPIC, TransactionCoordinator};
 use crate::{Broker, BrokerError};
 use ferrolog_proto::status::status_with;
 
@@ -39,6 +40,8 @@ const SUBSCRIBE_POLL_WAIT: Duration = Duration::from_secs(1);
 pub struct ClientApi {
     broker: Arc<Broker>,
     subscriptions: Arc<tokio::sync::Semaphore>,
+    /// Answers InitProducerId with a transactional id; set once the coordinator runs.
+    transactions: Arc<std::sync::OnceLock<Arc<TransactionCoordinator>>>,
 }
 
 impl ClientApi {
@@ -46,7 +49,15 @@ impl ClientApi {
         Self {
             broker,
             subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIPTIONS)),
+            transactions: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Routes InitProducerId with a transactional id to `coordinator`.
+    pub fn with_transactions(self, coordinator: Arc<TransactionCoordinator>) -> Self {
+        // A second call keeps the first coordinator: there is one per broker.
+        let _ = self.transactions.set(coordinator);
+        self
     }
 
     fn count(&self, rpc: &'static str, result: &Result<impl Sized, BrokerError>) {
@@ -87,6 +98,13 @@ impl ClientApi {
                 ));
             }
         };
+        // Transaction markers are written by transaction coordinators (WriteTxnMarkers),
+        // never by producers: a forged one could end another producer's transaction.
+        if ferrolog_log::BatchHeader::parse(&batch).is_ok_and(|h| h.is_control()) {
+            return Err(BrokerError::InvalidRequest(
+                "a produce request may not carry a control batch (a transaction marker)".into(),
+            ));
+        }
         let timeout = match request.timeout_ms {
             0 => DEFAULT_PRODUCE_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
@@ -117,14 +135,26 @@ impl ClientApi {
         offset: i64,
         max_bytes: u32,
         max_wait: Duration,
+        isolation: i32,
     ) -> Result<FetchOutcome, BrokerError> {
+        let read_committed = match v1::IsolationLevel::try_from(isolation) {
+            Ok(level) => level == v1::IsolationLevel::ReadCommitted,
+            Err(_) => {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "unknown isolation level {isolation}: use 0 (read_uncommitted) or 1 \
+                     (read_committed)"
+                )));
+            }
+        };
         let partition = self.broker.leader_partition(topic, i64::from(partition))?;
         let max_bytes = match max_bytes {
             0 => DEFAULT_FETCH_MAX_BYTES,
             n => n.min(MAX_FETCH_BYTES),
         };
         let max_wait = max_wait.min(self.broker.config().max_fetch_wait);
-        let outcome = partition.fetch(Offset(offset), max_bytes, max_wait).await?;
+        let outcome = partition
+            .fetch_isolated(Offset(offset), max_bytes, max_wait, read_committed)
+            .await?;
         self.broker
             .metrics()
             .fetched_bytes
@@ -145,6 +175,7 @@ impl ClientApi {
                 request.offset,
                 request.max_bytes,
                 Duration::from_millis(u64::from(request.max_wait_ms)),
+                request.isolation_level,
             )
             .await?;
         fetch_response(
@@ -191,14 +222,16 @@ impl ClientApi {
         &self,
         request: v1::InitProducerIdRequest,
     ) -> Result<v1::InitProducerIdResponse, BrokerError> {
-        if !request.transactional_id.is_empty() {
-            return Err(BrokerError::InvalidRequest(format!(
-                "transactional id '{}': transactions are not supported yet; leave it empty for \
-                 an idempotent producer",
-                request.transactional_id
-            )));
-        }
-        let (producer_id, epoch) = self.broker.init_producer_id().await?;
+        let (producer_id, epoch) = if request.transactional_id.is_empty() {
+            self.broker.init_producer_id().await?
+        } else {
+            let coordinator = self.transactions.get().ok_or_else(|| {
+                BrokerError::Internal("the transaction coordinator is not running".to_owned())
+            })?;
+            coordinator
+                .init_producer_id(&request.transactional_id, request.transaction_timeout_ms)
+                .await?
+        };
         Ok(v1::InitProducerIdResponse {
             producer_id,
             producer_epoch: i32::from(epoch),
@@ -308,6 +341,7 @@ fn fetch_response(
         next_offset: next.0,
         records,
         record_batches,
+        last_stable_offset: outcome.last_stable_offset.0,
     })
 }
 
@@ -323,13 +357,16 @@ fn check_fetch_format(format: i32) -> Result<(), BrokerError> {
 /// Refuses records for an internal topic: only the node itself writes there, and a record
 /// it cannot decode would keep every group of that partition from loading.
 fn refuse_internal_topic(topic: &str) -> Result<(), BrokerError> {
-    if topic == OFFSETS_TOPIC {
-        return Err(BrokerError::InvalidRequest(format!(
-            "cannot produce to internal topic {OFFSETS_TOPIC}: it holds consumer-group offsets \
-             and only the group coordinator writes it"
-        )));
-    }
-    Ok(())
+    let writer = match topic {
+        OFFSETS_TOPIC => "it holds consumer-group offsets and only the group coordinator",
+        TRANSACTION_STATE_TOPIC => {
+            "it holds transactional producers' state and only the transaction coordinator"
+        }
+        _ => return Ok(()),
+    };
+    Err(BrokerError::InvalidRequest(format!(
+        "cannot produce to internal topic {topic}: {writer} writes it"
+    )))
 }
 
 /// A corrupt batch found while reading is damage on this node's disk, not bad input.
@@ -418,6 +455,7 @@ impl ClientService for ClientApi {
                             offset,
                             request.max_bytes,
                             SUBSCRIBE_POLL_WAIT,
+                            request.isolation_level,
                         )
                         .await
                         .and_then(|outcome| {

@@ -46,7 +46,11 @@ pub fn records_to_batch(records: &[v1::Record], now_ms: i64) -> Result<BytesMut,
 pub fn batches_to_records(batches: &[u8], from: Offset) -> Result<Vec<v1::Record>, BrokerError> {
     let mut records = Vec::new();
     for batch in BatchIter::new(batches) {
-        let (_, bytes) = batch?;
+        let (header, bytes) = batch?;
+        // Transaction markers are the log's bookkeeping, never a consumer's record.
+        if header.is_control() {
+            continue;
+        }
         for record in decode_records(bytes)? {
             if record.offset < from {
                 continue;

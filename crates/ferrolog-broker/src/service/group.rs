@@ -218,8 +218,19 @@ fn partitions_to_wire(partitions: &BTreeSet<TopicPartition>) -> Vec<v1::TopicPar
 
 /// An offset commit; a negative partition number is refused, naming it.
 fn commit_from_wire(r: v1::OffsetCommitRequest) -> Result<OffsetCommitRequest, BrokerError> {
-    let offsets = r
-        .offsets
+    Ok(OffsetCommitRequest {
+        offsets: offsets_from_wire(r.offsets)?,
+        group_id: r.group_id,
+        member_id: r.member_id,
+        member_epoch: r.member_epoch,
+    })
+}
+
+/// Offsets to commit, as the wire carries them; a negative partition is refused.
+pub(crate) fn offsets_from_wire(
+    offsets: Vec<v1::CommittedOffset>,
+) -> Result<Vec<OffsetToCommit>, BrokerError> {
+    offsets
         .into_iter()
         .map(|o| {
             let partition = u32::try_from(o.partition).map_err(|_| {
@@ -232,13 +243,7 @@ fn commit_from_wire(r: v1::OffsetCommitRequest) -> Result<OffsetCommitRequest, B
                 metadata: o.metadata,
             })
         })
-        .collect::<Result<_, BrokerError>>()?;
-    Ok(OffsetCommitRequest {
-        group_id: r.group_id,
-        member_id: r.member_id,
-        member_epoch: r.member_epoch,
-        offsets,
-    })
+        .collect()
 }
 
 fn committed_to_wire(offsets: Vec<CommittedOffset>) -> Vec<v1::CommittedOffset> {

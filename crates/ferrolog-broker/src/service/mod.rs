@@ -7,6 +7,7 @@ mod group;
 mod replication;
 mod replication_server;
 mod status;
+mod transaction;
 
 pub use admin::AdminApi;
 pub use client::ClientApi;
@@ -21,3 +22,4 @@ pub mod fuzzing {
 pub use group::GroupApi;
 pub use replication::ReplicationApi;
 pub use replication_server::ReplicationServer;
+pub use transaction::TransactionApi;

@@ -432,7 +432,7 @@ mod transactions {
     }
 
     fn marker(log: &mut Log, producer_id: i64, kind: ControlType) -> Offset {
-        let mut batch = build_control_batch(producer_id, 0, kind, 0, T0_MS);
+        let mut batch = build_control_batch(producer_id, 1, kind, 0, T0_MS);
         log.append_batch(&mut batch, LeaderEpoch(1), T0_MS)
             .expect("appends")
             .base_offset

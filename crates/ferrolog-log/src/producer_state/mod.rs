@@ -12,8 +12,8 @@
 //! Transactions (Kafka's design, transactions v2 / KIP-890): a transactional data batch from
 //! a producer with no open transaction opens one at its base offset; a control batch (a
 //! marker, `control`) ends it. The leader refuses a non-transactional batch while the
-//! producer's transaction is open (`InvalidTxnState`) and a marker of an older epoch
-//! (`ProducerFenced`); markers skip the sequence checks. A marker of a newer epoch (v2 bumps
+//! producer's transaction is open (`InvalidTxnState`) and skips a marker whose epoch is not
+//! newer than the producer's (see `check_marker`); markers skip the sequence checks. A marker of a newer epoch (v2 bumps
 //! the epoch at every transaction end) moves the producer to it with an empty batch cache,
 //! so its next batch must start at sequence 0, as a data batch of a new epoch must. The open
 //! transactions give the last stable offset (`first_unstable_offset`).
@@ -127,6 +127,10 @@ pub(crate) enum AppendCheck {
     Append,
     /// The batch is a retry of one already in the log: answer with its offsets.
     Duplicate(BatchMetadata),
+    /// A transaction marker with nothing left to do here: the producer already moved to its
+    /// epoch or past it (the coordinator sent the marker again, or it is a late copy of one
+    /// that landed). Nothing is written; it is answered as done.
+    StaleMarker,
 }
 
 /// Adds `increment` to a sequence number, wrapping from `i32::MAX` to 0 as Kafka's
@@ -310,9 +314,15 @@ impl ProducerStateManager {
         Ok(AppendCheck::Append)
     }
 
-    /// Checks a transaction marker the coordinator has the leader append: only its epoch,
-    /// which must not be older than the producer's (a zombie coordinator's marker, or one
-    /// for a producer instance already replaced, is fenced). Markers carry no sequence.
+    /// Checks a transaction marker the coordinator has the leader append. Markers carry no
+    /// sequence, only an epoch: the epoch the producer moved to when its transaction ended
+    /// (transaction v2), newer than every batch of that transaction. A marker is appended
+    /// only when its epoch is newer than the producer's here (or the producer is unknown
+    /// here: it added the partition but nothing of it landed, and the marker fences any
+    /// late batch of the finished transaction). A marker whose epoch the producer already
+    /// has is a copy sent again, or a late copy arriving while the producer's next
+    /// transaction (which runs under that epoch) is open here: appending it would end that
+    /// transaction early, so it is skipped, as is a marker of an older epoch.
     fn check_marker(&self, header: &BatchHeader) -> Result<AppendCheck, LogError> {
         let producer_id = header.producer_id;
         let epoch = header.producer_epoch;
@@ -322,11 +332,7 @@ impl ProducerStateManager {
             )));
         }
         match self.producers.get(&producer_id) {
-            Some(entry) if epoch < entry.epoch => Err(LogError::ProducerFenced {
-                producer_id,
-                epoch,
-                current_epoch: entry.epoch,
-            }),
+            Some(entry) if epoch <= entry.epoch => Ok(AppendCheck::StaleMarker),
             _ => Ok(AppendCheck::Append),
         }
     }

@@ -377,10 +377,10 @@ fn a_transactional_batch_opens_a_transaction_and_a_marker_ends_it() -> Result<()
     );
     assert_eq!(manager.first_unstable_offset(), Some(Offset(10)));
     assert_eq!(
-        manager.check_leader_append(&marker(1, 0, 14))?,
+        manager.check_leader_append(&marker(1, 1, 14))?,
         AppendCheck::Append
     );
-    let completed = manager.record_batch(&marker(1, 0, 14));
+    let completed = manager.record_batch(&marker(1, 1, 14));
     assert_eq!(
         completed,
         Some(CompletedTxn {
@@ -395,9 +395,14 @@ fn a_transactional_batch_opens_a_transaction_and_a_marker_ends_it() -> Result<()
     let completed = manager.record_batch(&marker(2, 0, 15));
     assert_eq!(completed.map(|t| t.last_stable_offset), Some(Offset(16)));
     assert_eq!(manager.first_unstable_offset(), None);
-    // Same epoch: the sequence carries on into the next transaction.
+    // The next transaction runs under the marker's epoch, from sequence 0; the old epoch
+    // is fenced.
+    assert!(matches!(
+        manager.check_leader_append(&with_attributes(header(1, 0, 3, 1, 16), TXN)),
+        Err(LogError::ProducerFenced { .. })
+    ));
     assert_eq!(
-        append(&mut manager, &with_attributes(header(1, 0, 3, 1, 16), TXN))?,
+        append(&mut manager, &with_attributes(header(1, 1, 0, 1, 16), TXN))?,
         AppendCheck::Append
     );
     Ok(())
@@ -421,17 +426,18 @@ fn a_marker_for_a_producer_without_a_transaction_completes_an_empty_one() {
 }
 
 #[test]
-fn a_newer_epoch_marker_empties_the_cache_and_an_older_one_is_fenced() -> Result<(), LogError> {
+fn a_newer_epoch_marker_empties_the_cache_and_an_older_one_is_skipped() -> Result<(), LogError> {
     let (_dir, mut manager) = manager();
     append(&mut manager, &with_attributes(header(1, 3, 0, 5, 0), TXN))?;
-    assert!(matches!(
-        manager.check_leader_append(&marker(1, 2, 5)),
-        Err(LogError::ProducerFenced {
-            epoch: 2,
-            current_epoch: 3,
-            ..
-        })
-    ));
+    assert_eq!(
+        manager.check_leader_append(&marker(1, 2, 5))?,
+        AppendCheck::StaleMarker
+    );
+    assert_eq!(
+        manager.check_leader_append(&marker(1, 3, 5))?,
+        AppendCheck::StaleMarker,
+        "a marker ends a transaction of an older epoch, never one of its own"
+    );
     manager.record_batch(&marker(1, 4, 5));
     assert!(manager.entries().is_empty(), "no batch of epoch 4 yet");
     assert!(matches!(

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferrolog_broker::group::{GroupConfig, GroupCoordinator};
-use ferrolog_broker::service::{AdminApi, ClientApi, GroupApi, ReplicationApi, ReplicationServer};
+use ferrolog_broker::service::{
+    AdminApi, ClientApi, GroupApi, ReplicationApi, ReplicationServer, TransactionApi,
+};
+use ferrolog_broker::txn::{MarkerWriter, TransactionCoordinator, TxnConfig};
 use ferrolog_broker::{Broker, BrokerConfig, BrokerMetrics, StorageSettings};
 use ferrolog_controller::Controller;
 use ferrolog_controller::ControllerApi;
@@ -26,6 +29,7 @@ use ferrolog_proto::v1::client_service_server::ClientServiceServer;
 use ferrolog_proto::v1::controller_service_server::ControllerServiceServer;
 use ferrolog_proto::v1::group_service_server::GroupServiceServer;
 use ferrolog_proto::v1::raft_service_server::RaftServiceServer;
+use ferrolog_proto::v1::transaction_service_server::TransactionServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -343,16 +347,34 @@ async fn client_server(
     health_reporter
         .set_serving::<GroupServiceServer<GroupApi>>()
         .await;
+    health_reporter
+        .set_serving::<TransactionServiceServer<TransactionApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferrolog_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("build gRPC reflection service")?;
-    let client = ClientServiceServer::new(ClientApi::new(Arc::clone(broker)))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(broker)));
     let coordinator = GroupCoordinator::start(Arc::clone(broker), groups);
+    let markers = MarkerWriter::new(Arc::clone(broker));
+    markers.set_group_coordinator(Arc::clone(&coordinator));
+    let transactions = TransactionCoordinator::start(
+        Arc::clone(broker),
+        Arc::clone(&markers),
+        TxnConfig::default(),
+    );
+    let client = ClientServiceServer::new(
+        ClientApi::new(Arc::clone(broker)).with_transactions(Arc::clone(&transactions)),
+    )
+    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let transaction = TransactionServiceServer::new(TransactionApi::new(
+        Arc::clone(broker),
+        transactions,
+        Arc::clone(&coordinator),
+        markers,
+    ));
     let group = GroupServiceServer::new(GroupApi::new(coordinator, Arc::clone(broker.metrics())));
     // Hand-made rather than generated, so that batches go to followers uncopied.
     let replication = ReplicationServer::new(ReplicationApi::new(Arc::clone(broker)));
@@ -367,6 +389,7 @@ async fn client_server(
         .add_service(client)
         .add_service(admin)
         .add_service(group)
+        .add_service(transaction)
         .add_service(replication)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
