@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "controller.proto",
         "replication.proto",
         "group.proto",
+        "transaction.proto",
     ]
     .map(|f| root.join("ferrolog/v1").join(f));
     for f in &files {

@@ -14,9 +14,10 @@ use crate::v1::ErrorCode;
 /// code. NOT_LEADER is FAILED_PRECONDITION, not UNAVAILABLE: retrying the same node is wrong.
 pub fn grpc_code(code: ErrorCode) -> Code {
     match code {
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::GroupIdNotFound => {
-            Code::NotFound
-        }
+        ErrorCode::UnknownTopic
+        | ErrorCode::UnknownPartition
+        | ErrorCode::GroupIdNotFound
+        | ErrorCode::TransactionalIdNotFound => Code::NotFound,
         ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
         ErrorCode::InvalidTopicName
         | ErrorCode::InvalidPartitions
@@ -25,7 +26,8 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::RecordTooLarge
         | ErrorCode::CorruptRecord
         | ErrorCode::InvalidRequest
-        | ErrorCode::InvalidReplicaAssignment => Code::InvalidArgument,
+        | ErrorCode::InvalidReplicaAssignment
+        | ErrorCode::InvalidTransactionTimeout => Code::InvalidArgument,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
         ErrorCode::NotLeader
         | ErrorCode::NotController
@@ -38,7 +40,12 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::NonEmptyGroup
         | ErrorCode::DuplicateBrokerId
         | ErrorCode::OutOfOrderSequenceNumber
-        | ErrorCode::InvalidProducerEpoch => Code::FailedPrecondition,
+        | ErrorCode::InvalidProducerEpoch
+        | ErrorCode::InvalidTxnState
+        | ErrorCode::ProducerFenced
+        | ErrorCode::InvalidProducerIdMapping => Code::FailedPrecondition,
+        // Retriable: the transaction is completing and the next attempt finds it done.
+        ErrorCode::ConcurrentTransactions => Code::Unavailable,
         ErrorCode::NotEnoughReplicas
         | ErrorCode::BrokerShuttingDown
         | ErrorCode::BrokerNotAvailable => Code::Unavailable,
