@@ -151,6 +151,7 @@ pub fn replay(batches: &[u8], groups: &mut LoadedOffsets) -> Result<(), BrokerEr
                 Some(Record::GroupDeleted(d)) => {
                     groups.remove(&d.group_id);
                 }
+                Some(Record::TxnOffsetCommit(_)) => {}
                 None => {}
             }
         }

@@ -308,6 +308,7 @@ fn fetch_response(
         next_offset: next.0,
         records,
         record_batches,
+        last_stable_offset: outcome.high_watermark.0,
     })
 }
 
