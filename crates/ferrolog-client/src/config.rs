@@ -148,6 +148,50 @@ impl ProducerConfig {
     }
 }
 
+/// Which records of transactions a consumer sees (Kafka's `isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    /// Everything up to the high watermark, records of open and aborted transactions
+    /// included: Kafka's default, and the only level for topics without transactions.
+    #[default]
+    ReadUncommitted,
+    /// Only records of committed transactions (and non-transactional ones), up to the last
+    /// stable offset: the broker leaves out aborted records and stops at the first open
+    /// transaction.
+    ReadCommitted,
+}
+
+impl IsolationLevel {
+    pub(crate) fn to_wire(self) -> v1::IsolationLevel {
+        match self {
+            IsolationLevel::ReadUncommitted => v1::IsolationLevel::ReadUncommitted,
+            IsolationLevel::ReadCommitted => v1::IsolationLevel::ReadCommitted,
+        }
+    }
+
+    /// Kafka's spelling, as `--isolation-level` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadUncommitted => "read_uncommitted",
+            IsolationLevel::ReadCommitted => "read_committed",
+        }
+    }
+}
+
+impl std::str::FromStr for IsolationLevel {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "read_uncommitted" => Ok(IsolationLevel::ReadUncommitted),
+            "read_committed" => Ok(IsolationLevel::ReadCommitted),
+            other => Err(format!(
+                "'{other}' is not one of read_uncommitted, read_committed"
+            )),
+        }
+    }
+}
+
 /// Consumer settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerConfig {
@@ -163,6 +207,8 @@ pub struct ConsumerConfig {
     /// change, an unreachable broker) before `poll` returns the error (Kafka's
     /// `default.api.timeout.ms`).
     pub retry_timeout_ms: u64,
+    /// Whether records of open and aborted transactions are returned; sent with every fetch.
+    pub isolation_level: IsolationLevel,
 }
 
 impl Default for ConsumerConfig {
@@ -173,6 +219,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1024 * 1024,
             fetch_max_wait_ms: 500,
             retry_timeout_ms: 60_000,
+            isolation_level: IsolationLevel::ReadUncommitted,
         }
     }
 }

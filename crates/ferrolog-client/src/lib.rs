@@ -1,5 +1,6 @@
-//! The Rust client of Ferrolog: a batching [`Producer`], a [`Consumer`] of assigned
-//! partitions, and an [`Admin`] handle for topics.
+//! The Rust client of Ferrolog: a batching [`Producer`] (idempotent by default, transactional
+//! with a transactional id), a [`Consumer`] of assigned partitions (read_uncommitted or
+//! read_committed), and an [`Admin`] handle for topics, groups and transactions.
 //!
 //! This crate owns everything a client does on its side of the wire: choosing partitions
 //! (Kafka's murmur2 and sticky partitioners, so keys land where a Kafka client would put
@@ -26,7 +27,7 @@ mod record;
 mod sender;
 
 pub use admin::{Admin, ConfigResource, OffsetQuery};
-pub use config::{Acks, ClientConfig, ConsumerConfig, ProducerConfig};
+pub use config::{Acks, ClientConfig, ConsumerConfig, IsolationLevel, ProducerConfig};
 pub use consumer::{Consumer, StartOffset};
 pub use delivery::DeliveryFuture;
 pub use error::{ClientError, Result};
