@@ -114,7 +114,19 @@ pub struct ProducerConfig {
     /// `compression.type`); `Compression::None` by default, as in Kafka. `batch_size_bytes`
     /// and `max_request_bytes` count uncompressed bytes, so a compressed batch is smaller.
     pub compression: Compression,
+    /// Makes the producer transactional (Kafka's `transactional.id`): call
+    /// `Producer::init_transactions` once, then send inside `begin_transaction` ...
+    /// `commit_transaction` / `abort_transaction`. The id outlives the process: a new
+    /// producer with the same id fences the old one and aborts what it left open. A
+    /// transactional producer is always idempotent with `Acks::All`; `connect` sets both.
+    pub transactional_id: Option<String>,
+    /// How long the coordinator lets a transaction stay open before aborting it (Kafka's
+    /// `transaction.timeout.ms`); sent with `init_transactions`.
+    pub transaction_timeout_ms: u32,
 }
+
+/// Kafka's default `transaction.timeout.ms`.
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u32 = 60_000;
 
 /// The most produce requests an idempotent producer keeps in flight per partition: the
 /// partition leader remembers this many batches per producer (Kafka's limit too).
@@ -134,6 +146,8 @@ impl Default for ProducerConfig {
             buffer_memory_bytes: 64 * 1024 * 1024,
             max_block_ms: 60_000,
             compression: Compression::None,
+            transactional_id: None,
+            transaction_timeout_ms: DEFAULT_TRANSACTION_TIMEOUT_MS,
         }
     }
 }
