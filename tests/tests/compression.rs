@@ -343,6 +343,7 @@ impl Grpc {
             max_bytes: 1024 * 1024,
             max_wait_ms: 0,
             format: format as i32,
+            isolation_level: ferrolog_proto::v1::IsolationLevel::ReadUncommitted as i32,
         };
         let client = &mut self.client;
         self.runtime.block_on(async {

@@ -127,6 +127,7 @@ async fn read_back(
                 max_bytes: FETCH_MAX_BYTES,
                 max_wait_ms: 0,
                 format: FetchFormat::Records.into(),
+                isolation_level: ferrolog_proto::v1::IsolationLevel::ReadUncommitted as i32,
             }),
         )
         .await?
@@ -626,6 +627,7 @@ async fn fetch_at(
             max_bytes: FETCH_MAX_BYTES,
             max_wait_ms: 0,
             format: format.into(),
+            isolation_level: ferrolog_proto::v1::IsolationLevel::ReadUncommitted as i32,
         }),
     )
     .await

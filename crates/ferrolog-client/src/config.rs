@@ -114,7 +114,19 @@ pub struct ProducerConfig {
     /// `compression.type`); `Compression::None` by default, as in Kafka. `batch_size_bytes`
     /// and `max_request_bytes` count uncompressed bytes, so a compressed batch is smaller.
     pub compression: Compression,
+    /// Makes the producer transactional (Kafka's `transactional.id`): call
+    /// `Producer::init_transactions` once, then send inside `begin_transaction` ...
+    /// `commit_transaction` / `abort_transaction`. The id outlives the process: a new
+    /// producer with the same id fences the old one and aborts what it left open. A
+    /// transactional producer is always idempotent with `Acks::All`; `connect` sets both.
+    pub transactional_id: Option<String>,
+    /// How long the coordinator lets a transaction stay open before aborting it (Kafka's
+    /// `transaction.timeout.ms`); sent with `init_transactions`.
+    pub transaction_timeout_ms: u32,
 }
+
+/// Kafka's default `transaction.timeout.ms`.
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u32 = 60_000;
 
 /// The most produce requests an idempotent producer keeps in flight per partition: the
 /// partition leader remembers this many batches per producer (Kafka's limit too).
@@ -134,6 +146,8 @@ impl Default for ProducerConfig {
             buffer_memory_bytes: 64 * 1024 * 1024,
             max_block_ms: 60_000,
             compression: Compression::None,
+            transactional_id: None,
+            transaction_timeout_ms: DEFAULT_TRANSACTION_TIMEOUT_MS,
         }
     }
 }
@@ -144,6 +158,50 @@ impl ProducerConfig {
         Self {
             client,
             ..Self::default()
+        }
+    }
+}
+
+/// Which records of transactions a consumer sees (Kafka's `isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    /// Everything up to the high watermark, records of open and aborted transactions
+    /// included: Kafka's default, and the only level for topics without transactions.
+    #[default]
+    ReadUncommitted,
+    /// Only records of committed transactions (and non-transactional ones), up to the last
+    /// stable offset: the broker leaves out aborted records and stops at the first open
+    /// transaction.
+    ReadCommitted,
+}
+
+impl IsolationLevel {
+    pub(crate) fn to_wire(self) -> v1::IsolationLevel {
+        match self {
+            IsolationLevel::ReadUncommitted => v1::IsolationLevel::ReadUncommitted,
+            IsolationLevel::ReadCommitted => v1::IsolationLevel::ReadCommitted,
+        }
+    }
+
+    /// Kafka's spelling, as `--isolation-level` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadUncommitted => "read_uncommitted",
+            IsolationLevel::ReadCommitted => "read_committed",
+        }
+    }
+}
+
+impl std::str::FromStr for IsolationLevel {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "read_uncommitted" => Ok(IsolationLevel::ReadUncommitted),
+            "read_committed" => Ok(IsolationLevel::ReadCommitted),
+            other => Err(format!(
+                "'{other}' is not one of read_uncommitted, read_committed"
+            )),
         }
     }
 }
@@ -163,6 +221,8 @@ pub struct ConsumerConfig {
     /// change, an unreachable broker) before `poll` returns the error (Kafka's
     /// `default.api.timeout.ms`).
     pub retry_timeout_ms: u64,
+    /// Whether records of open and aborted transactions are returned; sent with every fetch.
+    pub isolation_level: IsolationLevel,
 }
 
 impl Default for ConsumerConfig {
@@ -173,6 +233,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1024 * 1024,
             fetch_max_wait_ms: 500,
             retry_timeout_ms: 60_000,
+            isolation_level: IsolationLevel::ReadUncommitted,
         }
     }
 }

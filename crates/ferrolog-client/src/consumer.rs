@@ -7,6 +7,13 @@
 //! backoff) without surfacing; errors that need the caller's decision, such as
 //! `OFFSET_OUT_OF_RANGE` (the position was deleted by retention, or lies past the end), are
 //! returned, and the caller can [`Consumer::seek`].
+//!
+//! Transactions: every fetch carries the configured [`IsolationLevel`]. With read_committed
+//! the broker leaves out aborted records and stops at the last stable offset, so the client
+//! keeps no aborted-transaction list. Control batches (transaction markers) are skipped at
+//! both levels: they are never records. A fetch may therefore move the position without
+//! returning anything (everything in its range was filtered); `poll` applies that progress
+//! and keeps fetching until records come or its wait is over.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +26,7 @@ use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::admin::{OffsetQuery, list_offsets};
-use crate::config::ConsumerConfig;
+use crate::config::{ConsumerConfig, IsolationLevel};
 use crate::connection::call;
 use crate::error::{ClientError, Result};
 use crate::metadata::{Cluster, unknown_partition};
@@ -40,6 +47,10 @@ pub enum StartOffset {
 /// Room for a fetch answer beyond the requested `max_bytes`: the server returns at least one
 /// whole batch even when it is larger (Kafka's KIP-74), up to a topic's `max.message.bytes`.
 const FETCH_DECODE_SLACK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Attribute bit of a control batch (Kafka's `CONTROL_FLAG_MASK`): a transaction marker,
+/// whose one record is for brokers, never for applications.
+const CONTROL_BATCH_FLAG: i16 = 0x20;
 
 #[derive(Debug)]
 struct Assignment {
@@ -172,14 +183,17 @@ impl Consumer {
         let deadline = Instant::now() + max_wait;
         loop {
             let fetched = self.poll_once(deadline).await?;
-            if !fetched.is_empty() || Instant::now() >= deadline {
-                return Ok(self.apply(fetched));
+            // Progress without records (markers, aborted records) is applied at once: it
+            // loses nothing, and the next fetch must start after it.
+            let records = self.apply(fetched);
+            if !records.is_empty() || Instant::now() >= deadline {
+                return Ok(records);
             }
         }
     }
 
-    /// One round of concurrent fetches; returns as soon as one partition has records, with
-    /// those of any other fetch already finished by then.
+    /// One round of concurrent fetches; returns as soon as one partition has records or moved
+    /// its position, with those of any other fetch already finished by then.
     async fn poll_once(&mut self, deadline: Instant) -> Result<Vec<Fetched>> {
         let now = Instant::now();
         let wait = deadline
@@ -213,15 +227,14 @@ impl Consumer {
                     max_bytes,
                     wait_ms,
                     decode_limit,
+                    self.config.isolation_level,
                 )
                 .map(move |result| (index, result))
             })
             .collect();
         let mut fetched = Vec::new();
-        let mut have_records = false;
         while let Some((index, result)) = fetches.next().await {
-            have_records |= self.handle(index, result, &mut fetched)?;
-            if have_records {
+            if self.handle(index, result, &mut fetched)? {
                 break;
             }
         }
@@ -231,7 +244,8 @@ impl Consumer {
         Ok(fetched)
     }
 
-    /// Decodes one fetch answer, or schedules a retry; returns whether records came back.
+    /// Decodes one fetch answer, or schedules a retry; returns whether the partition made
+    /// progress (records came back, or its position moved past filtered ones).
     fn handle(
         &mut self,
         index: usize,
@@ -276,15 +290,15 @@ impl Consumer {
             assignment.position,
             response,
         )?;
-        let have_records = !records.is_empty();
-        if next_position > assignment.position {
+        let progressed = next_position > assignment.position;
+        if progressed {
             fetched.push(Fetched {
                 index,
                 next_position,
                 records,
             });
         }
-        Ok(have_records)
+        Ok(progressed)
     }
 
     fn apply(&mut self, fetched: Vec<Fetched>) -> Vec<ConsumedRecord> {
@@ -309,6 +323,7 @@ impl Consumer {
 }
 
 /// Fetches from the partition's current leader.
+#[allow(clippy::too_many_arguments)] // One fetch's parameters; a struct would only rename them.
 #[tracing::instrument(skip(cluster, topic), fields(topic = %topic))]
 async fn fetch(
     cluster: Cluster,
@@ -318,6 +333,7 @@ async fn fetch(
     max_bytes: u32,
     max_wait_ms: u32,
     decode_limit_bytes: usize,
+    isolation_level: IsolationLevel,
 ) -> Result<FetchResponse> {
     let (address, channel) = cluster.leader_channel(&topic, partition).await?;
     let mut client =
@@ -329,8 +345,7 @@ async fn fetch(
         max_bytes,
         max_wait_ms,
         format: FetchFormat::Batches as i32,
-        // Replaced by the consumer's isolation setting with the transactional client.
-        isolation_level: 0,
+        isolation_level: isolation_level.to_wire() as i32,
     };
     let timeout =
         cluster.config().request_timeout() + Duration::from_millis(u64::from(max_wait_ms));
@@ -340,7 +355,8 @@ async fn fetch(
 /// Turns a fetch answer into records at or after `position`, and the position after them.
 ///
 /// A truncated or corrupt batch after good ones ends the answer early (the next fetch starts
-/// there, and reports it if it is really corrupt); one at the very start is an error.
+/// there, and reports it if it is really corrupt); one at the very start is an error. Control
+/// batches (transaction markers) yield no records but move the position past them.
 fn decode_response(
     topic: &Arc<str>,
     partition: u32,
@@ -389,7 +405,7 @@ fn decode_response(
     for item in BatchIter::new(&bytes) {
         let decoded = item.and_then(|(header, batch)| {
             let next = header.next_offset().0;
-            if next <= position {
+            if next <= position || header.attributes & CONTROL_BATCH_FLAG != 0 {
                 Ok((Vec::new(), next))
             } else {
                 Ok((decode_records(batch)?, next))
@@ -474,6 +490,48 @@ mod tests {
         let (records, next) = decode_response(&topic, 0, 0, response(bytes, 2)).expect("valid");
         assert_eq!(records.len(), 1);
         assert_eq!(next, 1, "the partial batch is fetched again");
+    }
+
+    /// A transaction marker at `offset`: a one-record batch with the control bit set.
+    fn marker_at(offset: i64) -> Vec<u8> {
+        let mut bytes = batch_at(offset, &[b"\0\0\0\0"]);
+        let attributes = i16::from_be_bytes([bytes[21], bytes[22]]) | CONTROL_BATCH_FLAG;
+        bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+        // Rewrites the CRC over the changed attributes (the producer fields stay unset).
+        ferrolog_log::set_producer_fields(&mut bytes, -1, -1, -1).expect("one whole batch");
+        bytes
+    }
+
+    #[test]
+    fn control_batches_are_skipped_but_move_the_position() {
+        let topic: Arc<str> = Arc::from("t");
+        let mut bytes = batch_at(0, &[b"a", b"b"]);
+        bytes.extend(marker_at(2));
+        bytes.extend(batch_at(3, &[b"c"]));
+        bytes.extend(marker_at(4));
+        let (records, next) = decode_response(&topic, 0, 0, response(bytes, 5)).expect("valid");
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [0, 1, 3], "markers are never records");
+        assert_eq!(next, 5, "the position moves past the last marker");
+    }
+
+    #[test]
+    fn an_answer_of_only_markers_moves_the_position_without_records() {
+        let topic: Arc<str> = Arc::from("t");
+        let (records, next) =
+            decode_response(&topic, 0, 7, response(marker_at(7), 8)).expect("valid");
+        assert!(records.is_empty());
+        assert_eq!(next, 8);
+    }
+
+    #[test]
+    fn an_empty_answer_that_filtered_everything_moves_to_its_next_offset() {
+        // read_committed: the broker left out an aborted transaction's batches.
+        let topic: Arc<str> = Arc::from("t");
+        let (records, next) =
+            decode_response(&topic, 0, 10, response(Vec::new(), 25)).expect("valid");
+        assert!(records.is_empty());
+        assert_eq!(next, 25);
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("the client is closed")]
     Closed,
+    /// The record was still queued when its transaction was aborted (by
+    /// `Producer::abort_transaction`, or because an earlier error made the transaction
+    /// abortable): it was never sent. Kafka's `TransactionAbortedException`.
+    #[error("the transaction was aborted before this record was sent: {0}")]
+    TransactionAborted(String),
 }
 
 fn server_display(code: ErrorCode, message: &str) -> String {
@@ -75,6 +80,8 @@ impl ClientError {
     /// takes the failed log directory offline and leadership moves elsewhere.
     /// `UNKNOWN_TOPIC` does not: a typo should fail fast rather than retry for two minutes.
     /// Nor does `INTERNAL_ERROR`: it is a bug on the server, which a retry does not fix.
+    /// `CONCURRENT_TRANSACTIONS` (the previous transaction is still completing) and
+    /// `NOT_COORDINATOR` (find the coordinator again, then retry) are, as in Kafka.
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Server { code, .. } => matches!(
@@ -85,11 +92,14 @@ impl ClientError {
                     | ErrorCode::BrokerShuttingDown
                     | ErrorCode::StorageError
                     | ErrorCode::BrokerNotAvailable
+                    | ErrorCode::ConcurrentTransactions
+                    | ErrorCode::NotCoordinator
             ),
             ClientError::Unreachable { .. } | ClientError::Timeout { .. } => true,
-            ClientError::InvalidArgument(_) | ClientError::Corrupt(_) | ClientError::Closed => {
-                false
-            }
+            ClientError::InvalidArgument(_)
+            | ClientError::Corrupt(_)
+            | ClientError::Closed
+            | ClientError::TransactionAborted(_) => false,
         }
     }
 
@@ -273,6 +283,8 @@ mod tests {
             ErrorCode::RequestTimedOut,
             ErrorCode::BrokerShuttingDown,
             ErrorCode::BrokerNotAvailable,
+            ErrorCode::ConcurrentTransactions,
+            ErrorCode::NotCoordinator,
         ];
         let fatal = [
             ErrorCode::InternalError,
@@ -284,6 +296,12 @@ mod tests {
             ErrorCode::InvalidTopicName,
             ErrorCode::OffsetOutOfRange,
             ErrorCode::CorruptRecord,
+            ErrorCode::ProducerFenced,
+            ErrorCode::InvalidProducerEpoch,
+            ErrorCode::InvalidTxnState,
+            ErrorCode::TransactionalIdNotFound,
+            ErrorCode::InvalidTransactionTimeout,
+            ErrorCode::InvalidProducerIdMapping,
         ];
         for code in retriable {
             assert!(ClientError::server(code, "").is_retriable(), "{code:?}");

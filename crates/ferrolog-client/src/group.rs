@@ -243,6 +243,21 @@ impl GroupConsumer {
         self.commit_positions(offsets.to_vec()).await
     }
 
+    /// Moves an owned partition's position, e.g. back to the last committed offset after
+    /// the transaction that processed later records aborted (consume-transform-produce).
+    pub fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> Result<()> {
+        let tp = TopicPartition {
+            topic: topic.to_owned(),
+            partition,
+        };
+        if !self.shared.membership().owned.contains(&tp) {
+            return Err(ClientError::InvalidArgument(format!(
+                "{topic}-{partition} is not assigned to this member"
+            )));
+        }
+        self.consumer.seek(topic, partition, offset)
+    }
+
     /// Commits (unless auto-commit is off), leaves the group, and stops heartbeating. The
     /// member's partitions go to the others at once instead of after a session timeout.
     pub async fn close(mut self) -> Result<()> {
@@ -616,7 +631,8 @@ where
     }
 }
 
-async fn find_coordinator(cluster: &Cluster, group: &str) -> Result<String> {
+/// GroupService.FindCoordinator at any broker: the address of the group's coordinator.
+pub(crate) async fn find_coordinator(cluster: &Cluster, group: &str) -> Result<String> {
     let timeout = cluster.config().request_timeout();
     let request = FindCoordinatorRequest {
         group_id: group.to_owned(),

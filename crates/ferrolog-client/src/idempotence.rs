@@ -11,6 +11,11 @@
 //! then moves to the next epoch once every batch of the old one is settled, and numbers from
 //! 0 again everywhere: a leader takes a higher epoch starting at 0 (Kafka's KIP-360 bump,
 //! done by the client for a producer without a transactional id).
+//!
+//! A transactional producer takes its identity from its transaction coordinator instead
+//! (see `transaction.rs`), never bumps its epoch itself (a failed batch makes the transaction
+//! abortable, and the abort's EndTxn moves the epoch), and numbers from 0 again with the
+//! identity every EndTxn returns.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,21 +53,23 @@ pub(crate) async fn init_producer_id(cluster: &Cluster) -> Result<ProducerIdenti
             },
         )
         .await?;
-    let epoch = i16::try_from(response.producer_epoch).map_err(|_| {
-        ClientError::Corrupt(format!(
-            "the broker gave producer epoch {}, outside Kafka's 16-bit range",
-            response.producer_epoch
-        ))
-    })?;
+    let identity = identity_from_wire(response.producer_id, response.producer_epoch)?;
     tracing::debug!(
-        producer_id = response.producer_id,
-        epoch,
+        producer_id = identity.producer_id,
+        epoch = identity.epoch,
         "idempotent producer ready"
     );
-    Ok(ProducerIdentity {
-        producer_id: response.producer_id,
-        epoch,
-    })
+    Ok(identity)
+}
+
+/// A producer id and epoch as a broker sends them (the epoch widened to 32 bits).
+pub(crate) fn identity_from_wire(producer_id: i64, epoch: i32) -> Result<ProducerIdentity> {
+    let epoch = i16::try_from(epoch).map_err(|_| {
+        ClientError::Corrupt(format!(
+            "the broker gave producer epoch {epoch}, outside Kafka's 16-bit range"
+        ))
+    })?;
+    Ok(ProducerIdentity { producer_id, epoch })
 }
 
 /// Sequence numbers per partition under the current identity, and whether the identity must

@@ -1,5 +1,6 @@
-//! The Rust client of Ferrolog: a batching [`Producer`], a [`Consumer`] of assigned
-//! partitions, and an [`Admin`] handle for topics.
+//! The Rust client of Ferrolog: a batching [`Producer`] (idempotent by default, transactional
+//! with a transactional id), a [`Consumer`] of assigned partitions (read_uncommitted or
+//! read_committed), and an [`Admin`] handle for topics, groups and transactions.
 //!
 //! This crate owns everything a client does on its side of the wire: choosing partitions
 //! (Kafka's murmur2 and sticky partitioners, so keys land where a Kafka client would put
@@ -24,9 +25,14 @@ mod partitioner;
 mod producer;
 mod record;
 mod sender;
+mod transaction;
+mod transaction_admin;
 
 pub use admin::{Admin, ConfigResource, OffsetQuery};
-pub use config::{Acks, ClientConfig, ConsumerConfig, ProducerConfig};
+pub use config::{
+    Acks, ClientConfig, ConsumerConfig, DEFAULT_TRANSACTION_TIMEOUT_MS, IsolationLevel,
+    ProducerConfig,
+};
 pub use consumer::{Consumer, StartOffset};
 pub use delivery::DeliveryFuture;
 pub use error::{ClientError, Result};
@@ -37,6 +43,11 @@ pub use partitioner::{murmur2, partition_for_key, to_positive};
 pub use producer::Producer;
 pub use record::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 
+/// Wire types of the transaction admin calls.
+pub use ferrolog_proto::v1::{
+    AbortTransactionResponse, DescribeProducersResponse, ProducerState, TransactionDescription,
+    TransactionSummary,
+};
 /// Wire types the client's API returns (admin responses, error codes).
 pub use ferrolog_proto::v1::{
     CommittedOffset, ConfigEntry, ConfigSource, CreateTopicResponse, DeleteRecordsResponse,

@@ -7,13 +7,18 @@
 //! `max_block_ms`) while the buffer is full. That is why `send` is an `async fn` returning a
 //! second future: awaiting `send` means "the record is queued, in order"; awaiting the
 //! returned [`DeliveryFuture`] means "the record is acknowledged".
+//!
+//! With `ProducerConfig::transactional_id` the producer is transactional (Kafka's
+//! transactional producer; the state machine and coordinator calls are in `transaction.rs`):
+//! `init_transactions` once, then `begin_transaction`, `send`s, optionally
+//! `send_offsets_to_transaction`, and `commit_transaction` or `abort_transaction`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferrolog_log::BATCH_HEADER_BYTES;
-use ferrolog_proto::v1::ErrorCode;
+use ferrolog_proto::v1::{CommittedOffset, ErrorCode};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -25,6 +30,7 @@ use crate::idempotence;
 use crate::metadata::{Cluster, TopicInfo};
 use crate::record::ProducerRecord;
 use crate::sender;
+use crate::transaction::Transactions;
 use ferrolog_proto::retry::Backoff;
 
 /// Room left in a produce request for everything but the record batch (topic name, fields,
@@ -44,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     /// Low watermark of batch sequence numbers: every batch below it is complete.
     pub(crate) completed_below: watch::Sender<u64>,
+    /// The transaction state of a producer with a transactional id.
+    pub(crate) transactions: Option<Arc<Transactions>>,
 }
 
 impl Shared {
@@ -80,7 +88,19 @@ pub struct Producer {
 impl Producer {
     /// Connects to the cluster (fetching metadata once, so a bad address fails here) and
     /// starts the sender task on the current Tokio runtime.
-    pub async fn connect(config: ProducerConfig) -> Result<Producer> {
+    pub async fn connect(mut config: ProducerConfig) -> Result<Producer> {
+        if let Some(id) = &config.transactional_id {
+            if id.is_empty() {
+                return Err(ClientError::InvalidArgument(
+                    "transactional_id must not be empty (use None for a producer without \
+                     transactions)"
+                        .to_owned(),
+                ));
+            }
+            // Transactions build on idempotence, which needs acks from every in-sync replica.
+            config.enable_idempotence = true;
+            config.acks = Acks::All;
+        }
         if config.max_request_bytes <= BATCH_HEADER_BYTES + REQUEST_OVERHEAD_BYTES {
             return Err(ClientError::InvalidArgument(format!(
                 "max_request_bytes {} leaves no room for records",
@@ -103,7 +123,13 @@ impl Producer {
             )));
         }
         let cluster = Cluster::connect(config.client.clone()).await?;
-        let identity = if idempotent {
+        let transactions = config
+            .transactional_id
+            .clone()
+            .map(|id| Arc::new(Transactions::new(id, config.transaction_timeout_ms)));
+        // A transactional producer takes its identity from its coordinator, in
+        // init_transactions.
+        let identity = if idempotent && transactions.is_none() {
             Some(idempotence::init_producer_id(&cluster).await?)
         } else {
             None
@@ -123,6 +149,7 @@ impl Producer {
             closing: AtomicBool::new(false),
             completed_below: watch::Sender::new(0),
             config,
+            transactions,
         });
         let sender_task = tokio::spawn(sender::run(Arc::clone(&shared), identity));
         Ok(Producer {
@@ -152,6 +179,9 @@ impl Producer {
         if shared.closing.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
         }
+        if let Some(transactions) = &shared.transactions {
+            transactions.machine().check_send()?;
+        }
         let estimate_bytes = estimate_record_bytes(
             record.key.as_deref(),
             record.value.as_deref(),
@@ -170,6 +200,13 @@ impl Producer {
         let cluster = &shared.cluster;
         loop {
             {
+                // Held while the record goes into a batch: a commit that starts after this
+                // check seals the batch and waits for it, and one that started before makes
+                // the check fail. Lock order: transaction, then accumulator.
+                let transaction = shared.transactions.as_ref().map(|t| t.machine());
+                if let Some(machine) = &transaction {
+                    machine.check_send()?;
+                }
                 let mut accumulator = shared.lock_accumulator();
                 let known =
                     accumulator.partition_count(&record.topic, cluster.generation(), || {
@@ -192,6 +229,7 @@ impl Producer {
                     )?;
                     let appended = accumulator.append(&record.topic, partition, pending)?;
                     drop(accumulator);
+                    drop(transaction);
                     // The batch owns the memory now and gives it back when it completes.
                     reservation.commit();
                     if appended.opened_batch || appended.sealed_batch {
@@ -316,6 +354,190 @@ impl Producer {
                 after_ms: limit_ms,
             }),
         }
+    }
+
+    /// The transaction state, or an error for a producer without a transactional id.
+    fn transactions(&self) -> Result<&Arc<Transactions>> {
+        self.handle.shared.transactions.as_ref().ok_or_else(|| {
+            ClientError::InvalidArgument(
+                "transactions need ProducerConfig::transactional_id".to_owned(),
+            )
+        })
+    }
+
+    /// How long one transaction call may take, coordinator retries included (Kafka bounds
+    /// `initTransactions`, `commitTransaction` and `abortTransaction` by `max.block.ms`).
+    fn transaction_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.handle.shared.config.max_block_ms)
+    }
+
+    /// Takes this producer's identity from its transactional id's coordinator: the same
+    /// producer id as every earlier instance with that id, and a newer epoch, which fences
+    /// them (their later sends and commits fail with `PRODUCER_FENCED`). The coordinator first
+    /// aborts whatever transaction an earlier instance left open. Call once, before the first
+    /// `begin_transaction`.
+    pub async fn init_transactions(&self) -> Result<()> {
+        let transactions = self.transactions()?;
+        transactions.machine().check_init()?;
+        let shared = &self.handle.shared;
+        let identity = transactions
+            .init_producer_id(&shared.cluster, self.transaction_deadline())
+            .await
+            .inspect_err(|error| {
+                if crate::transaction::is_fencing(error) {
+                    transactions.machine().fail_fatally(error);
+                }
+            })?;
+        tracing::debug!(
+            transactional_id = %transactions.transactional_id,
+            producer_id = identity.producer_id,
+            epoch = identity.epoch,
+            "transactional producer ready"
+        );
+        transactions.machine().initialized(identity);
+        shared.wake_sender.notify_one();
+        Ok(())
+    }
+
+    /// Opens a transaction: records sent from now until `commit_transaction` or
+    /// `abort_transaction` become visible to read_committed consumers together, or never.
+    /// Local only: the coordinator hears of the transaction with its first partition.
+    pub fn begin_transaction(&self) -> Result<()> {
+        self.transactions()?.machine().begin()
+    }
+
+    /// Makes a consumer group's offsets part of the open transaction
+    /// (consume-transform-produce): they are committed if the transaction commits and
+    /// dropped if it aborts. `offsets` are `(topic, partition, next offset to read)`.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(&str, u32, i64)],
+        group_id: &str,
+    ) -> Result<()> {
+        let transactions = self.transactions()?;
+        if group_id.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "send_offsets_to_transaction needs a group id".to_owned(),
+            ));
+        }
+        let identity = {
+            let machine = transactions.machine();
+            machine.check_offsets()?;
+            machine
+                .identity()
+                .ok_or_else(|| ClientError::InvalidArgument("no producer identity".to_owned()))?
+        };
+        let cluster = &self.handle.shared.cluster;
+        let deadline = self.transaction_deadline();
+        let wire: Vec<CommittedOffset> = offsets
+            .iter()
+            .map(|(topic, partition, offset)| CommittedOffset {
+                topic: (*topic).to_owned(),
+                partition: *partition as i32,
+                offset: *offset,
+                ..CommittedOffset::default()
+            })
+            .collect();
+        let result = async {
+            transactions
+                .add_offsets(cluster, identity, group_id, deadline)
+                .await?;
+            transactions.machine().offsets_added();
+            transactions
+                .commit_offsets(cluster, identity, group_id, wire, deadline)
+                .await
+        }
+        .await;
+        if let Err(error) = &result {
+            transactions.machine().fail(error);
+        }
+        result
+    }
+
+    /// Commits the open transaction: sends every record of it and waits for them, then
+    /// asks the coordinator to commit (EndTxn), which writes the commit markers. Refuses
+    /// when a record of the transaction failed: the application must `abort_transaction`.
+    /// After a timeout, call it again (the commit may be under way); after `PRODUCER_FENCED`
+    /// the producer is done.
+    pub async fn commit_transaction(&self) -> Result<()> {
+        self.end_transaction(true).await
+    }
+
+    /// Aborts the open transaction: records still queued fail with
+    /// [`ClientError::TransactionAborted`], the ones in flight are waited for, then the
+    /// coordinator writes abort markers (EndTxn). read_committed consumers never see any
+    /// record of the transaction.
+    pub async fn abort_transaction(&self) -> Result<()> {
+        self.end_transaction(false).await
+    }
+
+    async fn end_transaction(&self, commit: bool) -> Result<()> {
+        let transactions = self.transactions()?;
+        let shared = &self.handle.shared;
+        if commit {
+            transactions.machine().start_commit()?;
+        } else {
+            transactions.machine().start_abort()?;
+        }
+        // The sender fails what an abort leaves queued; a commit's flush sends it all.
+        shared.wake_sender.notify_one();
+        self.flush().await?;
+        if commit {
+            transactions.machine().check_commit_flushed()?;
+        } else {
+            // An AddPartitionsToTxn call must not reach the coordinator after the EndTxn.
+            let mut adding = transactions.adding.subscribe();
+            let limit = Duration::from_millis(shared.config.max_block_ms);
+            match tokio::time::timeout(limit, adding.wait_for(|adding| !*adding)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(ClientError::Closed),
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        what: "the AddPartitionsToTxn call in flight before the abort".to_owned(),
+                        after_ms: shared.config.max_block_ms,
+                    });
+                }
+            }
+        }
+        let (identity, started) = {
+            let machine = transactions.machine();
+            let identity = machine
+                .identity()
+                .ok_or_else(|| ClientError::InvalidArgument("no producer identity".to_owned()))?;
+            (identity, machine.started())
+        };
+        let next = if started {
+            match transactions
+                .end_txn(
+                    &shared.cluster,
+                    identity,
+                    commit,
+                    self.transaction_deadline(),
+                )
+                .await
+            {
+                Ok(next) => next,
+                // Retriable ones ran out of time: the caller may call again.
+                Err(error) if error.is_retriable() => return Err(error),
+                Err(error) => {
+                    transactions.machine().fail_fatally(&error);
+                    return Err(error);
+                }
+            }
+        } else {
+            // The coordinator never heard of this transaction: nothing to end.
+            identity
+        };
+        tracing::debug!(
+            transactional_id = %transactions.transactional_id,
+            commit,
+            producer_id = next.producer_id,
+            epoch = next.epoch,
+            "transaction ended"
+        );
+        transactions.machine().ended(next);
+        shared.wake_sender.notify_one();
+        Ok(())
     }
 
     /// Sends everything queued, waits for it, and stops the sender task. Sends on any clone

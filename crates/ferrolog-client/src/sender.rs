@@ -11,6 +11,13 @@
 //! backoff delay (exponential, with jitter), after a metadata refresh when the error suggests
 //! the leader moved. A batch is failed with its last error once `delivery_timeout_ms` has
 //! passed since it was created, whether it was waiting or being retried.
+//!
+//! A transactional producer (see `transaction.rs`) sends a partition's batches only after
+//! the coordinator added the partition to the transaction: the sender collects the
+//! partitions its queued batches need and adds them with one AddPartitionsToTxn call at a
+//! time. Its batches carry the transactional attribute bit. When the transaction is aborting
+//! or must be aborted, or the producer was fenced, batches not yet in flight are failed.
+//! The sequencer follows the identity each EndTxn returns, numbering from 0 again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferrolog_log::{Compression, compress_batch, set_producer_fields};
+use ferrolog_log::{Compression, compress_batch, set_producer_fields, set_transactional};
 use ferrolog_proto::v1::client_service_client::ClientServiceClient;
 use ferrolog_proto::v1::{ErrorCode, ProduceRequest, ProduceResponse};
 use tokio::task::{Id, JoinError, JoinSet};
@@ -30,6 +37,7 @@ use crate::error::{ClientError, Result};
 use crate::idempotence::{ProducerIdentity, Sequencer};
 use crate::metadata::Cluster;
 use crate::producer::Shared;
+use crate::transaction::SenderVerdict;
 use ferrolog_proto::retry::Backoff;
 
 /// Extra client-side patience beyond the broker's own `timeout_ms`, so that the broker's
@@ -52,8 +60,11 @@ struct Sender {
     queues: HashMap<(Arc<str>, u32), PartitionQueue>,
     requests: JoinSet<Result<ProduceResponse>>,
     in_flight: HashMap<Id, ReadyBatch>,
-    /// The idempotent producer's numbering; `None` for a producer without idempotence.
+    /// The idempotent producer's numbering; `None` for a producer without idempotence (and
+    /// for a transactional one before `init_transactions`).
     sequencer: Option<Sequencer>,
+    /// The AddPartitionsToTxn call in flight (at most one).
+    txn_requests: JoinSet<Result<()>>,
 }
 
 /// Runs until the producer is closed (or every handle dropped) and nothing is left to send.
@@ -70,6 +81,7 @@ pub(crate) async fn run(shared: Arc<Shared>, identity: Option<ProducerIdentity>)
         requests: JoinSet::new(),
         in_flight: HashMap::new(),
         sequencer: identity.map(Sequencer::new),
+        txn_requests: JoinSet::new(),
     };
     loop {
         let now = Instant::now();
@@ -77,6 +89,7 @@ pub(crate) async fn run(shared: Arc<Shared>, identity: Option<ProducerIdentity>)
         let (next_linger, accumulator_idle) = sender.take_ready(now, closing);
         sender.expire(now);
         sender.dispatch(now);
+        sender.start_adding_partitions();
         if closing && accumulator_idle && sender.is_idle() {
             break;
         }
@@ -88,6 +101,9 @@ pub(crate) async fn run(shared: Arc<Shared>, identity: Option<ProducerIdentity>)
             _ = shared.wake_sender.notified() => {}
             Some(joined) = sender.requests.join_next_with_id(), if !sender.requests.is_empty() => {
                 sender.on_response(joined);
+            }
+            Some(joined) = sender.txn_requests.join_next(), if !sender.txn_requests.is_empty() => {
+                sender.on_partitions_added(joined);
             }
             _ = sleep_until(wake_at) => {}
         }
@@ -194,10 +210,22 @@ impl Sender {
     /// Starts produce requests for every partition that may send now.
     fn dispatch(&mut self, now: Instant) {
         self.maybe_bump_epoch();
+        if !self.follow_transaction() {
+            return;
+        }
         let max_in_flight = self.shared.config.max_in_flight_per_partition;
         let hold_unstamped = self.sequencer.as_ref().is_some_and(Sequencer::bump_pending);
-        for ((topic, partition), queue) in self.queues.iter_mut() {
+        let transactional = self.shared.transactions.is_some();
+        let mut machine = self.shared.transactions.as_ref().map(|t| t.machine());
+        for (key, queue) in self.queues.iter_mut() {
+            let (topic, partition) = key;
             if queue.retry_after.is_some_and(|t| t > now) {
+                continue;
+            }
+            if let Some(machine) = &mut machine
+                && !queue.pending.is_empty()
+                && !machine.admit(key)
+            {
                 continue;
             }
             queue.retry_after = None;
@@ -228,6 +256,10 @@ impl Sender {
                         Ok(owned) => owned,
                         Err(shared) => bytes::BytesMut::from(&shared[..]),
                     };
+                    if transactional && let Err(error) = set_transactional(&mut bytes) {
+                        // Cannot happen for a batch this producer built.
+                        tracing::error!(%error, "could not mark a batch transactional");
+                    }
                     match set_producer_fields(
                         &mut bytes,
                         identity.producer_id,
@@ -254,6 +286,93 @@ impl Sender {
                 self.in_flight.insert(task.id(), batch);
             }
         }
+    }
+
+    /// Applies the transaction state before dispatching: fails queued batches when the
+    /// transaction is aborting or failed, and moves the sequencer to the identity of the
+    /// current transaction. Returns whether batches may be dispatched.
+    fn follow_transaction(&mut self) -> bool {
+        let Some(transactions) = &self.shared.transactions else {
+            return true;
+        };
+        let (verdict, identity) = {
+            let machine = transactions.machine();
+            (machine.sender_verdict(), machine.identity())
+        };
+        match verdict {
+            SenderVerdict::Dispatch => {
+                if let Some(identity) = identity
+                    && self.sequencer.as_ref().map(Sequencer::identity) != Some(identity)
+                {
+                    // A new transaction under the epoch EndTxn returned: nothing of the old one
+                    // waits or is in flight, and every partition numbers from 0.
+                    self.sequencer = Some(Sequencer::new(identity));
+                }
+                true
+            }
+            SenderVerdict::FailQueued(error) => {
+                let queued: Vec<ReadyBatch> = self
+                    .queues
+                    .values_mut()
+                    .flat_map(|q| q.pending.drain(..))
+                    .collect();
+                for batch in queued {
+                    self.finish(batch, Err(error.clone()));
+                }
+                false
+            }
+        }
+    }
+
+    /// Starts an AddPartitionsToTxn call for the partitions queued batches wait for, unless
+    /// one is in flight.
+    fn start_adding_partitions(&mut self) {
+        let Some(transactions) = &self.shared.transactions else {
+            return;
+        };
+        if !self.txn_requests.is_empty() {
+            return;
+        }
+        let (partitions, identity) = {
+            let mut machine = transactions.machine();
+            (machine.take_adds(), machine.identity())
+        };
+        let Some(identity) = identity else {
+            return;
+        };
+        if partitions.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            partitions = partitions.len(),
+            "adding partitions to the transaction"
+        );
+        transactions.adding.send_replace(true);
+        let deadline = Instant::now() + self.delivery_timeout;
+        self.txn_requests
+            .spawn(Arc::clone(transactions).add_partitions(
+                self.shared.cluster.clone(),
+                identity,
+                partitions,
+                deadline,
+            ));
+    }
+
+    fn on_partitions_added(&mut self, joined: std::result::Result<Result<()>, JoinError>) {
+        let Some(transactions) = &self.shared.transactions else {
+            return;
+        };
+        let result = joined.unwrap_or_else(|error| {
+            Err(ClientError::server(
+                ErrorCode::Unspecified,
+                format!("the AddPartitionsToTxn task failed: {error}"),
+            ))
+        });
+        if let Err(error) = &result {
+            tracing::warn!(%error, "could not add partitions to the transaction");
+        }
+        transactions.machine().adds_done(&result);
+        transactions.adding.send_replace(false);
     }
 
     fn on_response(
@@ -330,13 +449,23 @@ impl Sender {
     /// A stamped batch given up may leave a hole in its partition's sequence: the idempotent
     /// producer then moves to its next epoch (see `idempotence.rs`).
     fn finish(&mut self, batch: ReadyBatch, result: Result<i64>) {
-        if result.is_err()
-            && batch.producer_stamp.is_some()
-            && let Some(sequencer) = &mut self.sequencer
-        {
-            sequencer.batch_given_up();
-        }
         if let Err(error) = &result {
+            match &self.shared.transactions {
+                // The abort's EndTxn moves a transactional producer's epoch, not the client.
+                Some(transactions) => transactions.machine().fail(error),
+                None => {
+                    if batch.producer_stamp.is_some()
+                        && let Some(sequencer) = &mut self.sequencer
+                    {
+                        sequencer.batch_given_up();
+                    }
+                }
+            }
+        }
+        if let Err(ClientError::TransactionAborted(reason)) = &result {
+            tracing::debug!(topic = %batch.topic, partition = batch.partition,
+                records = batch.record_count, %reason, "batch failed: transaction aborted");
+        } else if let Err(error) = &result {
             tracing::warn!(
                 topic = %batch.topic,
                 partition = batch.partition,
@@ -352,7 +481,9 @@ impl Sender {
     }
 
     fn is_idle(&self) -> bool {
-        self.in_flight.is_empty() && self.queues.values().all(|q| q.pending.is_empty())
+        self.in_flight.is_empty()
+            && self.txn_requests.is_empty()
+            && self.queues.values().all(|q| q.pending.is_empty())
     }
 
     /// The earliest retry or delivery-timeout instant among waiting batches.

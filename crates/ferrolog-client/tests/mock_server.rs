@@ -190,6 +190,7 @@ impl ClientService for FakeBroker {
                         next_offset,
                         records: Vec::new(),
                         record_batches: bytes.freeze(),
+                        last_stable_offset: log.end_offset,
                     }));
                 }
             }

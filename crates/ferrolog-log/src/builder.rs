@@ -281,6 +281,28 @@ fn finish(mut buf: BytesMut, codec: Compression, fields: HeaderFields) -> BytesM
     buf
 }
 
+/// Marks an already built batch (one whole batch, uncompressed or not) as part of its
+/// producer's open transaction (attribute bit 0x10, Kafka's `TRANSACTIONAL_FLAG_MASK`) and
+/// recomputes its CRC. A transactional producer marks its batches when it sends them, beside
+/// `set_producer_fields`, so the accumulator builds the same batches either way.
+pub fn set_transactional(batch: &mut [u8]) -> Result<(), LogError> {
+    /// Kafka's `TRANSACTIONAL_FLAG_MASK`.
+    const TRANSACTIONAL_FLAG: i16 = 0x10;
+    let header = BatchHeader::parse(batch)?;
+    if header.total_size_bytes() != batch.len() {
+        return Err(LogError::corrupt(format!(
+            "batch length says {} bytes but the buffer holds {}",
+            header.total_size_bytes(),
+            batch.len()
+        )));
+    }
+    let attributes = header.attributes | TRANSACTIONAL_FLAG;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

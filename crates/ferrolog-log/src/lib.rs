@@ -41,7 +41,7 @@ pub use batch::{
     BATCH_HEADER_BYTES, BatchHeader, BatchIter, assign_offsets, validate_batch,
     validate_batch_within, verify_crc,
 };
-pub use builder::{RecordBatchBuilder, compress_batch, set_producer_fields};
+pub use builder::{RecordBatchBuilder, compress_batch, set_producer_fields, set_transactional};
 pub use cleaner::{
     BatchRetention, BatchVerdict, CleanOutcome, CleanStats, CleanTask, CleanedLog, CleanerOptions,
     CompactEveryDataBatch, DEFAULT_DEDUPE_BUFFER_BYTES, DirtyState, Throttle,

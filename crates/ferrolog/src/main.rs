@@ -29,9 +29,9 @@ enum Command {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(cli::topic::TopicCommand),
-    /// Produce one record per line of standard input.
+    /// Produce one record per line of standard input, optionally in transactions.
     Produce(cli::produce::ProduceArgs),
-    /// Print records of a topic, one per line.
+    /// Print records of a topic, one per line (read_uncommitted or read_committed).
     Consume(cli::consume::ConsumeArgs),
     /// Inspect the cluster: controllers, the Raft leader, brokers.
     #[command(subcommand)]
@@ -42,6 +42,12 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(cli::group::GroupCommand),
+    /// List, describe and abort transactions.
+    #[command(subcommand)]
+    Transaction(cli::transaction::TransactionCommand),
+    /// List the producers a topic's partitions know (idempotent and transactional).
+    #[command(subcommand)]
+    Producer(cli::producer::ProducerCommand),
     /// Measure produce and consume throughput and latency.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -78,6 +84,8 @@ fn main() -> std::process::ExitCode {
             Command::Cluster(cmd) => cli::cluster::run(cmd).await,
             Command::Partition(cmd) => cli::partition::run(cmd).await,
             Command::Group(cmd) => cli::group::run(cmd).await,
+            Command::Transaction(cmd) => cli::transaction::run(cmd).await,
+            Command::Producer(cmd) => cli::producer::run(cmd).await,
             Command::Health(args) => cli::health::run(args).await,
         }
     });

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use ferrolog_client::{
     Admin, ConsumedRecord, Consumer, ConsumerConfig, GroupConsumer, GroupConsumerConfig,
-    OffsetQuery, OffsetReset, Rebalance, StartOffset, TopicPartition,
+    IsolationLevel, OffsetQuery, OffsetReset, Rebalance, StartOffset, TopicPartition,
 };
 
 use super::ClientArgs;
@@ -48,6 +48,10 @@ pub struct ConsumeArgs {
     /// latest, none) [default: latest, or earliest with --from-beginning]
     #[arg(long, requires = "group", value_parser = parse_reset)]
     reset: Option<OffsetReset>,
+    /// read_committed: only records of committed transactions (and non-transactional ones),
+    /// up to the first open transaction; read_uncommitted: everything
+    #[arg(long, value_name = "LEVEL", default_value = "read_uncommitted")]
+    isolation_level: IsolationLevel,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -155,7 +159,9 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         (false, Some(offset)) => StartOffset::Offset(offset),
         (false, None) => StartOffset::Latest,
     };
-    let mut consumer = Consumer::connect(ConsumerConfig::new(config)).await?;
+    let mut consumer_config = ConsumerConfig::new(config);
+    consumer_config.isolation_level = args.isolation_level;
+    let mut consumer = Consumer::connect(consumer_config).await?;
     for partition in partitions {
         let start = match args.from_timestamp {
             Some(timestamp_ms) => {
@@ -224,11 +230,9 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 /// seconds, when a partition is taken away, and before it exits (at `--max-messages`,
 /// `--timeout-ms`, or Ctrl-C / SIGTERM).
 async fn run_in_group(args: ConsumeArgs, group: &str, format: Format) -> anyhow::Result<()> {
-    let mut config = GroupConsumerConfig::new(
-        ConsumerConfig::new(args.client.config()),
-        group,
-        &[&args.topic],
-    );
+    let mut consumer_config = ConsumerConfig::new(args.client.config());
+    consumer_config.isolation_level = args.isolation_level;
+    let mut config = GroupConsumerConfig::new(consumer_config, group, &[&args.topic]);
     config.auto_offset_reset = args.reset.unwrap_or(if args.from_beginning {
         OffsetReset::Earliest
     } else {

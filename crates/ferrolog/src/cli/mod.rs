@@ -10,7 +10,10 @@ pub mod group;
 pub mod health;
 pub mod partition;
 pub mod produce;
+mod produce_txn;
+pub mod producer;
 pub mod topic;
+pub mod transaction;
 
 use anyhow::Context;
 use clap::Args;
