@@ -152,9 +152,11 @@ fn given_a_marker_with_a_bumped_epoch_then_the_next_transaction_starts_at_sequen
     append_txn(&mut log, 5, 0, 0, 3, "t1")?;
     append_marker(&mut log, 5, 1, ControlType::Commit)?;
     let producer = log.producers();
-    assert!(
-        producer.is_empty(),
-        "a producer with no batch of its epoch is not listed"
+    assert_eq!(producer.len(), 1);
+    assert_eq!(
+        (producer[0].producer_epoch, producer[0].last_sequence),
+        (1, -1),
+        "listed at the marker's epoch, with no batch of it yet"
     );
     let fenced = append_txn(&mut log, 5, 0, 3, 1, "zombie");
     assert!(matches!(

@@ -544,7 +544,10 @@ mod tests {
         let EndPlan::Prepare(prepared) = txn.plan_end(42, 0, true, 20).expect("end") else {
             panic!("expected a prepare");
         };
-        assert!(!prepared.timed_out(i64::MAX), "a decided end is never aborted");
+        assert!(
+            !prepared.timed_out(i64::MAX),
+            "a decided end is never aborted"
+        );
         assert!(!prepared.completed(30, None).timed_out(i64::MAX));
     }
 }

@@ -496,17 +496,19 @@ impl ProducerStateManager {
     pub(crate) fn entries(&self) -> Vec<ProducerSnapshotEntry> {
         self.producers
             .iter()
-            .filter_map(|(&producer_id, entry)| {
-                let last = entry.last_batch()?;
-                Some(ProducerSnapshotEntry {
+            .map(|(&producer_id, entry)| {
+                // A producer a marker just moved to a new epoch has no batch of it yet: it is
+                // listed with sequence and offsets -1, as Kafka's DescribeProducers shows it.
+                let last = entry.last_batch();
+                ProducerSnapshotEntry {
                     producer_id,
                     producer_epoch: entry.epoch,
-                    last_sequence: last.last_seq,
+                    last_sequence: last.map_or(-1, |b| b.last_seq),
                     last_timestamp_ms: entry.last_timestamp_ms,
-                    first_offset: last.first_offset,
-                    last_offset: last.last_offset,
+                    first_offset: last.map_or(Offset(-1), |b| b.first_offset),
+                    last_offset: last.map_or(Offset(-1), |b| b.last_offset),
                     current_txn_first_offset: entry.current_txn_first_offset,
-                })
+                }
             })
             .collect()
     }

@@ -439,7 +439,12 @@ fn a_newer_epoch_marker_empties_the_cache_and_an_older_one_is_skipped() -> Resul
         "a marker ends a transaction of an older epoch, never one of its own"
     );
     manager.record_batch(&marker(1, 4, 5));
-    assert!(manager.entries().is_empty(), "no batch of epoch 4 yet");
+    let entries = manager.entries();
+    assert_eq!(
+        (entries[0].producer_epoch, entries[0].last_sequence),
+        (4, -1),
+        "no batch of epoch 4 yet"
+    );
     assert!(matches!(
         manager.check_leader_append(&with_attributes(header(1, 4, 5, 1, 6), TXN)),
         Err(LogError::OutOfOrderSequence {
