@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferrolog_proto::status::code_of;
+use ferrolog_proto::v1::InitProducerIdRequest;
 use ferrolog_proto::v1::client_service_client::ClientServiceClient;
-use ferrolog_proto::v1::{ErrorCode, InitProducerIdRequest};
 use ferrolog_tests::{Cluster, http_get, init_logging, metric_sum};
 use tonic::transport::Channel;
 
@@ -146,22 +146,6 @@ async fn producer_ids_are_never_handed_out_twice_across_blocks_failover_and_rest
     for &node in &nodes {
         cluster.wait_ready(node, READY_DEADLINE)?;
     }
-
-    tracing::info!("phase: a transactional id is refused until transactions exist");
-    let mut first = client(cluster.address(nodes[0])).await?;
-    let refused = first
-        .init_producer_id(InitProducerIdRequest {
-            transactional_id: "tx-1".into(),
-            transaction_timeout_ms: 60_000,
-        })
-        .await
-        .expect_err("transactions are not supported yet");
-    assert_eq!(
-        code_of(&refused),
-        Some(ErrorCode::InvalidRequest),
-        "{refused:?}"
-    );
-    assert!(refused.message().contains("not supported"), "{refused:?}");
 
     tracing::info!("phase: every node hands out ids past its first block");
     let mut handed = Handed::default();

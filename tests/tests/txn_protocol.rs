@@ -19,7 +19,8 @@ use ferrolog_proto::v1::{
     Acks, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, CommittedOffset,
     DescribeProducersRequest, DescribeTransactionRequest, EndTxnRequest, ErrorCode, FetchFormat,
     FetchRequest, FindTransactionCoordinatorRequest, InitProducerIdRequest, IsolationLevel,
-    OffsetFetchRequest, ProduceRequest, TopicPartitions, TxnOffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, ProducerFields, Record, TopicPartitions,
+    TxnOffsetCommitRequest,
 };
 use ferrolog_tests::{Server, init_logging, stderr};
 use tonic::transport::Channel;
@@ -86,9 +87,20 @@ async fn read(
     partition: i32,
     isolation: IsolationLevel,
 ) -> anyhow::Result<(Vec<String>, i64)> {
+    let (values, last_stable_offset, _) = read_bounds(c, partition, isolation).await?;
+    Ok((values, last_stable_offset))
+}
+
+/// `read`, with the high watermark as well.
+async fn read_bounds(
+    c: &mut Clients,
+    partition: i32,
+    isolation: IsolationLevel,
+) -> anyhow::Result<(Vec<String>, i64, i64)> {
     let mut values = Vec::new();
     let mut offset = 0;
     let mut last_stable_offset;
+    let mut high_watermark;
     loop {
         let answer = c
             .client
@@ -103,6 +115,7 @@ async fn read(
             .await?
             .into_inner();
         last_stable_offset = answer.last_stable_offset;
+        high_watermark = answer.high_watermark;
         values.extend(
             answer.records.iter().map(|r| {
                 String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()
@@ -113,7 +126,7 @@ async fn read(
         }
         offset = answer.next_offset;
     }
-    Ok((values, last_stable_offset))
+    Ok((values, last_stable_offset, high_watermark))
 }
 
 async fn end(c: &mut Clients, pid: i64, epoch: i16, commit: bool) -> anyhow::Result<i16> {
@@ -249,10 +262,9 @@ async fn a_transactional_id_through_commit_abort_zombie_and_fencing() -> anyhow:
     let (same_pid, new_epoch) = init(&mut c).await?;
     assert_eq!(same_pid, pid);
     assert!(new_epoch > 2, "epoch {new_epoch}");
-    let (committed, lso) = read(&mut c, 0, IsolationLevel::ReadCommitted).await?;
+    let (committed, lso, hw) = read_bounds(&mut c, 0, IsolationLevel::ReadCommitted).await?;
     assert_eq!(committed, ["c1", "c2"]);
-    let (_, hw_lso) = read(&mut c, 0, IsolationLevel::ReadUncommitted).await?;
-    assert_eq!(lso, hw_lso, "nothing open any more");
+    assert_eq!(lso, hw, "nothing open any more");
     let zombie = end(&mut c, pid, 2, true).await;
     assert_eq!(
         zombie
@@ -371,6 +383,66 @@ async fn a_transactional_id_through_commit_abort_zombie_and_fencing() -> anyhow:
     assert!(
         epoch_after > epoch,
         "the epoch never goes back: {epoch_after} after {epoch}"
+    );
+
+    tracing::info!("phase: an operator aborts a transaction hanging at one partition");
+    // A producer that wrote a transactional batch without any coordinator knowing it (a
+    // client that skipped AddPartitionsToTxn): nothing would ever end it, and read_committed
+    // readers would stop at it for good.
+    let rogue = c
+        .client
+        .init_producer_id(InitProducerIdRequest::default())
+        .await?
+        .into_inner()
+        .producer_id;
+    // Sent as structured records with producer fields, as a gRPC client in any language
+    // sends them.
+    c.client
+        .produce(ProduceRequest {
+            topic: TOPIC.to_owned(),
+            partition: 0,
+            acks: Acks::All as i32,
+            records: vec![Record {
+                value: Some(Bytes::from_static(b"hanging")),
+                ..Record::default()
+            }],
+            producer: Some(ProducerFields {
+                producer_id: rogue,
+                producer_epoch: 0,
+                base_sequence: 0,
+                transactional: true,
+            }),
+            ..ProduceRequest::default()
+        })
+        .await?;
+    let (_, stuck_at, hw) = read_bounds(&mut c, 0, IsolationLevel::ReadCommitted).await?;
+    assert!(
+        stuck_at < hw,
+        "the hanging transaction holds the LSO at {stuck_at}"
+    );
+    let rogue_id = rogue.to_string();
+    let aborted = server.cli(
+        &[
+            "transaction",
+            "abort",
+            "--topic",
+            TOPIC,
+            "--partition",
+            "0",
+            "--producer-id",
+            &rogue_id,
+        ],
+        None,
+    )?;
+    anyhow::ensure!(aborted.status.success(), "{}", stderr(&aborted));
+    let (committed, lso, hw) = read_bounds(&mut c, 0, IsolationLevel::ReadCommitted).await?;
+    assert_eq!(committed, ["c1", "c2"], "the hanging record is aborted");
+    assert_eq!(lso, hw, "nothing holds the LSO any more");
+    let again = produce(&mut c, 0, txn_batch(rogue, 0, 1, &["late"])).await;
+    assert_eq!(
+        again.as_ref().err().and_then(code_of),
+        Some(ErrorCode::InvalidProducerEpoch),
+        "the abort marker fenced the producer's old epoch: {again:?}"
     );
     Ok(())
 }

@@ -533,6 +533,7 @@ async fn produce(
     let (address, channel) = cluster.leader_channel(&topic, partition).await?;
     let request_timeout = cluster.config().request_timeout();
     let request = ProduceRequest {
+        producer: None,
         topic: topic.to_string(),
         partition: partition as i32,
         acks: acks.to_wire() as i32,

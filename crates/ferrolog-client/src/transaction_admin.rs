@@ -7,12 +7,12 @@ use ferrolog_proto::v1::transaction_service_client::TransactionServiceClient;
 use ferrolog_proto::v1::{
     AbortTransactionRequest, AbortTransactionResponse, DescribeProducersRequest,
     DescribeProducersResponse, DescribeTransactionRequest, ListTransactionsRequest,
-    TransactionDescription, TransactionSummary,
+    TopicPartitions, TransactionDescription, TransactionSummary, WriteTxnMarkersRequest,
 };
 
 use crate::admin::Admin;
 use crate::connection::call;
-use crate::error::Result;
+use crate::error::{ClientError, Result};
 use crate::transaction::at_transaction_coordinator;
 
 impl Admin {
@@ -120,5 +120,70 @@ impl Admin {
                 }
             })
             .await
+    }
+
+    /// Aborts a transaction left open at one partition by `producer_id` when no coordinator
+    /// knows it (a hanging transaction, as `kafka-transactions.sh abort --topic --partition
+    /// --producer-id` ends one): the partition's leader appends an abort marker with the
+    /// producer's next epoch, which ends the transaction there and fences that producer's
+    /// batches of the old epoch. Returns the epoch of the marker.
+    #[tracing::instrument(skip(self))]
+    pub async fn abort_hanging_transaction(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+    ) -> Result<i16> {
+        let producers = self.describe_producers(topic, partition).await?;
+        let producer = producers
+            .producers
+            .iter()
+            .find(|p| p.producer_id == producer_id)
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "{topic}-{partition} has no state for producer {producer_id}"
+                ))
+            })?;
+        if producer.current_txn_start_offset < 0 {
+            return Err(ClientError::InvalidArgument(format!(
+                "producer {producer_id} has no open transaction at {topic}-{partition}"
+            )));
+        }
+        let epoch = i16::try_from(producer.producer_epoch)
+            .ok()
+            .and_then(|e| e.checked_add(1))
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "producer {producer_id} is at epoch {}: no epoch left for a marker",
+                    producer.producer_epoch
+                ))
+            })?;
+        let timeout = self.cluster().config().request_timeout();
+        let request = WriteTxnMarkersRequest {
+            producer_id,
+            producer_epoch: i32::from(epoch),
+            commit: false,
+            // No coordinator: an operator's marker.
+            coordinator_epoch: -1,
+            partitions: vec![TopicPartitions {
+                topic: topic.to_owned(),
+                partitions: vec![partition as i32],
+            }],
+        };
+        self.cluster()
+            .with_leader(topic, partition, |address, channel| {
+                let request = request.clone();
+                async move {
+                    call(
+                        &address,
+                        "a WriteTxnMarkers answer",
+                        timeout,
+                        TransactionServiceClient::new(channel).write_txn_markers(request),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        Ok(epoch)
     }
 }

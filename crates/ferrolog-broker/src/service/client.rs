@@ -85,7 +85,19 @@ impl ClientApi {
             ))
         })?;
         let batch = match (request.records.is_empty(), request.record_batch.is_empty()) {
-            (false, true) => records_to_batch(&request.records, now_ms())?,
+            (false, true) => {
+                let mut batch = records_to_batch(&request.records, now_ms())?;
+                if let Some(producer) = &request.producer {
+                    stamp_producer(&mut batch, producer)?;
+                }
+                batch
+            }
+            (true, false) if request.producer.is_some() => {
+                return Err(BrokerError::InvalidRequest(
+                    "producer fields go with structured records; a record_batch carries its own"
+                        .into(),
+                ));
+            }
             (true, false) => owned_batch(request.record_batch),
             (true, true) => {
                 return Err(BrokerError::InvalidRequest(
@@ -356,6 +368,29 @@ fn check_fetch_format(format: i32) -> Result<(), BrokerError> {
 
 /// Refuses records for an internal topic: only the node itself writes there, and a record
 /// it cannot decode would keep every group of that partition from loading.
+/// Puts a structured produce's producer fields into the batch built from its records.
+fn stamp_producer(batch: &mut BytesMut, producer: &v1::ProducerFields) -> Result<(), BrokerError> {
+    let epoch = i16::try_from(producer.producer_epoch)
+        .ok()
+        .filter(|e| *e >= 0);
+    let (Some(epoch), true, true) = (
+        epoch,
+        producer.producer_id >= 0,
+        producer.base_sequence >= 0,
+    ) else {
+        return Err(BrokerError::InvalidRequest(format!(
+            "producer fields need a producer id, an epoch in 0..=32767 and a base sequence, \
+             all non-negative; got id {}, epoch {}, sequence {}",
+            producer.producer_id, producer.producer_epoch, producer.base_sequence
+        )));
+    };
+    ferrolog_log::set_producer_fields(batch, producer.producer_id, epoch, producer.base_sequence)?;
+    if producer.transactional {
+        ferrolog_log::set_transactional(batch)?;
+    }
+    Ok(())
+}
+
 fn refuse_internal_topic(topic: &str) -> Result<(), BrokerError> {
     let writer = match topic {
         OFFSETS_TOPIC => "it holds consumer-group offsets and only the group coordinator",

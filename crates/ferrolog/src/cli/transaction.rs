@@ -16,7 +16,9 @@ pub enum TransactionCommand {
     /// start time of its open transaction
     Describe(DescribeArgs),
     /// Abort a transactional id's open transaction at its coordinator, fencing its producer
-    /// (for a transaction left hanging by a producer that is gone)
+    /// (for a transaction left hanging by a producer that is gone); or, with --topic,
+    /// --partition and --producer-id, a transaction left open at one partition that no
+    /// coordinator knows (see `ferrolog producer list`)
     Abort(AbortArgs),
 }
 
@@ -42,7 +44,21 @@ pub struct DescribeArgs {
 
 #[derive(Debug, Args)]
 pub struct AbortArgs {
-    transactional_id: String,
+    /// The transactional id whose open transaction its coordinator aborts
+    #[arg(
+        required_unless_present = "producer_id",
+        conflicts_with = "producer_id"
+    )]
+    transactional_id: Option<String>,
+    /// The partition's topic, for a hanging transaction at one partition
+    #[arg(long, requires = "producer_id")]
+    topic: Option<String>,
+    /// The partition, for a hanging transaction at one partition
+    #[arg(long, requires = "producer_id")]
+    partition: Option<u32>,
+    /// The producer whose transaction hangs at the partition
+    #[arg(long, requires_all = ["topic", "partition"])]
+    producer_id: Option<i64>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -51,19 +67,39 @@ pub async fn run(command: TransactionCommand) -> anyhow::Result<()> {
     match command {
         TransactionCommand::List(args) => list(args).await,
         TransactionCommand::Describe(args) => describe(args).await,
-        TransactionCommand::Abort(args) => {
-            let admin = Admin::connect(args.client.config()).await?;
-            let fenced = admin
-                .abort_transaction(&args.transactional_id)
-                .await
-                .with_context(|| format!("abort the transaction of '{}'", args.transactional_id))?;
-            println!(
-                "aborted the transaction of {} (producer {} now at epoch {})",
-                args.transactional_id, fenced.producer_id, fenced.producer_epoch
-            );
-            Ok(())
-        }
+        TransactionCommand::Abort(args) => abort(args).await,
     }
+}
+
+async fn abort(args: AbortArgs) -> anyhow::Result<()> {
+    let admin = Admin::connect(args.client.config()).await?;
+    if let (Some(topic), Some(partition), Some(producer_id)) =
+        (&args.topic, args.partition, args.producer_id)
+    {
+        let epoch = admin
+            .abort_hanging_transaction(topic, partition, producer_id)
+            .await
+            .with_context(|| {
+                format!("abort producer {producer_id}'s transaction at {topic}-{partition}")
+            })?;
+        println!(
+            "aborted producer {producer_id}'s transaction at {topic}-{partition} (marker epoch \
+             {epoch})"
+        );
+        return Ok(());
+    }
+    let Some(transactional_id) = &args.transactional_id else {
+        anyhow::bail!("name a transactional id, or --topic, --partition and --producer-id");
+    };
+    let fenced = admin
+        .abort_transaction(transactional_id)
+        .await
+        .with_context(|| format!("abort the transaction of '{transactional_id}'"))?;
+    println!(
+        "aborted the transaction of {transactional_id} (producer {} now at epoch {})",
+        fenced.producer_id, fenced.producer_epoch
+    );
+    Ok(())
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
