@@ -48,10 +48,6 @@ pub enum StartOffset {
 /// whole batch even when it is larger (Kafka's KIP-74), up to a topic's `max.message.bytes`.
 const FETCH_DECODE_SLACK_BYTES: usize = 16 * 1024 * 1024;
 
-/// Attribute bit of a control batch (Kafka's `CONTROL_FLAG_MASK`): a transaction marker,
-/// whose one record is for brokers, never for applications.
-const CONTROL_BATCH_FLAG: i16 = 0x20;
-
 #[derive(Debug)]
 struct Assignment {
     topic: Arc<str>,
@@ -405,7 +401,8 @@ fn decode_response(
     for item in BatchIter::new(&bytes) {
         let decoded = item.and_then(|(header, batch)| {
             let next = header.next_offset().0;
-            if next <= position || header.attributes & CONTROL_BATCH_FLAG != 0 {
+            // A transaction marker's one record is for brokers, never for applications.
+            if next <= position || header.is_control() {
                 Ok((Vec::new(), next))
             } else {
                 Ok((decode_records(batch)?, next))
@@ -492,14 +489,16 @@ mod tests {
         assert_eq!(next, 1, "the partial batch is fetched again");
     }
 
-    /// A transaction marker at `offset`: a one-record batch with the control bit set.
+    /// A transaction marker at `offset`, as a coordinator writes it.
     fn marker_at(offset: i64) -> Vec<u8> {
-        let mut bytes = batch_at(offset, &[b"\0\0\0\0"]);
-        let attributes = i16::from_be_bytes([bytes[21], bytes[22]]) | CONTROL_BATCH_FLAG;
-        bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
-        // Rewrites the CRC over the changed attributes (the producer fields stay unset).
-        ferrolog_log::set_producer_fields(&mut bytes, -1, -1, -1).expect("one whole batch");
-        bytes
+        let mut bytes =
+            ferrolog_log::build_control_batch(7, 1, ferrolog_log::ControlType::Commit, 0, 1_000);
+        ferrolog_log::assign_offsets(
+            &mut bytes,
+            ferrolog_log::Offset(offset),
+            ferrolog_log::LeaderEpoch(0),
+        );
+        bytes.to_vec()
     }
 
     #[test]
