@@ -94,6 +94,13 @@ pub struct ProduceBench {
     /// compare the two
     #[arg(long)]
     no_idempotence: bool,
+    /// A transactional producer: each producer takes this id (suffixed `-N` for producer N)
+    /// and commits a transaction every --transaction-ms
+    #[arg(long, conflicts_with = "no_idempotence")]
+    transactional_id: Option<String>,
+    /// How long each transaction stays open before it commits, with --transactional-id
+    #[arg(long, default_value_t = 100, requires = "transactional_id")]
+    transaction_ms: u64,
     /// Target records/s over all producers; 0 sends as fast as possible. Latency is only
     /// meaningful below saturation: at full speed it is mostly time queued in the client.
     #[arg(long, default_value_t = 0)]
@@ -211,6 +218,8 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
         let mut config = ProducerConfig::new(args.client.config());
         config.acks = args.acks;
         config.enable_idempotence = !args.no_idempotence;
+        config.transactional_id = args.transactional_id.as_ref().map(|id| format!("{id}-{p}"));
+        let transaction_every = Duration::from_millis(args.transaction_ms.max(1));
         config.compression = args.compression;
         config.batch_size_bytes = args.batch_size;
         config.linger_ms = args.linger_ms;
@@ -221,7 +230,13 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
         let (topic, payload, bar) = (args.topic.clone(), payload.clone(), Arc::clone(&bar));
         let (kind, record_size) = (args.payload, args.record_size);
         tasks.push(tokio::spawn(async move {
+            let transactional = config.transactional_id.is_some();
             let producer = Producer::connect(config).await?;
+            if transactional {
+                producer.init_transactions().await?;
+                producer.begin_transaction()?;
+            }
+            let mut transaction_started = Instant::now();
             // Acknowledgements are collected by their own task, which polls them as they
             // complete, so a record's latency is not inflated by the sender being busy or
             // asleep (pacing).
@@ -252,8 +267,16 @@ async fn run_produce(args: ProduceBench) -> anyhow::Result<()> {
                 if acks_tx.send((sent_at, delivery)).await.is_err() {
                     break;
                 }
+                if transactional && transaction_started.elapsed() >= transaction_every {
+                    producer.commit_transaction().await?;
+                    producer.begin_transaction()?;
+                    transaction_started = Instant::now();
+                }
             }
             drop(acks_tx);
+            if transactional {
+                producer.commit_transaction().await?;
+            }
             producer.flush().await?;
             let (histogram, first_error) = collector.await.context("ack collector panicked")??;
             producer.close().await;
