@@ -128,6 +128,7 @@ fn produce_requests() -> Vec<(&'static str, Vec<u8>)> {
         records,
         record_batch: record_batch.into(),
         timeout_ms: 1_000,
+        producer: None,
     };
     let with_headers = v1::Record {
         headers: vec![
